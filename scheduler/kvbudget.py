@@ -1,0 +1,42 @@
+"""Block accounting inside one scheduling step, before the engine applies the decision."""
+
+from __future__ import annotations
+
+from scheduler.state import ReplicaView, RequestState
+
+
+class StepKV:
+    """Free KV blocks as a policy plans one iteration.
+
+    ``need`` is the number of extra blocks a request needs to compute ``tokens`` more tokens;
+    ``take`` reserves them if they fit (optionally keeping ``watermark`` blocks free, as vLLM v0
+    does when admitting new prefills); ``release`` returns a preempted request's blocks.
+    """
+
+    __slots__ = ("free", "block_size", "watermark")
+
+    def __init__(self, view: ReplicaView, watermark_blocks: int = 0):
+        self.free = view.free_blocks
+        self.block_size = view.spec.block_size
+        self.watermark = watermark_blocks
+
+    def need(self, req: RequestState, tokens: int) -> int:
+        return max(0, -(-(req.computed + tokens) // self.block_size) - req.kv_blocks)
+
+    def fits(self, req: RequestState, tokens: int, keep_watermark: bool = False) -> bool:
+        reserve = self.watermark if keep_watermark else 0
+        return self.need(req, tokens) <= self.free - reserve
+
+    def take(self, req: RequestState, tokens: int, keep_watermark: bool = False) -> bool:
+        need = self.need(req, tokens)
+        if need > self.free - (self.watermark if keep_watermark else 0):
+            return False
+        self.free -= need
+        return True
+
+    def release(self, req: RequestState) -> None:
+        self.free += req.kv_blocks
+
+
+def watermark_blocks(num_blocks: int, fraction: float) -> int:
+    return int(num_blocks * fraction)

@@ -1,0 +1,110 @@
+"""Building one iteration's batch: token budget, KV blocks, and recompute preemption.
+
+The continuous-batching policies (vLLM, Sarathi, SJF, Orca...) differ in *which* requests they
+offer and in what order; the bookkeeping of one step is the same and lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from scheduler.kvbudget import StepKV
+from scheduler.state import Decision, ReplicaView, RequestState
+
+VictimPicker = Callable[[list], RequestState]
+
+
+def latest_admitted(running: list) -> RequestState:
+    """vLLM's choice: the tail of the running list (the most recently admitted request)."""
+    return running[-1]
+
+
+def latest_arrival(running: list) -> RequestState:
+    return max(running, key=lambda r: (r.arrival_s, r.admitted_seq))
+
+
+VICTIMS: dict[str, VictimPicker] = {"latest-admitted": latest_admitted,
+                                    "latest-arrival": latest_arrival}
+
+
+class StepPlan:
+    """One step's plan. ``running`` starts as the resident requests in admission order; requests
+    admitted this step are appended, preempted ones removed.
+    """
+
+    __slots__ = ("kv", "budget", "tokens", "taken", "running", "preempted", "rejected",
+                 "_on_preempt", "_pick_victim", "_preempted_set")
+
+    def __init__(self, view: ReplicaView, token_budget: float, *, watermark_blocks: int = 0,
+                 pick_victim: VictimPicker = latest_admitted,
+                 on_preempt: Callable[[RequestState], None] | None = None):
+        self.kv = StepKV(view, watermark_blocks)
+        self.budget = token_budget
+        self.tokens: dict[RequestState, int] = {}   # scheduled tokens, in scheduling order
+        self.taken: dict[RequestState, int] = {}    # blocks reserved this step per request
+        self.running: list[RequestState] = list(view.resident)
+        self.preempted: list[RequestState] = []
+        self.rejected: list[tuple[RequestState, str]] = []
+        self._preempted_set: set[int] = set()
+        self._on_preempt = on_preempt
+        self._pick_victim = pick_victim
+
+    def is_preempted(self, req: RequestState) -> bool:
+        return id(req) in self._preempted_set
+
+    def _reserve(self, req: RequestState, n: int, keep_watermark: bool) -> bool:
+        need = self.kv.need(req, n)
+        # The watermark guards admissions against imminent decode growth; with nothing else
+        # resident there is nothing to guard, and waiving it keeps a large request from stalling.
+        reserve = self.kv.watermark if keep_watermark and self.running else 0
+        if need > self.kv.free - reserve:
+            return False
+        self.kv.free -= need
+        self.tokens[req] = n
+        self.taken[req] = need
+        self.budget -= n
+        return True
+
+    def schedule_resident(self, req: RequestState, n: int) -> bool:
+        """Give a resident request ``n`` tokens, preempting victims while KV is short.
+
+        Returns False when ``req`` itself had to be preempted (vLLM then stops scheduling the
+        running list for this step).
+        """
+        while not self._reserve(req, n, keep_watermark=False):
+            victim = self._pick_victim(self.running)
+            self.preempt(victim)
+            if victim is req:
+                return False
+        return True
+
+    def preempt(self, victim: RequestState) -> None:
+        if self.running and self.running[-1] is victim:
+            self.running.pop()
+        else:
+            self.running.remove(victim)
+        if victim in self.tokens:   # scheduled earlier in this step: undo it
+            self.budget += self.tokens.pop(victim)
+            self.kv.free += self.taken.pop(victim)
+        self.kv.release(victim)
+        self.preempted.append(victim)
+        self._preempted_set.add(id(victim))
+        if self._on_preempt is not None:
+            self._on_preempt(victim)
+
+    def admit(self, req: RequestState, n: int, keep_watermark: bool = False) -> bool:
+        """Admit a waiting request with ``n`` prompt tokens if its blocks fit."""
+        if not self._reserve(req, n, keep_watermark):
+            return False
+        self.running.append(req)
+        return True
+
+    def decision(self) -> Decision:
+        d = Decision(preempt=self.preempted, reject=self.rejected)
+        prefill, decode = d.prefill, d.decode
+        for req, n in self.tokens.items():
+            if req.is_prefill:
+                prefill.append((req, n))
+            else:
+                decode.append(req)
+        return d

@@ -1,0 +1,3 @@
+"""Built-in policies; importing this package registers them."""
+
+from scheduler.policies import reserving, sarathi, sjf, vllm_v0, vllm_v1  # noqa: F401

@@ -1,0 +1,77 @@
+"""vLLM V1's default scheduler: one token budget per step, running requests first, chunked prefill.
+
+Mirrors ``vllm/v1/core/sched/scheduler.py`` (FCFS policy, no prefix caching, no speculation):
+1. Running requests in running order each get min(remaining, budget) tokens; when KV blocks run
+   short, the tail of the running list is preempted (recompute) and put at the front of the
+   waiting queue, until the request fits or is itself the victim (then the step stops here).
+2. Only if nothing was preempted: waiting requests in FCFS order are admitted, each with
+   min(remaining, budget) tokens (a chunk when chunked prefill is on), while the budget, the
+   sequence cap and free blocks allow; the first that does not fit stops admission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scheduler.base import QueuedPolicy, param, register
+from scheduler.plan import VICTIMS, StepPlan
+
+
+@dataclass
+class VllmV1Params:
+    max_num_batched_tokens: int = param(
+        8192, "token budget per step (vLLM V1's default for an OpenAI server on an 80 GB GPU)",
+        minimum=1)
+    max_num_seqs: int = param(256, "cap on running requests", minimum=1)
+    enable_chunked_prefill: bool = param(True, "split prompts across steps to fit the budget")
+    long_prefill_token_threshold: int = param(
+        0, "cap on one request's prefill chunk per step (0 = no cap)", minimum=0)
+    victim: str = param("latest-admitted", "which running request is preempted on a KV shortage",
+                        choices=tuple(VICTIMS))
+
+
+@register
+class VllmV1(QueuedPolicy):
+    name = "vllm-v1"
+    summary = "vLLM V1 default: token budget, running first, chunked prefill, recompute preemption"
+    Params = VllmV1Params
+
+    def schedule(self, view):
+        p = self.params
+        plan = StepPlan(view, p.max_num_batched_tokens, pick_victim=VICTIMS[p.victim],
+                        on_preempt=self.requeue_preempted)
+        self.schedule_running(plan)
+        if not plan.preempted:
+            self.admit_waiting(plan)
+        return plan.decision()
+
+    def chunk(self, req, budget) -> int:
+        n = req.remaining
+        t = self.params.long_prefill_token_threshold
+        if 0 < t < n:
+            n = t
+        return min(n, budget)
+
+    def schedule_running(self, plan: StepPlan) -> None:
+        i = 0
+        running = plan.running
+        while i < len(running) and plan.budget > 0:
+            req = running[i]
+            if not plan.schedule_resident(req, self.chunk(req, plan.budget)):
+                break
+            i += 1
+
+    def admit_waiting(self, plan: StepPlan) -> None:
+        p = self.params
+        waiting = self.waiting
+        while waiting and plan.budget > 0 and len(plan.running) < p.max_num_seqs:
+            req = waiting.peek()
+            n = req.remaining
+            t = p.long_prefill_token_threshold
+            if 0 < t < n:
+                n = t
+            if not p.enable_chunked_prefill and n > plan.budget:
+                break
+            if not plan.admit(req, min(n, plan.budget)):
+                break
+            waiting.pop()

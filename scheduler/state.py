@@ -1,0 +1,147 @@
+"""What a policy sees and what it returns.
+
+The engine (the simulator, or the vLLM adapter) owns every ``RequestState`` and mutates it; a
+policy only reads them and answers each ``schedule`` call with a ``Decision``. Nothing here
+imports SimPy or vLLM.
+
+Token accounting follows vLLM: a request holds ``num_tokens = prompt_tokens + generated`` tokens,
+of which ``computed`` have their KV in cache. Scheduling ``n`` tokens computes the next ``n``; when
+``computed`` reaches ``num_tokens`` the iteration samples one new output token. So the prefill
+iteration emits the first token (TTFT), each decode computes one token and emits the next, and a
+request runs ``output_tokens`` iterations after its prompt is in cache. A preempted request loses
+its KV (``computed = 0``) but keeps its generated tokens, and recomputes prompt + generated tokens
+as one longer prefill (vLLM's recompute preemption).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Sequence
+
+
+class Status(str, Enum):
+    WAITING = "waiting"        # queued for (re)prefill, no KV held
+    RESIDENT = "resident"      # holds KV on the GPU (running or paused this iteration)
+    FINISHED = "finished"
+    REJECTED = "rejected"
+
+
+class RequestState:
+    """Live state of one request. Read-only for policies."""
+
+    __slots__ = (
+        "request_id", "arrival_s", "prompt_tokens", "output_tokens", "label",
+        "computed", "generated", "kv_blocks", "status", "admitted_seq",
+        "first_scheduled_s", "first_token_s", "finished_s", "preemptions", "reject_reason",
+        "_iteration",
+    )
+
+    def __init__(self, request_id: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
+                 label: str | None = None):
+        self.request_id = request_id
+        self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.label = label
+        self.computed = 0            # tokens whose KV is in cache
+        self.generated = 0           # output tokens produced so far
+        self.kv_blocks = 0           # KV blocks held
+        self.status = Status.WAITING
+        self.admitted_seq = -1       # order of the latest admission (larger = more recent)
+        self.first_scheduled_s: float | None = None
+        self.first_token_s: float | None = None
+        self.finished_s: float | None = None
+        self.preemptions = 0
+        self.reject_reason: str | None = None
+        self._iteration = -1         # engine bookkeeping: last iteration it was scheduled in
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+    @property
+    def remaining(self) -> int:
+        """Tokens to compute before the next output token is sampled (1 while decoding)."""
+        return self.prompt_tokens + self.generated - self.computed
+
+    @property
+    def is_prefill(self) -> bool:
+        """True while the prompt (or, after preemption, prompt + generated) is being computed."""
+        return self.generated == 0 or self.prompt_tokens + self.generated - self.computed > 1
+
+    @property
+    def stage(self) -> int:
+        """The paper's stage s: output tokens produced so far."""
+        return self.generated
+
+    @property
+    def max_kv_tokens(self) -> int:
+        """KV tokens held just before completion: prompt + output - 1."""
+        return self.prompt_tokens + self.output_tokens - 1
+
+    def __repr__(self):
+        return (f"RequestState(id={self.request_id}, p={self.prompt_tokens}, o={self.output_tokens},"
+                f" computed={self.computed}, generated={self.generated}, {self.status.value})")
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Static facts about the replica, given to a policy once before serving starts."""
+
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    cost_model: Any = None          # the run's cost model (for policies that plan with it)
+    workload_hint: Any = None       # optional description of the expected workload (types, rates)
+    seed: int = 0
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+
+class ReplicaView:
+    """The engine's live state as a policy may read it.
+
+    ``resident`` lists requests holding KV, in admission order (oldest first). Free KV is counted
+    in blocks. The sequences are the engine's own: iterate, never mutate.
+    """
+
+    __slots__ = ("now", "resident", "free_blocks", "num_waiting", "spec", "arrivals_done")
+
+    def __init__(self, spec: ReplicaSpec):
+        self.spec = spec
+        self.now = 0.0
+        self.resident: Sequence[RequestState] = ()
+        self.free_blocks = spec.num_blocks
+        self.num_waiting = 0
+        self.arrivals_done = False   # no request will arrive any more (lets threshold policies drain)
+
+
+@dataclass
+class Decision:
+    """One iteration's batch, as a policy wants it.
+
+    - ``prefill``: (request, tokens) pairs for requests computing prompt (or recompute) tokens; a
+      request still waiting is admitted by this (it becomes resident).
+    - ``decode``: resident requests that compute their one token and emit the next.
+    - ``preempt``: resident requests whose KV is freed before the batch runs (recompute
+      preemption). The policy itself re-queues them; the engine frees and counts.
+    - ``reject``: (request, reason) for waiting requests the policy can never serve.
+    - ``wake_at``: with an empty batch, the time at which to ask again even if nothing arrives
+      (e.g. a threshold policy's patience timer). Otherwise the engine waits for an arrival.
+    """
+
+    prefill: list = field(default_factory=list)
+    decode: list = field(default_factory=list)
+    preempt: list = field(default_factory=list)
+    reject: list = field(default_factory=list)
+    wake_at: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.prefill or self.decode)

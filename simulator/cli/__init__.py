@@ -1,0 +1,67 @@
+"""The ``servesim`` command line.
+
+Each sub-command lives in its own module and registers itself on the ``cli`` group; ``main``
+turns every user error into one line on stderr and exit status 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from scheduler.base import PolicyError
+from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
+from traces.errors import WorkloadError
+
+USER_ERRORS = (ConfigError, PolicyError, WorkloadError)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="servesim", prog_name="servesim")
+def cli():
+    """servesim: simulate LLM serving policies, replay traces, plug policies into vLLM."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register_commands()
+    try:
+        cli.main(args=argv, prog_name="servesim", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        click.echo("servesim: aborted", err=True)
+        return 130
+    except click.ClickException as e:   # bad flag or value: one line, exit 2
+        click.echo(f"servesim: error: {e.format_message()}", err=True)
+        return 2
+    except USER_ERRORS as e:
+        click.echo(f"servesim: error: {e}", err=True)
+        return 2
+    except (PolicyViolation, SimulationStalled) as e:
+        click.echo(f"servesim: simulation error: {e}", err=True)
+        return 3
+    except KeyboardInterrupt:
+        click.echo("servesim: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def _register_commands() -> None:
+    """Import every module of this package; each registers its commands on ``cli``.
+
+    A command that needs an optional extra (vLLM, Ray) imports it inside the command, so
+    importing its module here stays cheap and cannot fail for lack of the extra.
+    """
+    import importlib
+    import pkgutil
+
+    import simulator.cli as package
+    for mod in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{mod.name}")
+
+
+def entry() -> None:
+    sys.exit(main())

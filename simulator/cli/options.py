@@ -1,0 +1,133 @@
+"""The run flags, shared by every command that takes a run configuration (run, fluid, capacity...)."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from simulator.config import ARRIVALS, COST_MODELS, build_config, load_config_file
+from simulator.errors import ConfigError
+
+
+def parse_pairs(values, flag: str) -> dict:
+    """``KEY=VALUE`` items (repeated or comma-separated) into a dict of strings."""
+    out = {}
+    for item in values or ():
+        for part in str(item).split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise ConfigError(f"{flag}: expected KEY=VALUE, got {part!r}")
+            k, v = part.split("=", 1)
+            out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+
+def parse_slo(values) -> dict:
+    aliases = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2el": "e2el_ms", "e2e": "e2el_ms"}
+    out = {}
+    for k, v in parse_pairs(values, "--slo").items():
+        key = aliases.get(k, k)
+        if key not in aliases.values():
+            raise ConfigError(f"--slo: unknown objective {k!r}; use ttft, tpot or e2el (ms)")
+        try:
+            out[key] = float(v)
+        except ValueError:
+            raise ConfigError(f"--slo: {k} must be a number of milliseconds, got {v!r}")
+    return out
+
+
+def parse_schedule(text: str | None):
+    """``30:5,60:0,30:12`` -> [[30, 5], [60, 0], [30, 12]] (duration_s:rate segments)."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            d, r = part.split(":")
+            out.append([float(d), float(r)])
+        except ValueError:
+            raise ConfigError(f"--rate-schedule: expected DURATION:RATE[,...], got {part!r}")
+    return out
+
+
+_OPTIONS = [
+    click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                 help="YAML or TOML file with run fields; flags override it."),
+    click.option("--policy", help="Batching policy (see `servesim policies`). [vllm-v1]"),
+    click.option("-p", "--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",
+                 help="Policy parameter, repeatable (see `servesim policies NAME`)."),
+    click.option("--model", help="Model preset (see `servesim presets`). [llama-2-7b]"),
+    click.option("--gpu", help="GPU preset. [a100-80gb]"),
+    click.option("--cost-model", type=click.Choice(COST_MODELS), help="Iteration-time model. [roofline]"),
+    click.option("--cost-param", multiple=True, metavar="KEY=VALUE",
+                 help="Cost-model parameter, e.g. d0=0.02 d1=4e-7 for linear."),
+    click.option("--kv-capacity", type=int, help="KV cache capacity in tokens (default: from GPU memory)."),
+    click.option("--block-size", type=int, help="KV block size in tokens. [16]"),
+    click.option("--gpu-memory-utilization", type=float, help="Fraction of GPU memory used. [0.9]"),
+    click.option("--max-model-len", type=int, help="Longest prompt + output accepted (default: model's)."),
+    click.option("--arrival", type=click.Choice(ARRIVALS), help="Arrival process. [poisson]"),
+    click.option("--rate", type=float, help="Mean arrival rate, requests/s. [2.5]"),
+    click.option("--cv", type=float, help="Gamma arrivals: coefficient of variation of gaps. [1]"),
+    click.option("--rate-schedule", help="Piecewise arrivals: DURATION:RATE,... repeating."),
+    click.option("--num-requests", "-n", type=int, help="Number of requests. [1000]"),
+    click.option("--duration", type=float, help="Seconds of arrivals (instead of -n)."),
+    click.option("--prompt-len", help="Prompt tokens: 512 or a uniform range 128:2048. [128:2048]"),
+    click.option("--output-len", help="Output tokens: 20 or a range 16:512. [16:512]"),
+    click.option("--type", "types", multiple=True, metavar="p512d20:RATE",
+                 help="A request type of the paper's model (prompt, output, rate); repeatable."),
+    click.option("--seed", type=int, help="Seed for every random choice. [0]"),
+    click.option("--slo", multiple=True, metavar="ttft=MS,tpot=MS,e2el=MS",
+                 help="Service-level objectives for goodput and attainment."),
+]
+
+
+def run_options(f):
+    """Decorate a click command with every run flag."""
+    for opt in reversed(_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def config_from_options(opts: dict, extra: dict | None = None):
+    """Build a validated RunConfig from the run flags (and an optional config file)."""
+    file_values = load_config_file(opts["config_file"]) if opts.get("config_file") else {}
+    overrides = {
+        "policy": opts.get("policy"),
+        "policy_params": parse_pairs(opts.get("policy_param"), "--policy-param") or None,
+        "model": opts.get("model"),
+        "gpu": opts.get("gpu"),
+        "cost_model": opts.get("cost_model"),
+        "cost_params": parse_pairs(opts.get("cost_param"), "--cost-param") or None,
+        "kv_capacity": opts.get("kv_capacity"),
+        "block_size": opts.get("block_size"),
+        "gpu_memory_utilization": opts.get("gpu_memory_utilization"),
+        "max_model_len": opts.get("max_model_len"),
+        "arrival": opts.get("arrival"),
+        "rate": opts.get("rate"),
+        "cv": opts.get("cv"),
+        "rate_schedule": parse_schedule(opts.get("rate_schedule")),
+        "num_requests": opts.get("num_requests"),
+        "duration": opts.get("duration"),
+        "prompt_len": opts.get("prompt_len"),
+        "output_len": opts.get("output_len"),
+        "types": list(opts["types"]) if opts.get("types") else None,
+        "seed": opts.get("seed"),
+        "slo": parse_slo(opts.get("slo")) or None,
+    }
+    if overrides["duration"] is not None and "num_requests" in file_values:
+        file_values.pop("num_requests")
+    if overrides["num_requests"] is not None and "duration" in file_values:
+        file_values.pop("duration")
+    overrides.update(extra or {})
+    return build_config(file_values, overrides)
+
+
+def with_run_options(f):
+    """run_options, and pass the raw option dict as ``opts``."""
+    @run_options
+    @functools.wraps(f)
+    def wrapper(**kwargs):
+        return f(**kwargs)
+    return wrapper

@@ -1,0 +1,94 @@
+"""``servesim run``: simulate one policy on one workload and report vLLM-bench metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from simulator.cli import cli
+from simulator.cli.options import config_from_options, run_options
+from simulator.runner import simulate, write_outputs
+
+_RUN_ONLY = ("out", "requests_format", "no_timeline", "as_json", "quiet")
+
+
+@cli.command()
+@run_options
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Folder for summary.json, requests.csv, timeline.csv, config.json.")
+@click.option("--requests-format", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True, help="File format of the per-request table.")
+@click.option("--no-timeline", is_flag=True, help="Do not record the per-iteration timeline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
+def run(**opts):
+    """Simulate a policy on a workload (no flags: the built-in default workload)."""
+    extra = {"out": opts["out"], "timeline": False if opts["no_timeline"] else None}
+    cfg = config_from_options({k: v for k, v in opts.items() if k not in _RUN_ONLY}, extra)
+    console = Console(stderr=True)
+    if opts["quiet"] or not console.is_terminal:
+        result = simulate(cfg)
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} done"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("run", total=None)
+            result = simulate(cfg, progress=lambda done, total: bar.update(task, completed=done,
+                                                                           total=total))
+    if cfg.out:
+        paths = write_outputs(result, cfg.out, opts["requests_format"])
+    if opts["as_json"]:
+        click.echo(json.dumps(result.summary, indent=2, default=str))
+    elif not opts["quiet"]:
+        print_summary(result.summary, Console())
+        if cfg.out:
+            Console().print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _fmt(v, digits=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def print_summary(s: dict, console: Console) -> None:
+    pol = s.get("policy", {})
+    w = s.get("workload", {})
+    console.print(f"[bold]{pol.get('policy', '?')}[/] on {s.get('model')} / {s.get('gpu')} "
+                  f"({s.get('cost', {}).get('cost_model')} cost), KV capacity "
+                  f"{s.get('kv_capacity_tokens', 0):,} tokens; workload: {w.get('requests')} "
+                  f"requests, {w.get('arrival', w.get('source', ''))} @ "
+                  f"{_fmt(w.get('mean_rate'), 2)} req/s, {w.get('lengths', '')}")
+    t = Table(show_header=True, header_style="bold")
+    t.add_column("metric")
+    for col in ("mean", "median", "p90", "p99"):
+        t.add_column(col, justify="right")
+    for key, label in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"),
+                       ("e2el_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)")):
+        t.add_row(label, *(_fmt(s.get(f"{stat}_{key}")) for stat in ("mean", "median", "p90", "p99")))
+    console.print(t)
+    t2 = Table(show_header=False)
+    t2.add_column("k")
+    t2.add_column("v", justify="right")
+    rows = [("completed / rejected / unfinished",
+             f"{s['completed']} / {s['rejected']} / {s.get('unfinished', 0)}"),
+            ("preemptions", _fmt(s["preemptions"])),
+            ("duration (simulated s)", _fmt(s["duration_s"], 2)),
+            ("request throughput (req/s)", _fmt(s["request_throughput"], 3)),
+            ("output throughput (tok/s)", _fmt(s["output_throughput"])),
+            ("total token throughput (tok/s)", _fmt(s["total_token_throughput"])),
+            ("peak KV used (tokens)", _fmt(s.get("peak_kv_tokens"))),
+            ("iterations", _fmt(s.get("iterations")))]
+    if "slo_attainment" in s:
+        rows += [("SLO attainment", _fmt(s["slo_attainment"], 3)),
+                 ("goodput (req/s)", _fmt(s["request_goodput"], 3))]
+    rows.append(("wall time (s)", _fmt(s.get("wall_s"), 2)))
+    for r in rows:
+        t2.add_row(*r)
+    console.print(t2)

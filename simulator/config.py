@@ -1,0 +1,183 @@
+"""The run configuration: every field of ``servesim run``, from flags or a YAML/TOML file.
+
+A config file holds the same fields as the flags (underscores or dashes); flags given on the
+command line override the file. Unknown keys and wrong types are rejected with one line naming
+the field and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulator.errors import ConfigError
+
+ARRIVALS = ("poisson", "gamma", "deterministic", "piecewise")
+COST_MODELS = ("linear", "roofline", "profile")
+
+
+@dataclass
+class RunConfig:
+    # policy
+    policy: str = "vllm-v1"
+    policy_params: dict = field(default_factory=dict)
+    # replica
+    model: str = "llama-2-7b"
+    gpu: str = "a100-80gb"
+    cost_model: str = "roofline"
+    cost_params: dict = field(default_factory=dict)
+    kv_capacity: int | None = None          # tokens; default derived from GPU memory
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None        # default: the model's
+    # workload
+    arrival: str = "poisson"
+    rate: float = 2.5                       # requests/s (a moderate load for the default)
+    cv: float = 1.0                         # gamma arrivals: coefficient of variation of gaps
+    rate_schedule: list | None = None       # piecewise: [[duration_s, rate], ...]
+    num_requests: int | None = None
+    duration: float | None = None           # seconds of arrivals (instead of num_requests)
+    prompt_len: str = "128:2048"            # fixed "512" or uniform "low:high"
+    output_len: str = "16:512"
+    types: list | None = None               # ["p512d20:8.4", ...]: the paper's multi-type model
+    seed: int = 0
+    # outputs
+    slo: dict = field(default_factory=dict)  # {"ttft_ms": 500, "tpot_ms": 50, "e2el_ms": ...}
+    timeline: bool = True
+    out: str | None = None
+
+    DEFAULT_NUM_REQUESTS: typing.ClassVar[int] = 1000
+
+    def validate(self) -> "RunConfig":
+        _check_choice("arrival", self.arrival, ARRIVALS)
+        _check_choice("cost_model", self.cost_model, COST_MODELS)
+        _check_positive("rate", self.rate)
+        _check_positive("cv", self.cv)
+        _check_positive("block_size", self.block_size)
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got "
+                              f"{self.gpu_memory_utilization!r}")
+        for name in ("kv_capacity", "max_model_len", "num_requests", "duration"):
+            v = getattr(self, name)
+            if v is not None:
+                _check_positive(name, v)
+        if self.num_requests is not None and self.duration is not None:
+            raise ConfigError("give num_requests or duration, not both")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for key, v in self.slo.items():
+            if key not in ("ttft_ms", "tpot_ms", "e2el_ms"):
+                raise ConfigError(f"slo: unknown objective {key!r}; allowed: ttft_ms, tpot_ms, "
+                                  f"e2el_ms")
+            _check_positive(f"slo.{key}", v)
+        if self.arrival == "piecewise" and not self.rate_schedule:
+            raise ConfigError("arrival piecewise needs rate_schedule: [[duration_s, rate], ...]")
+        return self
+
+    @property
+    def requests_or_default(self) -> int | None:
+        if self.num_requests is None and self.duration is None:
+            return self.DEFAULT_NUM_REQUESTS
+        return self.num_requests
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of: {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a value from a config file against the field's declared type."""
+    tp = typing.get_type_hints(RunConfig)[name]
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {name} may not be empty")
+    origin = typing.get_origin(base) or base
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
+        dict: lambda v: isinstance(v, dict),
+        list: lambda v: isinstance(v, list),
+    }[origin](value)
+    if not ok:
+        kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+                dict: "a table/mapping", list: "a list"}[origin]
+        raise ConfigError(f"{source}: {name} must be {kind}, got {value!r}")
+    if origin is float:
+        return float(value)
+    if origin is str:
+        return str(value)
+    return value
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) run config into checked field values."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:   # Python 3.10
+                import tomli as tomllib
+            raw = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+            raw = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {p}: use a .yaml, .yml or .toml file")
+    except ConfigError:
+        raise
+    except Exception as e:  # parse errors from yaml/tomllib carry line numbers in str(e)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config file {p}: cannot parse: {first}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p}: expected a mapping of field: value at the top level")
+    return check_fields(raw, f"config file {p}")
+
+
+def check_fields(raw: dict, source: str) -> dict:
+    out = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"{source}: unknown key {key!r}; allowed: {', '.join(FIELDS)}")
+        out[name] = _coerce(name, value, source)
+    return out
+
+
+def build_config(file_values: dict | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults, then the config file, then explicit flags (``None`` means not given)."""
+    values = dict(file_values or {})
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if isinstance(v, dict) and isinstance(values.get(k), dict):
+            values[k] = {**values[k], **v}
+        else:
+            values[k] = v
+    return RunConfig(**values).validate()

@@ -1,0 +1,66 @@
+"""Build a cost model from a run's configuration."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from simulator.cost.base import CostModel
+from simulator.cost.linear import TERMS, LinearCost, fit_linear, representative_batches
+from simulator.cost.profile import ProfileCost, default_profile_path
+from simulator.cost.roofline import EFFICIENCY_DEFAULTS, RooflineCost
+from simulator.errors import ConfigError
+from simulator.hardware import GPUSpec, ModelSpec
+
+ROOFLINE_KEYS = tuple(EFFICIENCY_DEFAULTS)
+PROFILE_KEYS = ("path", "overhead_s", "tensor_parallel", "statistic")
+LINEAR_KEYS = TERMS + ("d0", "d1")
+
+
+def _check_keys(kind: str, params: dict, allowed: tuple) -> None:
+    for k in params:
+        if k not in allowed:
+            raise ConfigError(f"cost_params for {kind}: unknown key {k!r}; allowed: "
+                              f"{', '.join(allowed)}")
+
+
+def _number(kind: str, key: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"cost_params for {kind}: {key} must be a number, got {value!r}")
+
+
+def build_cost_model(kind: str, model: ModelSpec, gpu: GPUSpec, params: dict | None = None
+                     ) -> CostModel:
+    """``linear`` takes c0/c_prefill/c_decode/c_kv (or the paper's d0/d1) in seconds; without
+    coefficients it is fitted to the roofline model of the chosen model and GPU. ``roofline``
+    takes efficiency overrides; ``profile`` a table path (default: the shared measured profile).
+    """
+    params = dict(params or {})
+    if kind == "roofline":
+        _check_keys(kind, params, ROOFLINE_KEYS)
+        return RooflineCost(model, gpu, **{k: _number(kind, k, v) for k, v in params.items()})
+    if kind == "profile":
+        _check_keys(kind, params, PROFILE_KEYS)
+        path = params.pop("path", None) or default_profile_path(model, gpu)
+        kw = {}
+        if "overhead_s" in params:
+            kw["overhead_s"] = _number(kind, "overhead_s", params["overhead_s"])
+        if "tensor_parallel" in params:
+            kw["tensor_parallel"] = int(_number(kind, "tensor_parallel", params["tensor_parallel"]))
+        if "statistic" in params:
+            kw["statistic"] = str(params["statistic"])
+        return ProfileCost(path, model, gpu, **kw)
+    if kind == "linear":
+        _check_keys(kind, params, LINEAR_KEYS)
+        values = {k: _number(kind, k, v) for k, v in params.items()}
+        if "d0" in values or "d1" in values:
+            if set(values) - {"d0", "d1"}:
+                raise ConfigError("cost_params for linear: give d0/d1 or c0/c_prefill/c_decode/"
+                                  "c_kv, not both")
+            return LinearCost.paper(values.get("d0", 0.0), values.get("d1", 0.0))
+        if values:
+            return LinearCost(**values)
+        reference = RooflineCost(model, gpu)
+        return fit_linear(reference, representative_batches(model.max_model_len)).cost
+    raise ConfigError(f"cost_model must be one of: linear, roofline, profile; got {kind!r}")

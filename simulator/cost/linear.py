@@ -1,0 +1,116 @@
+"""Linear cost: t = c0 + c_prefill * prefill tokens + c_decode * decode requests + c_kv * KV tokens.
+
+The paper's model, tau = d0 + d1 * sum (l + s), is the special case c_prefill = c_decode = 0,
+c0 = d0, c_kv = d1. ``fit_linear`` fits any subset of the four coefficients to another cost model
+by least squares over representative batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.cost.base import BatchShape, CostModel
+from simulator.errors import ConfigError
+
+TERMS = ("c0", "c_prefill", "c_decode", "c_kv")
+
+
+@dataclass(frozen=True)
+class LinearCost(CostModel):
+    c0: float = 0.0
+    c_prefill: float = 0.0
+    c_decode: float = 0.0
+    c_kv: float = 0.0
+    name = "linear"
+
+    def __post_init__(self):
+        for term in TERMS:
+            v = getattr(self, term)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"linear cost coefficient {term} must be a number >= 0, got {v!r}")
+        if self.c0 == 0 and self.c_prefill == 0 and self.c_decode == 0 and self.c_kv == 0:
+            raise ConfigError("linear cost model: all coefficients are 0; give at least one")
+
+    @classmethod
+    def paper(cls, d0: float, d1: float) -> "LinearCost":
+        """The paper's tau = d0 + d1 * (KV tokens of the batch)."""
+        return cls(c0=d0, c_kv=d1)
+
+    @property
+    def d0(self) -> float:
+        return self.c0
+
+    @property
+    def d1(self) -> float:
+        return self.c_kv
+
+    def iteration_time(self, shape: BatchShape) -> float:
+        return (self.c0 + self.c_prefill * shape.prefill_tokens
+                + self.c_decode * shape.decode_requests
+                + self.c_kv * (shape.prefill_kv_tokens + shape.decode_kv_tokens))
+
+    def describe(self) -> dict:
+        return {"cost_model": "linear", "c0": self.c0, "c_prefill": self.c_prefill,
+                "c_decode": self.c_decode, "c_kv": self.c_kv}
+
+
+def _features(shape: BatchShape) -> list[float]:
+    return [1.0, shape.prefill_tokens, shape.decode_requests, shape.kv_tokens]
+
+
+def representative_batches(max_model_len: int = 4096, max_kv_tokens: int | None = None
+                           ) -> list[BatchShape]:
+    """A grid of batches like those a server runs: pure decode steps (1 to 256 requests at
+    contexts 128 to 4k), whole-prompt prefills (64 to 4k tokens), and mixed chunked steps.
+    Batches whose KV would exceed ``max_kv_tokens`` are left out."""
+    out = []
+    ctxs = [c for c in (128, 512, 1024, 2048, 4096) if c <= max_model_len]
+    for n in (1, 4, 16, 32, 64, 128, 256):
+        for ctx in ctxs:
+            out.append(BatchShape.of(decode_kv=[ctx] * n))
+    for p in (64, 256, 512, 1024, 2048, 4096):
+        if p <= max_model_len:
+            out.append(BatchShape.of(prefill=[(p, 0)]))
+    for n in (8, 32, 128):
+        for ctx in ctxs[:3]:
+            out.append(BatchShape.of(prefill=[(512, 0)], decode_kv=[ctx] * n))
+    if max_kv_tokens:
+        out = [b for b in out if b.kv_tokens <= max_kv_tokens] or out[:1]
+    return out
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    cost: LinearCost
+    rmse_s: float               # root-mean-square error over the batches, seconds
+    max_rel_error: float        # worst |fit - model| / model over the batches
+    batches: int
+
+
+def fit_linear(model: CostModel, batches: list[BatchShape] | None = None,
+               terms: tuple[str, ...] = TERMS) -> LinearFit:
+    """Least-squares linear coefficients (only ``terms``; the others stay 0) for ``model``,
+    constrained to be >= 0 (scipy-free: non-negative least squares by active-set elimination)."""
+    unknown = [t for t in terms if t not in TERMS]
+    if unknown or not terms:
+        raise ConfigError(f"fit_linear terms must be among {TERMS}, got {terms}")
+    batches = batches or representative_batches()
+    cols = [TERMS.index(t) for t in terms]
+    X = np.array([[_features(b)[i] for i in cols] for b in batches], dtype=float)
+    y = np.array([model.iteration_time(b) for b in batches], dtype=float)
+    active = list(range(len(cols)))
+    while True:
+        coef_a, *_ = np.linalg.lstsq(X[:, active], y, rcond=None)
+        if (coef_a >= 0).all() or len(active) == 1:
+            break
+        active.pop(int(np.argmin(coef_a)))   # drop the most negative term and refit
+    coef = np.zeros(len(cols))
+    coef[active] = np.maximum(coef_a, 0.0)
+    values = dict(zip(terms, coef.tolist()))
+    cost = LinearCost(**values)
+    pred = X @ coef
+    return LinearFit(cost, float(np.sqrt(np.mean((pred - y) ** 2))),
+                     float(np.max(np.abs(pred - y) / y)), len(batches))

@@ -1,0 +1,279 @@
+"""The serving model: one GPU replica driven by SimPy.
+
+Two processes share the clock. ``arrivals`` releases the workload's requests at their arrival
+times (rejecting those that can never fit); ``replica`` loops: ask the policy for a batch, take its
+duration from the cost model, advance the clock, apply the iteration (prefill progress, one token
+per decode, first-token and completion times, KV growth). With nothing to run it sleeps until an
+arrival (or the policy's wake-up time): events, never polling.
+
+The engine owns all state and enforces the invariants whatever the policy asks: a request is
+scheduled at most once per iteration, only tokens that exist are computed, and KV never exceeds
+capacity. A violation is a bug in the policy and raises ``PolicyViolation``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import simpy
+
+from scheduler.base import Policy
+from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
+from simulator.cost.base import BatchShape, CostModel
+from simulator.errors import PolicyViolation, SimulationStalled
+from traces.request import Request
+
+TIMELINE_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "prefill_requests",
+                    "decode_requests", "batch_kv_tokens", "kv_used_tokens", "resident",
+                    "waiting", "preempted")
+
+
+@dataclass
+class EngineResult:
+    """Raw outcome of a run: every request's final state, the iteration timeline, counters."""
+
+    states: list[RequestState]
+    timeline: list[tuple] | None
+    end_s: float
+    iterations: int
+    preemptions: int
+    peak_kv_blocks: int
+    spec: ReplicaSpec
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Engine:
+    """Simulates one replica serving ``requests`` under ``policy`` with ``cost_model``."""
+
+    def __init__(self, requests: Iterable[Request], policy: Policy, cost_model: CostModel,
+                 spec: ReplicaSpec, *, record_timeline: bool = True,
+                 progress: Callable[[int, int], None] | None = None, total: int | None = None):
+        self.env = simpy.Environment()
+        self.requests = requests
+        self.policy = policy
+        self.cost_model = cost_model
+        self.spec = spec
+        self.view = ReplicaView(spec)
+        self.resident: dict[int, RequestState] = {}
+        self.view.resident = self.resident.values()   # live, admission order
+        self.states: list[RequestState] = []
+        self.timeline: list[tuple] | None = [] if record_timeline else None
+        self.progress = progress
+        self.total = total
+        self.free_blocks = spec.num_blocks
+        self.peak_used_blocks = 0
+        self.unfinished = 0
+        self.finished = 0
+        self.iterations = 0
+        self.preemptions = 0
+        self._admissions = 0
+        self._idle: simpy.Event | None = None
+
+    # ---------------------------------------------------------------------------------------
+    def run(self) -> EngineResult:
+        wall0 = time.perf_counter()
+        self.policy.bind(self.spec)
+        self.env.process(self._arrivals())
+        done = self.env.process(self._replica())
+        self.env.run(until=done)
+        return EngineResult(self.states, self.timeline, self.env.now, self.iterations,
+                            self.preemptions, self.peak_used_blocks, self.spec,
+                            wall_s=time.perf_counter() - wall0)
+
+    # ---------------------------------------------------------------------------------------
+    def _arrivals(self):
+        env = self.env
+        for r in self.requests:
+            delay = r.arrival_s - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            self._arrive(r)
+        self.view.arrivals_done = True
+        self._wake()
+
+    def _arrive(self, r: Request) -> None:
+        st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.label)
+        self.states.append(st)
+        spec = self.spec
+        total = r.prompt_tokens + r.output_tokens
+        if total > spec.max_model_len:
+            self._reject(st, f"prompt + output = {total} tokens exceeds max_model_len "
+                             f"{spec.max_model_len}")
+            return
+        if spec.blocks_for(st.max_kv_tokens) > spec.num_blocks:
+            self._reject(st, f"needs {st.max_kv_tokens} KV tokens, capacity is "
+                             f"{spec.kv_capacity_tokens}")
+            return
+        self.unfinished += 1
+        self.view.num_waiting += 1
+        self.policy.on_arrival(st)
+        self._wake()
+
+    def _reject(self, st: RequestState, reason: str) -> None:
+        st.status = Status.REJECTED
+        st.reject_reason = reason
+
+    def _wake(self) -> None:
+        if self._idle is not None and not self._idle.triggered:
+            self._idle.succeed()
+
+    # ---------------------------------------------------------------------------------------
+    def _replica(self):
+        env, view, policy = self.env, self.view, self.policy
+        while True:
+            view.now = env.now
+            view.free_blocks = self.free_blocks
+            d = policy.schedule(view)
+            if d.reject:
+                self._apply_rejects(d.reject)
+            if d.preempt:
+                self._apply_preemptions(d.preempt)
+            if not (d.prefill or d.decode):
+                if view.arrivals_done and self.unfinished == 0:
+                    return
+                if view.arrivals_done and d.wake_at is None:
+                    raise SimulationStalled(
+                        f"policy {policy.name} scheduled nothing at t={env.now:.3f}s with "
+                        f"{self.unfinished} unfinished requests ({view.num_waiting} waiting, "
+                        f"{len(self.resident)} resident) and no further arrivals")
+                self._idle = env.event()
+                if d.wake_at is not None:
+                    if not d.wake_at > env.now:
+                        raise PolicyViolation(f"policy {policy.name} asked to wake at "
+                                              f"{d.wake_at} <= now {env.now}")
+                    yield self._idle | env.timeout(d.wake_at - env.now)
+                else:
+                    yield self._idle
+                self._idle = None
+                continue
+            dt = self._start_iteration(d)
+            yield env.timeout(dt)
+            self._finish_iteration(d)
+
+    def _apply_rejects(self, rejects) -> None:
+        for st, reason in rejects:
+            if st.status is not Status.WAITING:
+                raise PolicyViolation(f"policy {self.policy.name} rejected request "
+                                      f"{st.request_id}, which is {st.status.value}")
+            self._reject(st, reason)
+            self.view.num_waiting -= 1
+            self.unfinished -= 1
+
+    def _apply_preemptions(self, victims) -> None:
+        for st in victims:
+            if st.status is not Status.RESIDENT:
+                raise PolicyViolation(f"policy {self.policy.name} preempted request "
+                                      f"{st.request_id}, which is {st.status.value}")
+            self.free_blocks += st.kv_blocks
+            st.kv_blocks = 0
+            st.computed = 0
+            st.status = Status.WAITING
+            st.preemptions += 1
+            del self.resident[st.request_id]
+            self.view.num_waiting += 1
+            self.preemptions += 1
+
+    def _violation(self, st: RequestState, what: str) -> PolicyViolation:
+        return PolicyViolation(f"policy {self.policy.name} at t={self.env.now:.6f}s: request "
+                               f"{st.request_id} {what} ({st!r})")
+
+    def _start_iteration(self, d) -> float:
+        """Validate the batch, admit new requests, allocate KV; return the iteration's duration."""
+        self.iterations += 1
+        it = self.iterations
+        now = self.env.now
+        bs = self.spec.block_size
+        free = self.free_blocks
+        resident = self.resident
+        shape = BatchShape()
+        pf_tokens = pf_kv = 0
+        pf_pairs = 0.0
+        for st, n in d.prefill:
+            if st._iteration == it:
+                raise self._violation(st, "was scheduled twice in one iteration")
+            st._iteration = it
+            if st.status is Status.WAITING:
+                st.status = Status.RESIDENT
+                self._admissions += 1
+                st.admitted_seq = self._admissions
+                resident[st.request_id] = st
+                self.view.num_waiting -= 1
+                if st.first_scheduled_s is None:
+                    st.first_scheduled_s = now
+            elif st.status is not Status.RESIDENT:
+                raise self._violation(st, "was scheduled but is not waiting or resident")
+            ctx = st.computed
+            if not 0 < n <= st.prompt_tokens + st.generated - ctx:
+                raise self._violation(st, f"was given {n} prefill tokens")
+            need = -(-(ctx + n) // bs) - st.kv_blocks
+            if need > 0:
+                free -= need
+                st.kv_blocks += need
+            pf_tokens += n
+            pf_kv += ctx + n
+            pf_pairs += n * ctx + n * (n + 1) / 2
+        dec_kv = 0
+        for st in d.decode:
+            if st._iteration == it:
+                raise self._violation(st, "was scheduled twice in one iteration")
+            st._iteration = it
+            ctx = st.computed
+            if st.status is not Status.RESIDENT or st.generated == 0 or \
+                    st.prompt_tokens + st.generated - ctx != 1:
+                raise self._violation(st, "was scheduled to decode but is not decoding")
+            if ctx % bs == 0:          # the new token starts a new block
+                free -= 1
+                st.kv_blocks += 1
+            dec_kv += ctx + 1
+        if free < 0:
+            raise PolicyViolation(
+                f"policy {self.policy.name} at t={now:.6f}s over-allocated KV: the batch needs "
+                f"{self.free_blocks - free} blocks, {self.free_blocks} were free")
+        self.free_blocks = free
+        used = self.spec.num_blocks - free
+        if used > self.peak_used_blocks:
+            self.peak_used_blocks = used
+        shape.prefill_tokens = pf_tokens
+        shape.prefill_requests = len(d.prefill)
+        shape.prefill_kv_tokens = pf_kv
+        shape.prefill_attn_pairs = pf_pairs
+        shape.decode_requests = len(d.decode)
+        shape.decode_kv_tokens = dec_kv
+        dt = self.cost_model.iteration_time(shape)
+        if not dt > 0:
+            raise PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
+                                  f"iteration time {dt!r} for {shape!r}")
+        if self.timeline is not None:
+            self.timeline.append((now, dt, pf_tokens, len(d.prefill), len(d.decode),
+                                  pf_kv + dec_kv, used * bs, len(resident),
+                                  self.view.num_waiting, len(d.preempt)))
+        return dt
+
+    def _finish_iteration(self, d) -> None:
+        now = self.env.now
+        for st, n in d.prefill:
+            st.computed += n
+            if st.computed == st.prompt_tokens + st.generated:
+                self._emit_token(st, now)
+        for st in d.decode:
+            st.computed += 1
+            self._emit_token(st, now)
+        if self.progress is not None and self.iterations % 1024 == 0:
+            self.progress(self.finished, self.total or 0)
+
+    def _emit_token(self, st: RequestState, now: float) -> None:
+        st.generated += 1
+        if st.first_token_s is None:
+            st.first_token_s = now
+        if st.generated == st.output_tokens:
+            st.status = Status.FINISHED
+            st.finished_s = now
+            self.free_blocks += st.kv_blocks
+            st.kv_blocks = 0
+            del self.resident[st.request_id]
+            self.unfinished -= 1
+            self.finished += 1
+            self.policy.on_finish(st)

@@ -1,0 +1,145 @@
+"""Per-request table, iteration timeline and summary, in one schema for every source.
+
+The summary uses ``vllm bench serve``'s key names (request_throughput, mean_ttft_ms, ...), so
+simulated, vLLM-in-the-loop and live-server runs compare key by key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from scheduler.state import RequestState, Status
+
+REQUEST_COLUMNS = (
+    "request_id", "label", "arrival_s", "prompt_tokens", "output_tokens", "status",
+    "reject_reason", "first_scheduled_s", "first_token_s", "completion_s", "queue_ms", "ttft_ms",
+    "tpot_ms", "e2el_ms", "preemptions",
+)
+SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
+PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
+
+
+def requests_table(states: list[RequestState]) -> pd.DataFrame:
+    """One row per request. Times are seconds from the workload start; latencies milliseconds.
+
+    TPOT follows vLLM bench: (e2e latency - TTFT) / (output tokens - 1), undefined for 1-token
+    outputs. ``status`` is completed, rejected or unfinished.
+    """
+    n = len(states)
+    nan = float("nan")
+
+    def col(attr):
+        return np.array([getattr(s, attr) if getattr(s, attr) is not None else nan
+                         for s in states], dtype=float)
+
+    arrival = col("arrival_s")
+    first_sched = col("first_scheduled_s")
+    first_tok = col("first_token_s")
+    done = col("finished_s")
+    out = np.array([s.output_tokens for s in states], dtype=np.int64)
+    status = np.array(["completed" if s.status is Status.FINISHED else
+                       "rejected" if s.status is Status.REJECTED else "unfinished"
+                       for s in states], dtype=object)
+    e2el = (done - arrival) * 1e3
+    ttft = (first_tok - arrival) * 1e3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (e2el - ttft) / np.maximum(out - 1, 1), nan)
+    frame = pd.DataFrame({
+        "request_id": np.array([s.request_id for s in states], dtype=np.int64),
+        "label": pd.Series([s.label for s in states], dtype=object),
+        "arrival_s": arrival,
+        "prompt_tokens": np.array([s.prompt_tokens for s in states], dtype=np.int64),
+        "output_tokens": out,
+        "status": status,
+        "reject_reason": pd.Series([s.reject_reason for s in states], dtype=object),
+        "first_scheduled_s": first_sched,
+        "first_token_s": first_tok,
+        "completion_s": done,
+        "queue_ms": (first_sched - arrival) * 1e3,
+        "ttft_ms": ttft,
+        "tpot_ms": tpot,
+        "e2el_ms": e2el,
+        "preemptions": np.array([s.preemptions for s in states], dtype=np.int64),
+    }, index=pd.RangeIndex(n))
+    return frame
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Service-level objectives in milliseconds; None means not constrained."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.ttft_ms, self.tpot_ms, self.e2el_ms))
+
+    def met(self, frame: pd.DataFrame) -> np.ndarray:
+        """Boolean per request: completed and within every given objective."""
+        ok = (frame["status"] == "completed").to_numpy().copy()
+        for key in SLO_KEYS:
+            limit = getattr(self, key)
+            if limit is not None:
+                vals = frame[key].to_numpy()
+                # An undefined TPOT (1-token output) cannot violate a TPOT objective.
+                ok &= np.where(np.isnan(vals), key == "tpot_ms", vals <= limit)
+        return ok
+
+
+def _stats(name: str, values: np.ndarray) -> dict:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        out = {f"mean_{name}": None, f"std_{name}": None}
+        out.update({f"{label}_{name}": None for label, _ in PERCENTILES})
+        return out
+    out = {f"mean_{name}": float(values.mean()), f"std_{name}": float(values.std())}
+    for label, q in PERCENTILES:
+        out[f"{label}_{name}"] = float(np.percentile(values, q))
+    return out
+
+
+def summarize(frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,
+              end_s: float | None = None) -> dict:
+    """Summary metrics over a requests table (vLLM-bench key names).
+
+    ``duration_s`` runs from the first arrival to the last completion (or ``end_s``), the span
+    over which vLLM bench divides its throughputs.
+    """
+    done = frame[frame["status"] == "completed"]
+    start = float(frame["arrival_s"].min()) if len(frame) else 0.0
+    last = float(done["completion_s"].max()) if len(done) else start
+    end = max(last, end_s if end_s is not None else last)
+    duration = end - start
+    per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
+    out_tokens = int(done["output_tokens"].sum())
+    in_tokens = int(done["prompt_tokens"].sum())
+    s = {
+        "completed": int(len(done)),
+        "rejected": int((frame["status"] == "rejected").sum()),
+        "unfinished": int((frame["status"] == "unfinished").sum()),
+        "preemptions": int(preemptions),
+        "duration_s": duration,
+        "total_input_tokens": in_tokens,
+        "total_output_tokens": out_tokens,
+        "request_throughput": per_s(len(done)),
+        "output_throughput": per_s(out_tokens),
+        "total_token_throughput": per_s(in_tokens + out_tokens),
+    }
+    for key in ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms"):
+        s.update(_stats(key, done[key].to_numpy(dtype=float)))
+    if slo is not None and slo.given:
+        met = slo.met(frame)
+        s["request_goodput"] = per_s(int(met.sum()))
+        s["slo_attainment"] = float(met.mean()) if len(frame) else math.nan
+        s["slo"] = {k: getattr(slo, k) for k in SLO_KEYS if getattr(slo, k) is not None}
+    return s
+
+
+def timeline_table(rows: list[tuple] | None, columns) -> pd.DataFrame:
+    return pd.DataFrame(rows or [], columns=list(columns))
