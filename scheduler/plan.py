@@ -19,8 +19,14 @@ def latest_admitted(running: list) -> RequestState:
     return running[-1]
 
 
+def arrival_order(req: RequestState) -> tuple:
+    """Sort key: FCFS by arrival, ties by request id."""
+    return req.arrival_s, req.request_id
+
+
 def latest_arrival(running: list) -> RequestState:
-    return max(running, key=lambda r: (r.arrival_s, r.admitted_seq))
+    """vLLM V0's choice: the running request that arrived last (lowest FCFS priority)."""
+    return max(running, key=arrival_order)
 
 
 VICTIMS: dict[str, VictimPicker] = {"latest-admitted": latest_admitted,

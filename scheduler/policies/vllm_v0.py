@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from scheduler.base import QueuedPolicy, param, register
 from scheduler.kvbudget import watermark_blocks
-from scheduler.plan import VICTIMS, StepPlan
+from scheduler.plan import VICTIMS, StepPlan, arrival_order
 
 
 @dataclass
@@ -56,9 +56,15 @@ class VllmV0(QueuedPolicy):
             waiting.pop()
         if plan.tokens:
             return plan.decision()
-        for req in list(plan.running):
+        # Decodes go in arrival order (V0 sorts the running queue by its FCFS priority), so the
+        # latest-arrived victim is always a request not yet scheduled this step, or the request
+        # itself, as in V0 where victims are popped from the tail of the unprocessed queue.
+        for req in sorted(plan.running, key=arrival_order):
+            if plan.budget <= 0:
+                break
             if plan.is_preempted(req):
                 continue
             if not plan.schedule_resident(req, 1):
                 break
         return plan.decision()
+

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.base import QueuedPolicy, param, register
+from scheduler.base import PolicyError, QueuedPolicy, param, register
 from scheduler.plan import VICTIMS, StepPlan
 
 
@@ -35,6 +35,17 @@ class VllmV1(QueuedPolicy):
     name = "vllm-v1"
     summary = "vLLM V1 default: token budget, running first, chunked prefill, recompute preemption"
     Params = VllmV1Params
+
+    def bind(self, spec):
+        super().bind(spec)
+        p = self.params
+        # vLLM refuses this configuration at start-up (SchedulerConfig): without chunking, a
+        # prompt longer than the budget could never be scheduled and would block the queue.
+        if not p.enable_chunked_prefill and p.max_num_batched_tokens < spec.max_model_len:
+            raise PolicyError(
+                f"policy {self.name}: max_num_batched_tokens ({p.max_num_batched_tokens}) is "
+                f"smaller than max_model_len ({spec.max_model_len}) with enable_chunked_prefill "
+                f"off; raise the budget, lower max_model_len or enable chunked prefill")
 
     def schedule(self, view):
         p = self.params
