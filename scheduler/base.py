@@ -94,12 +94,19 @@ def register(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
+_plugins_loaded = False
+
+
 def _load_builtin() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:   # scanning installed distributions costs milliseconds: do it once
+        return
     import scheduler.policies  # noqa: F401  (registers the built-in policies)
     from importlib.metadata import entry_points
     # Third-party packages can add policies under the 'servesim.policies' entry-point group.
     for ep in entry_points(group="servesim.policies"):
         ep.load()
+    _plugins_loaded = True
 
 
 def policy_names() -> list[str]:

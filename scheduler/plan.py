@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from scheduler.base import PolicyError
 from scheduler.kvbudget import StepKV
 from scheduler.state import Decision, ReplicaView, RequestState
 
@@ -27,6 +28,17 @@ def arrival_order(req: RequestState) -> tuple:
 def latest_arrival(running: list) -> RequestState:
     """vLLM V0's choice: the running request that arrived last (lowest FCFS priority)."""
     return max(running, key=arrival_order)
+
+
+def check_whole_prompt_budget(policy: str, budget: int, max_model_len: int) -> None:
+    """A policy that never splits a prompt needs a step budget of at least ``max_model_len``:
+    otherwise a long prompt, or a preempted request recomputing prompt + output, could never be
+    scheduled. vLLM refuses this configuration at start-up (its SchedulerConfig check), and so
+    do we, rather than reject requests mid-run."""
+    if budget < max_model_len:
+        raise PolicyError(
+            f"policy {policy}: max_num_batched_tokens ({budget}) is smaller than max_model_len "
+            f"({max_model_len}) without chunked prefill; raise the budget or lower max_model_len")
 
 
 VICTIMS: dict[str, VictimPicker] = {"latest-admitted": latest_admitted,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from scheduler.base import QueuedPolicy, param, register
 from scheduler.kvbudget import watermark_blocks
-from scheduler.plan import VICTIMS, StepPlan, arrival_order
+from scheduler.plan import VICTIMS, StepPlan, arrival_order, check_whole_prompt_budget
 
 
 @dataclass
@@ -36,6 +36,7 @@ class VllmV0(QueuedPolicy):
         super().bind(spec)
         p = self.params
         self.budget = p.max_num_batched_tokens or max(spec.max_model_len, 2048)
+        check_whole_prompt_budget(self.name, self.budget, spec.max_model_len)
         self.watermark_blocks = watermark_blocks(spec.num_blocks, p.watermark)
 
     def schedule(self, view):
@@ -45,11 +46,6 @@ class VllmV0(QueuedPolicy):
         waiting = self.waiting
         while waiting and len(plan.running) < p.max_num_seqs:
             req = waiting.peek()
-            if req.remaining > self.budget:
-                # V0 cannot chunk: a prompt over the step budget can never run ("ignored").
-                plan.rejected.append((waiting.pop(), f"prompt of {req.remaining} tokens exceeds "
-                                      f"max_num_batched_tokens={self.budget}"))
-                continue
             if req.remaining > plan.budget or not plan.admit(req, req.remaining,
                                                               keep_watermark=True):
                 break

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.base import PolicyError, QueuedPolicy, param, register
-from scheduler.plan import VICTIMS, StepPlan
+from scheduler.base import QueuedPolicy, param, register
+from scheduler.plan import VICTIMS, StepPlan, check_whole_prompt_budget
 
 
 @dataclass
@@ -39,13 +39,8 @@ class VllmV1(QueuedPolicy):
     def bind(self, spec):
         super().bind(spec)
         p = self.params
-        # vLLM refuses this configuration at start-up (SchedulerConfig): without chunking, a
-        # prompt longer than the budget could never be scheduled and would block the queue.
-        if not p.enable_chunked_prefill and p.max_num_batched_tokens < spec.max_model_len:
-            raise PolicyError(
-                f"policy {self.name}: max_num_batched_tokens ({p.max_num_batched_tokens}) is "
-                f"smaller than max_model_len ({spec.max_model_len}) with enable_chunked_prefill "
-                f"off; raise the budget, lower max_model_len or enable chunked prefill")
+        if not p.enable_chunked_prefill:
+            check_whole_prompt_budget(self.name, p.max_num_batched_tokens, spec.max_model_len)
 
     def schedule(self, view):
         p = self.params
