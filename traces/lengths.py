@@ -70,13 +70,10 @@ def parse_length(text: str | int, field: str = "length") -> Fixed | Uniform:
         raise WorkloadError(
             f"{field}: expected a token count like 512 or a range like 128:1024, got {text!r}")
     low = int(m.group(1))
-    if m.group(2) is None:
-        return Fixed(low) if low >= 1 else _bad(field, text)
-    return Uniform(low, int(m.group(2)))
-
-
-def _bad(field, text):
-    raise WorkloadError(f"{field}: a token length must be >= 1, got {text!r}")
+    try:
+        return Fixed(low) if m.group(2) is None else Uniform(low, int(m.group(2)))
+    except WorkloadError as e:
+        raise WorkloadError(f"{field}: {e}") from None
 
 
 class LengthDistribution:
