@@ -152,12 +152,20 @@ def load_config_file(path: str | Path) -> dict:
             raise ConfigError(f"config file {p}: use a .yaml, .yml or .toml file")
     except ConfigError:
         raise
-    except Exception as e:  # parse errors from yaml/tomllib carry line numbers in str(e)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"config file {p}: cannot parse: {first}")
+    except Exception as e:
+        raise ConfigError(f"config file {p}: cannot parse: {_parse_error(e)}")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {p}: expected a mapping of field: value at the top level")
     return check_fields(raw, f"config file {p}")
+
+
+def _parse_error(e: Exception) -> str:
+    """One line from a YAML or TOML parse error, with its line number."""
+    mark = getattr(e, "problem_mark", None)          # yaml.MarkedYAMLError
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}"
+    text = str(e).strip()                            # tomllib: "... (at line 3, column 7)"
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_fields(raw: dict, source: str) -> dict:

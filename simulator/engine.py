@@ -78,7 +78,11 @@ class Engine:
         self.policy.bind(self.spec)
         self.env.process(self._arrivals())
         done = self.env.process(self._replica())
+        if self.progress is not None:
+            self.progress(0, self.total or 0)
         self.env.run(until=done)
+        if self.progress is not None:
+            self.progress(self.finished, self.total or 0)
         return EngineResult(self.states, self.timeline, self.env.now, self.iterations,
                             self.preemptions, self.peak_used_blocks, self.spec,
                             wall_s=time.perf_counter() - wall0)

@@ -11,12 +11,19 @@ from simulator.cli import cli
 from simulator.hardware import GPUS, MODELS, kv_capacity_tokens
 
 
+def _console() -> Console:
+    """Rich squeezes tables to 80 columns when not writing to a terminal; piped or captured
+    output gets room for the widest table instead of truncated names."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 @cli.command()
 @click.option("--params", "show_params", is_flag=True, help="Also list each policy's parameters.")
 @click.argument("names", nargs=-1)
 def policies(show_params, names):
     """List batching policies (with --params or NAMES: their parameters)."""
-    console = Console()
+    console = _console()
     table = Table(show_header=True, header_style="bold")
     table.add_column("policy")
     table.add_column("description")
@@ -37,7 +44,7 @@ def policies(show_params, names):
 @cli.command()
 def presets():
     """List model and GPU presets and the default KV capacity of each pair."""
-    console = Console()
+    console = _console()
     t = Table(title="models")
     for col in ("model", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "params",
                 "KV/token", "max len"):

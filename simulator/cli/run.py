@@ -33,8 +33,10 @@ def run(**opts):
     if opts["quiet"] or not console.is_terminal:
         result = simulate(cfg)
     else:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-        with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} done"),
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+        with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("requests done"),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("run", total=None)
             result = simulate(cfg, progress=lambda done, total: bar.update(task, completed=done,
