@@ -71,15 +71,19 @@ class StepPlan:
         return id(req) in self._preempted_set
 
     def _reserve(self, req: RequestState, n: int, keep_watermark: bool) -> bool:
-        need = self.kv.need(req, n)
-        # The watermark guards admissions against imminent decode growth; with nothing else
-        # resident there is nothing to guard, and waiving it keeps a large request from stalling.
-        reserve = self.kv.watermark if keep_watermark and self.running else 0
-        if need > self.kv.free - reserve:
-            return False
-        self.kv.free -= need
+        # Called once per scheduled request per step: StepKV.need is inlined on purpose.
+        kv = self.kv
+        need = -(-(req.computed + n) // kv.block_size) - req.kv_blocks
+        if need > 0:
+            # The watermark guards admissions against imminent decode growth; with nothing else
+            # resident there is nothing to guard, and waiving it keeps a large request from
+            # stalling.
+            reserve = kv.watermark if keep_watermark and self.running else 0
+            if need > kv.free - reserve:
+                return False
+            kv.free -= need
+            self.taken[req] = need
         self.tokens[req] = n
-        self.taken[req] = need
         self.budget -= n
         return True
 
@@ -103,7 +107,7 @@ class StepPlan:
             self.running.remove(victim)
         if victim in self.tokens:   # scheduled earlier in this step: undo it
             self.budget += self.tokens.pop(victim)
-            self.kv.free += self.taken.pop(victim)
+            self.kv.free += self.taken.pop(victim, 0)
         self.kv.release(victim)
         self.preempted.append(victim)
         self._preempted_set.add(id(victim))
@@ -121,8 +125,9 @@ class StepPlan:
         d = Decision(preempt=self.preempted, reject=self.rejected)
         prefill, decode = d.prefill, d.decode
         for req, n in self.tokens.items():
-            if req.is_prefill:
-                prefill.append((req, n))
-            else:
+            g = req.generated   # RequestState.is_prefill, inlined: this loop is hot
+            if g and req.prompt_tokens + g - req.computed == 1:
                 decode.append(req)
+            else:
+                prefill.append((req, n))
         return d

@@ -263,8 +263,12 @@ class Engine:
             if st.computed == st.prompt_tokens + st.generated:
                 self._emit_token(st, now)
         for st in d.decode:
+            # _emit_token inlined for the common case (hot): a decoding request already has
+            # its first token, so only completion needs handling.
             st.computed += 1
-            self._emit_token(st, now)
+            st.generated += 1
+            if st.generated == st.output_tokens:
+                self._complete(st, now)
         if self.progress is not None and self.iterations % 1024 == 0:
             self.progress(self.finished, self.total or 0)
 
@@ -273,11 +277,14 @@ class Engine:
         if st.first_token_s is None:
             st.first_token_s = now
         if st.generated == st.output_tokens:
-            st.status = Status.FINISHED
-            st.finished_s = now
-            self.free_blocks += st.kv_blocks
-            st.kv_blocks = 0
-            del self.resident[st.request_id]
-            self.unfinished -= 1
-            self.finished += 1
-            self.policy.on_finish(st)
+            self._complete(st, now)
+
+    def _complete(self, st: RequestState, now: float) -> None:
+        st.status = Status.FINISHED
+        st.finished_s = now
+        self.free_blocks += st.kv_blocks
+        st.kv_blocks = 0
+        del self.resident[st.request_id]
+        self.unfinished -= 1
+        self.finished += 1
+        self.policy.on_finish(st)

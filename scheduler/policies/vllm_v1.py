@@ -51,19 +51,23 @@ class VllmV1(QueuedPolicy):
             self.admit_waiting(plan)
         return plan.decision()
 
-    def chunk(self, req, budget) -> int:
-        n = req.remaining
+    def wanted(self, req) -> int:
+        """Tokens ``req`` would compute now, before the step budget: all it has left, capped by
+        long_prefill_token_threshold."""
+        n = req.prompt_tokens + req.generated - req.computed
         t = self.params.long_prefill_token_threshold
-        if 0 < t < n:
-            n = t
-        return min(n, budget)
+        return t if 0 < t < n else n
 
     def schedule_running(self, plan: StepPlan) -> None:
         i = 0
         running = plan.running
+        wanted = self.wanted
         while i < len(running) and plan.budget > 0:
             req = running[i]
-            if not plan.schedule_resident(req, self.chunk(req, plan.budget)):
+            n = wanted(req)
+            if n > plan.budget:
+                n = plan.budget
+            if not plan.schedule_resident(req, n):
                 break
             i += 1
 
@@ -72,10 +76,7 @@ class VllmV1(QueuedPolicy):
         waiting = self.waiting
         while waiting and plan.budget > 0 and len(plan.running) < p.max_num_seqs:
             req = waiting.peek()
-            n = req.remaining
-            t = p.long_prefill_token_threshold
-            if 0 < t < n:
-                n = t
+            n = self.wanted(req)
             if not p.enable_chunked_prefill and n > plan.budget:
                 break
             if not plan.admit(req, min(n, plan.budget)):
