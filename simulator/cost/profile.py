@@ -82,9 +82,6 @@ class ProfileCost(CostModel):
         self._layer_s = layer_ms.to_numpy(dtype=float) * 1e-3
         self._emb_s = np.asarray(emb_ms, dtype=float) * 1e-3
         self._cache: dict[int, float] = {}
-        lm = model.vocab_size * model.hidden_size
-        self._lm_head_flop = 2.0 * lm * self.analytic._flop_s
-        self._lm_head_min = lm * model.dtype_bytes / (gpu.hbm_bandwidth * self.analytic.memory_eff)
 
     def _interp(self, values: np.ndarray, t: float) -> float:
         x = self._tokens
@@ -93,20 +90,23 @@ class ProfileCost(CostModel):
         slope = (values[-1] - values[-2]) / (x[-1] - x[-2])
         return float(values[-1] + slope * (t - x[-1]))
 
+    def layers_time(self, num_tokens: int) -> float:
+        """The measured per-layer operators, times the number of layers."""
+        return self.model.num_layers * self._interp(self._layer_s, num_tokens)
+
     def dense_time(self, num_tokens: int) -> float:
         """Measured layers (x num_layers) plus embedding for a batch of ``num_tokens`` tokens."""
         cached = self._cache.get(num_tokens)
         if cached is None:
-            cached = (self.model.num_layers * self._interp(self._layer_s, num_tokens)
-                      + self._interp(self._emb_s, num_tokens))
+            cached = self.layers_time(num_tokens) + self._interp(self._emb_s, num_tokens)
             if len(self._cache) < 65536:
                 self._cache[num_tokens] = cached
         return cached
 
     def iteration_time(self, shape: BatchShape) -> float:
-        lm_head = max(self._lm_head_flop * shape.num_requests, self._lm_head_min)
-        return (self.overhead_s + self.dense_time(shape.num_tokens) + lm_head
-                + self.analytic.attention_time(shape))
+        analytic = self.analytic
+        return (self.overhead_s + self.dense_time(shape.num_tokens)
+                + analytic.lm_head_time(shape.num_requests) + analytic.attention_time(shape))
 
     def describe(self) -> dict:
         return {"cost_model": "profile", "path": str(self.path), "model": self.model.name,
