@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from traces.errors import WorkloadError
-from traces.loaders.table import RawTable
+from traces.loaders.table import RawTable, sha256_of
 from traces.transforms import stamp
 from traces.workload import Workload
 
@@ -100,14 +99,6 @@ class TraceFormat:
                                     f"its options: {allowed}")
             out[name] = known[name].coerce(value, self.name)
         return out
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def finish(table: RawTable, fmt: TraceFormat, parsed: Parsed, options: dict,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import difflib
 import gzip
+import hashlib
 import io
 import json
 import zlib
@@ -27,6 +28,14 @@ PARQUET_MAGIC = b"PAR1"
 CONTAINERS = ("csv", "jsonl", "parquet")
 # Errors a damaged gzip stream or an unreadable file raise while being read.
 _READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _is_gzip(path: Path) -> bool:
