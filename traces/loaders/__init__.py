@@ -6,7 +6,8 @@ seconds from the trace's first request. The detection rule: among the formats wh
 columns are all present, the one requiring the most columns wins (so a Mooncake file, which
 has ``hash_ids``, is ``mooncake`` rather than ``vllm-trace``; a Vidur file with ``arrived_at``
 is ``vidur`` rather than ``vidur-lengths``). Column options (``prompt=``, ``output=``,
-``arrival=``) select the generic format. ``format=`` overrides detection.
+``arrival=``) select the generic format. A file with at least half of one format's columns is
+reported as that format with its missing column named. ``format=`` overrides detection.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def detect_format(path: str | Path, columns: list[str] | None = None,
     present = set(columns)
     matches = [f for f in FORMATS.values() if f.columns and set(f.columns) <= present]
     if not matches:
+        # A near miss (a misnamed column) is reported against the format it nearly is.
+        near = max((f for f in FORMATS.values() if f.columns),
+                   key=lambda f: len(set(f.columns) & present) / len(f.columns))
+        if len(set(near.columns) & present) >= len(near.columns) / 2:
+            require_columns(path, columns, near.columns, near.name)
         shown = ", ".join(map(repr, columns[:8])) + (", ..." if len(columns) > 8 else "")
         raise WorkloadError(
             f"{path}: cannot tell the trace format from its columns ({shown}); give --format "

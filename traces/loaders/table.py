@@ -162,13 +162,15 @@ def read_table(path: Path, container: str, columns: list[str],
 
 
 def _read_csv(path: Path, columns: list[str], categorical: tuple[str, ...]) -> pd.DataFrame:
-    # The C parser is fast and lean; repeated strings (model names) become categories.
-    dtype = {c: "category" for c in categorical if c in columns}
+    # The C parser is fast and lean; repeated strings (model names) become categories. Every
+    # column is parsed (no usecols): with usecols pandas silently ignores surplus fields, and a
+    # row with too many fields must be an error, not a guess at which values were meant.
+    dtype = {c: "category" for c in categorical}
     compression = "gzip" if _is_gzip(path) else None
     try:
-        return pd.read_csv(path, usecols=lambda c: c.strip() in columns, dtype=dtype or None,
-                           compression=compression, skipinitialspace=True,
-                           encoding="utf-8").rename(columns=str.strip)
+        frame = pd.read_csv(path, dtype=dtype or None, compression=compression,
+                            skipinitialspace=True, encoding="utf-8")
+        return frame.rename(columns=str.strip)[columns]
     except pd.errors.ParserError as e:
         # "Error tokenizing data. C error: Expected 3 fields in line 5, saw 4"
         msg = str(e).split("C error:")[-1].strip()
@@ -205,17 +207,15 @@ def _read_jsonl_slowly(path: Path, columns: list[str]) -> pd.DataFrame:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     raise WorkloadError(f"{path} line {number}: not valid JSON ({e.msg}, "
                                         f"column {e.colno})")
                 if not isinstance(record, dict):
                     raise WorkloadError(f"{path} line {number}: expected a JSON object, got "
                                         f"{type(record).__name__}")
-                for c in columns:
-                    if c not in record:
-                        raise WorkloadError(f"{path} line {number}: missing field {c!r}")
-                    rows[c].append(record[c])
+                for c in columns:   # an absent field is a missing value, named later
+                    rows[c].append(record.get(c))
     except _READ_ERRORS as e:
         raise _read_failure(path, e)
     return pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in rows.items()})
@@ -231,14 +231,14 @@ def numbers(table: RawTable, column: str, *, integer: bool, allow_negative: bool
     """
     series = table.frame[column]
     if pd.api.types.is_bool_dtype(series.dtype):
-        _bad(table, 0, column, f"expected a number, got {series.iloc[0]!r}")
+        _bad(table, 0, column, f"expected a number, got {show(series.iloc[0])}")
     if pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = ~np.isfinite(values)
         if bad.any():
             i = int(np.argmax(bad))
             _bad(table, i, column, "missing value" if np.isnan(values[i]) else
-                 f"not a finite number: {series.iloc[i]!r}")
+                 f"not a finite number: {show(series.iloc[i])}")
     else:
         coerced = pd.to_numeric(series.map(_as_number_text), errors="coerce")
         values = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -249,19 +249,24 @@ def numbers(table: RawTable, column: str, *, integer: bool, allow_negative: bool
             missing = raw is None or (isinstance(raw, float) and np.isnan(raw)) or \
                 (isinstance(raw, str) and not raw.strip())
             _bad(table, i, column, "missing value" if missing else
-                 f"expected a number, got {raw!r}")
+                 f"expected a number, got {show(raw)}")
     if not allow_negative:
         neg = values < 0
         if neg.any():
             i = int(np.argmax(neg))
-            _bad(table, i, column, f"negative value {series.iloc[i]!r}")
+            _bad(table, i, column, f"negative value {show(series.iloc[i])}")
     if integer:
         frac = values != np.floor(values)
         if frac.any():
             i = int(np.argmax(frac))
-            _bad(table, i, column, f"expected a whole number of tokens, got {series.iloc[i]!r}")
+            _bad(table, i, column, f"expected a whole number of tokens, got {show(series.iloc[i])}")
         return values.astype(np.int64)
     return values
+
+
+def show(value) -> str:
+    """A cell for a message: numpy scalars as plain Python values."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _as_number_text(v):
@@ -285,7 +290,7 @@ def datetimes_seconds(table: RawTable, column: str) -> tuple[np.ndarray, str]:
         i = int(np.argmax(bad))
         raw = series.iloc[i]
         _bad(table, i, column, "missing value" if pd.isna(raw) else
-             f"expected a date-time like 2023-11-16 18:15:46.6805900, got {raw!r}")
+             f"expected a date-time like 2023-11-16 18:15:46.6805900, got {show(raw)}")
     ns = parsed.dt.as_unit("ns").astype("int64").to_numpy()
     origin = int(ns.min())
     return (ns - origin).astype(np.float64) / 1e9, pd.Timestamp(origin, tz="UTC").isoformat()
