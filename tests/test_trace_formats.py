@@ -78,6 +78,9 @@ def test_burstgpt_model_and_log_type_filters_and_failed_kept(tmp_path):
         read_trace(f, options={"model": "GPT-5"})
     with pytest.raises(WorkloadError, match="failed must be drop or keep"):
         read_trace(f, options={"failed": "maybe"})
+    # Whole-second timestamps: jitter=1 spreads each second's requests over that second.
+    t = read_trace(f, options={"jitter": 1}, seed=1).frame["arrival_s"].to_numpy()
+    assert (np.floor(t) == [0, 113, 115]).all() and (t % 1 > 0).all()
 
 
 def test_mooncake_jitter_spreads_inside_bucket_seeded(tmp_path):
@@ -92,12 +95,13 @@ def test_mooncake_jitter_spreads_inside_bucket_seeded(tmp_path):
     assert a.frame.drop(columns="hash_ids").equals(b.frame.drop(columns="hash_ids"))
     assert not np.array_equal(a.frame["arrival_s"], c.frame["arrival_s"])
     t = a.frame["arrival_s"].to_numpy()
-    assert (np.diff(t) >= 0).all() and t[0] == 0
-    # Before re-zeroing, each request lay in [its timestamp, timestamp + 3 s): exactly the draws.
+    assert (np.diff(t) >= 0).all()
+    # Each request lies in [its timestamp, timestamp + 3 s): exactly the seeded draws, sorted.
     offsets = stream_rng(7, "jitter").uniform(0, 3, size=6)
-    raw = np.array([0, 0, 0, 3, 3, 6]) + offsets
-    np.testing.assert_allclose(t, np.sort(raw) - raw.min())
-    assert a.meta["jitter_s"] == 3.0 and a.meta["options"] == {"jitter": 3.0}
+    np.testing.assert_allclose(t, np.sort(np.array([0, 0, 0, 3, 3, 6]) + offsets))
+    assert a.meta["transforms"] == [{"op": "jitter", "width_s": 3.0, "seed": 7}]
+    assert a.meta["options"] == {"jitter": 3.0}
+    assert a.meta["warnings"] == []             # jitter's reordering is not the file's fault
     # Hash lists travel with their request through the sort.
     rows = a.frame["trace_row"].to_numpy()
     assert [list(h) for h in a.frame["hash_ids"]] == [[r, r + 1] for r in rows]
@@ -160,6 +164,29 @@ def test_load_lengths_gives_empirical_pairs(tmp_path):
     assert lengths.prompts.tolist() == [10, 40] and lengths.outputs.tolist() == [20, 5]
     p, o, _ = lengths.sample(np.random.default_rng(0), 50)
     assert set(zip(p.tolist(), o.tolist())) <= {(10, 20), (40, 5)}
+
+
+def test_byte_order_mark_and_spaces_in_header(tmp_path):
+    f = tmp_path / "bom.csv"
+    f.write_bytes("\ufeffTIMESTAMP, ContextTokens ,GeneratedTokens\n"
+                  "2023-11-16 18:15:46.6805900, 374, 44\n".encode("utf-8"))
+    w = read_trace(f)
+    assert w.meta["format"] == "azure" and w.frame["prompt_tokens"].tolist() == [374]
+
+
+def test_parquet_missing_column_names_the_file(tmp_path):
+    f = tmp_path / "p.parquet"
+    pd.DataFrame({"arrived_at": [0.0], "num_prefill_tokens": [3]}).to_parquet(f)
+    with pytest.raises(WorkloadError) as e:
+        read_trace(f, "vidur")
+    assert str(e.value) == (f"{f}: missing column 'num_decode_tokens' for format vidur; "
+                            f"found columns: 'arrived_at', 'num_prefill_tokens'")
+    g = tmp_path / "q.parquet"
+    pd.DataFrame({"arrived_at": [0.0, 1.0], "num_prefill_tokens": [3, -1],
+                  "num_decode_tokens": [1, 1]}).to_parquet(g)
+    with pytest.raises(WorkloadError, match=r"q.parquet row 2, column 'num_prefill_tokens': "
+                                            r"negative value -1"):
+        read_trace(g)
 
 
 def test_detection_prefers_the_most_specific_format_and_format_overrides(tmp_path):

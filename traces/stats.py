@@ -39,7 +39,7 @@ def trace_stats(w: Workload) -> dict:
                    if len(gaps) and gaps.mean() > 0 else None)
         minutes = np.floor((t - t[0]) / 60.0).astype(np.int64)
         counts = np.bincount(minutes)
-        out["per_minute_rate"] = [round(float(c) / 60.0, 4) for c in counts]
+        out["per_minute_rate"] = (counts / 60.0).tolist()
         out["peak_minute_rate"] = float(counts.max()) / 60.0
         out["idle_minutes"] = int((counts == 0).sum())
         out["max_gap_s"] = float(gaps.max()) if len(gaps) else 0.0

@@ -141,6 +141,20 @@ def truncate(w: Workload, max_model_len: int) -> Workload:
     return _derive(w, frame, record)
 
 
+def jitter(w: Workload, width: float, seed: int) -> Workload:
+    """Spread each request uniformly over [t, t + width) after its timestamp t, seeded: for
+    traces whose timestamps are coarse buckets (Mooncake: 3 s; BurstGPT: whole seconds), so a
+    replay does not see each bucket's requests arrive at once. Re-sorted by the new times."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or \
+            not (np.isfinite(width) and width >= 0):
+        raise WorkloadError(f"jitter must be a number of seconds >= 0, got {width!r}")
+    t = _arrivals(w, "jitter")
+    frame = w.frame.copy()
+    frame["arrival_s"] = t + stream_rng(seed, "jitter").uniform(0.0, width, size=len(t))
+    frame = frame.sort_values("arrival_s", kind="stable")
+    return _derive(w, frame, {"op": "jitter", "width_s": float(width), "seed": int(seed)})
+
+
 def generate_arrivals(w: Workload, process: ArrivalProcess, seed: int) -> Workload:
     """Keep the requests' lengths in order; replace their arrival times by ``process``'s."""
     times = process.sample(stream_rng(seed, "arrivals"), n=len(w))

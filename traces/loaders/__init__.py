@@ -20,6 +20,7 @@ from traces.lengths import EmpiricalLengths
 from traces.loaders import azure, burstgpt, generic, mooncake, vidur, vllm_bench
 from traces.loaders.base import TraceFormat, finish
 from traces.loaders.table import peek_columns, read_table, require_columns, sniff_container
+from traces.transforms import generate_arrivals, jitter
 from traces.workload import Workload
 
 FORMATS: dict[str, TraceFormat] = {f.name: f for f in (
@@ -48,7 +49,7 @@ def detect_format(path: str | Path, columns: list[str] | None = None,
         near = max((f for f in FORMATS.values() if f.columns),
                    key=lambda f: len(set(f.columns) & present) / len(f.columns))
         if len(set(near.columns) & present) >= len(near.columns) / 2:
-            require_columns(path, columns, near.columns, near.name)
+            require_columns(path, columns, near.columns, near.name, sniff_container(path))
         shown = ", ".join(map(repr, columns[:8])) + (", ..." if len(columns) > 8 else "")
         raise WorkloadError(
             f"{path}: cannot tell the trace format from its columns ({shown}); give --format "
@@ -67,11 +68,13 @@ def read_trace(path: str | Path, format: str | None = None, options: dict | None
     fmt = trace_format(format) if format else detect_format(path, columns, options)
     opts = fmt.check_options(options)
     required, optional = fmt.needed_columns(opts)
-    require_columns(path, columns, required, fmt.name)
+    require_columns(path, columns, required, fmt.name, container)
     table = read_table(path, container, [*required, *(c for c in optional if c in columns)],
                        fmt.categorical)
     workload = finish(table, fmt, fmt.parse(table, opts, seed), opts, strict)
     workload.meta["container"] = container
+    if opts.get("jitter"):
+        workload = jitter(workload, opts["jitter"], seed)
     return workload
 
 
@@ -87,7 +90,6 @@ def load_trace(path: str | Path, format: str | None = None, options: dict | None
             raise WorkloadError(f"{path} has no arrival times (format "
                                 f"{workload.meta['format']}: lengths only); give an arrival "
                                 f"process (--arrival, --rate)")
-        from traces.transforms import generate_arrivals
         workload = generate_arrivals(workload, arrival, seed)
     return workload
 

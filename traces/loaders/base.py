@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -45,6 +44,13 @@ class Option:
         kind = {bool: "true/false", int: "an integer", float: "a number"}[self.kind]
         raise WorkloadError(f"trace option {self.name} (format {fmt}) must be {kind}, "
                             f"got {value!r}")
+
+
+def jitter_option(bucket: str) -> Option:
+    """The option of formats whose timestamps are coarse (``traces.transforms.jitter``)."""
+    return Option("jitter", float, 0.0,
+                  f"spread each request uniformly over this many seconds after its timestamp "
+                  f"({bucket}; 0 = off), seeded by --seed")
 
 
 @dataclass

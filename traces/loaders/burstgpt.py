@@ -5,6 +5,7 @@ Columns ``Timestamp`` (seconds from midnight of the first day), ``Model``, ``Req
 request: dropped by default (nothing was generated, and 0-token outputs cannot be simulated),
 or kept as a prefill-only request (1 output token) with ``failed=keep``. ``model`` and
 ``log_type`` keep only the named values (comma-separated). The model becomes the label.
+Timestamps are whole seconds: ``jitter=1`` spreads the requests of each second over it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from traces.errors import WorkloadError
-from traces.loaders.base import Option, Parsed, TraceFormat
+from traces.loaders.base import Option, Parsed, TraceFormat, jitter_option
 from traces.loaders.table import RawTable, numbers
 
 
@@ -71,5 +72,6 @@ FORMAT = TraceFormat(
         Option("log_type", str, "", "keep only these log types (Conversation log, API log)"),
         Option("failed", str, "drop", "failed requests (0 response tokens): drop, or keep as "
                                       "prefill-only (1 output token)"),
+        jitter_option("BurstGPT: 1, its timestamps are whole seconds"),
     ),
 )

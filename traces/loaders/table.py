@@ -61,7 +61,7 @@ def _first_lines(path: Path, count: int) -> list[tuple[int, str]]:
     """The first ``count`` non-blank lines as (line number, text)."""
     out = []
     try:
-        with io.TextIOWrapper(open_binary(path), encoding="utf-8") as f:
+        with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig") as f:
             for number, line in enumerate(f, start=1):
                 if line.strip():
                     out.append((number, line.rstrip("\r\n")))
@@ -132,13 +132,16 @@ def _nth_nonblank_line(path: Path, n: int) -> int:
     return lines[-1][0] if len(lines) == n else -1
 
 
-def require_columns(path: Path, found: list[str], required: tuple[str, ...], fmt: str) -> None:
+def require_columns(path: Path, found: list[str], required: tuple[str, ...], fmt: str,
+                    container: str) -> None:
     """One line naming the first missing column, what is there, and the likely misspelling."""
     for col in required:
         if col not in found:
-            close = difflib.get_close_matches(col, found, n=1, cutoff=0.6)
+            spare = [c for c in found if c not in required]   # a required one is no typo
+            close = difflib.get_close_matches(col, spare, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            where = f"{path} line 1" if fmt != "parquet-schema" else str(path)
+            where = str(path) if container == "parquet" else \
+                f"{path} line {_nth_nonblank_line(path, 1)}"
             raise WorkloadError(f"{where}: missing column {col!r} for format {fmt}{hint}; "
                                 f"found columns: {', '.join(map(repr, found)) or 'none'}")
 
@@ -169,7 +172,7 @@ def _read_csv(path: Path, columns: list[str], categorical: tuple[str, ...]) -> p
     compression = "gzip" if _is_gzip(path) else None
     try:
         frame = pd.read_csv(path, dtype=dtype or None, compression=compression,
-                            skipinitialspace=True, encoding="utf-8")
+                            skipinitialspace=True, encoding="utf-8-sig")
         return frame.rename(columns=str.strip)[columns]
     except pd.errors.ParserError as e:
         # "Error tokenizing data. C error: Expected 3 fields in line 5, saw 4"
@@ -202,7 +205,7 @@ def _read_jsonl(path: Path, columns: list[str]) -> pd.DataFrame:
 def _read_jsonl_slowly(path: Path, columns: list[str]) -> pd.DataFrame:
     rows: dict[str, list] = {c: [] for c in columns}
     try:
-        with io.TextIOWrapper(open_binary(path), encoding="utf-8") as f:
+        with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
