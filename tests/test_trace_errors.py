@@ -158,6 +158,9 @@ def test_unknown_format_and_options(tmp_path):
         read_trace(f, options={"jitter": 3})
     with pytest.raises(WorkloadError, match=r"missing column 'arrived_at' for format vidur"):
         read_trace(f, "vidur")
+    with pytest.raises(WorkloadError, match=r"missing column 'Timestamp' for format burstgpt "
+                                            r"\(did you mean 'TIMESTAMP'\?\)"):
+        read_trace(f, "burstgpt")
     m = tmp_path / "m.jsonl"
     m.write_text('{"timestamp": 0, "input_length": 5, "output_length": 2, "hash_ids": []}\n')
     with pytest.raises(WorkloadError, match=r"jitter \(format mooncake\) must be a number, "

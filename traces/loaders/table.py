@@ -138,7 +138,8 @@ def require_columns(path: Path, found: list[str], required: tuple[str, ...], fmt
     for col in required:
         if col not in found:
             spare = [c for c in found if c not in required]   # a required one is no typo
-            close = difflib.get_close_matches(col, spare, n=1, cutoff=0.6)
+            close = [c for c in spare if c.lower() == col.lower()] or \
+                difflib.get_close_matches(col, spare, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             where = str(path) if container == "parquet" else \
                 f"{path} line {_nth_nonblank_line(path, 1)}"
