@@ -19,11 +19,12 @@ from traces.workload import Workload, stream_rng
 
 
 def stamp(meta: dict, frame: pd.DataFrame) -> dict:
-    """Refresh the request count, span and mean rate that describe the workload."""
-    t = frame["arrival_s"].to_numpy()
-    n = len(t)
-    span = float(t[-1] - t[0]) if n > 1 and np.isfinite(t).all() else 0.0
-    meta.update(requests=n, span_s=span, mean_rate=(n - 1) / span if span > 0 else None)
+    """Refresh the request count, span and mean rate that describe the workload (a length-only
+    one, without times, has span 0 and no rate)."""
+    s = Workload(frame).summary()
+    timed = s["span_s"] == s["span_s"]          # NaN without arrival times
+    meta.update(requests=s["requests"], span_s=s["span_s"] if timed else 0.0,
+                mean_rate=s["mean_rate"] if timed else None)
     return meta
 
 
