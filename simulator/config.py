@@ -45,6 +45,20 @@ class RunConfig:
     output_len: str = "16:512"
     types: list | None = None               # ["p512d20:8.4", ...]: the paper's multi-type model
     seed: int = 0
+    # trace replay (README "Traces"); with a trace, num_requests keeps its first N requests
+    trace: str | None = None                # trace file; its format is detected unless given
+    trace_format: str | None = None         # --format
+    trace_options: dict = field(default_factory=dict)   # format options, e.g. {model: GPT-4}
+    trace_strict: bool = False              # --strict: unsorted or 0-token requests are errors
+    trace_start: float | None = None        # time window [start, end) in trace seconds
+    trace_end: float | None = None
+    speedup: float | None = None            # rate scaling: compress time by this factor
+    target_rate: float | None = None        # ... or scale to this mean rate (req/s)
+    prompt_range: str | None = None         # keep prompts in LOW:HIGH tokens
+    output_range: str | None = None         # keep outputs in LOW:HIGH tokens
+    truncate: bool = False                  # fit requests into max_model_len (counted)
+    generate_arrivals: bool = False         # trace lengths, arrivals from the arrival flags
+    lengths_file: str | None = None         # sample (prompt, output) pairs from this file
     # outputs
     slo: dict = field(default_factory=dict)  # {"ttft_ms": 500, "tpot_ms": 50, "e2el_ms": ...}
     timeline: bool = True
@@ -76,7 +90,47 @@ class RunConfig:
             _check_positive(f"slo.{key}", v)
         if self.arrival == "piecewise" and not self.rate_schedule:
             raise ConfigError("arrival piecewise needs rate_schedule: [[duration_s, rate], ...]")
+        self._validate_trace()
         return self
+
+    def _validate_trace(self) -> None:
+        from traces.transforms import parse_range
+        for name in ("speedup", "target_rate", "trace_end"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        if self.trace_start is not None and not (math.isfinite(self.trace_start)
+                                                 and self.trace_start >= 0):
+            raise ConfigError(f"trace_start must be >= 0 seconds, got {self.trace_start!r}")
+        if self.trace_start is not None and self.trace_end is not None and \
+                self.trace_end <= self.trace_start:
+            raise ConfigError(f"trace_end ({self.trace_end}) must be after trace_start "
+                              f"({self.trace_start})")
+        if self.speedup is not None and self.target_rate is not None:
+            raise ConfigError("give speedup or target_rate, not both")
+        parse_range(self.prompt_range, "prompt_range")
+        parse_range(self.output_range, "output_range")
+        if self.types and (self.trace or self.lengths_file):
+            raise ConfigError("types define their own lengths and rates: not with a trace or "
+                              "a lengths file")
+        if self.trace:
+            if self.duration is not None:
+                raise ConfigError("with a trace, bound the replay with trace_end (--trace-end) "
+                                  "or num_requests (-n), not duration")
+            if self.generate_arrivals and (self.speedup or self.target_rate):
+                raise ConfigError("generate_arrivals takes its rate from the arrival flags; "
+                                  "speedup and target_rate apply to the trace's own arrivals")
+            return
+        # Without a trace, format and options describe the lengths file, if any.
+        for name in ("trace_format", "trace_options") if not self.lengths_file else ():
+            if getattr(self, name):
+                raise ConfigError(f"{name} applies to a trace or lengths file: give trace "
+                                  f"(--trace FILE) or lengths_file (--lengths-from FILE)")
+        for name in ("trace_start", "trace_end", "speedup", "target_rate"):
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{name} applies to a trace: give trace (--trace FILE)")
+        for name in ("trace_strict", "generate_arrivals"):
+            if getattr(self, name):
+                raise ConfigError(f"{name} applies to a trace: give trace (--trace FILE)")
 
     @property
     def requests_or_default(self) -> int | None:

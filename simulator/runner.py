@@ -20,9 +20,11 @@ from simulator.engine import TIMELINE_COLUMNS, Engine
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
 from simulator.metrics import SLO, requests_table, summarize, timeline_table
+from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, parse_type, synthesize)
 from traces.lengths import RequestType
+from traces.transforms import truncate
 
 
 @dataclass
@@ -67,18 +69,27 @@ def build_arrival(cfg: RunConfig, rate: float):
 
 
 def build_workload(cfg: RunConfig) -> Workload:
-    """The synthetic workload a config describes (types, or independent length distributions)."""
-    types = request_types(cfg)
-    if types:
-        lengths = TypeMixture(types)
-        # With types, their rates define the load: the total rate drives the arrival process.
-        rate = lengths.total_rate
+    """The workload a config describes: a replayed trace (simulator/replay.py), or synthetic
+    (types, lengths sampled from a file, or independent length distributions)."""
+    if cfg.trace:
+        workload = trace_workload(cfg, build_arrival(cfg, cfg.rate))
     else:
-        lengths = IndependentLengths(parse_length(cfg.prompt_len, "prompt_len"),
-                                     parse_length(cfg.output_len, "output_len"))
-        rate = cfg.rate
-    return synthesize(build_arrival(cfg, rate), lengths, cfg.seed,
-                      num_requests=cfg.requests_or_default, duration_s=cfg.duration)
+        types = request_types(cfg)
+        if types:
+            lengths = TypeMixture(types)
+            # With types, their rates define the load: the total rate drives the arrivals.
+            rate = lengths.total_rate
+        else:
+            lengths = lengths_from_file(cfg) if cfg.lengths_file else IndependentLengths(
+                parse_length(cfg.prompt_len, "prompt_len"),
+                parse_length(cfg.output_len, "output_len"))
+            rate = cfg.rate
+        workload = length_filters(
+            synthesize(build_arrival(cfg, rate), lengths, cfg.seed,
+                       num_requests=cfg.requests_or_default, duration_s=cfg.duration), cfg)
+    if cfg.truncate:
+        workload = truncate(workload, cfg.max_model_len or model_spec(cfg.model).max_model_len)
+    return workload
 
 
 def build_replica(cfg: RunConfig, workload_hint=None) -> ReplicaSpec:

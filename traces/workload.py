@@ -14,6 +14,18 @@ from traces.lengths import LengthDistribution
 from traces.request import Request
 
 COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "label")
+# Independent random streams of one seed, by purpose: changing how lengths are drawn never moves
+# the arrival times, and a trace replayed with generated arrivals gets the same times as a
+# synthetic workload of the same seed.
+STREAMS = ("arrivals", "lengths", "jitter")
+
+
+def stream_rng(seed: int, stream: str) -> np.random.Generator:
+    """The generator of one named stream of ``seed`` (child ``STREAMS.index(stream)``)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise WorkloadError(f"seed must be an integer >= 0, got {seed!r}")
+    child = np.random.SeedSequence(int(seed)).spawn(len(STREAMS))[STREAMS.index(stream)]
+    return np.random.default_rng(child)
 
 
 @dataclass
@@ -89,11 +101,8 @@ def synthesize(arrival: ArrivalProcess, lengths: LengthDistribution, seed: int,
     Arrivals and lengths draw from independent child streams of one seed, so changing the length
     distribution leaves the arrival times unchanged (and vice versa): comparisons stay paired.
     """
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise WorkloadError(f"seed must be an integer >= 0, got {seed!r}")
-    arrival_seq, length_seq = np.random.SeedSequence(int(seed)).spawn(2)
-    times = arrival.sample(np.random.default_rng(arrival_seq), n=num_requests, until=duration_s)
-    prompts, outputs, labels = lengths.sample(np.random.default_rng(length_seq), len(times))
+    times = arrival.sample(stream_rng(seed, "arrivals"), n=num_requests, until=duration_s)
+    prompts, outputs, labels = lengths.sample(stream_rng(seed, "lengths"), len(times))
     meta = {
         "source": "synthetic",
         "arrival": arrival.name,

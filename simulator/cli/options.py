@@ -10,11 +10,12 @@ from simulator.config import ARRIVALS, COST_MODELS, build_config, load_config_fi
 from simulator.errors import ConfigError
 
 
-def parse_pairs(values, flag: str) -> dict:
-    """``KEY=VALUE`` items (repeated or comma-separated) into a dict of strings."""
+def parse_pairs(values, flag: str, split_commas: bool = True) -> dict:
+    """``KEY=VALUE`` items (repeated, or comma-separated unless ``split_commas`` is False:
+    values that are lists themselves) into a dict of strings."""
     out = {}
     for item in values or ():
-        for part in str(item).split(","):
+        for part in (str(item).split(",") if split_commas else [str(item)]):
             if not part.strip():
                 continue
             if "=" not in part:
@@ -80,6 +81,27 @@ _OPTIONS = [
     click.option("--seed", type=int, help="Seed for every random choice. [0]"),
     click.option("--slo", multiple=True, metavar="ttft=MS,tpot=MS,e2el=MS",
                  help="Service-level objectives for goodput and attainment."),
+    # trace replay (README "Traces")
+    click.option("--trace", type=click.Path(dir_okay=False),
+                 help="Replay this trace file (CSV/JSONL/Parquet, gzip ok); -n keeps its first N."),
+    click.option("--format", "trace_format", metavar="NAME",
+                 help="Trace format instead of detection (see `servesim trace formats`)."),
+    click.option("-T", "--trace-option", "trace_option", multiple=True, metavar="KEY=VALUE",
+                 help="Format option, repeatable, e.g. -T model=GPT-4, -T jitter=3, -T prompt=COL."),
+    click.option("--strict", "trace_strict", is_flag=True,
+                 help="Reject unsorted timestamps and 0-token requests instead of fixing them."),
+    click.option("--trace-start", type=float, help="Time window start, trace seconds."),
+    click.option("--trace-end", type=float, help="Time window end, trace seconds."),
+    click.option("--speedup", type=float, help="Replay the trace this many times faster."),
+    click.option("--target-rate", type=float, help="Scale the trace to this mean rate (req/s)."),
+    click.option("--prompt-range", metavar="LOW:HIGH", help="Keep requests with prompts in range."),
+    click.option("--output-range", metavar="LOW:HIGH", help="Keep requests with outputs in range."),
+    click.option("--truncate", is_flag=True,
+                 help="Cut requests to max_model_len (prompt first; counted in the summary)."),
+    click.option("--generate-arrivals", is_flag=True,
+                 help="Keep the trace's lengths; arrivals from --arrival/--rate."),
+    click.option("--lengths-from", "lengths_file", type=click.Path(dir_okay=False),
+                 help="Draw (prompt, output) pairs from this file (e.g. a Vidur length file)."),
 ]
 
 
@@ -115,6 +137,20 @@ def config_from_options(opts: dict, extra: dict | None = None):
         "types": list(opts["types"]) if opts.get("types") else None,
         "seed": opts.get("seed"),
         "slo": parse_slo(opts.get("slo")) or None,
+        "trace": opts.get("trace"),
+        "trace_format": opts.get("trace_format"),
+        "trace_options": parse_pairs(opts.get("trace_option"), "--trace-option",
+                                     split_commas=False) or None,
+        "trace_strict": opts.get("trace_strict") or None,
+        "trace_start": opts.get("trace_start"),
+        "trace_end": opts.get("trace_end"),
+        "speedup": opts.get("speedup"),
+        "target_rate": opts.get("target_rate"),
+        "prompt_range": opts.get("prompt_range"),
+        "output_range": opts.get("output_range"),
+        "truncate": opts.get("truncate") or None,
+        "generate_arrivals": opts.get("generate_arrivals") or None,
+        "lengths_file": opts.get("lengths_file"),
     }
     if overrides["duration"] is not None and "num_requests" in file_values:
         file_values.pop("num_requests")

@@ -41,6 +41,9 @@ def run(**opts):
             task = bar.add_task("run", total=None)
             result = simulate(cfg, progress=lambda done, total: bar.update(task, completed=done,
                                                                            total=total))
+    if not opts["quiet"]:
+        for message in result.summary["workload"].get("warnings", []):
+            click.echo(f"servesim: warning: {message}", err=True)
     if cfg.out:
         paths = write_outputs(result, cfg.out, opts["requests_format"])
     if opts["as_json"]:
@@ -67,6 +70,9 @@ def print_summary(s: dict, console: Console) -> None:
                   f"{s.get('kv_capacity_tokens', 0):,} tokens; workload: {w.get('requests')} "
                   f"requests, {w.get('arrival', w.get('source', ''))} @ "
                   f"{_fmt(w.get('mean_rate'), 2)} req/s, {w.get('lengths', '')}")
+    for t in w.get("transforms", []):
+        console.print(f"  {t['op']}: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in t.items()
+                                                  if k != "op"))
     t = Table(show_header=True, header_style="bold")
     t.add_column("metric")
     for col in ("mean", "median", "p90", "p99"):

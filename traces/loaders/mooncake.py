@@ -1,0 +1,45 @@
+"""Mooncake (FAST'25) traces and the same timed-trace JSONL that ``vllm bench serve`` replays.
+
+One JSON object per line: ``timestamp`` (ms from the trace start), ``input_length``,
+``output_length`` and, in Mooncake's files, ``hash_ids``: the hashes of the prompt's 512-token
+blocks (equal hashes = a shared prefix). They are kept as a column for a prefix-cache model.
+
+Mooncake's timestamps come in 3-second buckets (about ten requests share each value); the
+``jitter=3`` option spreads each request uniformly inside its bucket, seeded, so that a replay
+does not see ten simultaneous arrivals every 3 s (``traces.transforms.jitter``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from traces.loaders.base import Parsed, TraceFormat, jitter_option
+from traces.loaders.table import RawTable, numbers
+
+
+def parse(table: RawTable, options: dict, seed: int) -> Parsed:
+    parsed = Parsed(numbers(table, "timestamp", integer=False) / 1000.0,
+                    numbers(table, "input_length", integer=True),
+                    numbers(table, "output_length", integer=True),
+                    np.arange(len(table)))
+    if "hash_ids" in table.frame.columns:
+        parsed.extra["hash_ids"] = table.frame["hash_ids"].to_numpy(dtype=object)
+    return parsed
+
+
+FORMAT = TraceFormat(
+    name="mooncake",
+    description="Mooncake/FAST'25 JSONL: timestamp (ms), input_length, output_length, hash_ids",
+    columns=("timestamp", "input_length", "output_length", "hash_ids"),
+    parse=parse,
+    options=(jitter_option("Mooncake: 3, its bucket width"),),
+)
+
+VLLM_TRACE = TraceFormat(
+    name="vllm-trace",
+    description="vllm bench timed trace JSONL: timestamp (ms), input_length, output_length",
+    columns=("timestamp", "input_length", "output_length"),
+    optional_columns=("hash_ids",),
+    parse=parse,
+    options=(jitter_option("Mooncake: 3, its bucket width"),),
+)

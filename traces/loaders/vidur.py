@@ -1,0 +1,47 @@
+"""Vidur's processed traces and the Vidur/etalon length-only files.
+
+- ``vidur``: ``arrived_at`` (seconds from the start), ``num_prefill_tokens``,
+  ``num_decode_tokens`` (e.g. ``splitwise_conv.csv``, the Azure conv trace in Vidur's format).
+- ``vidur-lengths``: ``num_prefill_tokens, num_decode_tokens[, num_total_tokens, pd_ratio]``
+  with no times (ShareGPT, arXiv summarization, BWB); replay them with a generated arrival
+  process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from traces.loaders.base import Parsed, TraceFormat
+from traces.loaders.table import RawTable, numbers
+
+
+def _lengths(table: RawTable):
+    return (numbers(table, "num_prefill_tokens", integer=True),
+            numbers(table, "num_decode_tokens", integer=True))
+
+
+def parse(table: RawTable, options: dict, seed: int) -> Parsed:
+    prompt, output = _lengths(table)
+    return Parsed(numbers(table, "arrived_at", integer=False), prompt, output,
+                  np.arange(len(table)))
+
+
+def parse_lengths(table: RawTable, options: dict, seed: int) -> Parsed:
+    prompt, output = _lengths(table)
+    return Parsed(None, prompt, output, np.arange(len(table)))
+
+
+FORMAT = TraceFormat(
+    name="vidur",
+    description="Vidur processed trace: arrived_at (s), num_prefill_tokens, num_decode_tokens",
+    columns=("arrived_at", "num_prefill_tokens", "num_decode_tokens"),
+    parse=parse,
+)
+
+LENGTHS = TraceFormat(
+    name="vidur-lengths",
+    description="Vidur/etalon length-only file: num_prefill_tokens, num_decode_tokens (no times)",
+    columns=("num_prefill_tokens", "num_decode_tokens"),
+    parse=parse_lengths,
+    has_arrivals=False,
+)
