@@ -74,7 +74,7 @@ def expand_points(spec: SweepSpec, timeline: bool | None = None) -> list[Point]:
         values["timeline"] = timeline
         try:
             cfg = build_config(values)
-            if any(a.field == "rate" for a in spec.axes) and cfg.types:
+            if any(a.field == "rate" for a in spec.axes):
                 cfg = at_rate(cfg, cfg.rate)
             _check_policy(cfg, checked_policies)
         except (ConfigError, PolicyError) as e:
