@@ -26,7 +26,8 @@ def cli():
 def main(argv: list[str] | None = None) -> int:
     _register_commands()
     try:
-        cli.main(args=argv, prog_name="servesim", standalone_mode=False)
+        # Without standalone mode click returns (not raises) a command's ctx.exit(code).
+        rc = cli.main(args=argv, prog_name="servesim", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.Abort:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def _register_commands() -> None:

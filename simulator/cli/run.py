@@ -11,9 +11,10 @@ from rich.table import Table
 
 from simulator.cli import cli
 from simulator.cli.options import config_from_options, run_options
+from simulator.errors import ConfigError
 from simulator.runner import simulate, write_outputs
 
-_RUN_ONLY = ("out", "requests_format", "no_timeline", "as_json", "quiet")
+_RUN_ONLY = ("out", "requests_format", "no_timeline", "as_json", "quiet", "plot")
 
 
 @cli.command()
@@ -25,10 +26,14 @@ _RUN_ONLY = ("out", "requests_format", "no_timeline", "as_json", "quiet")
 @click.option("--no-timeline", is_flag=True, help="Do not record the per-iteration timeline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
+@click.option("--plot", is_flag=True, help="Draw the run's timeline (queue, batch size, KV) and "
+              "latency CDFs as PNGs in OUT/figures (./servesim-figures without --out).")
 def run(**opts):
     """Simulate a policy on a workload (no flags: the built-in default workload)."""
     extra = {"out": opts["out"], "timeline": False if opts["no_timeline"] else None}
     cfg = config_from_options({k: v for k, v in opts.items() if k not in _RUN_ONLY}, extra)
+    if opts["plot"] and opts["no_timeline"]:
+        raise ConfigError("--plot draws the timeline: drop --no-timeline")
     console = Console(stderr=True)
     if opts["quiet"] or not console.is_terminal:
         result = simulate(cfg)
@@ -46,6 +51,11 @@ def run(**opts):
             click.echo(f"servesim: warning: {message}", err=True)
     if cfg.out:
         paths = write_outputs(result, cfg.out, opts["requests_format"])
+    if opts["plot"]:
+        from simulator.report.build import plot_run
+        for p in plot_run(result, cfg.out):
+            if not opts["quiet"]:
+                console.print(f"wrote {p}", highlight=False)
     if opts["as_json"]:
         click.echo(json.dumps(result.summary, indent=2, default=str))
     elif not opts["quiet"]:

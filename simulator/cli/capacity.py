@@ -1,0 +1,120 @@
+"""``servesim capacity``: the largest arrival rate meeting an SLO (or with bounded latency)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from simulator.cli import cli
+from simulator.cli.options import config_from_options, run_options
+from simulator.cli.sweep import executor_options
+from simulator.errors import ConfigError
+from simulator.runner import _atomic_write
+from simulator.sweep.capacity import CRITERIA, CapacityResult, Probe, capacity_search
+from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
+
+_OWN = ("criterion", "attainment", "seeds", "tol", "rate_min", "rate_max", "growth_limit",
+        "executor", "workers", "address", "out", "as_json", "quiet")
+
+
+@cli.command()
+@run_options
+@click.option("--criterion", type=click.Choice(CRITERIA), default=None,
+              help="slo: attainment >= --attainment and stable latency [default with --slo]; "
+                   "stable: bounded latency only (lambda*).")
+@click.option("--attainment", type=float, default=0.9, show_default=True,
+              help="Target fraction of requests meeting every --slo objective.")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="Seeds per probed rate (--seed, --seed + 1, ...), pooled.")
+@click.option("--tol", type=float, default=0.02, show_default=True,
+              help="Stop when the bracket is within this fraction of its upper rate.")
+@click.option("--rate-min", type=float, help="Lowest rate to probe (default: search from --rate).")
+@click.option("--rate-max", type=float, help="Highest rate to probe.")
+@click.option("--growth-limit", type=float, default=DEFAULT_GROWTH_LIMIT, show_default=True,
+              help="Stable when second-half / first-half mean E2E latency is at most this.")
+@executor_options
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Folder for capacity.json (the search, every probe and its runs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the result line.")
+def capacity(**opts):
+    """Find the largest arrival rate whose SLO attainment stays above the target and whose
+    latency is stable, by bisection over the rate with several seeds per probe.
+
+    The workload is set by the run flags; with --type the mix keeps its proportions. Latency is
+    stable when the mean E2E latency of the second half of the arrivals is at most
+    --growth-limit times that of the first half (so the horizon, -n or --duration, matters).
+    """
+    cfg = config_from_options({k: v for k, v in opts.items() if k not in _OWN})
+    criterion = opts["criterion"] or ("slo" if cfg.slo else None)
+    if criterion is None:
+        raise ConfigError("give --slo ttft=MS,tpot=MS,e2el=MS (with --attainment), or "
+                          "--criterion stable for the largest rate with bounded latency")
+    console = Console(stderr=True)
+    verbose = not (opts["quiet"] or opts["as_json"])
+
+    def on_probe(p: Probe):
+        if verbose:
+            att = "" if p.attainment is None else f", attainment {p.attainment:.3f}"
+            console.print(f"rate {p.rate:.4g} req/s: {'pass' if p.passed else 'fail'} "
+                          f"(growth {p.growth:.2f}{att}, mean E2E {p.mean('mean_e2el_ms'):,.0f} ms)",
+                          highlight=False)
+
+    result = capacity_search(cfg, criterion=criterion, attainment=opts["attainment"],
+                             seeds=opts["seeds"], tol=opts["tol"], rate_min=opts["rate_min"],
+                             rate_max=opts["rate_max"], growth_limit=opts["growth_limit"],
+                             executor=opts["executor"], workers=opts["workers"],
+                             address=opts["address"], on_probe=on_probe)
+    record = {**result.to_dict(), "config": cfg.to_dict()}
+    if opts["out"]:
+        out = Path(opts["out"])
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"out: cannot create output folder {out}: {e.strerror}")
+        text = json.dumps(record, indent=2, default=str) + "\n"
+        _atomic_write(out / "capacity.json", lambda tmp: Path(tmp).write_text(text))
+    if opts["as_json"]:
+        click.echo(json.dumps(record, indent=2, default=str))
+        return
+    click.echo(result_line(result))
+    if not opts["quiet"]:
+        print_bracket(result, Console())
+
+
+def result_line(r: CapacityResult) -> str:
+    what = ("SLO capacity" if r.criterion == "slo" else "lambda* (largest stable rate)")
+    if r.capacity is None:
+        return f"{what}: below {r.high.rate:.4g} req/s (the lowest rate probed fails)"
+    if r.high is None:
+        return f"{what}: at least {r.capacity:.4g} req/s (the highest rate probed passes)"
+    return (f"{what}: {r.capacity:.4g} req/s (passes at {r.low.rate:.4g}, fails at "
+            f"{r.high.rate:.4g}; tolerance {r.tol:g})")
+
+
+def print_bracket(r: CapacityResult, console: Console) -> None:
+    """The bracketing runs, one row per seed."""
+    t = Table(title="bracketing runs (rates in req/s, latencies in ms)", title_justify="left")
+    for col in ("rate", "result", "seed", "attain", "growth", "TTFT", "p99 TTFT", "E2E",
+                "p99 E2E", "thru"):
+        t.add_column(col, justify="right")
+    for probe in (r.low, r.high):
+        if probe is None:
+            continue
+        for run in probe.runs:
+            growth = (run["latency_second_half_ms"] / run["latency_first_half_ms"]
+                      if run.get("latency_first_half_ms") else float("nan"))
+            t.add_row(f"{probe.rate:.4g}", "pass" if probe.passed else "fail", str(run["seed"]),
+                      _num(run.get("slo_attainment"), 3), _num(growth, 2),
+                      _num(run.get("mean_ttft_ms")), _num(run.get("p99_ttft_ms")),
+                      _num(run.get("mean_e2el_ms")), _num(run.get("p99_e2el_ms")),
+                      _num(run.get("request_throughput"), 3))
+    console.print(t)
+
+
+def _num(v, digits=0) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"

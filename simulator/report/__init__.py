@@ -1,0 +1,1 @@
+"""Figures and Markdown reports for sweeps and single runs (matplotlib, Agg canvas)."""

@@ -1,0 +1,106 @@
+"""From a spec to points: one fully resolved, validated RunConfig per grid cell, and its key.
+
+A point's key is a hash of its resolved configuration, so it names the simulation itself: the
+same point in a re-run (or in another spec) is found done, and a changed base config, a changed
+default or a changed axis value gives a new key and a fresh run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+
+from scheduler.base import PolicyError, make_policy
+from simulator.config import RunConfig, build_config
+from simulator.errors import ConfigError
+from simulator.runner import request_types
+from simulator.sweep.spec import RESERVED_FIELDS, SweepSpec
+
+# Bump when the meaning of a stored point changes (what a worker records), to invalidate old ones.
+POINT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int                    # position in the spec's grid (first axis slowest)
+    key: str
+    axes: dict                    # axis name -> value shown in the results table
+    config: RunConfig
+
+
+def point_key(cfg: RunConfig) -> str:
+    """16 hex digits of the SHA-256 of the resolved configuration (outputs excluded)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in RESERVED_FIELDS}
+    text = json.dumps({"schema": POINT_SCHEMA, "config": d}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def at_rate(cfg: RunConfig, rate: float) -> RunConfig:
+    """``cfg`` with total arrival rate ``rate``. With request types the mix keeps its
+    proportions (each type's rate is scaled), since there the types' rates define the load."""
+    if cfg.arrival == "piecewise":
+        raise ConfigError("rate: a piecewise arrival takes its rates from rate_schedule; vary "
+                          "rate_schedule instead")
+    types = request_types(cfg)
+    if not types:
+        return dataclasses.replace(cfg, rate=float(rate)).validate()
+    scale = rate / sum(t.rate for t in types)
+    scaled = [{"name": t.name, "prompt": t.prompt_tokens, "output": t.output_tokens,
+               "rate": float(f"{t.rate * scale:.12g}")} for t in types]
+    return dataclasses.replace(cfg, rate=float(rate), types=scaled).validate()
+
+
+def expand_points(spec: SweepSpec, timeline: bool | None = None) -> list[Point]:
+    """Every point of the grid, validated up front: a bad value fails before anything runs."""
+    timeline = spec.save_timeline if timeline is None else timeline
+    points = []
+    checked_policies: set = set()
+    for index, combo in enumerate(itertools.product(*(range(len(a.values)) for a in spec.axes))):
+        values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.base.items()}
+        shown = {}
+        for axis, i in zip(spec.axes, combo):
+            shown[axis.name] = axis.values[i]
+            if axis.field is None:
+                for k, v in axis.overrides[i].items():
+                    _set(values, k, v)
+            elif "." in axis.field:
+                head, key = axis.field.split(".", 1)
+                values[head] = {**values.get(head, {}), key: axis.values[i]}
+            else:
+                _set(values, axis.field, axis.values[i])
+        values["timeline"] = timeline
+        try:
+            cfg = build_config(values)
+            if any(a.field == "rate" for a in spec.axes):
+                cfg = at_rate(cfg, cfg.rate)
+            _check_policy(cfg, checked_policies)
+        except (ConfigError, PolicyError) as e:
+            where = ", ".join(f"{k}={v}" for k, v in shown.items())
+            raise type(e)(f"{spec.source}: point {where}: {e}") from None
+        points.append(Point(index, point_key(cfg), shown, cfg))
+    keys = [p.key for p in points]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        same = [p.axes for p in points if p.key == dup]
+        raise ConfigError(f"{spec.source}: points {same[0]} and {same[1]} resolve to the same "
+                          f"run configuration; an axis has no effect there")
+    return points
+
+
+def _check_policy(cfg: RunConfig, checked: set) -> None:
+    """A policy name or parameter error would fail every point that uses it: catch it now."""
+    key = json.dumps([cfg.policy, cfg.policy_params], sort_keys=True, default=str)
+    if key not in checked:
+        make_policy(cfg.policy, cfg.policy_params)
+        checked.add(key)
+
+
+def _set(values: dict, name: str, value) -> None:
+    # Mapping fields merge (as flags over a config file do); other fields replace.
+    if isinstance(value, dict) and isinstance(values.get(name), dict):
+        values[name] = {**values[name], **value}
+    else:
+        values[name] = dict(value) if isinstance(value, dict) else value

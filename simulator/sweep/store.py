@@ -1,0 +1,152 @@
+"""The results folder of a sweep.
+
+    RESULTS_DIR/
+      sweep.json                      the spec as last run, and its points (key, axes)
+      points/KEY.json                 one finished point: axes, resolved config, status, summary
+      points/KEY.requests.parquet     its per-request table (save: requests)
+      points/KEY.timeline.parquet     its iteration timeline (save: timeline)
+      results.parquet                 the tidy table: one row per point of the spec
+
+A point's JSON is written last and atomically, so its presence means the point is complete: a
+sweep killed at any moment loses only the points in flight, and a re-run skips the rest. The
+tidy table is always rebuilt from the point files (never from in-memory results), so a resumed
+sweep's table is identical to an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from simulator.errors import ConfigError
+from simulator.runner import _atomic_write
+from simulator.sweep.points import Point
+from simulator.sweep.worker import PointOutcome
+
+RESULTS_FILE = "results.parquet"
+# Measured on the machine that ran the point: differ between runs of the same point. Kept as
+# columns for speed studies; drop them (comparable()) before comparing tables for equality.
+WALL_TIME_COLUMNS = ("wall_s", "sim_requests_per_wall_s")
+# Nested summary entries flattened into "group.key" columns.
+NESTED = ("policy", "cost", "workload", "slo", "fluid")
+
+
+class ResultsStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.points_dir = self.root / "points"
+
+    def prepare(self) -> None:
+        try:
+            self.points_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"out: cannot create results folder {self.root}: {e.strerror}")
+
+    # ---- one point ----------------------------------------------------------------------
+    def _path(self, key: str, suffix: str) -> Path:
+        return self.points_dir / f"{key}{suffix}"
+
+    def load_point(self, key: str) -> dict | None:
+        try:
+            return json.loads(self._path(key, ".json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_done(self, point: Point, need_requests: bool, need_timeline: bool) -> bool:
+        """Finished successfully, with the tables this run wants. Failed points are retried:
+        a deterministic failure fails again quickly, a transient one (a worker killed for
+        memory) gets its second chance."""
+        record = self.load_point(point.key)
+        if record is None or record.get("status") != "ok":
+            return False
+        return ((not need_requests or self._path(point.key, ".requests.parquet").exists()) and
+                (not need_timeline or self._path(point.key, ".timeline.parquet").exists()))
+
+    def write_point(self, point: Point, outcome: PointOutcome) -> None:
+        if outcome.requests is not None:
+            _atomic_write(self._path(point.key, ".requests.parquet"),
+                          lambda tmp: outcome.requests.to_parquet(tmp, index=False))
+        if outcome.timeline is not None:
+            _atomic_write(self._path(point.key, ".timeline.parquet"),
+                          lambda tmp: outcome.timeline.to_parquet(tmp, index=False))
+        record = {"key": point.key, "axes": point.axes, "config": point.config.to_dict(),
+                  "status": outcome.status, "error": outcome.error, "summary": outcome.summary}
+        text = json.dumps(record, indent=1, default=str) + "\n"
+        _atomic_write(self._path(point.key, ".json"), lambda tmp: Path(tmp).write_text(text))
+
+    def requests(self, key: str) -> pd.DataFrame | None:
+        p = self._path(key, ".requests.parquet")
+        return pd.read_parquet(p) if p.exists() else None
+
+    def timeline(self, key: str) -> pd.DataFrame | None:
+        p = self._path(key, ".timeline.parquet")
+        return pd.read_parquet(p) if p.exists() else None
+
+    # ---- the whole sweep ----------------------------------------------------------------
+    def write_manifest(self, spec_raw: dict, points: list[Point], executor: str) -> None:
+        manifest = {"spec": spec_raw, "executor": executor,
+                    "points": [{"index": p.index, "key": p.key, "axes": p.axes} for p in points]}
+        text = json.dumps(manifest, indent=1, default=str) + "\n"
+        _atomic_write(self.root / "sweep.json", lambda tmp: Path(tmp).write_text(text))
+
+    def table(self, points: list[Point], axis_names: list[str]) -> pd.DataFrame:
+        """One row per point of ``points`` that has a record, in grid order."""
+        rows = []
+        for p in points:
+            record = self.load_point(p.key)
+            if record is not None:
+                rows.append(tidy_row(p.index, record, axis_names))
+        frame = pd.DataFrame(rows)
+        return _arrow_safe(frame)
+
+    def write_table(self, frame: pd.DataFrame) -> Path:
+        path = self.root / RESULTS_FILE
+        _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        return path
+
+
+def tidy_row(index: int, record: dict, axis_names: list[str]) -> dict:
+    """Axes first, then status, then every scalar summary metric; nested descriptions become
+    ``group.key`` columns (policy.chunk_size, workload.mean_rate, ...)."""
+    row = {"point": index, "point_key": record["key"]}
+    row.update({name: record["axes"].get(name) for name in axis_names})
+    summary = record.get("summary") or {}
+    config = record.get("config") or {}
+    row["status"] = record["status"]
+    row["error"] = record.get("error")
+    # What a reader needs even when it is not an axis: the policy and the offered load.
+    row.setdefault("policy", config.get("policy"))
+    row["offered_rate"] = (summary.get("workload") or {}).get("mean_rate")
+    for k, v in summary.items():
+        if k in NESTED and isinstance(v, dict):
+            for sub, sv in v.items():
+                row[f"{k}.{sub}"] = json.dumps(sv) if isinstance(sv, (list, dict)) else sv
+        elif k in row:
+            continue
+        elif isinstance(v, (list, dict)):
+            row[k] = json.dumps(v, default=str)
+        else:
+            row[k] = v
+    return row
+
+
+def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A column mixing types (an axis of 12 and "auto", a policy parameter that is a number in
+    one policy and a name in another) cannot go to Parquet: store such a column as text."""
+    for col in frame.columns:
+        if frame[col].dtype == object:
+            kinds = {type(v) for v in frame[col] if v is not None and not
+                     (isinstance(v, float) and math.isnan(v))}
+            if len(kinds) > 1 and not kinds <= {int, float}:
+                frame[col] = frame[col].map(lambda v: None if v is None else str(v))
+    return frame
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table without its wall-time columns: what must be equal, bit for bit, whichever
+    executor and worker count produced it."""
+    return frame.drop(columns=[c for c in frame.columns if c in WALL_TIME_COLUMNS or
+                               c.endswith(".wall_s")])

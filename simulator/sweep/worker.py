@@ -1,0 +1,53 @@
+"""What a worker does with one point: simulate it and send back plain data.
+
+The task carries the whole configuration (and its seed), so the result depends on nothing else:
+not on the worker, the process, the executor or the order points run in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from simulator.config import RunConfig
+from simulator.runner import simulate
+from simulator.sweep.stability import half_means, pooled_growth
+
+
+@dataclass(frozen=True)
+class PointTask:
+    index: int
+    key: str
+    config: dict                  # RunConfig.to_dict()
+    keep_requests: bool = False   # send back the per-request table
+    keep_timeline: bool = False
+
+
+@dataclass
+class PointOutcome:
+    index: int
+    key: str
+    status: str                   # "ok" or "failed"
+    summary: dict = field(default_factory=dict)
+    error: str | None = None
+    requests: pd.DataFrame | None = None
+    timeline: pd.DataFrame | None = None
+
+
+def run_point(task: PointTask) -> PointOutcome:
+    """Simulate one point. Any error is caught and returned as one line: a failing point is
+    recorded and the sweep goes on."""
+    try:
+        cfg = RunConfig(**task.config).validate()
+        result = simulate(cfg)
+        first, second = half_means(result.requests)
+        summary = {**result.summary,
+                   "latency_first_half_ms": first, "latency_second_half_ms": second,
+                   "latency_growth": pooled_growth([(first, second)])}
+        return PointOutcome(task.index, task.key, "ok", summary,
+                            requests=result.requests if task.keep_requests else None,
+                            timeline=result.timeline if task.keep_timeline else None)
+    except Exception as e:   # noqa: BLE001 - every failure becomes a recorded, failed point
+        message = " ".join(str(e).split()) or type(e).__name__
+        return PointOutcome(task.index, task.key, "failed", error=f"{type(e).__name__}: {message}")
