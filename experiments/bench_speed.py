@@ -96,9 +96,24 @@ def azure_conv(quick: bool) -> list[Row]:
     return rows
 
 
+def trace_replay(quick: bool) -> list[Row]:
+    """The Azure conversation trace itself replayed (``servesim run --trace ... --truncate``):
+    all 19,366 requests at their recorded times (5.5 req/s, above vllm-v1's saturation, so the
+    queue grows), prompts cut to the 4,096-token context; loading and truncation included;
+    vllm-v1 and sarathi. Trace loading speed and memory: experiments/bench_traces.py."""
+    if not AZURE_CONV.is_file():
+        print(f"skipping trace-replay: {AZURE_CONV} not found", file=sys.stderr)
+        return []
+    n = 2_000 if quick else None
+    return [timed_run("trace-replay", RunConfig(policy=policy, trace=str(AZURE_CONV),
+                                                truncate=True, num_requests=n).validate())
+            for policy in ("vllm-v1", "sarathi")]
+
+
 BENCHMARKS: list[tuple[str, Callable[[bool], list[Row]]]] = [
     ("p512d20", p512d20),
     ("azure-conv", azure_conv),
+    ("trace-replay", trace_replay),
 ]
 
 

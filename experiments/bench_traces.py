@@ -1,8 +1,7 @@
-"""Trace loading speed and memory, and the wall time of a full trace replay.
+"""Trace loading speed and memory.
 
-    python experiments/bench_traces.py                 # everything
+    python experiments/bench_traces.py                 # every file
     python experiments/bench_traces.py --rows 150000   # a smaller synthetic BurstGPT file
-    python experiments/bench_traces.py --skip-replay
 
 - Load: ``traces.loaders.read_trace`` (format detection, parsing, validation, SHA-256 of the
   file) of each reference trace in ../shared/traces, and of a synthetic 1.5-million-row
@@ -10,11 +9,11 @@
   the BurstGPT file: under 15 s and under 1 GiB. Each load runs in a fresh Python process, so
   its peak resident memory (ru_maxrss, which counts pandas', NumPy's and Arrow's buffers alike)
   is its own; "over base" subtracts the process's memory after imports.
-- Replay: ``servesim run --trace AzureLLMInferenceTrace_conv.csv --truncate`` (19,366 requests)
-  through vllm-v1 and sarathi on llama-2-7b / a100-80gb, without the timeline: wall seconds of
-  ``simulate`` (load and transforms included).
 
-The machine's load inflates wall times; the script prints the load average next to them.
+The wall time of replaying the full Azure conv trace is a simulator-speed figure: it is the
+``trace-replay`` benchmark of experiments/bench_speed.py. Loading is measured here because its
+figures (time and memory of one load per file) do not fit bench_speed's per-run rows. The
+machine's load inflates wall times; the script prints the load average next to them.
 """
 
 from __future__ import annotations
@@ -88,21 +87,9 @@ def write_burstgpt(path: Path, rows: int, seed: int = 0) -> None:
     }).to_csv(path, index=False)
 
 
-def replay(policy: str) -> dict:
-    from simulator.config import build_config
-    from simulator.runner import simulate
-    cfg = build_config(overrides={"trace": str(SHARED / "AzureLLMInferenceTrace_conv.csv"),
-                                  "policy": policy, "truncate": True, "timeline": False})
-    t0 = time.perf_counter()
-    s = simulate(cfg).summary
-    return {"policy": policy, "requests": s["workload"]["requests"], "completed": s["completed"],
-            "wall_s": time.perf_counter() - t0, "engine_wall_s": s["wall_s"]}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=BURSTGPT_ROWS, help="synthetic BurstGPT rows")
-    ap.add_argument("--skip-replay", action="store_true")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure:
@@ -132,13 +119,6 @@ def main(argv=None) -> int:
         show(r)
         verdict = "meets" if r["load_s"] < TARGET_S and r["peak_mib"] < TARGET_MIB else "MISSES"
         print(f"BurstGPT target (< {TARGET_S:g} s, < {TARGET_MIB:g} MiB peak): {verdict}")
-    if not args.skip_replay and (SHARED / "AzureLLMInferenceTrace_conv.csv").is_file():
-        print(f"\n{'full Azure conv replay':<24} {'requests':>9} {'completed':>9} "
-              f"{'wall s':>7} {'engine s':>8}")
-        for policy in ("vllm-v1", "sarathi"):
-            r = replay(policy)
-            print(f"{r['policy']:<24} {r['requests']:>9,} {r['completed']:>9,} "
-                  f"{r['wall_s']:>7.2f} {r['engine_wall_s']:>8.2f}", flush=True)
     return 0
 
 
