@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator.cost.base import BatchShape  # noqa: E402
 from simulator.cost.factory import build_cost_model  # noqa: E402
-from simulator.cost.profile import ProfileCost  # noqa: E402
+from simulator.cost.profile import ProfileCost, read_profile  # noqa: E402
 from simulator.cost.roofline import (EFFICIENCY_DEFAULTS, RooflineCost,  # noqa: E402
                                      elementwise_bytes_per_token)
 from simulator.hardware import gpu_spec, model_spec  # noqa: E402
@@ -50,18 +50,12 @@ REFERENCE_BATCHES = [
 ]
 
 
-def load_table(path: Path) -> pd.DataFrame:
-    t = pd.read_csv(path)
-    t = t[t["num_tensor_parallel_workers"] == 1]
-    return t.groupby("num_tokens").median(numeric_only=True)
-
-
 def seconds(t: pd.DataFrame, ops) -> pd.Series:
     return sum(t[f"time_stats.{op}.median"] for op in ops) * 1e-3
 
 
 def efficiencies(t: pd.DataFrame, model, gpu) -> dict[str, np.ndarray]:
-    tokens = t.index.to_numpy(dtype=float)
+    tokens = t["num_tokens"].to_numpy(dtype=float)
     gemm, elementwise = seconds(t, GEMM_OPS).to_numpy(), seconds(t, ELEMENTWISE_OPS).to_numpy()
     per_layer = model.layer_matmul_params
     big, small = (tokens >= 512) & (tokens <= 4096), tokens <= 64
@@ -74,26 +68,42 @@ def efficiencies(t: pd.DataFrame, model, gpu) -> dict[str, np.ndarray]:
     }
 
 
-def fmt(key: str, v: float) -> str:
-    return f"{v * 1e6:.0f} us" if key.endswith("_s") else f"{v:.2f}"
+FACTORS = ("compute_eff", "memory_eff", "elementwise_eff", "layer_floor_s")
 
 
-def calibration_table(profiles: Path, model_name: str) -> str:
+def calibrate(profiles: Path, model_name: str = "llama-2-7b") -> dict[str, dict[str, np.ndarray]]:
+    """factor -> GPU folder -> the factor measured at each qualifying token count."""
     model = model_spec(model_name)
     found = {g: profiles / g / model_name / "mlp.csv" for g in GPUS}
     found = {g: p for g, p in found.items() if p.is_file()}
     if not found:
         raise SystemExit(f"no profiles for {model_name} under {profiles}")
-    per_gpu = {g: efficiencies(load_table(p), model, gpu_spec(GPUS[g])) for g, p in found.items()}
-    lines = ["| factor | " + " | ".join(f"{g.upper()}: range (median)" for g in per_gpu)
-             + " | median of both | default |",
-             "|---|" + "---|" * len(per_gpu) + "---|---|"]
-    for key in ("compute_eff", "memory_eff", "elementwise_eff", "layer_floor_s"):
+    per_gpu = {g: efficiencies(read_profile(p, model), model, gpu_spec(GPUS[g]))
+               for g, p in found.items()}
+    return {key: {g: per_gpu[g][key] for g in per_gpu} for key in FACTORS}
+
+
+def recommended(measured: dict[str, np.ndarray], key: str) -> float:
+    """The median over every GPU's measurements, rounded (to 0.05, or to the microsecond)."""
+    pooled = float(np.median(np.concatenate(list(measured.values()))))
+    return round(pooled * 1e6) * 1e-6 if key.endswith("_s") else round(pooled * 20) / 20
+
+
+def fmt(key: str, v: float) -> str:
+    return f"{v * 1e6:.0f} us" if key.endswith("_s") else f"{v:.2f}"
+
+
+def calibration_table(profiles: Path, model_name: str) -> str:
+    factors = calibrate(profiles, model_name)
+    gpus = list(factors[FACTORS[0]])
+    lines = ["| factor | " + " | ".join(f"{g.upper()}: range (median)" for g in gpus)
+             + " | median of both, rounded | default |",
+             "|---|" + "---|" * len(gpus) + "---|---|"]
+    for key in FACTORS:
         cells = [f"{fmt(key, v.min())} - {fmt(key, v.max())} ({fmt(key, np.median(v))})"
-                 for v in (per_gpu[g][key] for g in per_gpu)]
-        pooled = np.median(np.concatenate([per_gpu[g][key] for g in per_gpu]))
-        lines.append(f"| `{key}` | " + " | ".join(cells)
-                     + f" | {fmt(key, pooled)} | {fmt(key, EFFICIENCY_DEFAULTS[key])} |")
+                 for v in factors[key].values()]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + f" | {fmt(key, recommended(factors[key], key))}"
+                     f" | {fmt(key, EFFICIENCY_DEFAULTS[key])} |")
     return "\n".join(lines)
 
 

@@ -40,38 +40,46 @@ def default_profile_path(model: ModelSpec, gpu: GPUSpec, root: Path = DEFAULT_PR
     return root / gdir / model.name / "mlp.csv"
 
 
+def read_profile(path: str | Path, model: ModelSpec, tensor_parallel: int = 1,
+                 statistic: str = "median"):
+    """A per-operator table checked against ``model``: the rows of one tensor-parallel degree,
+    one row per ``num_tokens`` (the median of repeated measurements), sorted by token count."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"profile {path} does not exist")
+    try:
+        table = pd.read_csv(path)
+    except Exception as e:
+        raise ConfigError(f"profile {path}: cannot read CSV: {str(e).splitlines()[0]}")
+    needed = [f"time_stats.{op}.{statistic}" for op in LAYER_OPS] + ["num_tokens"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ConfigError(f"profile {path}: missing column {missing[0]}")
+    if "num_tensor_parallel_workers" in table.columns:
+        table = table[table["num_tensor_parallel_workers"] == tensor_parallel]
+        if table.empty:
+            raise ConfigError(f"profile {path}: no rows for tensor parallel degree "
+                              f"{tensor_parallel}")
+    for col, attr in SHAPE_COLUMNS.items():
+        if col in table.columns and not (table[col] == getattr(model, attr)).all():
+            raise ConfigError(f"profile {path}: column {col} does not match model "
+                              f"{model.name} ({attr} = {getattr(model, attr)})")
+    return table.groupby("num_tokens", as_index=False).median(numeric_only=True)
+
+
 class ProfileCost(CostModel):
     name = "profile"
 
     def __init__(self, path: str | Path, model: ModelSpec, gpu: GPUSpec,
                  overhead_s: float | None = None, tensor_parallel: int = 1,
                  statistic: str = "median"):
-        import pandas as pd
-
         self.path = Path(path)
         self.model, self.gpu = model, gpu
         self.analytic = RooflineCost(model, gpu)
         self.overhead_s = self.analytic.overhead_s if overhead_s is None else float(overhead_s)
-        if not self.path.is_file():
-            raise ConfigError(f"profile {self.path} does not exist")
-        try:
-            table = pd.read_csv(self.path)
-        except Exception as e:
-            raise ConfigError(f"profile {self.path}: cannot read CSV: {str(e).splitlines()[0]}")
-        needed = [f"time_stats.{op}.{statistic}" for op in LAYER_OPS] + ["num_tokens"]
-        missing = [c for c in needed if c not in table.columns]
-        if missing:
-            raise ConfigError(f"profile {self.path}: missing column {missing[0]}")
-        if "num_tensor_parallel_workers" in table.columns:
-            table = table[table["num_tensor_parallel_workers"] == tensor_parallel]
-            if table.empty:
-                raise ConfigError(f"profile {self.path}: no rows for tensor parallel degree "
-                                  f"{tensor_parallel}")
-        for col, attr in SHAPE_COLUMNS.items():
-            if col in table.columns and not (table[col] == getattr(model, attr)).all():
-                raise ConfigError(f"profile {self.path}: column {col} does not match model "
-                                  f"{model.name} ({attr} = {getattr(model, attr)})")
-        table = table.groupby("num_tokens", as_index=False).median(numeric_only=True)
+        table = read_profile(self.path, model, tensor_parallel, statistic)
         tokens = table["num_tokens"].to_numpy(dtype=float)
         if len(tokens) < 2 or tokens.min() < 1:
             raise ConfigError(f"profile {self.path}: needs at least two num_tokens rows >= 1")
