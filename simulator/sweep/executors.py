@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -116,6 +117,18 @@ class LocalExecutor:
                 self._pool = None
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray keeps retrying an unreachable head for minutes: fail fast with one line instead."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return   # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: cannot reach the Ray head at {host}:{port} "
+                          f"({e.strerror or e})") from None
+
+
 class RayExecutor:
     """Points as Ray tasks (one CPU each): on the cluster at ``address``, or on a local Ray
     started here with ``workers`` CPUs (all cores when not given)."""
@@ -140,6 +153,7 @@ class RayExecutor:
             common = dict(include_dashboard=False, log_to_driver=False)
             try:
                 if self.address:
+                    _check_reachable(self.address)
                     # Ship this code to the cluster so its workers run exactly this version;
                     # the cluster's Python needs servesim's dependencies installed.
                     import scheduler
