@@ -83,7 +83,8 @@ def capacity(**opts):
         return
     click.echo(result_line(result))
     if not opts["quiet"]:
-        print_bracket(result, Console())
+        out = Console()
+        print_bracket(result, out if out.is_terminal else Console(width=120))
 
 
 def result_line(r: CapacityResult) -> str:
