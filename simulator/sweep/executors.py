@@ -162,7 +162,9 @@ class RayExecutor:
                     ray.init(address=self.address, **common, runtime_env={
                         "py_modules": [scheduler, simulator, traces]})
                 else:
-                    ray.init(num_cpus=self.workers or default_workers(), **common,
+                    # address="local": always a new local instance, never a cluster that a
+                    # `ray start` left recorded in /tmp/ray (possibly dead).
+                    ray.init(address="local", num_cpus=self.workers or default_workers(), **common,
                              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
             except ConnectionError as e:
                 raise ConfigError(f"--address {self.address}: cannot connect to Ray: {e}")
