@@ -189,8 +189,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML (.yaml/.yml) or TOML (.toml) run config into checked field values."""
     p = Path(path)
+    return check_fields(read_mapping_file(p, "config file"), f"config file {p}")
+
+
+def read_mapping_file(p: Path, what: str) -> dict:
+    """A YAML or TOML file whose top level is a mapping (``what`` names it in errors)."""
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
+        raise ConfigError(f"{what} {p} does not exist")
     text = p.read_text()
     try:
         if p.suffix == ".toml":
@@ -203,14 +208,14 @@ def load_config_file(path: str | Path) -> dict:
             import yaml
             raw = yaml.safe_load(text) or {}
         else:
-            raise ConfigError(f"config file {p}: use a .yaml, .yml or .toml file")
+            raise ConfigError(f"{what} {p}: use a .yaml, .yml or .toml file")
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"config file {p}: cannot parse: {_parse_error(e)}")
+        raise ConfigError(f"{what} {p}: cannot parse: {_parse_error(e)}")
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {p}: expected a mapping of field: value at the top level")
-    return check_fields(raw, f"config file {p}")
+        raise ConfigError(f"{what} {p}: expected a mapping of field: value at the top level")
+    return raw
 
 
 def _parse_error(e: Exception) -> str:

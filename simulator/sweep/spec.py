@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.config import FIELDS, RunConfig, check_fields, load_config_file
+from simulator.config import (FIELDS, RunConfig, check_fields, load_config_file,
+                              read_mapping_file)
 from simulator.errors import ConfigError
 
 # Run fields that hold mappings: an axis may set one key of them (``policy_params.chunk_size``).
@@ -69,34 +70,8 @@ class SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec file (YAML or TOML)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep spec {p} does not exist")
-    raw = _read_mapping(p)
+    raw = read_mapping_file(p, "sweep spec")
     return parse_spec(raw, source=f"sweep spec {p}", base_dir=p.parent, default_name=p.stem)
-
-
-def _read_mapping(p: Path) -> dict:
-    text = p.read_text()
-    try:
-        if p.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:   # Python 3.10
-                import tomli as tomllib
-            raw = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-            raw = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"sweep spec {p}: use a .yaml, .yml or .toml file")
-    except ConfigError:
-        raise
-    except Exception as e:   # parser messages carry the line number
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"sweep spec {p}: cannot parse: {first}")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"sweep spec {p}: expected a mapping with base and axes at the top")
-    return raw
 
 
 def parse_spec(raw: dict, source: str = "sweep spec", base_dir: Path | None = None,
