@@ -118,3 +118,33 @@ def test_bad_specs_fail_with_one_line_and_status_2(tmp_path, capsys, text, words
 def test_missing_spec_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_spec(tmp_path / "nope.yaml")
+
+
+AZURE = """TIMESTAMP,ContextTokens,GeneratedTokens
+2023-11-16 18:15:46.6805900,374,44
+2023-11-16 18:15:50.9951690,396,109
+2023-11-16 18:15:51.2365750,879,46
+2023-11-16 18:15:53.4511990,91,214
+2023-11-16 18:15:55.0001000,200,30
+"""
+
+
+def test_trace_sweep_resolves_files_keys_by_content_and_scales_the_rate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "azure.csv").write_text(AZURE)
+    spec = {"base": {"trace": "azure.csv"}, "axes": {"rate": [1, 4]}}
+    points = expand_points(parse_spec(spec))
+    # Workers may run elsewhere: the trace path is absolute in every point.
+    assert {p.config.trace for p in points} == {str(tmp_path / "azure.csv")}
+    # rate on a replayed trace scales it to that mean rate, keeping its arrival pattern.
+    assert [p.config.target_rate for p in points] == [1.0, 4.0]
+    from simulator.runner import build_workload
+    w = build_workload(points[1].config)
+    assert len(w) == 5 and w.meta["mean_rate"] == pytest.approx(4.0)
+    keys = [p.key for p in points]
+    # Same content under another name: same points. Edited content: new points.
+    (tmp_path / "copy.csv").write_text(AZURE)
+    assert [p.key for p in expand_points(parse_spec({**spec, "base": {"trace": "copy.csv"}}))] \
+        == keys
+    (tmp_path / "azure.csv").write_text(AZURE.replace("374,44", "375,44"))
+    assert set(p.key for p in expand_points(parse_spec(spec))).isdisjoint(keys)

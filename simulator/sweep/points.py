@@ -8,10 +8,13 @@ default or a changed axis value gives a new key and a fresh run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from scheduler.base import PolicyError, make_policy
 from simulator.config import RunConfig, build_config
@@ -21,6 +24,8 @@ from simulator.sweep.spec import RESERVED_FIELDS, SweepSpec
 
 # Bump when the meaning of a stored point changes (what a worker records), to invalidate old ones.
 POINT_SCHEMA = 1
+# Run fields naming input files: resolved to absolute paths, and hashed by content in the key.
+FILE_FIELDS = ("trace", "lengths_file")
 
 
 @dataclass(frozen=True)
@@ -31,19 +36,49 @@ class Point:
     config: RunConfig
 
 
-def point_key(cfg: RunConfig) -> str:
-    """16 hex digits of the SHA-256 of the resolved configuration (outputs excluded)."""
+def point_key(cfg: RunConfig, digest: Callable[[str], str] | None = None) -> str:
+    """16 hex digits of the SHA-256 of the resolved configuration (outputs excluded). Input
+    files count by content, not by name: an edited trace gives new keys, a moved one does not.
+    ``digest`` may memoize ``file_digest`` over the points of one sweep."""
     d = {k: v for k, v in cfg.to_dict().items() if k not in RESERVED_FIELDS}
+    for name in FILE_FIELDS:
+        if d.get(name):
+            d[name] = (digest or file_digest)(d[name])
     text = json.dumps({"schema": POINT_SCHEMA, "config": d}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's content (the path itself when it cannot be read: the point then
+    fails when it runs, with the loader's message)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return path
+    return "sha256:" + h.hexdigest()
+
+
+def absolute_files(cfg: RunConfig) -> RunConfig:
+    """Input files as absolute paths, so a worker finds them whatever its working directory
+    (on a Ray cluster they must exist at the same path on every node)."""
+    changes = {name: str(Path(getattr(cfg, name)).expanduser().resolve())
+               for name in FILE_FIELDS if getattr(cfg, name)}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def at_rate(cfg: RunConfig, rate: float) -> RunConfig:
     """``cfg`` with total arrival rate ``rate``. With request types the mix keeps its
-    proportions (each type's rate is scaled), since there the types' rates define the load."""
-    if cfg.arrival == "piecewise":
+    proportions (each type's rate is scaled), since there the types' rates define the load; a
+    replayed trace is rate-scaled to it (target_rate), keeping its own arrival pattern."""
+    if cfg.arrival == "piecewise" and not cfg.trace:
         raise ConfigError("rate: a piecewise arrival takes its rates from rate_schedule; vary "
                           "rate_schedule instead")
+    if cfg.trace and not cfg.generate_arrivals:
+        return dataclasses.replace(cfg, rate=float(rate), target_rate=float(rate),
+                                   speedup=None).validate()
     types = request_types(cfg)
     if not types:
         return dataclasses.replace(cfg, rate=float(rate)).validate()
@@ -58,6 +93,7 @@ def expand_points(spec: SweepSpec, timeline: bool | None = None) -> list[Point]:
     timeline = spec.save_timeline if timeline is None else timeline
     points = []
     checked_policies: set = set()
+    digest = functools.lru_cache(maxsize=None)(file_digest)   # each input file hashed once
     for index, combo in enumerate(itertools.product(*(range(len(a.values)) for a in spec.axes))):
         values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.base.items()}
         shown = {}
@@ -73,14 +109,14 @@ def expand_points(spec: SweepSpec, timeline: bool | None = None) -> list[Point]:
                 _set(values, axis.field, axis.values[i])
         values["timeline"] = timeline
         try:
-            cfg = build_config(values)
+            cfg = absolute_files(build_config(values))
             if any(a.field == "rate" for a in spec.axes):
                 cfg = at_rate(cfg, cfg.rate)
             _check_policy(cfg, checked_policies)
         except (ConfigError, PolicyError) as e:
             where = ", ".join(f"{k}={v}" for k, v in shown.items())
             raise type(e)(f"{spec.source}: point {where}: {e}") from None
-        points.append(Point(index, point_key(cfg), shown, cfg))
+        points.append(Point(index, point_key(cfg, digest), shown, cfg))
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
