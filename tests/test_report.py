@@ -98,3 +98,59 @@ def test_bad_report_input(tmp_path, capsys):
     assert "neither a sweep results folder" in capsys.readouterr().err
     assert main(["run", "-n", "5", "--plot", "--no-timeline"]) == 2
     assert "--plot draws the timeline" in capsys.readouterr().err
+
+
+def test_fluid_bound_is_drawn_when_the_results_carry_it(sweep_dir, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from simulator.report.build import sweep_report
+    res = tmp_path / "res"
+    shutil.copytree(sweep_dir, res)
+    t = pd.read_parquet(res / "results.parquet")
+    # As a sweep records it with the fluid model installed: Thr* at the offered rate and the
+    # largest stable scaling of that rate (here: 20 req/s is the limit).
+    t["fluid.throughput_bound"] = t["rate"] * 80.0
+    t["fluid.max_rate_scale"] = 20.0 / t["rate"]
+    t.to_parquet(res / "results.parquet")
+    report = sweep_report(res)
+    assert not any("fluid" in n for n in report.notes)
+    check_png(res / "figures" / "throughput_vs_rate.png")
+
+
+def test_throughput_figure_draws_the_bound_capped_at_the_stable_limit():
+    import pandas as pd
+
+    from simulator.report import figures
+    from simulator.report.figures import col
+    from simulator.sweep.fluid_bound import bounded_throughput
+    assert bounded_throughput(800.0, 2.0) == 800.0           # inside the stable region
+    assert bounded_throughput(800.0, 0.5) == 400.0           # past it: capped
+    assert bounded_throughput(800.0, None) == 800.0          # no limit
+    rows = []
+    for rate in (10.0, 20.0, 40.0):
+        row = {"series": "p", "rate": rate}
+        for m, v in (("request_throughput", rate), ("output_throughput", 50 * rate),
+                     ("fluid_bound", bounded_throughput(50 * rate, 20 / rate))):
+            row.update({col(m, "mean"): v, col(m, "min"): v, col(m, "max"): v,
+                        col(m, "count"): 1})
+        rows.append(row)
+    fig = figures.throughput_vs_rate(pd.DataFrame(rows), "rate", "rate (req/s)", "fluid_bound")
+    right = fig.axes[1]
+    bound = next(line for line in right.get_lines() if line.get_label() == "fluid bound")
+    assert list(bound.get_ydata()) == [500.0, 1000.0, 1000.0]
+    assert right.get_ylabel() == "output throughput (tokens/s)"
+
+
+def test_sweep_points_carry_the_fluid_bound_when_the_fluid_model_is_installed():
+    pytest.importorskip("simulator.cli.fluid", reason="the fluid model (scheduler/fluid.py) is "
+                                                       "not installed on this branch")
+    from simulator.config import build_config
+    from simulator.sweep.worker import PointTask, run_point
+    cfg = build_config({}, dict(types=["p512d20:12"], kv_capacity=137000, num_requests=50,
+                                timeline=False))
+    out = run_point(PointTask(0, "k", cfg.to_dict()))
+    assert out.status == "ok"
+    # Thr* = sum_j lambda_j o_j output tokens per second.
+    assert out.summary["fluid"]["throughput_bound"] == pytest.approx(12 * 20)

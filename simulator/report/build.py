@@ -15,6 +15,7 @@ from simulator.errors import ConfigError
 from simulator.report import figures
 from simulator.report.figures import col
 from simulator.runner import _atomic_write
+from simulator.sweep.fluid_bound import bounded_throughput
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 from simulator.sweep.store import RESULTS_FILE, ResultsStore
 
@@ -22,8 +23,6 @@ REPORT_FILE = "report.md"
 FIGURES = "figures"
 METRICS = ("mean_e2el_ms", "p99_e2el_ms", "mean_ttft_ms", "p99_ttft_ms", "request_throughput",
            "output_throughput", "latency_first_half_ms", "latency_second_half_ms")
-# The fluid model's throughput bound (issue 4, scheduler/fluid.py), when the results carry it.
-BOUND_COLUMNS = ("fluid.throughput_bound", "throughput_bound")
 MAX_TIMELINES = 8
 
 
@@ -122,7 +121,12 @@ def sweep_report(results_dir: Path, out: str | Path | None = None,
     if ok.empty:
         raise ConfigError(f"{results_dir}: no successful points to report")
     ok["series"] = _series_labels(ok, series_cols)
-    bound = next((c for c in BOUND_COLUMNS if c in ok.columns and ok[c].notna().any()), None)
+    bound = None
+    if "fluid.throughput_bound" in ok.columns and ok["fluid.throughput_bound"].notna().any():
+        scale = ok.get("fluid.max_rate_scale", pd.Series(None, index=ok.index, dtype=object))
+        ok["fluid_bound"] = [bounded_throughput(t, None if pd.isna(s) else s)
+                             for t, s in zip(ok["fluid.throughput_bound"], scale)]
+        bound = "fluid_bound"
     metrics = [m for m in METRICS if m in ok.columns] + ([bound] if bound else [])
     agg = aggregate(ok, x, metrics)
     agg.attrs["series_title"] = ", ".join(series_cols) or None
@@ -133,7 +137,8 @@ def sweep_report(results_dir: Path, out: str | Path | None = None,
                           fig_dir / "throughput_vs_rate.png")]
     if bound is None:
         notes.append("The fluid throughput bound is not drawn: the results carry no "
-                     "`fluid.throughput_bound` (it comes with the fluid model, scheduler/fluid.py).")
+                     "`fluid.throughput_bound` (sweeps record it when the fluid model, "
+                     "scheduler/fluid.py, is installed).")
     store = ResultsStore(results_dir)
     chosen = _choose_rate(ok[x], at_rate)
     at = ok[ok[x] == chosen]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from simulator.config import RunConfig
 from simulator.runner import simulate
+from simulator.sweep.fluid_bound import fluid_summary
 from simulator.sweep.stability import half_means, pooled_growth
 
 
@@ -45,6 +46,9 @@ def run_point(task: PointTask) -> PointOutcome:
         summary = {**result.summary,
                    "latency_first_half_ms": first, "latency_second_half_ms": second,
                    "latency_growth": pooled_growth([(first, second)])}
+        fluid = fluid_summary(cfg)
+        if fluid:
+            summary["fluid"] = fluid
         return PointOutcome(task.index, task.key, "ok", summary,
                             requests=result.requests if task.keep_requests else None,
                             timeline=result.timeline if task.keep_timeline else None)
