@@ -4,13 +4,17 @@ columns aside); a failing point is recorded with its error and the others still 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
+import yaml
 
 from simulator.cli import main
 from simulator.sweep import WALL_TIME_COLUMNS, comparable, parse_spec, run_sweep
-from tests.conftest import ON_CI
+from tests.conftest import ON_CI, ROOT
 
 SPEC = {
     "name": "tiny",
@@ -57,9 +61,18 @@ def test_ray_executor_gives_the_identical_table(serial, tmp_path):
         if ON_CI:
             pytest.fail("ray is not installed: CI installs it with the dev extra")
         pytest.skip("ray not installed")
-    result = run_sweep(parse_spec(SPEC), tmp_path, executor="ray", workers=2)
-    pd.testing.assert_frame_equal(comparable(result.table), comparable(serial.table),
-                                  check_exact=True)
+    # In a subprocess with a time limit: a local Ray with 2 CPUs starts in ~10 s here; a hung
+    # start fails the test instead of the suite, and Ray's state stays out of this process.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    out = tmp_path / "ray"
+    run = subprocess.run([sys.executable, "-m", "simulator", "sweep", str(spec), "--out", str(out),
+                          "--executor", "ray", "--workers", "2", "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["ran"] == 8
+    pd.testing.assert_frame_equal(comparable(pd.read_parquet(out / "results.parquet")),
+                                  comparable(serial.table), check_exact=True)
 
 
 def test_failing_point_is_recorded_and_does_not_stop_the_sweep(tmp_path, capsys):
