@@ -25,7 +25,7 @@ from simulator.config import RunConfig
 from simulator.errors import ConfigError, PolicyViolation
 from simulator.runner import request_types
 from simulator.sweep.executors import make_executor
-from simulator.sweep.points import at_rate, point_key
+from simulator.sweep.points import at_rate
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT, pooled_growth
 from simulator.sweep.store import WALL_TIME_COLUMNS
 from simulator.sweep.worker import PointTask
@@ -169,7 +169,7 @@ def _probe(ex, cfg: RunConfig, rate: float, seeds: list[int], criterion: str,
     for i, seed in enumerate(seeds):
         c = at_rate(cfg, rate)
         c = RunConfig(**{**c.to_dict(), "seed": seed, "timeline": False, "out": None})
-        tasks.append(PointTask(i, point_key(c), c.to_dict()))
+        tasks.append(PointTask(i, f"rate{rate:g}-seed{seed}", c.to_dict()))
     by_seed: dict[int, dict] = {}
     for outcome in ex.map_unordered(tasks):
         seed = seeds[outcome.index]
