@@ -6,6 +6,7 @@ saved atomically as a PNG. Every axis is labeled with its unit.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -41,12 +42,11 @@ def col(metric: str, stat: str) -> str:
 
 
 def _styled(draw):
-    """Run a drawing function under the report's style (rc settings apply at draw time)."""
+    """Run a drawing function under the report's style (rc settings apply as artists are made)."""
+    @functools.wraps(draw)
     def wrapper(*args, **kwargs):
         with matplotlib.rc_context(STYLE):
             return draw(*args, **kwargs)
-    wrapper.__name__ = draw.__name__
-    wrapper.__doc__ = draw.__doc__
     return wrapper
 
 
