@@ -4,7 +4,9 @@
 
 40 points = 2 policies x 5 rates x 4 seeds of the default model and GPU, each a fresh run in a
 temporary results folder (nothing resumed). Prints one line per executor and the speed-up; the
-tables of every executor are checked equal (wall-time columns aside).
+tables of every executor are checked equal (wall-time columns aside). "Cores used" is the
+simulations' CPU time over the wall time: on a shared machine it shows how much of the second
+core the 2-worker run actually got, which bounds its speed-up.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ def main() -> None:
     for executor, workers in runs:
         wall, table = timed(executor, workers, args.requests)
         results[(executor, workers)] = (wall, table)
-        sim = table["wall_s"].sum()
+        cpu = table["cpu_s"].sum()
+        # CPU seconds of the simulations per wall second: the cores the sweep actually got
+        # (on a shared machine, fewer than the workers it ran).
         print(f"{executor:5s} {workers} worker(s): {wall:6.1f} s wall for 40 points "
-              f"({args.requests} requests each; {sim:.1f} s inside the simulations)")
+              f"({args.requests} requests each; {cpu:.1f} CPU s in the simulations, "
+              f"{cpu / wall:.2f} cores used on average)")
     base_wall, base_table = results[("local", 1)]
     for (executor, workers), (wall, table) in results.items():
         pd.testing.assert_frame_equal(comparable(table), comparable(base_table), check_exact=True)

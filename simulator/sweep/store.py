@@ -27,9 +27,10 @@ from simulator.sweep.points import Point
 from simulator.sweep.worker import PointOutcome
 
 RESULTS_FILE = "results.parquet"
-# Measured on the machine that ran the point: differ between runs of the same point. Kept as
+# Measured on the machine that ran the point (wall and CPU seconds of the simulation): differ
+# between runs of the same point. Kept as
 # columns for speed studies; drop them (comparable()) before comparing tables for equality.
-WALL_TIME_COLUMNS = ("wall_s", "sim_requests_per_wall_s")
+WALL_TIME_COLUMNS = ("wall_s", "sim_requests_per_wall_s", "cpu_s")
 # Nested summary entries flattened into "group.key" columns.
 NESTED = ("policy", "cost", "workload", "slo", "fluid")
 

@@ -6,6 +6,7 @@ not on the worker, the process, the executor or the order points run in.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -41,11 +42,13 @@ def run_point(task: PointTask) -> PointOutcome:
     recorded and the sweep goes on."""
     try:
         cfg = RunConfig(**task.config).validate()
+        cpu0 = time.process_time()
         result = simulate(cfg)
+        cpu_s = time.process_time() - cpu0
         first, second = half_means(result.requests)
         summary = {**result.summary,
                    "latency_first_half_ms": first, "latency_second_half_ms": second,
-                   "latency_growth": pooled_growth([(first, second)])}
+                   "latency_growth": pooled_growth([(first, second)]), "cpu_s": cpu_s}
         fluid = fluid_summary(cfg)
         if fluid:
             summary["fluid"] = fluid
