@@ -8,7 +8,7 @@ import typing
 from typing import Any, ClassVar
 
 from scheduler.queues import FCFSQueue
-from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState
+from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
 
 
 class PolicyError(ValueError):
@@ -54,6 +54,22 @@ class Policy:
     def on_finish(self, req: RequestState) -> None:
         pass
 
+    def on_requeue(self, req: RequestState) -> None:
+        """The engine sent a request back to waiting without this policy asking: a preemption
+        the engine made itself, or an admission it could not carry out (the vLLM adapter, when
+        vLLM's own checks refuse part of a decision). The request holds no KV. Default: treat it
+        as a new arrival; queue-based policies put it back at the front."""
+        self.on_arrival(req)
+
+    def on_abort(self, req: RequestState) -> None:
+        """A request left before finishing (a client disconnected from a live server). Default:
+        drop it from the policy's waiting queue if it is there, else treat it as finished."""
+        waiting = getattr(self, "waiting", None)
+        if req.status is Status.WAITING and waiting is not None:
+            waiting.remove(req)
+        else:
+            self.on_finish(req)
+
     def schedule(self, view: ReplicaView) -> Decision:
         raise NotImplementedError
 
@@ -76,6 +92,9 @@ class QueuedPolicy(Policy):
 
     def requeue_preempted(self, req: RequestState) -> None:
         self.waiting.prepend(req)
+
+    def on_requeue(self, req: RequestState) -> None:
+        self.requeue_preempted(req)
 
 
 # --------------------------------------------------------------------------------------------

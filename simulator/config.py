@@ -18,6 +18,7 @@ from simulator.errors import ConfigError
 
 ARRIVALS = ("poisson", "gamma", "deterministic", "piecewise")
 COST_MODELS = ("linear", "roofline", "profile")
+ENGINES = ("native", "vllm")     # vllm: vLLM's real scheduler in the loop (the vllm extra)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class RunConfig:
     # policy
     policy: str = "vllm-v1"
     policy_params: dict = field(default_factory=dict)
+    engine: str = "native"
     # replica
     model: str = "llama-2-7b"
     gpu: str = "a100-80gb"
@@ -69,6 +71,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         _check_choice("arrival", self.arrival, ARRIVALS)
         _check_choice("cost_model", self.cost_model, COST_MODELS)
+        _check_choice("engine", self.engine, ENGINES)
         _check_positive("rate", self.rate)
         _check_positive("cv", self.cv)
         _check_positive("block_size", self.block_size)

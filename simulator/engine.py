@@ -45,6 +45,16 @@ class EngineResult:
     extra: dict = field(default_factory=dict)
 
 
+def arrival_reject_reason(spec: ReplicaSpec, st: RequestState) -> str | None:
+    """Why a request can never be served on this replica (checked at arrival), or None."""
+    total = st.prompt_tokens + st.output_tokens
+    if total > spec.max_model_len:
+        return f"prompt + output = {total} tokens exceeds max_model_len {spec.max_model_len}"
+    if spec.blocks_for(st.max_kv_tokens) > spec.num_blocks:
+        return f"needs {st.max_kv_tokens} KV tokens, capacity is {spec.kv_capacity_tokens}"
+    return None
+
+
 class Engine:
     """Simulates one replica serving ``requests`` under ``policy`` with ``cost_model``."""
 
@@ -101,15 +111,9 @@ class Engine:
     def _arrive(self, r: Request) -> None:
         st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.label)
         self.states.append(st)
-        spec = self.spec
-        total = r.prompt_tokens + r.output_tokens
-        if total > spec.max_model_len:
-            self._reject(st, f"prompt + output = {total} tokens exceeds max_model_len "
-                             f"{spec.max_model_len}")
-            return
-        if spec.blocks_for(st.max_kv_tokens) > spec.num_blocks:
-            self._reject(st, f"needs {st.max_kv_tokens} KV tokens, capacity is "
-                             f"{spec.kv_capacity_tokens}")
+        reason = arrival_reject_reason(self.spec, st)
+        if reason is not None:
+            self._reject(st, reason)
             return
         self.unfinished += 1
         self.view.num_waiting += 1

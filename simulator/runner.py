@@ -115,8 +115,15 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     hint = {"types": request_types(cfg), "workload": workload.meta}
     spec = build_replica(cfg, hint)
     policy = make_policy(cfg.policy, cfg.policy_params)
-    engine = Engine(workload.requests(), policy, spec.cost_model, spec,
-                    record_timeline=cfg.timeline, progress=progress, total=len(workload))
+    if cfg.engine == "vllm":
+        from simulator.vllm_engine import VllmLoopEngine, require_vllm
+        vllm_version = require_vllm()
+        engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,
+                                model_spec(cfg.model), record_timeline=cfg.timeline,
+                                progress=progress, total=len(workload))
+    else:
+        engine = Engine(workload.requests(), policy, spec.cost_model, spec,
+                        record_timeline=cfg.timeline, progress=progress, total=len(workload))
     raw = engine.run()
     frame = requests_table(raw.states)
     slo = SLO(**cfg.slo) if cfg.slo else None
@@ -134,7 +141,10 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
         "seed": cfg.seed,
         "wall_s": raw.wall_s,
         "sim_requests_per_wall_s": len(workload) / raw.wall_s if raw.wall_s > 0 else None,
+        "engine": cfg.engine,
     })
+    if cfg.engine == "vllm":
+        summary["vllm"] = {"version": vllm_version, **raw.extra}
     timeline = timeline_table(raw.timeline, TIMELINE_COLUMNS) if raw.timeline is not None else None
     return RunResult(cfg, frame, timeline, summary)
 

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from simulator.config import ARRIVALS, COST_MODELS, build_config, load_config_file
+from simulator.config import ARRIVALS, COST_MODELS, ENGINES, build_config, load_config_file
 from simulator.errors import ConfigError
 
 
@@ -59,6 +59,9 @@ _OPTIONS = [
     click.option("--policy", help="Batching policy (see `servesim policies`). [vllm-v1]"),
     click.option("-p", "--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",
                  help="Policy parameter, repeatable (see `servesim policies NAME`)."),
+    click.option("--engine", type=click.Choice(ENGINES),
+                 help="Replica engine: servesim's own, or vLLM's real scheduler in the loop "
+                      "(needs the vllm extra). [native]"),
     click.option("--model", help="Model preset (see `servesim presets`). [llama-2-7b]"),
     click.option("--gpu", help="GPU preset. [a100-80gb]"),
     click.option("--cost-model", type=click.Choice(COST_MODELS), help="Iteration-time model. [roofline]"),
@@ -118,6 +121,7 @@ def config_from_options(opts: dict, extra: dict | None = None):
     overrides = {
         "policy": opts.get("policy"),
         "policy_params": parse_pairs(opts.get("policy_param"), "--policy-param") or None,
+        "engine": opts.get("engine"),
         "model": opts.get("model"),
         "gpu": opts.get("gpu"),
         "cost_model": opts.get("cost_model"),

