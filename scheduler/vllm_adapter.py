@@ -219,6 +219,8 @@ class PolicySchedulingMixin:
         self._states: dict[str, RequestState] = {}
         self._plan: dict[str, int] | None = None
         self._pending_rejects: list[str] = []
+        self._requeued: set[str] = set()       # preempted requests now waiting
+        self._by_state: dict[int, str] = {}
         self._admissions = 0
         self._state_ids = itertools.count()
         # Free blocks before any request: the KV capacity the policy plans with (vLLM's block
@@ -281,6 +283,7 @@ class PolicySchedulingMixin:
         policy.on_arrival(st)
 
     def _free_request(self, request, *args, **kwargs):
+        self._requeued.discard(request.request_id)
         st = self._states.pop(request.request_id, None)
         if st is not None and self.servesim_policy is not None:
             status = request.status.name
@@ -310,6 +313,11 @@ class PolicySchedulingMixin:
             if st.generated >= st.output_tokens:
                 continue      # its last token is in flight (async): nothing left to schedule
             resident.append(st)
+        # A preempted request's in-flight output (async scheduling) arrives while it waits.
+        for rid in self._requeued:
+            r, st = self.requests.get(rid), self._states.get(rid)
+            if r is not None and st is not None:
+                st.generated = r.num_output_tokens
         view.now = self.clock()
         view.resident = resident
         view.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
@@ -388,6 +396,7 @@ class PolicySchedulingMixin:
         return out
 
     def _mark_preempted(self, st: RequestState, req) -> None:
+        self._requeued.add(req.request_id)
         st.status = Status.WAITING
         st.computed = 0
         st.kv_blocks = 0
@@ -405,6 +414,7 @@ class PolicySchedulingMixin:
             if req.request_id in scheduled:
                 st = self._states[req.request_id]
                 st.status = Status.RESIDENT
+                self._requeued.discard(req.request_id)
                 self._admissions += 1
                 st.admitted_seq = self._admissions
                 admitted_ids.add(req.request_id)

@@ -36,6 +36,7 @@ from simulator.hardware import ModelSpec
 from traces.request import Request
 
 TOKEN_ID = 17           # the token every fabricated prompt and output consists of
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # before vLLM is first imported
 DEFAULT_MAX_NUM_SEQS = 1024   # when the policy sets no cap: high enough never to bind
 
 
@@ -90,7 +91,7 @@ def scheduler_options(policy: Policy, spec: ReplicaSpec) -> dict:
 @lru_cache(maxsize=8)
 def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: int,
                  max_num_seqs: int, max_num_batched_tokens: int, enable_chunked_prefill: bool,
-                 long_prefill_token_threshold: int):
+                 long_prefill_token_threshold: int, async_scheduling: bool = False):
     from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
     model = ModelConfig(model=folder, skip_tokenizer_init=True, dtype="float16",
                         max_model_len=max_model_len)
@@ -99,18 +100,19 @@ def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: i
                             max_model_len=max_model_len,
                             enable_chunked_prefill=enable_chunked_prefill,
                             long_prefill_token_threshold=long_prefill_token_threshold,
-                            is_encoder_decoder=False, async_scheduling=False)
+                            is_encoder_decoder=False, async_scheduling=async_scheduling)
     cache = CacheConfig(block_size=block_size, enable_prefix_caching=False)
     cache.num_gpu_blocks = num_blocks
     return VllmConfig(scheduler_config=sched, model_config=model, cache_config=cache,
                       device_config=DeviceConfig(device="cpu"))
 
 
-def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, scheduler_cls=None):
+def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, scheduler_cls=None,
+                    async_scheduling: bool = False):
     """vLLM's V1 scheduler on the CPU with ``spec.num_blocks`` usable KV blocks.
 
-    ``scheduler_cls`` defaults to the servesim adapter (synchronous); pass vLLM's own
-    ``Scheduler`` for the stock scheduler.
+    ``scheduler_cls`` defaults to the servesim adapter for the chosen scheduling mode; pass
+    vLLM's own ``Scheduler`` or ``AsyncScheduler`` for the stock scheduler.
     """
     import torch
     from vllm.v1.core.sched.output import SchedulerOutput  # noqa: F401  (fail early if broken)
@@ -119,13 +121,13 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
 
     if scheduler_cls is None:
         from scheduler.vllm_adapter import scheduler_class
-        scheduler_cls = scheduler_class(async_scheduling=False)
+        scheduler_cls = scheduler_class(async_scheduling)
     # vLLM's block pool keeps one null block out of use: one more gives the run's capacity.
     num_blocks = spec.num_blocks + 1
     config = _vllm_config(str(model_folder(model, spec.max_model_len)), spec.max_model_len,
                           spec.block_size, num_blocks, options["max_num_seqs"],
                           options["max_num_batched_tokens"], options["enable_chunked_prefill"],
-                          options["long_prefill_token_threshold"])
+                          options["long_prefill_token_threshold"], async_scheduling)
     # The scheduler only counts blocks: a one-element layer spec keeps the bookkeeping cheap.
     kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[
         KVCacheGroupSpec(["layer"], FullAttentionSpec(block_size=spec.block_size, num_kv_heads=1,

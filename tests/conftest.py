@@ -27,3 +27,17 @@ def require_shared(*parts: str) -> Path:
             pytest.fail(f"{path} is missing: CI must provide ../shared")
         pytest.skip(f"{path} not available")
     return path
+
+
+def require_vllm():
+    """Import vLLM's V1 scheduler: skipped locally when vLLM is missing or broken, a failure
+    under CI=true (CI installs the vllm extra). Call at module level of a vLLM test file."""
+    try:
+        import vllm
+        from vllm.v1.core.sched.scheduler import Scheduler  # noqa: F401
+    except Exception as e:   # a broken install (torchvision beside CPU torch) raises RuntimeError
+        msg = f"vLLM is not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        if ON_CI:
+            pytest.fail(f"{msg}: CI must install the vllm extra", pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
+    return vllm
