@@ -115,6 +115,21 @@ def run_options(f):
     return f
 
 
+# Flags that describe the simulated replica and its policy rather than the workload.
+REPLICA_FLAGS = ("policy", "policy_param", "engine", "model", "gpu", "cost_model", "cost_param",
+                 "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len")
+
+
+def workload_options(f):
+    """Decorate a click command with the run flags that describe the workload (config file,
+    arrivals, lengths, seed, SLOs...), for commands that drive a real server."""
+    for opt in reversed(_OPTIONS):
+        name = opt(lambda: None).__click_params__[-1].name
+        if name not in REPLICA_FLAGS:
+            f = opt(f)
+    return f
+
+
 def config_from_options(opts: dict, extra: dict | None = None):
     """Build a validated RunConfig from the run flags (and an optional config file)."""
     file_values = load_config_file(opts["config_file"]) if opts.get("config_file") else {}

@@ -1,0 +1,173 @@
+"""``servesim serve``, ``servesim bench`` and ``servesim compare``: the live-server side.
+
+``serve`` starts ``vllm serve`` with a servesim policy plugged in; ``bench`` replays a workload
+against any OpenAI-compatible server and writes the same outputs as ``servesim run``; ``compare``
+puts a simulated and a measured run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from scheduler.base import make_policy
+from simulator.cli import cli
+from simulator.cli.options import config_from_options, parse_pairs, workload_options
+from simulator.errors import ConfigError
+
+# Flags of ``vllm serve`` that the plug-in sets itself.
+OWNED_VLLM_FLAGS = ("--scheduler-cls", "--async-scheduling", "--no-async-scheduling")
+
+
+def serve_command(policy: str, params: dict, seed: int, vllm_args: list[str], sync: bool,
+                  vllm: str = "vllm") -> tuple[dict, list[str]]:
+    """(environment additions, argv) that start vLLM with the policy plugged in."""
+    from scheduler.vllm_adapter import PluginConfig, qualname
+    make_policy(policy, params)            # a bad name or parameter fails here, in one line
+    for arg in vllm_args:
+        if arg.split("=")[0] in OWNED_VLLM_FLAGS:
+            raise ConfigError(f"vllm argument {arg.split('=')[0]} is set by servesim serve "
+                              f"(use --sync for a synchronous scheduler)")
+    env = PluginConfig(policy=policy, policy_params=params, seed=seed).to_env()
+    argv = [vllm, "serve", *vllm_args, "--scheduler-cls", qualname(async_scheduling=not sync)]
+    if sync:
+        argv.append("--no-async-scheduling")
+    return env, argv
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--policy", default="vllm-v1", show_default=True, help="servesim policy to plug in.")
+@click.option("-p", "--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",
+              help="Policy parameter, repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the policy.")
+@click.option("--sync", is_flag=True,
+              help="Synchronous scheduler with --no-async-scheduling (default: vLLM's async "
+                   "scheduling with the async adapter).")
+@click.option("--dry-run", is_flag=True, help="Only print the command.")
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def serve(policy, policy_param, seed, sync, dry_run, vllm_args):
+    """Start `vllm serve` with a servesim policy: servesim serve --policy sjf -- MODEL [ARGS]."""
+    params = parse_pairs(policy_param, "--policy-param")
+    env, argv = serve_command(policy, params, seed, list(vllm_args), sync)
+    line = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())) + " " + \
+        shlex.join(argv)
+    click.echo(line)
+    if dry_run:
+        return
+    if shutil.which(argv[0]) is None:
+        raise ConfigError("vllm is not installed here (no `vllm` command on PATH); install the "
+                          "vllm extra or use --dry-run")
+    proc = subprocess.run(argv, env={**os.environ, **env})
+    if proc.returncode:
+        raise click.exceptions.Exit(proc.returncode)
+
+
+@cli.command()
+@workload_options
+@click.option("--url", required=True, help="Server base URL, e.g. http://127.0.0.1:8000.")
+@click.option("--model", "served_model", required=True,
+              help="Model name the server serves (the request's \"model\" field).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder for records.jsonl (written as requests finish), requests.csv, "
+                   "summary.json, bench.json, config.json.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="Per-request timeout in seconds.")
+@click.option("--max-concurrency", type=int, help="Cap on requests in flight.")
+@click.option("--prompt-mode", type=click.Choice(["token-ids", "text"]), default="token-ids",
+              show_default=True, help="Prompts as exact token ids, or text calibrated with the "
+                                      "server's /tokenize.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def bench(url, served_model, out, timeout_s, max_concurrency, prompt_mode, as_json, **opts):
+    """Replay a workload against an OpenAI-compatible server (same outputs as `run`)."""
+    from simulator.bench import BenchOptions
+    cfg = config_from_options(opts, {"out": out})
+    bopts = BenchOptions(url=url, model=served_model, timeout_s=timeout_s,
+                         max_concurrency=max_concurrency, prompt_mode=prompt_mode, seed=cfg.seed)
+    summary = run_bench(cfg, bopts, Path(out))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        from simulator.cli.run import print_summary
+        print_summary(summary, Console())
+        Console().print(f"failed: {summary['failed']} {summary['errors'] or ''}; wrote {out}")
+
+
+def run_bench(cfg, bopts, out: Path) -> dict:
+    """Replay, then write the outputs, also when interrupted (Ctrl-C keeps what was measured)."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        raise ConfigError("servesim bench needs aiohttp: pip install -e '.[bench]'")
+    from simulator.bench import RECORDS, Replayer, read_records
+    from simulator.runner import build_workload
+    workload = build_workload(cfg)
+    requests = list(workload.requests())
+    replayer = Replayer(requests, bopts, out)
+    interrupted = None
+    try:
+        asyncio.run(replayer.run())
+    except KeyboardInterrupt as e:
+        interrupted = e
+    summary = finalize(cfg, bopts, out, requests, read_records(out / RECORDS), workload.meta)
+    if interrupted is not None:
+        raise interrupted
+    return summary
+
+
+def finalize(cfg, bopts, out: Path, requests, records, workload_meta: dict) -> dict:
+    from simulator.bench import bench_summary, requests_frame, vllm_bench_json
+    from simulator.metrics import SLO
+    from simulator.runner import _atomic_write
+    frame = requests_frame(requests, records)
+    summary = bench_summary(frame, records, SLO(**cfg.slo) if cfg.slo else None)
+    summary.update({"source": "live-server", "url": bopts.url, "model": bopts.model,
+                    "workload": {**workload_meta, "requests": len(requests)},
+                    "policy": {"policy": "(server)"}, "seed": cfg.seed})
+
+    def dump(obj):
+        return lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+    _atomic_write(out / "requests.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    _atomic_write(out / "summary.json", dump(summary))
+    _atomic_write(out / "bench.json", dump(vllm_bench_json(summary, records, bopts,
+                                                           workload_meta)))
+    _atomic_write(out / "config.json", dump({**cfg.to_dict(), "bench": vars(bopts)}))
+    return summary
+
+
+@cli.command()
+@click.argument("sim_dir", type=click.Path(file_okay=False))
+@click.argument("real_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(sim_dir, real_dir, as_json):
+    """Side-by-side metrics of two runs (e.g. simulated vs measured) with relative errors."""
+    from simulator.compare import compare as compare_runs
+    result = compare_runs(sim_dir, real_dir)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    t = Table(title=f"{sim_dir} (sim) vs {real_dir} (real)", title_justify="left")
+    for col in ("metric", "sim", "real", "rel. error"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for row in result["metrics"]:
+        t.add_row(row["metric"], _fmt(row["sim"]), _fmt(row["real"]),
+                  "-" if row["rel_error"] is None else f"{row['rel_error']:+.1%}")
+    console = Console()
+    console.print(t)
+    for key, value in result["per_request"].items():
+        console.print(f"{key}: {value if not isinstance(value, float) else f'{value:.1%}'}")
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    return f"{v:,.2f}" if isinstance(v, float) else str(v)

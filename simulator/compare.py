@@ -1,0 +1,65 @@
+"""Compare two run folders (a simulation and a measured server, say) metric by metric."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulator.errors import ConfigError
+
+METRICS = (
+    "completed", "request_throughput", "output_throughput", "total_token_throughput",
+    *(f"{stat}_{m}" for m in ("ttft_ms", "tpot_ms", "e2el_ms")
+      for stat in ("mean", "median", "p90", "p99")),
+)
+PER_REQUEST = ("ttft_ms", "tpot_ms", "e2el_ms")
+
+
+def load_run(folder: str | Path) -> tuple[dict, pd.DataFrame | None]:
+    folder = Path(folder)
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no summary.json (not a servesim run or bench folder)")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})")
+    frame = None
+    for name, reader in (("requests.csv", pd.read_csv), ("requests.parquet", pd.read_parquet)):
+        if (folder / name).is_file():
+            frame = reader(folder / name)
+            break
+    return summary, frame
+
+
+def relative_error(sim, real):
+    """(sim - real) / real; None where undefined."""
+    if not isinstance(sim, (int, float)) or not isinstance(real, (int, float)) or \
+            real == 0 or not math.isfinite(sim) or not math.isfinite(real):
+        return None
+    return (sim - real) / real
+
+
+def compare(sim_dir, real_dir) -> dict:
+    """Summary metrics side by side with relative errors, and, where both folders hold the same
+    requests, the median per-request relative error of TTFT, TPOT and latency."""
+    sim, sim_req = load_run(sim_dir)
+    real, real_req = load_run(real_dir)
+    rows = [{"metric": m, "sim": sim.get(m), "real": real.get(m),
+             "rel_error": relative_error(sim.get(m), real.get(m))} for m in METRICS]
+    per_request = {}
+    if sim_req is not None and real_req is not None:
+        both = sim_req[sim_req.status == "completed"].merge(
+            real_req[real_req.status == "completed"], on="request_id", suffixes=("_sim", "_real"))
+        per_request["matched_requests"] = int(len(both))
+        for m in PER_REQUEST:
+            s, r = both[f"{m}_sim"].to_numpy(float), both[f"{m}_real"].to_numpy(float)
+            ok = np.isfinite(s) & np.isfinite(r) & (r > 0)
+            per_request[f"median_abs_rel_error_{m}"] = \
+                float(np.median(np.abs(s[ok] - r[ok]) / r[ok])) if ok.any() else None
+    return {"sim": str(sim_dir), "real": str(real_dir), "metrics": rows,
+            "per_request": per_request}
