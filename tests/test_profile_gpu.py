@@ -1,0 +1,99 @@
+"""experiments/profile_gpu.py on the CPU with a tiny Llama-shaped model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ON_CI, ROOT
+
+try:
+    import torch
+except ImportError:   # torch comes with the vllm extra, which CI installs
+    if ON_CI:
+        raise
+    pytest.skip("torch not installed (pip install -e '.[vllm]')", allow_module_level=True)
+
+sys.path.insert(0, str(ROOT / "experiments"))
+import profile_gpu as pg  # noqa: E402
+
+from simulator.cost.profile import ProfileCost  # noqa: E402
+from simulator.hardware import gpu_spec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "profile_gpu.py"), "--tiny",
+                           "--device", "cpu", "--out", str(out), "--max-tokens", "64",
+                           "--max-batch", "4", "--warmup", "0", "--repeats", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def test_writes_a_profile_the_profile_cost_model_loads(tiny_profile):
+    out, stdout = tiny_profile
+    mlp = pd.read_csv(out / "mlp.csv")
+    assert list(mlp["num_tokens"]) == pg.token_grid(64)
+    cost = ProfileCost(out / "mlp.csv", pg.TINY, gpu_spec("a100-80gb"))
+    assert cost.dense_time(64) > 0 and cost.iteration_time(pg.Composition(
+        prefill=((16, 0),), decode_kv=(8, 8)).shape()) > 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["device_type"] == "cpu" and meta["versions"]["torch"] == torch.__version__
+    assert meta["model"]["name"] == "tiny-llama"
+    its = pd.read_csv(out / "iterations.csv")
+    assert len(its) == len(pg.compositions(64, 4)) and (its["median_s"] > 0).all()
+    assert "d0 = " in stdout and "us per KV token" in stdout
+
+
+def test_linear_fit_recovers_d0_d1_from_measurements():
+    comps = pg.compositions(256, 16)
+    rows = [{"composition": json.dumps({"prefill": c.prefill, "decode_kv": c.decode_kv}),
+             "median_s": 0.02 + 3e-6 * c.shape().kv_tokens} for c in comps]
+    fit = pg.fit_paper_linear(rows)
+    assert fit["d0_s"] == pytest.approx(0.02, rel=1e-9)
+    assert fit["d1_s_per_kv_token"] == pytest.approx(3e-6, rel=1e-9)
+    assert fit["batches"] == len(comps)
+
+
+def test_attention_matches_the_textbook_formula():
+    """Chunked prefill over cached context, and batched decodes, against softmax(QK^T/sqrt d)V."""
+    m = pg.TINY
+    layers = pg.LlamaLayers(m, torch.device("cpu"), torch.float64, layers=1)
+    comp = pg.Composition(prefill=((5, 3),), decode_kv=(4, 4, 6))
+    n = 5 + 3
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(n, m.num_heads, m.head_dim, generator=g, dtype=torch.float64)
+    k = torch.randn(n, m.num_kv_heads, m.head_dim, generator=g, dtype=torch.float64)
+    v = torch.randn(n, m.num_kv_heads, m.head_dim, generator=g, dtype=torch.float64)
+    cache = tuple(torch.randn(8, m.num_kv_heads, m.head_dim, generator=g, dtype=torch.float64)
+                  for _ in range(2))
+    got = layers.attention(q, k, v, comp, cache).view(n, m.num_heads, m.head_dim)
+    rep = m.num_heads // m.num_kv_heads
+
+    def naive(qi, keys, values):     # one query token, all heads
+        keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
+        w = torch.softmax(torch.einsum("hd,thd->ht", qi, keys) / m.head_dim ** 0.5, -1)
+        return torch.einsum("ht,thd->hd", w, values)
+
+    for j in range(5):               # prefill token j sees 3 cached tokens and chunk[:j+1]
+        keys = torch.cat([cache[0][:3], k[:j + 1]])
+        vals = torch.cat([cache[1][:3], v[:j + 1]])
+        assert torch.allclose(got[j], naive(q[j], keys, vals))
+    for j, kv in zip(range(5, 8), (4, 4, 6)):   # a decode sees kv - 1 cached tokens and itself
+        keys = torch.cat([cache[0][:kv - 1], k[j:j + 1]])
+        vals = torch.cat([cache[1][:kv - 1], v[j:j + 1]])
+        assert torch.allclose(got[j], naive(q[j], keys, vals))
+
+
+def test_rope_preserves_norms_and_position_zero_is_identity():
+    layers = pg.LlamaLayers(pg.TINY, torch.device("cpu"), torch.float64, layers=1)
+    x = torch.randn(3, pg.TINY.num_heads, pg.TINY.head_dim, dtype=torch.float64)
+    y = layers.rope(x, torch.tensor([0, 5, 100]))
+    assert torch.allclose(y[0], x[0])
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1))
