@@ -84,10 +84,11 @@ def drive(sched, requests, max_steps=5000, check=None):
 
 @pytest.mark.parametrize("name,params", [("vllm-v1", {}), ("sjf", {}),
                                          ("sarathi", {"chunk_size": 128}), ("orca", {}),
-                                         ("vllm", {"max_num_batched_tokens": 256}),
-                                         ("static", {})])
+                                         ("vllm", {}), ("static", {})])
 def test_every_request_finishes_and_kv_never_over_allocated(name, params):
-    sched = adapter(make_policy(name, params))
+    # V0 runs whole prompts only, so its server needs a budget of max_model_len tokens.
+    options = {**OPTIONS, "max_num_batched_tokens": 4096} if name == "vllm" else OPTIONS
+    sched = adapter(make_policy(name, params), options=options)
     steps = drive(sched, workload())
     finished = {rid for s in steps for rid in s.tokens}
     assert finished == {str(i) for i in range(24)}
@@ -275,16 +276,37 @@ def test_what_vllm_refuses_goes_back_to_the_policy():
     assert sched.servesim_stats.requeued > 0 and sched.servesim_stats.divergent_steps > 0
 
 
+@register
+class RejectLong(QueuedPolicy):
+    """FCFS, but rejects prompts over 64 tokens."""
+    name = "test-reject-long"
+
+    def schedule(self, view):
+        plan = StepPlan(view, float("inf"))
+        for req in plan.running:
+            plan.schedule_resident(req, req.remaining)
+        while self.waiting:
+            req = self.waiting.peek()
+            if req.prompt_tokens > 64:
+                plan.rejected.append((self.waiting.pop(), "prompt exceeds 64 tokens"))
+            elif plan.admit(req, req.remaining):
+                self.waiting.pop()
+            else:
+                break
+        return plan.decision()
+
+
 def test_policy_rejection_finishes_the_request_with_an_output():
-    sched = adapter(make_policy("vllm", {"max_num_batched_tokens": 64}))
-    sched.add_request(vllm_request(Request(0, 0.0, 100, 3)))      # over V0's budget: rejected
+    sched = adapter(make_policy("test-reject-long"))
+    sched.add_request(vllm_request(Request(0, 0.0, 100, 3)))      # rejected by the policy
     sched.add_request(vllm_request(Request(1, 0.0, 30, 3)))
     out = sched.schedule()
     outputs = sched.update_from_output(out, model_output(out, sched.requests))
     finished = {o.request_id: o.finish_reason for eco in outputs.values() for o in eco.outputs
                 if o.finish_reason is not None}
     assert "0" in finished and "0" not in sched.requests
-    assert "exceeds max_num_batched_tokens" in sched.rejected_reasons["0"]
+    assert sched.rejected_reasons["0"] == "prompt exceeds 64 tokens"
+    assert out.num_scheduled_tokens == {"1": 30}
     drive(sched, [])
     assert not sched.requests
 
