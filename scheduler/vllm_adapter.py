@@ -30,8 +30,9 @@ How a decision is imposed, each step (vLLM keeps the last word on KV and budgets
 
 With the ``vllm-v1`` policy this reproduces the stock scheduler's schedule step for step (tested).
 Policy parameters named like vLLM's scheduler options (``max_num_batched_tokens``,
-``max_num_seqs``, ``enable_chunked_prefill``, ``long_prefill_token_threshold``) default to the
-server's values, so ``vllm-v1`` sees the same limits as the server it replaces.
+``max_num_seqs``, ``enable_chunked_prefill``, ``long_prefill_token_threshold``, and
+``reserve_full_prompt`` for ``scheduler_reserve_full_isl``) default to the server's values, so
+``vllm-v1`` sees the same limits as the server it replaces.
 
 Configuration, read when the scheduler first needs its policy: ``SERVESIM_POLICY`` (name),
 ``SERVESIM_POLICY_PARAMS`` (``k=v,k=v`` or a JSON object), ``SERVESIM_POLICY_SEED``, or
@@ -66,7 +67,7 @@ CONFIG_KEYS = ("policy", "policy_params", "seed", "workload_hint", "cost_model",
                "model", "gpu")
 # Policy parameters that mean the same as a vLLM SchedulerConfig field of the same name.
 MIRRORED_PARAMS = ("max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill",
-                   "long_prefill_token_threshold")
+                   "long_prefill_token_threshold", "reserve_full_prompt")
 SCHEDULER_CLASSES = ("ServesimScheduler", "ServesimAsyncScheduler")
 
 
@@ -244,7 +245,8 @@ class PolicySchedulingMixin:
         return {"max_num_batched_tokens": self.max_num_scheduled_tokens,
                 "max_num_seqs": self.max_num_running_reqs,
                 "enable_chunked_prefill": bool(sc.enable_chunked_prefill),
-                "long_prefill_token_threshold": int(sc.long_prefill_token_threshold)}
+                "long_prefill_token_threshold": int(sc.long_prefill_token_threshold),
+                "reserve_full_prompt": bool(self.scheduler_reserve_full_isl)}
 
     def configure(self, policy: Policy, *, cost_model=None, workload_hint=None,
                   seed: int = 0) -> None:

@@ -85,13 +85,16 @@ def scheduler_options(policy: Policy, spec: ReplicaSpec) -> dict:
     return {"max_num_seqs": int(max_seqs),
             "max_num_batched_tokens": int(max(budget, max_seqs)),
             "enable_chunked_prefill": bool(getattr(p, "enable_chunked_prefill", True)),
-            "long_prefill_token_threshold": 0}   # chunk sizes are the policy's
+            "long_prefill_token_threshold": 0,   # chunk sizes are the policy's
+            # vLLM's own full-prompt admission gate: as the policy models it, else vLLM's default
+            "reserve_full_prompt": bool(getattr(p, "reserve_full_prompt", True))}
 
 
 @lru_cache(maxsize=8)
 def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: int,
                  max_num_seqs: int, max_num_batched_tokens: int, enable_chunked_prefill: bool,
-                 long_prefill_token_threshold: int, async_scheduling: bool = False):
+                 long_prefill_token_threshold: int, reserve_full_prompt: bool = True,
+                 async_scheduling: bool = False):
     from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
     model = ModelConfig(model=folder, skip_tokenizer_init=True, dtype="float16",
                         max_model_len=max_model_len)
@@ -100,6 +103,7 @@ def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: i
                             max_model_len=max_model_len,
                             enable_chunked_prefill=enable_chunked_prefill,
                             long_prefill_token_threshold=long_prefill_token_threshold,
+                            scheduler_reserve_full_isl=reserve_full_prompt,
                             is_encoder_decoder=False, async_scheduling=async_scheduling)
     cache = CacheConfig(block_size=block_size, enable_prefix_caching=False)
     cache.num_gpu_blocks = num_blocks
@@ -127,7 +131,8 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
     config = _vllm_config(str(model_folder(model, spec.max_model_len)), spec.max_model_len,
                           spec.block_size, num_blocks, options["max_num_seqs"],
                           options["max_num_batched_tokens"], options["enable_chunked_prefill"],
-                          options["long_prefill_token_threshold"], async_scheduling)
+                          options["long_prefill_token_threshold"],
+                          options.get("reserve_full_prompt", True), async_scheduling)
     # The scheduler only counts blocks: a one-element layer spec keeps the bookkeeping cheap.
     kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[
         KVCacheGroupSpec(["layer"], FullAttentionSpec(block_size=spec.block_size, num_kv_heads=1,

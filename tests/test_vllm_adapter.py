@@ -114,12 +114,24 @@ def test_stock_scheduler_and_adapter_with_vllm_v1_schedule_identically():
     assert sum(len(s.preempted) for s in a) > 0
     assert any(n > 1 and n == 256 - sum(v for k, v in s.tokens.items() if k != rid)
                for s in a for rid, n in s.tokens.items() if sum(s.tokens.values()) == 256)
-    # The policy never preempted differently from vLLM; where its plan differed, it was vLLM
-    # 0.32's full-prompt admission gate (scheduler_reserve_full_isl), which the vllm-v1 policy
-    # does not model: vLLM refused the admission and the request went back to the policy.
+    # vLLM carried out every decision as planned (the policy models vLLM 0.32's full-prompt
+    # admission gate, which refuses admissions in this workload).
     stats = ours.servesim_stats
+    assert stats.divergent_steps == stats.requeued == stats.vllm_preemptions == 0
+
+
+def test_a_policy_without_vllms_admission_gate_is_overruled_and_kept_in_step():
+    """vllm-v1 with reserve_full_prompt off plans admissions vLLM's gate refuses: they go back to
+    the policy (on_requeue) and the schedule still equals the stock scheduler's."""
+    reqs = workload(n=40, seed=7)
+    stock = build_scheduler(MODEL, spec(40), OPTIONS, scheduler_cls=Scheduler)
+    ours = build_scheduler(MODEL, spec(40), OPTIONS)
+    ours.configure(make_policy("vllm-v1", {"max_num_batched_tokens": 256, "max_num_seqs": 16,
+                                           "reserve_full_prompt": False}))
+    assert drive(stock, reqs) == drive(ours, reqs)
+    stats = ours.servesim_stats
+    assert stats.requeued > 0 and stats.divergent_steps == stats.requeued
     assert stats.vllm_preemptions == 0
-    assert stats.divergent_steps == stats.requeued
 
 
 def test_stock_async_scheduler_and_async_adapter_schedule_identically():

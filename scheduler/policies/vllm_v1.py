@@ -6,7 +6,10 @@ Mirrors ``vllm/v1/core/sched/scheduler.py`` (FCFS policy, no prefix caching, no 
    waiting queue, until the request fits or is itself the victim (then the step stops here).
 2. Only if nothing was preempted: waiting requests in FCFS order are admitted, each with
    min(remaining, budget) tokens (a chunk when chunked prefill is on), while the budget, the
-   sequence cap and free blocks allow; the first that does not fit stops admission.
+   sequence cap and free blocks allow; the first that does not fit stops admission. As in vLLM
+   0.32 (``scheduler_reserve_full_isl``), a request is admitted only when KV for its whole prompt
+   (or recompute) is free, so a long prompt is not started in chunks that later force
+   preemptions.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class VllmV1Params:
         0, "cap on one request's prefill chunk per step (0 = no cap)", minimum=0)
     victim: str = param("latest-admitted", "which running request is preempted on a KV shortage",
                         choices=tuple(VICTIMS))
+    reserve_full_prompt: bool = param(
+        True, "admit a waiting request only if KV for its whole prompt (or recompute) is free, "
+              "not just its first chunk (vLLM 0.32's scheduler_reserve_full_isl, on by default)")
 
 
 @register
@@ -78,6 +84,8 @@ class VllmV1(QueuedPolicy):
             req = waiting.peek()
             n = self.wanted(req)
             if not p.enable_chunked_prefill and n > plan.budget:
+                break
+            if p.reserve_full_prompt and plan.kv.need(req, req.remaining) > plan.kv.free:
                 break
             if not plan.admit(req, min(n, plan.budget)):
                 break
