@@ -181,3 +181,25 @@ def test_bench_rejects_a_bad_url_in_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "servesim: error: --url must start with http:// or https://, got 'localhost:1'"]
+
+
+def test_bench_replays_a_trace_file_at_its_timestamps(stub, tmp_path):
+    """A vllm-bench timed trace (JSONL, ms timestamps) through the CLI: exact lengths and times."""
+    trace = tmp_path / "trace.jsonl"
+    rows = [(0, 24, 4), (100, 31, 6), (250, 40, 3)]
+    trace.write_text("".join(json.dumps({"timestamp": t, "input_length": p, "output_length": o})
+                             + "\n" for t, p, o in rows))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "simulator", "bench", "--url", stub, "--model",
+                           "stub", "--trace", str(trace), "--out", str(out), "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_csv(out / "requests.csv")
+    assert list(frame["prompt_tokens"]) == [24, 31, 40]
+    assert list(frame["output_tokens"]) == [4, 6, 3]
+    assert list(frame["arrival_s"]) == [0.0, 0.1, 0.25]
+    assert (frame["status"] == "completed").all()
+    # Each request was sent at its timestamp: first-token times keep the trace's spacing.
+    first = frame["first_token_s"].to_numpy()
+    assert first[1] - first[0] == pytest.approx(0.1, abs=0.03)
+    assert json.loads(proc.stdout)["completed"] == 3
