@@ -118,26 +118,9 @@ def parse_params_text(text: str, source: str) -> dict:
 
 
 def _read_config_file(path: Path) -> dict:
-    if not path.is_file():
-        raise PolicyError(f"{ENV_CONFIG}: {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            raw = json.loads(text)
-        elif path.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:   # Python 3.10
-                import tomli as tomllib
-            raw = tomllib.loads(text)
-        else:
-            import yaml
-            raw = yaml.safe_load(text) or {}
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PolicyError(f"{ENV_CONFIG}: {path}: cannot parse: {first}")
-    if not isinstance(raw, dict):
-        raise PolicyError(f"{ENV_CONFIG}: {path}: expected a mapping at the top level")
+    # Lazy: the run-config reader of the simulator (same formats, same one-line errors).
+    from simulator.config import read_mapping_file
+    raw = read_mapping_file(path, f"{ENV_CONFIG}:", json_ok=True)
     unknown = [k for k in raw if k.replace("-", "_") not in CONFIG_KEYS]
     if unknown:
         raise PolicyError(f"{ENV_CONFIG}: {path}: unknown key {unknown[0]!r}; allowed: "

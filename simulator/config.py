@@ -195,8 +195,9 @@ def load_config_file(path: str | Path) -> dict:
     return check_fields(read_mapping_file(p, "config file"), f"config file {p}")
 
 
-def read_mapping_file(p: Path, what: str) -> dict:
-    """A YAML or TOML file whose top level is a mapping (``what`` names it in errors)."""
+def read_mapping_file(p: Path, what: str, json_ok: bool = False) -> dict:
+    """A YAML or TOML (or, with ``json_ok``, JSON) file whose top level is a mapping (``what``
+    names it in errors)."""
     if not p.is_file():
         raise ConfigError(f"{what} {p} does not exist")
     text = p.read_text()
@@ -210,8 +211,12 @@ def read_mapping_file(p: Path, what: str) -> dict:
         elif p.suffix in (".yaml", ".yml"):
             import yaml
             raw = yaml.safe_load(text) or {}
+        elif json_ok and p.suffix == ".json":
+            import json
+            raw = json.loads(text)
         else:
-            raise ConfigError(f"{what} {p}: use a .yaml, .yml or .toml file")
+            kinds = ".yaml, .yml, .toml" + (" or .json" if json_ok else "")
+            raise ConfigError(f"{what} {p}: use a {kinds} file")
     except ConfigError:
         raise
     except Exception as e:
