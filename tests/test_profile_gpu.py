@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
 import sys
 
 import pandas as pd
@@ -28,12 +29,12 @@ from simulator.hardware import gpu_spec  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "profile_gpu.py"), "--tiny",
-                           "--device", "cpu", "--out", str(out), "--max-tokens", "64",
-                           "--max-batch", "4", "--warmup", "0", "--repeats", "2"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return out, proc.stdout
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = pg.main(["--tiny", "--device", "cpu", "--out", str(out), "--max-tokens", "64",
+                        "--max-batch", "4", "--warmup", "0", "--repeats", "2"])
+    assert code == 0
+    return out, stdout.getvalue()
 
 
 def test_writes_a_profile_the_profile_cost_model_loads(tiny_profile):
