@@ -20,8 +20,12 @@ Output folder: ``mlp.csv``, ``iterations.csv``, ``meta.json`` (device, versions,
     python experiments/profile_gpu.py --model llama-2-7b --out profiles/h100/llama-2-7b
     python experiments/profile_gpu.py --tiny --device cpu --out /tmp/tiny-profile   # a smoke run
 
-The vLLM engine (dummy weights) would time the same batches through vLLM's own kernels; it needs
-a GPU and is not wired here (see README, "GPU calibration").
+With ``--engine vllm`` (a GPU and the vllm extra) the whole-iteration measurements come from vLLM
+itself, a ``vllm.LLM`` with dummy weights, through its own kernels and scheduler: a prefill
+batch is timed as one ``generate`` with ``max_tokens=1``, a decode batch of n requests at context
+c as the difference between generating K + 1 and 1 tokens, divided by K. The per-operator table
+still comes from the PyTorch layers. That path needs a GPU: it was written against vLLM 0.32's
+``LLM`` API but, without a GPU here, has not been run.
 """
 
 from __future__ import annotations
@@ -315,6 +319,62 @@ def fit_paper_linear(rows: list[dict]) -> dict:
             "max_rel_error": fit.max_rel_error, "batches": fit.batches}
 
 
+DECODE_STEPS = 16   # K: decode steps timed per decode composition with --engine vllm
+
+
+def profile_iterations_vllm(m: ModelSpec, max_len: int, max_batch: int, repeats: int,
+                            dtype_name: str) -> list[dict]:
+    """Iteration times through vLLM with dummy weights (GPU only; see the module docstring)."""
+    import tempfile
+
+    from vllm import LLM, SamplingParams
+
+    from simulator.vllm_engine import model_folder
+    llm = LLM(model=str(model_folder(m, m.max_model_len)), load_format="dummy",
+              skip_tokenizer_init=True, dtype=dtype_name, enforce_eager=False,
+              enable_prefix_caching=False, max_num_seqs=max(max_batch, 1),
+              max_num_batched_tokens=max(max_len, max_batch * 2), max_model_len=m.max_model_len,
+              download_dir=tempfile.gettempdir())
+
+    def timed(prompts: list[list[int]], max_tokens: int) -> float:
+        params = SamplingParams(max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True,
+                                detokenize=False)
+        batch = [{"prompt_token_ids": p} for p in prompts]
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            llm.generate(batch, params, use_tqdm=False)
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples)
+
+    def prompt(n: int, seed: int) -> list[int]:     # distinct prompts: no prefix-cache hits
+        return [(seed * 7919 + i * 31) % (m.vocab_size - 1) + 1 for i in range(n)]
+
+    rows = []
+    for comp in compositions(max_len, max_batch):
+        if comp.prefill and comp.decode_kv:
+            continue                     # mixed batches cannot be forced through generate()
+        if comp.prefill:
+            (chunk, ctx), = comp.prefill
+            if ctx:
+                continue                 # a cached context needs prefix caching: not measured
+            t = timed([prompt(chunk, 1)], 1)
+            shape = comp.shape()
+        else:
+            ctx, n = comp.decode_kv[0], len(comp.decode_kv)
+            prompts = [prompt(ctx, j) for j in range(n)]
+            t = (timed(prompts, DECODE_STEPS + 1) - timed(prompts, 1)) / DECODE_STEPS
+            comp = Composition(decode_kv=(ctx + DECODE_STEPS // 2,) * n)
+            shape = comp.shape()
+        rows.append({"prefill_tokens": shape.prefill_tokens,
+                     "prefill_requests": shape.prefill_requests, "prefill_context": 0,
+                     "decode_requests": shape.decode_requests,
+                     "decode_kv_tokens": shape.decode_kv_tokens, "kv_tokens": shape.kv_tokens,
+                     "composition": json.dumps(asdict(comp)), "median_s": t, "min_s": t,
+                     "max_s": t})
+    return rows
+
+
 def versions() -> dict:
     import torch
     out = {"python": platform.python_version(), "torch": torch.__version__,
@@ -330,7 +390,8 @@ def versions() -> dict:
 
 
 def run(model_name: str | None, out: Path, device_name: str, dtype_name: str, max_tokens: int,
-        max_batch: int, warmup: int, repeats: int, layers_built: int) -> dict:
+        max_batch: int, warmup: int, repeats: int, layers_built: int,
+        engine: str = "pytorch") -> dict:
     import pandas as pd
     import torch
     m = TINY if model_name is None else model_spec(model_name)
@@ -340,7 +401,10 @@ def run(model_name: str | None, out: Path, device_name: str, dtype_name: str, ma
     timer = Timer(device, warmup, repeats)
     max_tokens = min(max_tokens, m.max_model_len)
     mlp = profile_operators(model, timer, token_grid(max_tokens))
-    its = profile_iterations(model, timer, compositions(max_tokens, max_batch), m.num_layers)
+    if engine == "vllm":
+        its = profile_iterations_vllm(m, max_tokens, max_batch, repeats, dtype_name)
+    else:
+        its = profile_iterations(model, timer, compositions(max_tokens, max_batch), m.num_layers)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(mlp).to_csv(out / "mlp.csv", index=False)
     pd.DataFrame(its).to_csv(out / "iterations.csv", index=False)
@@ -348,7 +412,8 @@ def run(model_name: str | None, out: Path, device_name: str, dtype_name: str, ma
         (platform.processor() or platform.machine())
     meta = {"model": asdict(m), "device": device_label, "device_type": device.type,
             "dtype": dtype_name, "versions": versions(), "date": time.strftime("%Y-%m-%d"),
-            "warmup": warmup, "repeats": repeats, "engine": "pytorch-sdpa",
+            "warmup": warmup, "repeats": repeats,
+            "engine": "vllm-dummy-weights" if engine == "vllm" else "pytorch-sdpa",
             "linear_fit": fit_paper_linear(its)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -368,14 +433,20 @@ def main(argv=None) -> int:
     ap.add_argument("--layers-built", type=int, default=2,
                     help="distinct layers with their own weights (the rest reuse them; time is "
                          "per layer, memory stays small)")
+    ap.add_argument("--engine", choices=("pytorch", "vllm"), default="pytorch",
+                    help="whole iterations through plain PyTorch, or through vLLM with dummy "
+                         "weights (GPU only)")
     args = ap.parse_args(argv)
     import torch
     if not args.tiny and not args.model:
         ap.error("give --model NAME or --tiny")
+    if args.engine == "vllm" and not torch.cuda.is_available():
+        ap.error("--engine vllm needs an NVIDIA GPU (vLLM has no CPU kernels in this install); "
+                 "use --engine pytorch")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     meta = run(None if args.tiny else args.model, args.out, device, dtype, args.max_tokens,
-               args.max_batch, args.warmup, args.repeats, args.layers_built)
+               args.max_batch, args.warmup, args.repeats, args.layers_built, args.engine)
     fit = meta["linear_fit"]
     print(f"profiled {meta['model']['name']} on {meta['device']} ({meta['dtype']}, torch "
           f"{meta['versions']['torch']}): wrote {args.out}/mlp.csv, iterations.csv, meta.json")

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import ON_CI, ROOT
+from tests.conftest import ON_CI, ROOT, require_vllm
 
 try:
     import torch
@@ -98,3 +98,41 @@ def test_rope_preserves_norms_and_position_zero_is_identity():
     y = layers.rope(x, torch.tensor([0, 5, 100]))
     assert torch.allclose(y[0], x[0])
     assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only machine")
+def test_vllm_engine_is_refused_without_a_gpu(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        pg.main(["--tiny", "--engine", "vllm", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--engine vllm needs an NVIDIA GPU" in capsys.readouterr().err
+
+
+def test_vllm_engine_timing_arithmetic_with_a_stand_in_llm(monkeypatch):
+    """The --engine vllm path with vllm.LLM replaced by a stand-in on a fake clock: a prefill is
+    one generate() with max_tokens=1; a decode step is (T(K+1) - T(1)) / K."""
+    vllm = require_vllm()
+    clock = [0.0]
+
+    class StandInLLM:
+        def __init__(self, **kwargs):
+            assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"]
+
+        def generate(self, batch, params, use_tqdm=False):
+            n = len(batch)
+            ctx = len(batch[0]["prompt_token_ids"])
+            clock[0] += 0.01 + 1e-6 * n * ctx                         # the prefill step
+            clock[0] += (params.max_tokens - 1) * (0.002 + 1e-7 * n * ctx)   # decode steps
+
+    monkeypatch.setattr(vllm, "LLM", StandInLLM)
+    monkeypatch.setattr(pg.time, "perf_counter", lambda: clock[0])
+    rows = pg.profile_iterations_vllm(pg.TINY, 64, 4, repeats=1, dtype_name="float16")
+    prefill = [r for r in rows if r["prefill_requests"]]
+    decode = [r for r in rows if r["decode_requests"]]
+    assert prefill and decode and len(prefill) + len(decode) == len(rows)
+    for r in prefill:
+        assert r["median_s"] == pytest.approx(0.01 + 1e-6 * r["prefill_tokens"])
+    for r in decode:
+        n = r["decode_requests"]
+        ctx = r["decode_kv_tokens"] // n - pg.DECODE_STEPS // 2
+        assert r["median_s"] == pytest.approx(0.002 + 1e-7 * n * ctx)
