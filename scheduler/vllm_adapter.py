@@ -204,7 +204,7 @@ class PolicySchedulingMixin:
         self._plan: dict[str, int] | None = None
         self._pending_rejects: list[str] = []
         self._requeued: set[str] = set()       # preempted requests now waiting
-        self._by_state: dict[int, str] = {}
+        self._rid_of: dict[int, str] = {}      # id(RequestState) -> vLLM request id
         self._admissions = 0
         self._state_ids = itertools.count()
         # Free blocks before any request: the KV capacity the policy plans with (vLLM's block
@@ -265,11 +265,14 @@ class PolicySchedulingMixin:
         st = RequestState(sid, request.arrival_time, request.num_prompt_tokens,
                           request.max_tokens)
         self._states[rid] = st
+        self._rid_of[id(st)] = rid
         policy.on_arrival(st)
 
     def _free_request(self, request, *args, **kwargs):
         self._requeued.discard(request.request_id)
         st = self._states.pop(request.request_id, None)
+        if st is not None:
+            self._rid_of.pop(id(st), None)
         if st is not None and self.servesim_policy is not None:
             status = request.status.name
             if status in ("FINISHED_STOPPED", "FINISHED_LENGTH_CAPPED"):
@@ -310,13 +313,12 @@ class PolicySchedulingMixin:
         view.arrivals_done = self.arrivals_done
         return view
 
-    def _request_of(self, st: RequestState):
-        return self._by_state.get(id(st))
+    def _request_of(self, st: RequestState) -> str | None:
+        return self._rid_of.get(id(st))
 
     def schedule(self, *args, **kwargs):
         policy = self._policy()
         view = self._sync_view()
-        self._by_state = {id(st): rid for rid, st in self._states.items()}
         decision = policy.schedule(view)
         self.wake_at = decision.wake_at
         stats = self.servesim_stats
