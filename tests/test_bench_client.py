@@ -40,9 +40,17 @@ FAIL_500, DROP, SLOW, STALL = 13, 17, 19, 23
 SEEN: list[dict] = []      # request bodies the stub received
 
 
+async def tokenize(request):
+    """A tokenizer that makes two tokens of every word."""
+    body = await request.json()
+    return web.json_response({"count": 2 * len(body["prompt"].split())})
+
+
 async def completions(request):
     body = await request.json()
-    n_prompt, n_out = len(body["prompt"]), int(body["max_tokens"])
+    prompt = body["prompt"]
+    n_prompt = len(prompt) if isinstance(prompt, list) else 2 * len(prompt.split())
+    n_out = int(body["max_tokens"])
     SEEN.append(body)
     if n_prompt == FAIL_500:
         return web.Response(status=500, text="injected failure")
@@ -76,6 +84,7 @@ def stub():
     sock.close()
     app = web.Application()
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/tokenize", tokenize)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     ready = threading.Event()
@@ -203,3 +212,14 @@ def test_bench_replays_a_trace_file_at_its_timestamps(stub, tmp_path):
     first = frame["first_token_s"].to_numpy()
     assert first[1] - first[0] == pytest.approx(0.1, abs=0.03)
     assert json.loads(proc.stdout)["completed"] == 3
+
+
+def test_text_prompts_are_calibrated_with_the_servers_tokenizer(stub, tmp_path):
+    """--prompt-mode text: the stub's tokenizer makes 2 tokens per word, so a 40-token prompt is
+    sent as 20 words (and the stub, counting the same way, streams normally)."""
+    opts = BenchOptions(url=stub, model="stub", prompt_mode="text")
+    reqs = [Request(0, 0.0, 40, 3), Request(1, 0.0, 26, 3)]
+    asyncio.run(Replayer(reqs, opts, tmp_path).run())
+    sent = {len(b["prompt"].split()) for b in SEEN if isinstance(b["prompt"], str)}
+    assert sent == {20, 13}
+    assert all(r.ok for r in read_records(tmp_path / RECORDS))
