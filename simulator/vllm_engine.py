@@ -79,9 +79,9 @@ def scheduler_options(policy: Policy, spec: ReplicaSpec) -> dict:
     otherwise limits loose enough never to cut a decision (the policy's plan is the budget)."""
     p = policy.params
     max_seqs = getattr(p, "max_num_seqs", None) or DEFAULT_MAX_NUM_SEQS
-    budget = getattr(p, "max_num_batched_tokens", None) or getattr(p, "chunk_size", None)
-    if budget is None:
-        budget = spec.max_model_len * max_seqs
+    # A chunk size of 0 or None means whole prompts, no budget: then no cut at all.
+    budget = getattr(p, "max_num_batched_tokens", None) or getattr(p, "chunk_size", None) or \
+        spec.max_model_len * max_seqs
     return {"max_num_seqs": int(max_seqs),
             "max_num_batched_tokens": int(max(budget, max_seqs)),
             "enable_chunked_prefill": bool(getattr(p, "enable_chunked_prefill", True)),

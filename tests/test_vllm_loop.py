@@ -92,3 +92,16 @@ def test_requests_that_can_never_fit_are_rejected_at_arrival():
     assert status == ["finished", "rejected", "rejected"]
     assert "max_model_len" in raw.states[1].reject_reason
     assert "capacity is 3200" in raw.states[2].reject_reason
+
+
+def test_vllm_limits_follow_the_policy_and_never_cut_an_unbudgeted_plan():
+    from simulator.vllm_engine import scheduler_options
+    v1 = scheduler_options(make_policy("vllm-v1", {"max_num_batched_tokens": 2048,
+                                                   "max_num_seqs": 64}), SPEC)
+    assert (v1["max_num_batched_tokens"], v1["max_num_seqs"], v1["reserve_full_prompt"]) == \
+        (2048, 64, True)
+    assert scheduler_options(make_policy("sarathi", {"chunk_size": 256}),
+                             SPEC)["max_num_batched_tokens"] == 256
+    # Orca has no token budget (whole prompts): vLLM's must hold any step the policy can plan.
+    orca = scheduler_options(make_policy("orca"), SPEC)
+    assert orca["max_num_batched_tokens"] == SPEC.max_model_len * orca["max_num_seqs"]
