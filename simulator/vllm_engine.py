@@ -36,7 +36,6 @@ from simulator.hardware import ModelSpec
 from traces.request import Request
 
 TOKEN_ID = 17           # the token every fabricated prompt and output consists of
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # before vLLM is first imported
 DEFAULT_MAX_NUM_SEQS = 1024   # when the policy sets no cap: high enough never to bind
 
 
@@ -44,11 +43,19 @@ def require_vllm() -> str:
     """vLLM's version, or a ConfigError telling how to install it."""
     try:
         import vllm
+        quiet_vllm()
     except Exception as e:   # ImportError, or a broken install (torchvision beside CPU torch)
         raise ConfigError(f"engine vllm needs vLLM: install the extra with `pip install -e "
                           f"'.[vllm]'` and scripts/fix-vllm-install.sh ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})")
     return vllm.__version__
+
+
+def quiet_vllm() -> None:
+    """vLLM's start-up notices (no Triton, CPU platform...) are noise in a simulation: errors
+    only, unless VLLM_LOGGING_LEVEL asks otherwise."""
+    import logging
+    logging.getLogger("vllm").setLevel(os.environ.get("VLLM_LOGGING_LEVEL", "ERROR").upper())
 
 
 def model_folder(model: ModelSpec, max_model_len: int) -> Path:
@@ -123,6 +130,7 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
     from vllm.v1.structured_output import StructuredOutputManager
 
+    quiet_vllm()
     if scheduler_cls is None:
         from scheduler.vllm_adapter import scheduler_class
         scheduler_cls = scheduler_class(async_scheduling)

@@ -76,7 +76,8 @@ def print_summary(s: dict, console: Console) -> None:
     pol = s.get("policy", {})
     w = s.get("workload", {})
     console.print(f"[bold]{pol.get('policy', '?')}[/] on {s.get('model')} / {s.get('gpu')} "
-                  f"({s.get('cost', {}).get('cost_model')} cost), KV capacity "
+                  f"({s.get('cost', {}).get('cost_model')} cost"
+                  f"{', vLLM ' + s['vllm']['version'] + ' scheduler' if 'vllm' in s else ''}), KV capacity "
                   f"{s.get('kv_capacity_tokens', 0):,} tokens; workload: {w.get('requests')} "
                   f"requests, {w.get('arrival', w.get('source', ''))} @ "
                   f"{_fmt(w.get('mean_rate'), 2)} req/s, {w.get('lengths', '')}")
