@@ -109,11 +109,30 @@ def build_replica(cfg: RunConfig, workload_hint=None) -> ReplicaSpec:
                        cost_model=cost, workload_hint=workload_hint, seed=cfg.seed)
 
 
+def policy_hint(cfg: RunConfig, workload: Workload) -> dict:
+    """What a policy may know about the workload before serving it (``ReplicaSpec.workload_hint``):
+
+    - ``types``: the declared request types (``--type``; RequestType records with rates) or None;
+    - ``workload``: the workload's meta record;
+    - ``arrival_rate``: mean arrival rate in requests/s (the arrival process's, or the replayed
+      requests' own);
+    - ``lengths``: (prompt_tokens, output_tokens) arrays of the workload's requests: the length
+      *distribution* that fluid-guided policies (Nested WAIT, types for WAIT) assume known, as
+      the paper computes its segments from the dataset. A policy must not use it to learn an
+      individual request's output length (that is what RequestState.output_tokens is for, and
+      only policies that assume known lengths read it).
+    """
+    f = workload.frame
+    rate = workload.meta.get("mean_rate") or workload.summary().get("mean_rate")
+    return {"types": request_types(cfg), "workload": workload.meta,
+            "arrival_rate": float(rate) if rate else None,
+            "lengths": (f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy())}
+
+
 def simulate(cfg: RunConfig, workload: Workload | None = None,
              progress: Callable[[int, int], None] | None = None) -> RunResult:
     workload = workload if workload is not None else build_workload(cfg)
-    hint = {"types": request_types(cfg), "workload": workload.meta}
-    spec = build_replica(cfg, hint)
+    spec = build_replica(cfg, policy_hint(cfg, workload))
     policy = make_policy(cfg.policy, cfg.policy_params)
     if cfg.engine == "vllm":
         from simulator.vllm_engine import VllmLoopEngine, require_vllm

@@ -8,19 +8,17 @@ with a seeded stream, a common model of learned length predictors' relative erro
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-
-import numpy as np
 
 from scheduler.base import param, register
 from scheduler.policies.vllm_v1 import VllmV1, VllmV1Params
+from scheduler.predictors import PREDICTORS, OutputPredictor
 from scheduler.queues import PriorityQueue
 
 
 @dataclass
 class SJFParams(VllmV1Params):
-    predictor: str = param("oracle", "output-length predictor", choices=("oracle", "noisy"))
+    predictor: str = param("oracle", "output-length predictor", choices=PREDICTORS)
     noise_sigma: float = param(0.5, "log-normal sigma of the noisy predictor's relative error",
                                minimum=0.0)
 
@@ -33,18 +31,13 @@ class ShortestJobFirst(VllmV1):
 
     def bind(self, spec):
         self.predicted: dict[int, int] = {}
-        self._rng = np.random.default_rng([spec.seed, 0x5AF])
+        self.predict = OutputPredictor(self.params.predictor, self.params.noise_sigma, spec.seed,
+                                       0x5AF)
         super().bind(spec)
 
     def make_queue(self):
         return PriorityQueue(key=lambda r: (self.predicted[r.request_id], r.arrival_s,
                                             r.request_id))
-
-    def predict(self, req) -> int:
-        if self.params.predictor == "oracle":
-            return req.output_tokens
-        noisy = req.output_tokens * math.exp(self._rng.normal(0.0, self.params.noise_sigma))
-        return max(1, round(noisy))
 
     def on_arrival(self, req):
         self.predicted[req.request_id] = self.predict(req)

@@ -82,6 +82,42 @@ def representative_batches(max_model_len: int = 4096, max_kv_tokens: int | None 
     return out
 
 
+def pipeline_batch(groups) -> BatchShape:
+    """The batch of a full pipeline: for each ``(count, prompt, output)`` group, ``count`` requests
+    at every stage of a request's life: one whole-prompt prefill (ctx 0) and decodes at KV
+    prompt + s for s = 1..output-1 (the engine's token accounting). Aggregated in closed form;
+    counts may be fractional (the fluid model's per-stage populations)."""
+    shape = BatchShape()
+    for count, prompt, output in groups:
+        if count <= 0:
+            continue
+        decodes = max(0.0, output - 1)
+        shape.prefill_tokens += count * prompt
+        shape.prefill_requests += count
+        shape.prefill_kv_tokens += count * prompt
+        shape.prefill_attn_pairs += count * prompt * (prompt + 1) / 2
+        shape.decode_requests += count * decodes
+        shape.decode_kv_tokens += count * (decodes * prompt + decodes * (decodes + 1) / 2)
+    return shape
+
+
+def pipeline_batches(types, max_kv_tokens: float | None = None, points: int = 12
+                     ) -> list[BatchShape]:
+    """Batches shaped like a threshold policy's (WAIT) on a workload of ``(prompt, output, rate)``
+    types: every type with requests at every stage in proportion to its rate, at ``points``
+    geometrically spaced sizes whose KV spans 1/256 of ``max_kv_tokens`` to all of it (without a
+    capacity: one to 256 requests per stage of the most frequent type). Along this family a
+    threshold policy's iteration time is what the fluid model's d0 + d1 M describes."""
+    types = [(float(p), float(o), float(r)) for p, o, r in types]
+    top = max(r for _, _, r in types)
+    unit = pipeline_batch([(r / top, p, o) for p, o, r in types]).kv_tokens
+    if max_kv_tokens:
+        sizes = np.geomspace(max_kv_tokens / 256, max_kv_tokens, points) / unit
+    else:
+        sizes = np.geomspace(1, 256, points)
+    return [pipeline_batch([(k * r / top, p, o) for p, o, r in types]) for k in sizes]
+
+
 @dataclass(frozen=True)
 class LinearFit:
     cost: LinearCost
