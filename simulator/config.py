@@ -19,6 +19,7 @@ from simulator.errors import ConfigError
 ARRIVALS = ("poisson", "gamma", "deterministic", "piecewise")
 COST_MODELS = ("linear", "roofline", "profile")
 ENGINES = ("native", "vllm")     # vllm: vLLM's real scheduler in the loop (the vllm extra)
+PREEMPTIONS = ("recompute", "restart")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunConfig:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None        # default: the model's
+    preemption: str = "recompute"           # vLLM's recompute, or "restart" (the paper's model)
     # workload
     arrival: str = "poisson"
     rate: float = 2.5                       # requests/s (a moderate load for the default)
@@ -72,6 +74,7 @@ class RunConfig:
         _check_choice("arrival", self.arrival, ARRIVALS)
         _check_choice("cost_model", self.cost_model, COST_MODELS)
         _check_choice("engine", self.engine, ENGINES)
+        _check_choice("preemption", self.preemption, PREEMPTIONS)
         _check_positive("rate", self.rate)
         _check_positive("cv", self.cv)
         _check_positive("block_size", self.block_size)

@@ -21,6 +21,7 @@ import simpy
 
 from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
+from simulator.config import PREEMPTIONS
 from simulator.cost.base import BatchShape, CostModel
 from simulator.errors import PolicyViolation, SimulationStalled
 from traces.request import Request
@@ -60,7 +61,14 @@ class Engine:
 
     def __init__(self, requests: Iterable[Request], policy: Policy, cost_model: CostModel,
                  spec: ReplicaSpec, *, record_timeline: bool = True,
-                 progress: Callable[[int, int], None] | None = None, total: int | None = None):
+                 progress: Callable[[int, int], None] | None = None, total: int | None = None,
+                 preemption: str = "recompute"):
+        if preemption not in PREEMPTIONS:
+            raise ValueError(f"preemption must be one of {PREEMPTIONS}, got {preemption!r}")
+        # "recompute" (vLLM): a preempted request keeps its generated tokens and recomputes
+        # prompt + generated as one prefill. "restart" (the model of Ao et al.): it loses them and
+        # starts over from its prompt.
+        self.restart = preemption == "restart"
         self.env = simpy.Environment()
         self.requests = requests
         self.policy = policy
@@ -178,6 +186,8 @@ class Engine:
             self.free_blocks += st.kv_blocks
             st.kv_blocks = 0
             st.computed = 0
+            if self.restart:
+                st.generated = 0
             st.status = Status.WAITING
             st.preemptions += 1
             del self.resident[st.request_id]

@@ -135,6 +135,8 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     spec = build_replica(cfg, policy_hint(cfg, workload))
     policy = make_policy(cfg.policy, cfg.policy_params)
     if cfg.engine == "vllm":
+        if cfg.preemption != "recompute":
+            raise ConfigError("preemption restart needs engine native (vLLM always recomputes)")
         from simulator.vllm_engine import VllmLoopEngine, require_vllm
         vllm_version = require_vllm()
         engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,
@@ -142,7 +144,8 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
                                 progress=progress, total=len(workload))
     else:
         engine = Engine(workload.requests(), policy, spec.cost_model, spec,
-                        record_timeline=cfg.timeline, progress=progress, total=len(workload))
+                        record_timeline=cfg.timeline, progress=progress, total=len(workload),
+                        preemption=cfg.preemption)
     raw = engine.run()
     frame = requests_table(raw.states)
     slo = SLO(**cfg.slo) if cfg.slo else None

@@ -6,7 +6,8 @@ import functools
 
 import click
 
-from simulator.config import ARRIVALS, COST_MODELS, ENGINES, build_config, load_config_file
+from simulator.config import (ARRIVALS, COST_MODELS, ENGINES, PREEMPTIONS, build_config,
+                              load_config_file)
 from simulator.errors import ConfigError
 
 
@@ -71,6 +72,9 @@ _OPTIONS = [
     click.option("--block-size", type=int, help="KV block size in tokens. [16]"),
     click.option("--gpu-memory-utilization", type=float, help="Fraction of GPU memory used. [0.9]"),
     click.option("--max-model-len", type=int, help="Longest prompt + output accepted (default: model's)."),
+    click.option("--preemption", type=click.Choice(PREEMPTIONS),
+                 help="A preempted request keeps its output and recomputes (vLLM), or restarts "
+                      "from its prompt (the fluid paper's model). [recompute]"),
     click.option("--arrival", type=click.Choice(ARRIVALS), help="Arrival process. [poisson]"),
     click.option("--rate", type=float, help="Mean arrival rate, requests/s. [2.5]"),
     click.option("--cv", type=float, help="Gamma arrivals: coefficient of variation of gaps. [1]"),
@@ -145,6 +149,7 @@ def config_from_options(opts: dict, extra: dict | None = None):
         "block_size": opts.get("block_size"),
         "gpu_memory_utilization": opts.get("gpu_memory_utilization"),
         "max_model_len": opts.get("max_model_len"),
+        "preemption": opts.get("preemption"),
         "arrival": opts.get("arrival"),
         "rate": opts.get("rate"),
         "cv": opts.get("cv"),

@@ -1,0 +1,71 @@
+"""Drive policies through the real engine with a workload hint (types and rates), for the tests
+of the fluid-guided policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.base import make_policy
+from scheduler.state import ReplicaSpec
+from simulator.cost.linear import LinearCost
+from simulator.engine import TIMELINE_COLUMNS, Engine, EngineResult
+from simulator.metrics import requests_table, summarize, timeline_table
+from traces import Poisson, RequestType, TypeMixture, synthesize
+from traces.request import Request
+
+
+@dataclass
+class Run:
+    raw: EngineResult
+    policy: object
+
+    @property
+    def requests(self):
+        return requests_table(self.raw.states)
+
+    @property
+    def timeline(self):
+        return timeline_table(self.raw.timeline, TIMELINE_COLUMNS)
+
+    @property
+    def summary(self) -> dict:
+        return summarize(self.requests, preemptions=self.raw.preemptions)
+
+    @property
+    def peak_kv_tokens(self) -> int:
+        return self.raw.peak_kv_blocks * self.raw.spec.block_size
+
+
+def hint(types=None, requests=None, rate=None) -> dict:
+    """A workload hint as the runner builds it: declared types, and/or the lengths and rate."""
+    out = {"types": tuple(types) if types else None, "workload": {"source": "test"},
+           "arrival_rate": rate, "lengths": None}
+    if requests is not None:
+        out["lengths"] = (np.array([r.prompt_tokens for r in requests]),
+                          np.array([r.output_tokens for r in requests]))
+        if rate is None and len(requests) > 1:
+            span = requests[-1].arrival_s - requests[0].arrival_s
+            out["arrival_rate"] = (len(requests) - 1) / span if span > 0 else None
+    if types and rate is None:
+        out["arrival_rate"] = sum(t.rate for t in types)
+    return out
+
+
+def run(requests, policy: str, params: dict | None = None, *, cost=None, kv_tokens: int = 1 << 20,
+        block_size: int = 1, workload_hint: dict | None = None, max_model_len: int = 1 << 16,
+        seed: int = 0, preemption: str = "recompute") -> Run:
+    cost = cost or LinearCost.paper(0.01, 1e-6)
+    pol = make_policy(policy, params or {})
+    spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
+                       max_model_len=max_model_len, cost_model=cost,
+                       workload_hint=workload_hint, seed=seed)
+    return Run(Engine(list(requests), pol, cost, spec, preemption=preemption).run(), pol)
+
+
+def typed_requests(types: list[RequestType], n: int, seed: int = 0) -> list[Request]:
+    """Poisson arrivals of a type mixture (labels are the type names)."""
+    w = synthesize(Poisson(sum(t.rate for t in types)), TypeMixture(tuple(types)), seed,
+                   num_requests=n)
+    return list(w.requests())
