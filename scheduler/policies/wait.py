@@ -237,7 +237,7 @@ class ThresholdPolicy(Policy):
         return out
 
     def schedule(self, view):
-        now = view.now
+        now = self._now = view.now
         self._profile = None
         for g in self.gates:
             g.entry, g.inflight = [], []
@@ -293,9 +293,9 @@ class ThresholdPolicy(Policy):
                 for req in reqs[:cap]:
                     work.append((req, 1))
         take = max(g.quota(), 0)
+        if g.cap < 1 - _EPS:
+            return self.select_paced(g, take, view, work, admits)
         if g.queue is not None:
-            if g.cap < 1 - _EPS:
-                return self.select_paced(g, take, view, admits)
             take = min(take, len(g.queue))
             for _ in range(take):
                 admits.append((g.queue.pop(), g))
@@ -305,24 +305,34 @@ class ThresholdPolicy(Policy):
                 work.append((req, self.tokens(req)))
         return take
 
-    def select_paced(self, g: Gate, take: int, view, admits: list) -> int:
-        """Admissions of a gate with a fractional threshold (below one request per stage): the
-        bucket's quota, or, once the head of the queue has waited ``patience``, one anyway; each
+    def select_paced(self, g: Gate, take: int, view, work: list, admits: list) -> int:
+        """Entries of a gate with a fractional threshold (below one request per stage): the
+        bucket's quota, or, once the head of the entry has waited ``patience``, one anyway; each
         only if the projected KV of every resident request and the admitted ones stays within
-        capacity until they finish (lengths as ``expected_output`` gives them). At low load this
-        admits at once; under overload the memory is full and the pacing holds without evictions
-        (with a single request per stage, pacing alone cannot stop admissions from bunching into
-        consecutive stages whose peaks coincide)."""
-        if not take and g.queue and view.now - g.queue.peek().arrival_s >= self.patience:
+        capacity (over the lengths ``expected_output`` gives). At low load this admits at once;
+        under overload the memory is full and the pacing holds without evictions (with a single
+        request per stage, pacing alone cannot stop admissions from bunching into consecutive
+        stages whose peaks coincide)."""
+        entries = list(g.queue) if g.queue is not None else g.entry
+        if not take and entries and (view.arrivals_done or
+                                     self.entry_wait(g, entries[0], view.now) >= self.patience):
             take = 1
         taken = 0
-        while taken < take and g.queue:
-            head = g.queue.peek()
-            if not self.projection_fits(head, view, admits):
+        for req in entries[:take]:
+            if g.queue is None:        # a boundary waiter: resident, already in the projection
+                work.append((req, self.tokens(req)))
+            elif self.projection_fits(req, view, admits):
+                admits.append((g.queue.pop(), g))
+            else:
                 break
-            admits.append((g.queue.pop(), g))
             taken += 1
         return taken
+
+    def entry_wait(self, g: Gate, req: RequestState, now: float) -> float:
+        """How long a request has waited at the gate's entry."""
+        if g.queue is not None:
+            return now - req.arrival_s
+        return now - self._at_boundary.get(req.request_id, (None, now))[1]
 
     def projection_fits(self, req: RequestState, view, admits: list) -> bool:
         if self._profile is None:
@@ -407,6 +417,9 @@ class ThresholdPolicy(Policy):
             if pend and not r:
                 start = g.blocked_since if g.blocked_since is not None else now
                 times.append(start + self.patience - self.fill_time(g))
+            elif r and g.cap < 1 - _EPS and g.entries():   # a paced entry's patience
+                head = g.queue.peek() if g.queue is not None else g.entry[0]
+                times.append(now - self.entry_wait(g, head, now) + self.patience)
         if not times:
             return None
         return max(min(times), now + 1e-6)
@@ -537,7 +550,8 @@ class NestedWait(ThresholdPolicy):
                                    peak=seg.prompt + seg.end))
         self.M_pi = plan.M_pi
         self._starts = [seg.start for seg in plan.segments]
-        self.longest = plan.segments[-1].end
+        self._ends = [seg.end for seg in plan.segments]
+        self._at_boundary: dict[int, tuple[int, float]] = {}
         self.info.update(segments=[[s.start, s.end] for s in plan.segments],
                          thresholds=list(plan.thresholds), tl=plan.tl, M_pi=plan.M_pi, dT=plan.dT,
                          conditions_met=plan.time_ok and plan.ratios_ok, capped=plan.capped)
@@ -547,7 +561,12 @@ class NestedWait(ThresholdPolicy):
         return self.queue
 
     def expected_output(self, req):
-        return self.longest               # unknown lengths: the longest the distribution allows
+        """Unknown lengths: the end of the segment the request is in (or enters). Growth in later
+        segments is paced by their own gates, and memory repair covers the rest."""
+        return self._ends[bisect.bisect_right(self._starts, req.generated) - 1]
+
+    def on_finish(self, req):
+        self._at_boundary.pop(req.request_id, None)
 
     def entry_gate(self, req):
         return self.gates[0]
@@ -557,5 +576,8 @@ class NestedWait(ThresholdPolicy):
         g = self.gates[i]
         if i > 0 and req.generated == g.start and not req.is_prefill:
             g.entry.append(req)          # a survivor waiting at the boundary, KV resident
+            seen = self._at_boundary.get(req.request_id)
+            if seen is None or seen[0] != g.start:
+                self._at_boundary[req.request_id] = (g.start, self._now)
         else:
             g.inflight.append(req)
