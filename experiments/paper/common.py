@@ -244,7 +244,8 @@ def sweep(name: str, title: str, policies: list[Policy], xs: list[float], worklo
                f"{round((GROWTH_LIMIT - 1) * 100)}% when the horizon doubles): "
                + ", ".join(f"{p} {v:g}" if not math.isnan(v) else f"{p} -"
                            for p, v in stars.items()), ""]
-    md += ["Mean end-to-end latency (s); * = unbounded (grows with the horizon):", "",
+    md += ["Mean end-to-end latency (s)"
+           + ("; * = unbounded (grows with the horizon):" if horizons else ":"), "",
            markdown_table(summary, "mean_e2el_s", x_label=x_label.split(" ")[0]), "",
            "Output throughput (tokens/s):", "",
            markdown_table(summary, "output_throughput", "{:.0f}", x_label.split(" ")[0]), "",

@@ -25,7 +25,7 @@ def main(argv=None):
         lambdas, n, low, n_low = [12.0, 20.0, 24.0], 300, [6.0], 200
     else:
         lambdas = [float(x) for x in range(12, 25)] + [24.5, 25.0, 25.5, 26.0]
-        n, low, n_low = 2000, [2.0, 6.0, 10.0], 1500
+        n, low, n_low = 4000, [2.0, 6.0, 10.0], 1500
     eq, fit = fluid_for_types(["p512d20:1"])
     lam_max = eq.max_rate_scale
 

@@ -22,7 +22,7 @@ def main(argv=None):
     if args.quick:
         lambdas, n = [12.0, 20.0], 300
     else:
-        lambdas, n = [12.0, 14.0, 16.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0], 2000
+        lambdas, n = [12.0, 14.0, 16.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0], 4000
     eq, fit = fluid_for_types(types(1.0))
     lam_max = eq.max_rate_scale
     mean_out = 0.7 * 20 + 0.3 * 50

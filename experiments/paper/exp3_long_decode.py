@@ -19,7 +19,7 @@ def main(argv=None):
     if args.quick:
         lambdas, n = [0.5, 3.0], 40
     else:
-        lambdas, n = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0], 300
+        lambdas, n = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0], 500
     eq, fit = fluid_for_types(["p512d1000:1"])
     lam_max = eq.max_rate_scale
     sweep("exp3", "Experiment 3: p512d1000, Llama-2-7B / A100-80GB, C = 137,000", POLICIES,

@@ -26,9 +26,10 @@ Decisions the paper leaves open (stated in the README):
   the end of a run) the wait would be long and the gate runs at once; after the last arrival
   every gate runs (drain). So every request completes, and low-load latency stays close to a
   greedy policy's. A fractional threshold's pacing is likewise skipped for a request that has
-  waited ``patience``; and with a fractional threshold every admission must keep the projected KV
-  of all resident requests within capacity until they finish (so at low load pacing costs no
-  latency, and under overload, with the memory full, the pacing holds and nothing is evicted).
+  waited ``patience``; and with a fractional threshold every new admission must keep the
+  projected KV of all resident requests within capacity until they finish (WAIT knows their
+  lengths; Nested WAIT projects each to the end of its current segment), so at low load pacing
+  costs no latency, and under overload, with the memory full, the pacing holds.
 - Memory repair. The engine never lets KV exceed capacity, so the paper's "after each iteration,
   while KV > C, evict" becomes a check before launching: if the batch's new KV blocks do not fit,
   Nested WAIT evicts requests waiting at segment boundaries, most recently admitted first, back to
@@ -72,7 +73,6 @@ class Gate:
     start: int                 # first stage (output tokens generated) of the gate
     stages: int                # stages it spans (chunk stages included)
     queue: FCFSQueue | None = None   # entry of waiting requests (no KV); None for boundary entries
-    peak: float = 0.0          # KV tokens of one request at the gate's last stage
     blocked_since: float | None = None
     credit: float = math.inf   # admissions available (a token bucket: n per run, at most ceil(n))
     # filled by each schedule call:
@@ -472,7 +472,7 @@ class Wait(ThresholdPolicy):
         except ValueError as e:
             raise PolicyError(f"policy wait: {e}")
         self.gates = [Gate(t.name, n, t.rate, 0, self.prefill_stages(t.prompt) + int(t.output) - 1,
-                           FCFSQueue(), peak=t.prompt + t.output)
+                           FCFSQueue())
                       for t, n in zip(self.types, plan.thresholds)]
         self.M_pi = plan.M_pi
         self._names = {t.name: i for i, t in enumerate(self.types)}
@@ -540,14 +540,12 @@ class NestedWait(ThresholdPolicy):
                                slack=p.slack, capacity=self.capacity)
         except ValueError as e:
             raise PolicyError(f"policy nested-wait: {e}")
-        self.plan_ = plan
         self.queue = FCFSQueue()
         self.gates = []
         for i, (seg, n) in enumerate(zip(plan.segments, plan.thresholds)):
             stages = seg.stages + (self.prefill_stages(seg.prompt) - 1 if i == 0 else 0)
             self.gates.append(Gate(f"segment {seg.index} [{seg.start}, {seg.end})", n, seg.rate,
-                                   seg.start, stages, self.queue if i == 0 else None,
-                                   peak=seg.prompt + seg.end))
+                                   seg.start, stages, self.queue if i == 0 else None))
         self.M_pi = plan.M_pi
         self._starts = [seg.start for seg in plan.segments]
         self._ends = [seg.end for seg in plan.segments]
