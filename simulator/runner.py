@@ -4,6 +4,7 @@ summarise, and write the output folder."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -110,12 +111,16 @@ def build_replica(cfg: RunConfig, workload_hint=None) -> ReplicaSpec:
 
 
 def policy_hint(cfg: RunConfig, workload: Workload) -> dict:
+    return workload_hint(workload, request_types(cfg))
+
+
+def workload_hint(workload: Workload, types=None) -> dict:
     """What a policy may know about the workload before serving it (``ReplicaSpec.workload_hint``):
 
     - ``types``: the declared request types (``--type``; RequestType records with rates) or None;
     - ``workload``: the workload's meta record;
     - ``arrival_rate``: mean arrival rate in requests/s (the arrival process's, or the replayed
-      requests' own);
+      requests' own; None for a single request);
     - ``lengths``: (prompt_tokens, output_tokens) arrays of the workload's requests: the length
       *distribution* that fluid-guided policies (Nested WAIT, types for WAIT) assume known, as
       the paper computes its segments from the dataset. A policy must not use it to learn an
@@ -124,8 +129,8 @@ def policy_hint(cfg: RunConfig, workload: Workload) -> dict:
     """
     f = workload.frame
     rate = workload.meta.get("mean_rate") or workload.summary().get("mean_rate")
-    return {"types": request_types(cfg), "workload": workload.meta,
-            "arrival_rate": float(rate) if rate else None,
+    return {"types": types, "workload": workload.meta,
+            "arrival_rate": float(rate) if rate and math.isfinite(rate) else None,
             "lengths": (f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy())}
 
 

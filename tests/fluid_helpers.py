@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from scheduler.base import make_policy
 from scheduler.state import ReplicaSpec
 from simulator.cost.linear import LinearCost
 from simulator.engine import TIMELINE_COLUMNS, Engine, EngineResult
 from simulator.metrics import requests_table, summarize, timeline_table
+from simulator.runner import workload_hint
 from traces import Poisson, RequestType, TypeMixture, synthesize
 from traces.request import Request
+from traces.workload import Workload
 
 
 @dataclass
@@ -38,19 +38,14 @@ class Run:
         return self.raw.peak_kv_blocks * self.raw.spec.block_size
 
 
-def hint(types=None, requests=None, rate=None) -> dict:
-    """A workload hint as the runner builds it: declared types, and/or the lengths and rate."""
-    out = {"types": tuple(types) if types else None, "workload": {"source": "test"},
-           "arrival_rate": rate, "lengths": None}
+def hint(types=None, requests=None) -> dict:
+    """A workload hint as the runner builds it: declared types (their total rate), and/or the
+    lengths and rate of ``requests``."""
     if requests is not None:
-        out["lengths"] = (np.array([r.prompt_tokens for r in requests]),
-                          np.array([r.output_tokens for r in requests]))
-        if rate is None and len(requests) > 1:
-            span = requests[-1].arrival_s - requests[0].arrival_s
-            out["arrival_rate"] = (len(requests) - 1) / span if span > 0 else None
-    if types and rate is None:
-        out["arrival_rate"] = sum(t.rate for t in types)
-    return out
+        return workload_hint(Workload.from_requests(list(requests)),
+                             tuple(types) if types else None)
+    return {"types": tuple(types) if types else None, "workload": {"source": "test"},
+            "arrival_rate": sum(t.rate for t in types) if types else None, "lengths": None}
 
 
 def run(requests, policy: str, params: dict | None = None, *, cost=None, kv_tokens: int = 1 << 20,

@@ -11,7 +11,9 @@ from simulator.cost.base import CostModel
 from simulator.cost.linear import LinearCost
 from simulator.engine import TIMELINE_COLUMNS, Engine, EngineResult
 from simulator.metrics import requests_table, timeline_table
+from simulator.runner import workload_hint
 from traces.request import Request
+from traces.workload import Workload
 
 # A cheap cost model for behaviour tests: 10 ms per iteration plus a little per token.
 TEST_COST = LinearCost(c0=0.01, c_prefill=1e-5, c_decode=1e-4, c_kv=1e-7)
@@ -97,7 +99,7 @@ def simulate(reqs: list[Request], policy: str | Policy = "vllm-v1", params: dict
     recorder = Recorder(pol)
     spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
                        max_model_len=max_model_len, cost_model=cost,
-                       workload_hint={"types": None, "workload": {"source": "test"}}, seed=seed)
+                       workload_hint=workload_hint(Workload.from_requests(reqs)), seed=seed)
     engine = Engine(reqs, pol, cost, spec)
     raw = engine.run()
     return Outcome(raw, recorder.steps, spec, engine.free_blocks)

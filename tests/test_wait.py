@@ -174,5 +174,5 @@ def test_wait_rejects_bad_thresholds_and_missing_workload_facts():
         run(reqs, "wait", {"thresholds": "3,4"}, workload_hint=hint(LOW_TYPES[:1]))
     with pytest.raises(PolicyError, match="comma-separated numbers"):
         run(reqs, "wait", {"thresholds": "x"}, workload_hint=hint(LOW_TYPES[:1]))
-    with pytest.raises(PolicyError, match="needs the workload's request types"):
+    with pytest.raises(PolicyError, match="needs the workload.s request types or its length distribution"):
         run(reqs, "wait", workload_hint=None)

@@ -61,6 +61,7 @@ from scheduler.queues import FCFSQueue
 from scheduler.state import Decision, RequestState
 
 _EPS = 1e-9
+UNKNOWN_RATE = 0.01    # requests/s assumed when the hint gives lengths but no rate
 
 
 @dataclass(eq=False)
@@ -161,10 +162,13 @@ class ThresholdPolicy(Policy):
         lengths = hint.get("lengths")
         if declared and (p.segments is None or lengths is None):
             return from_request_types(declared)
-        rate = hint.get("arrival_rate")
-        if lengths is None or not rate:
+        if lengths is None:
             raise PolicyError(f"policy {self.name} needs the workload's request types or its "
-                              f"length distribution and rate (ReplicaSpec.workload_hint)")
+                              f"length distribution (ReplicaSpec.workload_hint)")
+        rate = hint.get("arrival_rate")
+        if not rate or not math.isfinite(rate):   # one request, or one instant: plan light load
+            rate = UNKNOWN_RATE
+            self.info["rate_assumed"] = rate
         return types_from_lengths(lengths[0], lengths[1], rate, p.segments or 10, p.clustering,
                                   representative)
 
@@ -335,6 +339,8 @@ class ThresholdPolicy(Policy):
         return now - self._at_boundary.get(req.request_id, (None, now))[1]
 
     def projection_fits(self, req: RequestState, view, admits: list) -> bool:
+        if not view.resident and not admits:
+            return True    # alone it fits: the engine admitted it knowing its true peak
         if self._profile is None:
             reqs = list(view.resident) + [r for r, _ in admits]
             self._profile = MemoryProfile(
@@ -419,7 +425,9 @@ class ThresholdPolicy(Policy):
                 times.append(start + self.patience - self.fill_time(g))
             elif r and g.cap < 1 - _EPS and g.entries():   # a paced entry's patience
                 head = g.queue.peek() if g.queue is not None else g.entry[0]
-                times.append(now - self.entry_wait(g, head, now) + self.patience)
+                due = now - self.entry_wait(g, head, now) + self.patience
+                if due > now:      # (once due, only memory holds it: a completion will wake us)
+                    times.append(due)
         if not times:
             return None
         return max(min(times), now + 1e-6)
