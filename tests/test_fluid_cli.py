@@ -62,3 +62,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     assert main(["fluid", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_fluid_of_a_replayed_trace(capsys):
+    from tests.conftest import require_shared
+    path = require_shared("traces", "AzureLLMInferenceTrace_conv.csv")
+    r = fluid_json(capsys, "--trace", str(path), "--kv-capacity", "137000", "--segments", "5")
+    assert r["request_rate"] == pytest.approx(5.53, abs=0.01)     # the trace's own mean rate
+    assert r["throughput_bound"] == pytest.approx(5.53 * 211.1, rel=0.01)
+    assert len(r["types"]) == 5
+    # At its native rate this trace is past the fluid stable region of Llama-2-7B on an A100.
+    assert r["stable"] is False and 4 < r["max_rate"] < 5.53
