@@ -8,26 +8,20 @@ from dataclasses import dataclass
 from scheduler.base import make_policy
 from scheduler.state import ReplicaSpec
 from simulator.cost.linear import LinearCost
-from simulator.engine import TIMELINE_COLUMNS, Engine, EngineResult
-from simulator.metrics import requests_table, summarize, timeline_table
+from simulator.engine import Engine
+from simulator.metrics import summarize
 from simulator.runner import workload_hint
+from tests.simcase import Outcome
 from traces import Poisson, RequestType, TypeMixture, synthesize
 from traces.request import Request
 from traces.workload import Workload
 
 
 @dataclass
-class Run:
-    raw: EngineResult
-    policy: object
+class Run(Outcome):
+    """An engine run (no step recorder: these runs are long) with its policy."""
 
-    @property
-    def requests(self):
-        return requests_table(self.raw.states)
-
-    @property
-    def timeline(self):
-        return timeline_table(self.raw.timeline, TIMELINE_COLUMNS)
+    policy: object = None
 
     @property
     def summary(self) -> dict:
@@ -56,7 +50,8 @@ def run(requests, policy: str, params: dict | None = None, *, cost=None, kv_toke
     spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
                        max_model_len=max_model_len, cost_model=cost,
                        workload_hint=workload_hint, seed=seed)
-    return Run(Engine(list(requests), pol, cost, spec, preemption=preemption).run(), pol)
+    engine = Engine(list(requests), pol, cost, spec, preemption=preemption)
+    return Run(engine.run(), [], spec, engine.free_blocks, pol)
 
 
 def typed_requests(types: list[RequestType], n: int, seed: int = 0) -> list[Request]:
