@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -60,7 +61,11 @@ def test_sweep_report_writes_pngs_and_markdown(sweep_dir, capsys):
     assert "| rate | vllm | sarathi |" in md
     for rate in ("| 3 |", "| 12 |", "| 40 |"):
         assert rate in md
-    assert "fluid" in capsys.readouterr().err     # says why the fluid bound is missing
+    # The fluid model (scheduler/fluid.py) is installed: every point carries its throughput
+    # bound, the throughput figure draws it, and no note says it is missing.
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    assert table["fluid.throughput_bound"].notna().all()
+    assert "fluid" not in capsys.readouterr().err
 
 
 def test_report_to_another_folder(sweep_dir, tmp_path):
