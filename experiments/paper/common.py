@@ -1,6 +1,6 @@
 """Shared machinery of the paper's experiments: the setting (Llama-2-7B on an A100-80GB, KV
-capacity 1.37e5 tokens, roofline cost), workloads, a parallel grid runner, the lambda* criterion,
-and CSV / Markdown / PNG outputs.
+capacity 1.37e5 tokens, roofline cost by default, or another cost model with ``--cost``),
+workloads, a parallel grid runner, the lambda* criterion, and CSV / Markdown / PNG outputs.
 
 Criterion for lambda* (the largest rate whose latency stays bounded): each point runs the same
 seed at a horizon of N and of 2N requests; a rate is *bounded* when every request completes and
@@ -12,6 +12,7 @@ grid below which every rate is bounded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import time
@@ -27,6 +28,31 @@ SETTING = dict(model="llama-2-7b", gpu="a100-80gb", cost_model="roofline",
                kv_capacity=KV_CAPACITY, timeline=False)
 GROWTH_LIMIT = 1.15
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# The paper's own fit of tau = d0 + d1 * KV on an A100 with Llama-2-7B (arXiv:2504.11320, the
+# calibration with 256-token prompts and 20 output tokens; ../shared/docs/scheduling-algorithms.md
+# section 7): d0 ~ 276 ms, d1 ~ 0.0115 ms per KV token. Those are whole-request figures, the sum
+# over the 21 iterations of such a request (tests/test_fluid.py checks that 276 ms / 21 is one
+# batch-1 decode step of this model and GPU), so per iteration: d0 = 13.1 ms, d1 = 0.55 us/token.
+PAPER_ITERATIONS = 21
+PAPER_D0_S = 0.276 / PAPER_ITERATIONS
+PAPER_D1_S = 0.0115e-3 / PAPER_ITERATIONS
+# --cost: the cost model every run (and the fluid model its grid and WAIT follow) uses.
+# roofline is the setting of record; paper-linear is the paper's linear model above (prefill is
+# as cheap per KV token as decode, a large fixed cost per iteration); profile is the measured
+# operator profile of ../shared/profiles with an analytic attention term.
+COSTS = {
+    "roofline": {"cost_model": "roofline"},
+    "paper-linear": {"cost_model": "linear",
+                     "cost_params": {"d0": PAPER_D0_S, "d1": PAPER_D1_S}},
+    "profile": {"cost_model": "profile"},
+}
+DEFAULT_COST = "roofline"
+
+
+def setting(cost: str = DEFAULT_COST) -> dict:
+    """RunConfig fields of the experiments' replica under ``cost`` (a key of COSTS)."""
+    return {**SETTING, **COSTS[cost]}
 
 
 @dataclass(frozen=True)
@@ -46,6 +72,7 @@ class Task:
     seed: int
     requests: int
     horizon: str = "2N"               # "N" or "2N"
+    cost: str = DEFAULT_COST          # a key of COSTS
 
 
 def build_workload(spec: dict, seed: int, n: int):
@@ -68,7 +95,7 @@ def run_task(task: Task) -> dict:
 
     fields, workload = build_workload(task.workload, task.seed, task.requests)
     cfg = RunConfig(policy=task.policy.name, policy_params=dict(task.policy.params),
-                    **{**SETTING, **task.policy.config}, **fields).validate()
+                    **{**setting(task.cost), **task.policy.config}, **fields).validate()
     t0 = time.perf_counter()
     s = simulate(cfg, workload).summary
     pol = s["policy"]
@@ -101,8 +128,8 @@ def with_horizons(tasks: list[Task]) -> list[Task]:
     """Each task at N requests (horizon "N") and at 2N (horizon "2N")."""
     out = []
     for t in tasks:
-        out.append(Task(t.experiment, t.policy, t.x, t.workload, t.seed, t.requests, "N"))
-        out.append(Task(t.experiment, t.policy, t.x, t.workload, t.seed, 2 * t.requests, "2N"))
+        out.append(dataclasses.replace(t, horizon="N"))
+        out.append(dataclasses.replace(t, requests=2 * t.requests, horizon="2N"))
     return out
 
 
@@ -191,17 +218,45 @@ def plot(summary: pd.DataFrame, path_prefix: Path, title: str, x_label: str,
     return paths
 
 
-def fluid_for_types(type_specs: list[str]):
-    """The fluid equilibrium of ``--type`` specs with (d0, d1) fitted to the setting's cost."""
-    from scheduler.fluid import equilibrium, fit_cost, from_request_types
+def fluid_of(types, cost: str = DEFAULT_COST):
+    """The fluid equilibrium of FluidTypes with (d0, d1) fitted to the setting's ``cost``."""
+    from scheduler.fluid import equilibrium, fit_cost
     from simulator.config import RunConfig
-    from simulator.runner import build_replica, request_types
+    from simulator.runner import build_replica
 
-    cfg = RunConfig(types=list(type_specs), **SETTING).validate()
-    types = from_request_types(request_types(cfg))
-    spec = build_replica(cfg)
+    spec = build_replica(RunConfig(**setting(cost)).validate())
     fit = fit_cost(spec.cost_model, types, spec.kv_capacity_tokens)
     return equilibrium(types, fit.d0, fit.d1, spec.kv_capacity_tokens), fit
+
+
+def fluid_for_types(type_specs: list[str], cost: str = DEFAULT_COST):
+    """The fluid equilibrium of ``--type`` specs with (d0, d1) fitted to the setting's cost."""
+    from scheduler.fluid import from_request_types
+    from simulator.config import RunConfig
+    from simulator.runner import request_types
+
+    cfg = RunConfig(types=list(type_specs), **setting(cost)).validate()
+    return fluid_of(from_request_types(request_types(cfg)), cost)
+
+
+def fluid_for_lengths(prompts, outputs, cost: str = DEFAULT_COST, segments: int = 10):
+    """The fluid equilibrium of observed lengths at 1 request/s (so its max_rate_scale is the
+    fluid limit in requests/s), output lengths clustered as ``servesim fluid`` does."""
+    from scheduler.fluid import types_from_lengths
+
+    return fluid_of(types_from_lengths(prompts, outputs, 1.0, segments, representative="mean"),
+                    cost)
+
+
+def follow_fluid_limit(grid: list[float], cost: str, limit_of) -> list[float]:
+    """The roofline ``grid`` (chosen around the roofline fluid limit) moved to the same fractions
+    of ``cost``'s fluid limit, so a sweep under another cost spans the same range of load;
+    ``limit_of(cost)`` is the largest stable rate (or rate scale) under a cost. Rounded to three
+    significant digits; the default cost keeps its grid exactly."""
+    if cost == DEFAULT_COST:
+        return list(grid)
+    scale = limit_of(cost) / limit_of(DEFAULT_COST)
+    return [float(f"{x * scale:.3g}") for x in grid]
 
 
 def arg_parser(description: str) -> argparse.ArgumentParser:
@@ -210,8 +265,19 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="a tiny grid (CI smoke test)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="worker processes")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="output folder")
+    ap.add_argument("--cost", choices=list(COSTS), default=DEFAULT_COST,
+                    help="cost model of the replica (and of the fluid model and grids)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder [results/, or results/COST/ for a non-default cost]")
     return ap
+
+
+def parse_args(doc: str, argv=None) -> argparse.Namespace:
+    """The experiment flags; results of a non-default cost go to their own folder."""
+    args = arg_parser(doc.split("\n\n")[0]).parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS if args.cost == DEFAULT_COST else RESULTS / args.cost
+    return args
 
 
 def write(df: pd.DataFrame, summary: pd.DataFrame, out: Path, name: str, markdown: str) -> None:
@@ -225,7 +291,7 @@ def sweep(name: str, title: str, policies: list[Policy], xs: list[float], worklo
           args, *, x_label: str = "lambda (requests/s)", bound=None, x_max: float | None = None,
           horizons: bool = True, extra_md: str = "") -> tuple[pd.DataFrame, str]:
     """Run every policy at every x (and seed, and horizon), write ``name``.csv/.md/.png."""
-    tasks = [Task(name, p, x, workload_of(x), seed, n)
+    tasks = [Task(name, p, x, workload_of(x), seed, n, cost=args.cost)
              for x in xs for p in policies for seed in args.seeds]
     if horizons:
         tasks = with_horizons(tasks)
@@ -233,6 +299,8 @@ def sweep(name: str, title: str, policies: list[Policy], xs: list[float], worklo
     df = run_grid(tasks, args.jobs)
     wall = time.perf_counter() - t0
     summary = summarize(df)
+    if args.cost != DEFAULT_COST:
+        title += f" [{args.cost} cost]"
     md = [f"## {title}", "",
           f"{len(tasks)} runs, seeds {args.seeds}, {n} requests per point"
           + (f" (and {2 * n} for the horizon check)" if horizons else "")

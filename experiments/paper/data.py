@@ -25,3 +25,18 @@ def sharegpt_lengths(max_total: int | None = None) -> EmpiricalLengths:
 def sharegpt_workload(rate: float, n: int, seed: int, max_total: int | None = None) -> Workload:
     """ShareGPT lengths with Poisson arrivals."""
     return synthesize(Poisson(rate), sharegpt_lengths(max_total), seed, num_requests=n)
+
+
+def azure_conv_lengths(n: int, max_total: int | None = None):
+    """(prompts, outputs, rate) of the Azure conversation trace's first ``n`` requests, optionally
+    only those with prompt + output <= max_total (the ones a replica with that context serves;
+    the others are rejected): their lengths, and their native mean arrival rate in req/s."""
+    from simulator.config import RunConfig
+    from simulator.runner import build_workload
+
+    workload = build_workload(RunConfig(trace=str(AZURE_CONV), num_requests=n).validate())
+    f = workload.frame
+    p, o = f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy()
+    keep = slice(None) if max_total is None else (p + o) <= max_total
+    rate = workload.summary()["mean_rate"] * len(p[keep]) / len(p)
+    return p[keep], o[keep], float(rate)

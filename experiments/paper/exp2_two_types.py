@@ -2,12 +2,16 @@
 Sarathi (chunk 512) and Nested WAIT with 2 segments (output lengths unknown; their distribution
 known), with WAIT (lengths known) for reference.
 
-    python -m experiments.paper.exp2_two_types [--seeds 0 1] [--quick] [--jobs 2]
+    python -m experiments.paper.exp2_two_types [--seeds 0 1] [--quick] [--jobs 2] [--cost C]
+
+The lambda grid is chosen around the roofline fluid limit (23.9 req/s); under another --cost it
+moves to the same fractions of that cost's limit.
 """
 
 from __future__ import annotations
 
-from experiments.paper.common import Policy, arg_parser, fluid_for_types, sweep
+from experiments.paper.common import (Policy, fluid_for_types, follow_fluid_limit, parse_args,
+                                      sweep)
 
 POLICIES = [Policy("vllm", "vllm"), Policy("sarathi", "sarathi", {"chunk_size": 512}),
             Policy("nested-wait", "nested-wait"), Policy("wait", "wait")]
@@ -18,12 +22,14 @@ def types(lam: float) -> list[str]:
 
 
 def main(argv=None):
-    args = arg_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    args = parse_args(__doc__, argv)
     if args.quick:
         lambdas, n = [12.0, 20.0], 300
     else:
         lambdas, n = [12.0, 14.0, 16.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0], 4000
-    eq, fit = fluid_for_types(types(1.0))
+    lambdas = follow_fluid_limit(lambdas, args.cost,
+                                 lambda cost: fluid_for_types(types(1.0), cost)[0].max_rate_scale)
+    eq, fit = fluid_for_types(types(1.0), args.cost)
     lam_max = eq.max_rate_scale
     mean_out = 0.7 * 20 + 0.3 * 50
     sweep("exp2", "Experiment 2: 70% p512d20 + 30% p512d50, Llama-2-7B / A100-80GB, "

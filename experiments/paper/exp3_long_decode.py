@@ -2,12 +2,16 @@
 (restarts) of vLLM, Sarathi (chunk 512) and WAIT; vLLM also with the paper's restart-on-eviction
 model.
 
-    python -m experiments.paper.exp3_long_decode [--seeds 0 1] [--quick] [--jobs 2]
+    python -m experiments.paper.exp3_long_decode [--seeds 0 1] [--quick] [--jobs 2] [--cost C]
+
+The lambda grid is the paper's range around the roofline fluid limit (1.83 req/s); under another
+--cost it moves to the same fractions of that cost's limit.
 """
 
 from __future__ import annotations
 
-from experiments.paper.common import Policy, arg_parser, fluid_for_types, sweep
+from experiments.paper.common import (Policy, fluid_for_types, follow_fluid_limit, parse_args,
+                                      sweep)
 
 POLICIES = [Policy("vllm", "vllm"), Policy("sarathi", "sarathi", {"chunk_size": 512}),
             Policy("wait", "wait"),
@@ -15,12 +19,14 @@ POLICIES = [Policy("vllm", "vllm"), Policy("sarathi", "sarathi", {"chunk_size": 
 
 
 def main(argv=None):
-    args = arg_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    args = parse_args(__doc__, argv)
     if args.quick:
         lambdas, n = [0.5, 3.0], 40
     else:
         lambdas, n = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0], 500
-    eq, fit = fluid_for_types(["p512d1000:1"])
+    lambdas = follow_fluid_limit(
+        lambdas, args.cost, lambda cost: fluid_for_types(["p512d1000:1"], cost)[0].max_rate_scale)
+    eq, fit = fluid_for_types(["p512d1000:1"], args.cost)
     lam_max = eq.max_rate_scale
     sweep("exp3", "Experiment 3: p512d1000, Llama-2-7B / A100-80GB, C = 137,000", POLICIES,
           lambdas, lambda x: {"kind": "types", "types": [f"p512d1000:{x}"]}, n, args,
