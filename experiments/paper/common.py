@@ -259,6 +259,12 @@ def follow_fluid_limit(grid: list[float], cost: str, limit_of) -> list[float]:
     return [float(f"{x * scale:.3g}") for x in grid]
 
 
+def grid_for_types(grid: list[float], type_specs: list[str], cost: str) -> list[float]:
+    """``follow_fluid_limit`` for a workload of ``--type`` specs (rates per unit of the grid)."""
+    return follow_fluid_limit(
+        grid, cost, lambda c: fluid_for_types(type_specs, c)[0].max_rate_scale)
+
+
 def arg_parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every point")

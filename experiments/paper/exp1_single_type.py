@@ -10,7 +10,7 @@ they move to the same fractions of that cost's limit (common.follow_fluid_limit)
 
 from __future__ import annotations
 
-from experiments.paper.common import (Policy, Task, fluid_for_types, follow_fluid_limit,
+from experiments.paper.common import (Policy, Task, fluid_for_types, grid_for_types,
                                       markdown_table, parse_args, run_grid, summarize, sweep)
 
 POLICIES = [Policy("vllm", "vllm"), Policy("sarathi", "sarathi", {"chunk_size": 512}),
@@ -29,10 +29,7 @@ def main(argv=None):
     else:
         lambdas = [float(x) for x in range(12, 25)] + [24.5, 25.0, 25.5, 26.0]
         n, low, n_low = 4000, [2.0, 6.0, 10.0], 1500
-    def limit(cost):
-        return fluid_for_types(["p512d20:1"], cost)[0].max_rate_scale
-
-    lambdas, low = (follow_fluid_limit(g, args.cost, limit) for g in (lambdas, low))
+    lambdas, low = (grid_for_types(g, ["p512d20:1"], args.cost) for g in (lambdas, low))
     eq, fit = fluid_for_types(["p512d20:1"], args.cost)
     lam_max = eq.max_rate_scale
 

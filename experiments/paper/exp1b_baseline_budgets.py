@@ -14,7 +14,7 @@ experiment 1's, following the cost's fluid limit in the same way.
 
 from __future__ import annotations
 
-from experiments.paper.common import (KV_CAPACITY, Policy, fluid_for_types, follow_fluid_limit,
+from experiments.paper.common import (KV_CAPACITY, Policy, fluid_for_types, grid_for_types,
                                       parse_args, sweep)
 
 LIFTED_SEQS = 2048
@@ -34,11 +34,8 @@ def main(argv=None):
     else:
         lambdas, n = [16.0, 20.0, 22.0, 23.0, 24.0, 24.5, 25.0, 25.5], 4000
 
-    def limit(cost):
-        return fluid_for_types(["p512d20:1"], cost)[0].max_rate_scale
-
-    lambdas = follow_fluid_limit(lambdas, args.cost, limit)
-    lam_max = limit(args.cost)
+    lambdas = grid_for_types(lambdas, ["p512d20:1"], args.cost)
+    lam_max = fluid_for_types(["p512d20:1"], args.cost)[0].max_rate_scale
     sweep("exp1b", "Experiment 1b: p512d20, baselines with default and lifted step budgets",
           POLICIES, lambdas, lambda x: {"kind": "types", "types": [f"p512d20:{x}"]}, n, args,
           bound=lambda x: 20 * min(x, lam_max), x_max=lam_max)

@@ -10,8 +10,7 @@ moves to the same fractions of that cost's limit.
 
 from __future__ import annotations
 
-from experiments.paper.common import (Policy, fluid_for_types, follow_fluid_limit, parse_args,
-                                      sweep)
+from experiments.paper.common import Policy, fluid_for_types, grid_for_types, parse_args, sweep
 
 POLICIES = [Policy("vllm", "vllm"), Policy("sarathi", "sarathi", {"chunk_size": 512}),
             Policy("nested-wait", "nested-wait"), Policy("wait", "wait")]
@@ -27,8 +26,7 @@ def main(argv=None):
         lambdas, n = [12.0, 20.0], 300
     else:
         lambdas, n = [12.0, 14.0, 16.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0, 25.0], 4000
-    lambdas = follow_fluid_limit(lambdas, args.cost,
-                                 lambda cost: fluid_for_types(types(1.0), cost)[0].max_rate_scale)
+    lambdas = grid_for_types(lambdas, types(1.0), args.cost)
     eq, fit = fluid_for_types(types(1.0), args.cost)
     lam_max = eq.max_rate_scale
     mean_out = 0.7 * 20 + 0.3 * 50

@@ -10,8 +10,7 @@ The lambda grid is the paper's range around the roofline fluid limit (1.83 req/s
 
 from __future__ import annotations
 
-from experiments.paper.common import (Policy, fluid_for_types, follow_fluid_limit, parse_args,
-                                      sweep)
+from experiments.paper.common import Policy, fluid_for_types, grid_for_types, parse_args, sweep
 
 POLICIES = [Policy("vllm", "vllm"), Policy("sarathi", "sarathi", {"chunk_size": 512}),
             Policy("wait", "wait"),
@@ -24,8 +23,7 @@ def main(argv=None):
         lambdas, n = [0.5, 3.0], 40
     else:
         lambdas, n = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0], 500
-    lambdas = follow_fluid_limit(
-        lambdas, args.cost, lambda cost: fluid_for_types(["p512d1000:1"], cost)[0].max_rate_scale)
+    lambdas = grid_for_types(lambdas, ["p512d1000:1"], args.cost)
     eq, fit = fluid_for_types(["p512d1000:1"], args.cost)
     lam_max = eq.max_rate_scale
     sweep("exp3", "Experiment 3: p512d1000, Llama-2-7B / A100-80GB, C = 137,000", POLICIES,
