@@ -83,12 +83,14 @@ def model_folder(model: ModelSpec, max_model_len: int) -> Path:
 
 def scheduler_options(policy: Policy, spec: ReplicaSpec) -> dict:
     """vLLM scheduler limits for a policy: its own values where it has vLLM-named parameters;
-    otherwise limits loose enough never to cut a decision (the policy's plan is the budget)."""
+    otherwise limits loose enough never to cut a decision (the policy's plan is the budget).
+
+    A ``chunk_size`` is not a vLLM budget: Sarathi's is a per-step budget its plan already
+    respects, while WAIT-CP's is a per-request chunk with several chunks in one step, which
+    vLLM's budget would cut. Tokens per request are imposed by the adapter either way."""
     p = policy.params
     max_seqs = getattr(p, "max_num_seqs", None) or DEFAULT_MAX_NUM_SEQS
-    # A chunk size of 0 or None means whole prompts, no budget: then no cut at all.
-    budget = getattr(p, "max_num_batched_tokens", None) or getattr(p, "chunk_size", None) or \
-        spec.max_model_len * max_seqs
+    budget = getattr(p, "max_num_batched_tokens", None) or spec.max_model_len * max_seqs
     return {"max_num_seqs": int(max_seqs),
             "max_num_batched_tokens": int(max(budget, max_seqs)),
             "enable_chunked_prefill": bool(getattr(p, "enable_chunked_prefill", True)),
