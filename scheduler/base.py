@@ -62,13 +62,14 @@ class Policy:
         self.on_arrival(req)
 
     def on_abort(self, req: RequestState) -> None:
-        """A request left before finishing (a client disconnected from a live server). Default:
-        drop it from the policy's waiting queue if it is there, else treat it as finished."""
+        """A request left before finishing (a client disconnected from a live server). A waiting
+        request is in the policy's queue (the engine keeps them in step, through on_requeue).
+        Default: drop it from the ``waiting`` queue, then forget it as if it had finished (a
+        policy's per-request records are released in on_finish)."""
         waiting = getattr(self, "waiting", None)
         if req.status is Status.WAITING and waiting is not None:
             waiting.remove(req)
-        else:
-            self.on_finish(req)
+        self.on_finish(req)
 
     def schedule(self, view: ReplicaView) -> Decision:
         raise NotImplementedError

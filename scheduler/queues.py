@@ -44,46 +44,52 @@ class FCFSQueue:
 class PriorityQueue:
     """Smallest key first, ties by insertion order. ``key`` maps a request to a sortable value.
 
-    Removal is lazy (a tombstone set), so removing from the middle costs O(1) amortised.
+    Removal is lazy, so removing from the middle costs O(1) amortised: each request's live heap
+    entry is recorded by its insertion number, and any other entry of it is stale. (A tombstone
+    per request would revive the stale entry when a removed request is added again, as when an
+    admitted request is handed back, and the request would then be queued twice.)
     """
 
     def __init__(self, key: Callable[[RequestState], object]):
         self._key = key
         self._heap: list = []
         self._counter = itertools.count()
-        self._removed: set[int] = set()
-        self._size = 0
+        self._live: dict[int, int] = {}     # id(request) -> insertion number of its live entry
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._live)
 
     def __bool__(self) -> bool:
-        return self._size > 0
+        return bool(self._live)
+
+    def __contains__(self, req: RequestState) -> bool:
+        return id(req) in self._live
 
     def __iter__(self) -> Iterator[RequestState]:
         """Requests in priority order (sorts a copy; meant for inspection, not hot paths)."""
-        return (r for _, _, r in sorted(self._heap) if id(r) not in self._removed)
+        return (r for _, n, r in sorted(self._heap) if self._live.get(id(r)) == n)
 
     def append(self, req: RequestState) -> None:
-        self._removed.discard(id(req))
-        heapq.heappush(self._heap, (self._key(req), next(self._counter), req))
-        self._size += 1
+        n = next(self._counter)
+        self._live[id(req)] = n
+        heapq.heappush(self._heap, (self._key(req), n, req))
 
     prepend = append  # priority decides; a preempted request competes on its key like any other
 
-    def _drop_removed(self) -> None:
-        while self._heap and id(self._heap[0][2]) in self._removed:
-            self._removed.discard(id(heapq.heappop(self._heap)[2]))
+    def _drop_stale(self) -> None:
+        heap, live = self._heap, self._live
+        while heap and live.get(id(heap[0][2])) != heap[0][1]:
+            heapq.heappop(heap)
 
     def peek(self) -> RequestState:
-        self._drop_removed()
+        self._drop_stale()
         return self._heap[0][2]
 
     def pop(self) -> RequestState:
-        self._drop_removed()
-        self._size -= 1
-        return heapq.heappop(self._heap)[2]
+        self._drop_stale()
+        req = heapq.heappop(self._heap)[2]
+        del self._live[id(req)]
+        return req
 
     def remove(self, req: RequestState) -> None:
-        self._removed.add(id(req))
-        self._size -= 1
+        del self._live[id(req)]

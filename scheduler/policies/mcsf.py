@@ -68,6 +68,11 @@ class MCSF(Policy):
     def requeue(self, req):
         self.waiting.prepend(req)
 
+    def on_requeue(self, req):
+        # Back among the waiting with the prediction it had: a new draw would change its place
+        # and shift the noisy predictor's stream for every later arrival.
+        self.requeue(req)
+
     def rounds_left(self, req) -> int:
         """Rounds to completion by the prediction; one when the request outlived it."""
         return max(1, self.predicted[req.request_id] - req.generated)

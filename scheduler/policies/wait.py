@@ -58,7 +58,7 @@ from scheduler.kvbudget import watermark_blocks
 from scheduler.kvprojection import MemoryProfile
 from scheduler.plan import StepPlan
 from scheduler.queues import FCFSQueue
-from scheduler.state import Decision, RequestState
+from scheduler.state import Decision, RequestState, Status
 
 _EPS = 1e-9
 UNKNOWN_RATE = 0.01    # requests/s assumed when the hint gives lengths but no rate
@@ -70,7 +70,7 @@ class Gate:
 
     name: str
     cap: float                 # n: requests per stage (real)
-    rate: float                # arrival rate into the entry (lambda_j, or Lambda_k)
+    rate: float | None         # arrival rate into the entry (lambda_j, or Lambda_k); None: unknown
     start: int                 # first stage (output tokens generated) of the gate
     stages: int                # stages it spans (chunk stages included)
     queue: FCFSQueue | None = None   # entry of waiting requests (no KV); None for boundary entries
@@ -155,16 +155,17 @@ class ThresholdPolicy(Policy):
         self.info["patience_s"] = self.patience
         self._batch: set[int] = set()
 
+    def workload_described(self) -> bool:
+        return bool(self.hint.get("types")) or self.hint.get("lengths") is not None
+
     def workload_types(self, representative: str) -> list[FluidType]:
-        """The workload's types: declared ones (``--type``), or its output lengths clustered."""
+        """The workload's types: declared ones (``--type``), or its output lengths clustered
+        (when ``workload_described``)."""
         p, hint = self.params, self.hint
         declared = hint.get("types")
         lengths = hint.get("lengths")
         if declared and (p.segments is None or lengths is None):
             return from_request_types(declared)
-        if lengths is None:
-            raise PolicyError(f"policy {self.name} needs the workload's request types or its "
-                              f"length distribution (ReplicaSpec.workload_hint)")
         rate = hint.get("arrival_rate")
         if not rate or not math.isfinite(rate):   # one request, or one instant: plan light load
             rate = UNKNOWN_RATE
@@ -185,6 +186,28 @@ class ThresholdPolicy(Policy):
 
     def prefill_stages(self, prompt: float) -> int:
         return math.ceil(prompt / self.cs) if self.cs else 1
+
+    def single_gate(self, given: list[float] | None) -> Gate:
+        """Without a workload description (a live server whose plug-in configuration names no
+        workload) there are no types, segments, rates or fluid thresholds: explicit ``thresholds``
+        (one value) and ``patience`` make one gate for every request, which runs when its entry
+        holds n requests or its work has waited ``patience`` seconds."""
+        p = self.params
+        if given is None or p.patience is None:
+            raise PolicyError(
+                f"policy {self.name} needs the workload's request types or its length "
+                f"distribution (the run's workload; in vLLM, SERVESIM_WORKLOAD or "
+                f"SERVESIM_POLICY_CONFIG), or else explicit thresholds=N and patience=SECONDS")
+        if len(given) != 1:
+            raise PolicyError(f"policy {self.name}: without a workload description there are no "
+                              f"types or segments: give one threshold, not {len(given)}")
+        longest = self.spec.max_model_len      # no request runs more stages than this
+        gate = Gate("all requests", given[0], None, 0,
+                    self.prefill_stages(longest) + longest - 1, FCFSQueue())
+        self.gates = [gate]
+        self.M_pi = None
+        self.info.update(workload="not described", thresholds=list(given), M_pi=None, dT=None)
+        return gate
 
     def describe(self) -> dict:
         return {**super().describe(), **self.info}
@@ -208,6 +231,19 @@ class ThresholdPolicy(Policy):
     def requeue(self, req):
         self.entry_gate(req).queue.prepend(req)
 
+    def on_requeue(self, req):
+        """The engine sent ``req`` back to waiting (vLLM refused an admission or preempted it):
+        the front of its entry queue, as the policy's own evictions (WAIT: its type's gate;
+        Nested WAIT: the prefill queue, whatever segment it had reached)."""
+        self.requeue(req)
+
+    def on_abort(self, req):
+        """Gone before finishing: out of its entry queue if it waits there (a resident request
+        is in no queue: gates are rebuilt from the engine's view every step), then forgotten."""
+        if req.status is Status.WAITING:
+            self.entry_gate(req).queue.remove(req)
+        self.on_finish(req)
+
     # -- one step -------------------------------------------------------------------------------
     def ready(self, g: Gate, now: float, pending: bool) -> bool:
         q = g.quota()
@@ -225,7 +261,7 @@ class ThresholdPolicy(Policy):
 
     def fill_time(self, g: Gate) -> float:
         missing = g.quota() - g.entries()
-        if missing <= 0:
+        if missing <= 0 or g.rate is None:     # unknown rate: patience counts the wait alone
             return 0.0
         return missing / g.rate if g.rate > 0 else math.inf
 
@@ -463,9 +499,14 @@ class Wait(ThresholdPolicy):
 
     def build(self):
         p = self.params
+        given = _floats(p.thresholds, "thresholds", self.name)
+        self._gate_of: dict[int, Gate] = {}
+        if not self.workload_described():
+            self.single_gate(given)
+            self._names, self._outputs = {}, [math.inf]
+            return
         self.types = self.workload_types("max")
         d0, d1 = self.linear_cost(self.types)
-        given = _floats(p.thresholds, "thresholds", self.name)
         try:
             if given is not None:
                 if len(given) != len(self.types):
@@ -485,7 +526,6 @@ class Wait(ThresholdPolicy):
         self.M_pi = plan.M_pi
         self._names = {t.name: i for i, t in enumerate(self.types)}
         self._outputs = [t.output for t in self.types]
-        self._gate_of: dict[int, Gate] = {}
         self.info.update(types=[t.name for t in self.types], thresholds=list(plan.thresholds),
                          M_pi=plan.M_pi, dT=plan.dT, conditions_met=plan.time_ok and plan.memory_ok,
                          capped=plan.capped)
@@ -535,6 +575,12 @@ class NestedWait(ThresholdPolicy):
     def build(self):
         p = self.params
         self.prefix_rule = not self.cs
+        self._at_boundary: dict[int, tuple[int, float]] = {}
+        given = _floats(p.thresholds, "thresholds", self.name)
+        if not self.workload_described():
+            self.queue = self.single_gate(given).queue     # one segment: the whole decode
+            self._starts, self._ends = [0], [self.spec.max_model_len]
+            return
         bounds = self.workload_types("max")
         types = bounds
         if p.prompt_stat == "mean":
@@ -542,7 +588,6 @@ class NestedWait(ThresholdPolicy):
             types = [FluidType(b.name, m.prompt, b.output, b.rate) for b, m in zip(bounds, means)]
         d0, d1 = self.linear_cost(self.workload_types("mean") if self.hint.get("lengths")
                                   is not None else bounds)
-        given = _floats(p.thresholds, "thresholds", self.name)
         try:
             plan = nested_plan(types, d0, d1, tl=p.tl, thresholds=given, eta=p.eta,
                                slack=p.slack, capacity=self.capacity)
@@ -557,7 +602,6 @@ class NestedWait(ThresholdPolicy):
         self.M_pi = plan.M_pi
         self._starts = [seg.start for seg in plan.segments]
         self._ends = [seg.end for seg in plan.segments]
-        self._at_boundary: dict[int, tuple[int, float]] = {}
         self.info.update(segments=[[s.start, s.end] for s in plan.segments],
                          thresholds=list(plan.thresholds), tl=plan.tl, M_pi=plan.M_pi, dT=plan.dT,
                          conditions_met=plan.time_ok and plan.ratios_ok, capped=plan.capped)
