@@ -174,5 +174,34 @@ def test_wait_rejects_bad_thresholds_and_missing_workload_facts():
         run(reqs, "wait", {"thresholds": "3,4"}, workload_hint=hint(LOW_TYPES[:1]))
     with pytest.raises(PolicyError, match="comma-separated numbers"):
         run(reqs, "wait", {"thresholds": "x"}, workload_hint=hint(LOW_TYPES[:1]))
-    with pytest.raises(PolicyError, match="needs the workload.s request types or its length distribution"):
+    with pytest.raises(PolicyError, match="needs the workload.s request types or its length "
+                                          "distribution .* or else explicit thresholds=N and "
+                                          "patience=SECONDS"):
         run(reqs, "wait", workload_hint=None)
+    with pytest.raises(PolicyError, match="patience=SECONDS"):
+        run(reqs, "nested-wait", {"thresholds": "3"}, workload_hint=None)
+    with pytest.raises(PolicyError, match="without a workload description .* one threshold, "
+                                          "not 2"):
+        run(reqs, "wait", {"thresholds": "3,4", "patience": 1.0}, workload_hint=None)
+
+
+@pytest.mark.parametrize("policy", ["wait", "nested-wait"])
+def test_without_a_workload_description_explicit_thresholds_gate_every_request(policy):
+    """A live server told nothing about its workload: thresholds=3 and patience=0.05 s (five
+    iterations) make one gate for every request, with the arrival rate measured. Sparse
+    arrivals run at once; a dense stream (200 req/s, two arrivals per 10 ms iteration) is
+    admitted in threes; when it stops, the rest drains within a few patience times although
+    arrivals are not over (a last request comes at t = 100 s)."""
+    arrivals = [0.0, 5.0, 10.0] + [15.0 + 0.005 * i for i in range(400)] + [100.0]
+    reqs = [Request(i, t, 10, 4) for i, t in enumerate(arrivals)]
+    r = run(reqs, policy, {"thresholds": "3", "patience": 0.05}, cost=LinearCost(c0=0.01),
+            kv_tokens=100_000, workload_hint=None)
+    frame = r.requests.sort_values("request_id")
+    assert frame["first_scheduled_s"].tolist()[:3] == [0.0, 5.0, 10.0]
+    tl = r.timeline
+    dense = tl[(tl["start_s"] > 15.5) & (tl["start_s"] < 17.0) & (tl["prefill_requests"] > 0)]
+    assert len(dense) > 40 and (dense["prefill_requests"] == 3).all()
+    stream = frame[(frame["arrival_s"] >= 15.0) & (frame["arrival_s"] < 20.0)]
+    assert stream["completion_s"].max() < 17.0 + 0.2
+    assert r.policy.info["workload"] == "not described"
+    assert (frame["status"] == "completed").all()

@@ -62,6 +62,10 @@ from scheduler.state import Decision, RequestState, Status
 
 _EPS = 1e-9
 UNKNOWN_RATE = 0.01    # requests/s assumed when the hint gives lengths but no rate
+# Without a workload description a gate's arrival rate is measured: an exponentially decayed
+# count of its arrivals with this time constant, in patience times (long enough to average
+# several thresholds' worth of arrivals under load, short enough to notice a pause soon).
+RATE_MEMORY = 10.0
 
 
 @dataclass(eq=False)
@@ -70,11 +74,13 @@ class Gate:
 
     name: str
     cap: float                 # n: requests per stage (real)
-    rate: float | None         # arrival rate into the entry (lambda_j, or Lambda_k); None: unknown
+    rate: float | None         # arrival rate into the entry (lambda_j, or Lambda_k); None: measured
     start: int                 # first stage (output tokens generated) of the gate
     stages: int                # stages it spans (chunk stages included)
     queue: FCFSQueue | None = None   # entry of waiting requests (no KV); None for boundary entries
     blocked_since: float | None = None
+    measured: float = 0.0      # rate None: decayed arrival count / time constant (requests/s) ...
+    measured_at: float = -math.inf   # ... as of this time
     credit: float = math.inf   # admissions available (a token bucket: n per run, at most ceil(n))
     # filled by each schedule call:
     entry: list = field(default_factory=list)
@@ -153,7 +159,9 @@ class ThresholdPolicy(Policy):
         dT = self.info["dT"]
         self.patience = p.patience if p.patience is not None else p.patience_factor * dT
         self.info["patience_s"] = self.patience
+        self.rate_memory = max(RATE_MEMORY * self.patience, _EPS)
         self._batch: set[int] = set()
+        self._now = 0.0
 
     def workload_described(self) -> bool:
         return bool(self.hint.get("types")) or self.hint.get("lengths") is not None
@@ -190,8 +198,9 @@ class ThresholdPolicy(Policy):
     def single_gate(self, given: list[float] | None) -> Gate:
         """Without a workload description (a live server whose plug-in configuration names no
         workload) there are no types, segments, rates or fluid thresholds: explicit ``thresholds``
-        (one value) and ``patience`` make one gate for every request, which runs when its entry
-        holds n requests or its work has waited ``patience`` seconds."""
+        (one value) and ``patience`` make one gate for every request. Its arrival rate, which the
+        patience rule needs (a gate runs when its wait plus the expected time to fill reaches
+        ``patience``), is measured from the arrivals (``RATE_MEMORY``)."""
         p = self.params
         if given is None or p.patience is None:
             raise PolicyError(
@@ -226,7 +235,17 @@ class ThresholdPolicy(Policy):
 
     # -- events ---------------------------------------------------------------------------------
     def on_arrival(self, req):
-        self.entry_gate(req).queue.append(req)
+        g = self.entry_gate(req)
+        g.queue.append(req)
+        if g.rate is None:
+            g.measured = self.measured_rate(g, req.arrival_s) + 1 / self.rate_memory
+            g.measured_at = max(g.measured_at, req.arrival_s)
+
+    def measured_rate(self, g: Gate, now: float) -> float:
+        """Arrivals per second into ``g``, from the ones seen (gates whose rate is unknown)."""
+        if g.measured_at > now:
+            return g.measured
+        return g.measured * math.exp(-(now - g.measured_at) / self.rate_memory)
 
     def requeue(self, req):
         self.entry_gate(req).queue.prepend(req)
@@ -261,9 +280,10 @@ class ThresholdPolicy(Policy):
 
     def fill_time(self, g: Gate) -> float:
         missing = g.quota() - g.entries()
-        if missing <= 0 or g.rate is None:     # unknown rate: patience counts the wait alone
+        if missing <= 0:
             return 0.0
-        return missing / g.rate if g.rate > 0 else math.inf
+        rate = g.rate if g.rate is not None else self.measured_rate(g, self._now)
+        return missing / rate if rate > 0 else math.inf
 
     def pending(self) -> list[bool]:
         """Whether each gate holds work it is (or, by the prefix rule, later gates are) waiting on."""
