@@ -35,11 +35,17 @@ Policy parameters named like vLLM's scheduler options (``max_num_batched_tokens`
 ``vllm-v1`` sees the same limits as the server it replaces.
 
 Configuration, read when the scheduler first needs its policy: ``SERVESIM_POLICY`` (name),
-``SERVESIM_POLICY_PARAMS`` (``k=v,k=v`` or a JSON object), ``SERVESIM_POLICY_SEED``, or
-``SERVESIM_POLICY_CONFIG`` naming a YAML/TOML/JSON file with keys ``policy``, ``policy_params``,
-``seed``, ``workload_hint`` and, for policies that plan with a cost model, ``cost_model``,
-``cost_params``, ``model``, ``gpu`` (as in ``servesim run``). Environment variables override the
-file. Nothing is read when ``configure()`` was called first (vLLM in the loop does that).
+``SERVESIM_POLICY_PARAMS`` (``k=v,k=v`` or a JSON object), ``SERVESIM_POLICY_SEED``,
+``SERVESIM_WORKLOAD`` (a JSON or YAML-flow object of run-config fields) and
+``SERVESIM_POLICY_CONFIG`` naming a YAML/TOML/JSON run-config file (the file ``servesim run
+--config`` reads: ``policy``, ``policy_params``, ``seed``, the workload, ``model``, ``gpu``,
+``cost_model``...). Variables override the file. The run-config fields describe what a policy
+plans with, exactly as in a simulation: the expected workload (``types``, or ``rate`` with
+``prompt_len``/``output_len``, a ``trace`` or a ``lengths_file``) becomes the policy's
+``ReplicaSpec.workload_hint`` and ``model``/``gpu``/``cost_model`` its cost model, both built by
+``simulator.runner`` (``planning_inputs``). Fields that describe the simulated replica
+(``kv_capacity``, ``block_size``...) are the server's own here and are not used. Nothing is read
+when ``configure()`` was called first (vLLM in the loop does that).
 
 vLLM is imported only when one of the classes is first requested (module ``__getattr__``), so
 importing this module, and everything else in ``scheduler/``, works without vLLM installed.
@@ -62,9 +68,9 @@ ENV_POLICY = "SERVESIM_POLICY"
 ENV_PARAMS = "SERVESIM_POLICY_PARAMS"
 ENV_SEED = "SERVESIM_POLICY_SEED"
 ENV_CONFIG = "SERVESIM_POLICY_CONFIG"
+ENV_WORKLOAD = "SERVESIM_WORKLOAD"
 DEFAULT_POLICY = "vllm-v1"
-CONFIG_KEYS = ("policy", "policy_params", "seed", "workload_hint", "cost_model", "cost_params",
-               "model", "gpu")
+POLICY_KEYS = ("policy", "policy_params", "seed")
 # Policy parameters that mean the same as a vLLM SchedulerConfig field of the same name.
 MIRRORED_PARAMS = ("max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill",
                    "long_prefill_token_threshold", "reserve_full_prompt")
@@ -79,18 +85,27 @@ class PluginConfig:
     policy: str = DEFAULT_POLICY
     policy_params: dict = field(default_factory=dict)
     seed: int = 0
-    workload_hint: Any = None
-    cost_model: str | None = None
-    cost_params: dict = field(default_factory=dict)
-    model: str = "llama-2-7b"
-    gpu: str = "a100-80gb"
+    run: dict = field(default_factory=dict)   # the other run-config fields given (workload, cost)
 
     def to_env(self) -> dict[str, str]:
-        """Environment variables that reproduce the policy part of this config."""
+        """Environment variables that reproduce this config."""
         env = {ENV_POLICY: self.policy, ENV_SEED: str(self.seed)}
         if self.policy_params:
             env[ENV_PARAMS] = json.dumps(self.policy_params, sort_keys=True)
+        if self.run:
+            env[ENV_WORKLOAD] = json.dumps(self.run, sort_keys=True)
         return env
+
+    def run_config(self):
+        """The ``RunConfig`` these fields make (defaults for the rest), validated."""
+        from simulator.config import build_config
+        return build_config(self.run, {"policy": self.policy,
+                                       "policy_params": self.policy_params, "seed": self.seed})
+
+    @property
+    def describes_workload(self) -> bool:
+        from simulator.config import WORKLOAD_FIELDS
+        return any(k in self.run for k in WORKLOAD_FIELDS)
 
 
 def parse_params_text(text: str, source: str) -> dict:
@@ -119,37 +134,59 @@ def parse_params_text(text: str, source: str) -> dict:
 
 def _read_config_file(path: Path) -> dict:
     # Lazy: the run-config reader of the simulator (same formats, same one-line errors).
-    from simulator.config import read_mapping_file
-    raw = read_mapping_file(path, f"{ENV_CONFIG}:", json_ok=True)
-    unknown = [k for k in raw if k.replace("-", "_") not in CONFIG_KEYS]
-    if unknown:
-        raise PolicyError(f"{ENV_CONFIG}: {path}: unknown key {unknown[0]!r}; allowed: "
-                          f"{', '.join(CONFIG_KEYS)}")
-    return {k.replace("-", "_"): v for k, v in raw.items()}
+    from simulator.config import check_fields, read_mapping_file
+    return check_fields(read_mapping_file(path, f"{ENV_CONFIG}:", json_ok=True),
+                        f"{ENV_CONFIG} {path}")
+
+
+def _read_workload_env(text: str) -> dict:
+    import yaml
+
+    from simulator.config import check_fields
+    try:
+        value = yaml.safe_load(text)      # JSON, or YAML's flow style: {types: [p512d20:8]}
+    except yaml.YAMLError as e:
+        raise PolicyError(f"{ENV_WORKLOAD}: not a JSON or YAML object: "
+                          f"{str(e).splitlines()[0]}")
+    if not isinstance(value, dict):
+        raise PolicyError(f"{ENV_WORKLOAD}: expected an object of run-config fields, e.g. "
+                          f"{{\"types\": [\"p512d20:8\"]}}")
+    return check_fields(value, ENV_WORKLOAD)
 
 
 def load_plugin_config(environ: dict | None = None) -> PluginConfig:
-    """The policy configuration from ``SERVESIM_POLICY_CONFIG`` and the other variables."""
+    """The plug-in configuration from ``SERVESIM_POLICY_CONFIG`` and the other variables
+    (variables override the file; parameter mappings are merged key by key)."""
     env = os.environ if environ is None else environ
-    values: dict = {}
+    given: dict = {}
     if env.get(ENV_CONFIG):
-        values.update(_read_config_file(Path(env[ENV_CONFIG])))
+        given.update(_read_config_file(Path(env[ENV_CONFIG])))
+    overrides: dict = {}
+    if env.get(ENV_WORKLOAD):
+        overrides.update(_read_workload_env(env[ENV_WORKLOAD]))
     if env.get(ENV_POLICY):
-        values["policy"] = env[ENV_POLICY]
+        overrides["policy"] = env[ENV_POLICY]
     if env.get(ENV_PARAMS):
-        values["policy_params"] = {**(values.get("policy_params") or {}),
-                                   **parse_params_text(env[ENV_PARAMS], ENV_PARAMS)}
+        overrides["policy_params"] = parse_params_text(env[ENV_PARAMS], ENV_PARAMS)
     if env.get(ENV_SEED):
-        values["seed"] = env[ENV_SEED]
-    try:
-        values["seed"] = int(values.get("seed", 0))
-    except (TypeError, ValueError):
-        raise PolicyError(f"{ENV_SEED}: seed must be an integer, got {values.get('seed')!r}")
-    if not isinstance(values.get("policy_params") or {}, dict):
-        raise PolicyError("policy_params must be a mapping of parameter: value")
-    cfg = PluginConfig(**{k: v for k, v in values.items() if v is not None})
-    policy_class(cfg.policy)          # fail early, with the list of names, on a typo
-    return cfg
+        try:
+            overrides["seed"] = int(env[ENV_SEED])
+        except ValueError:
+            raise PolicyError(f"{ENV_SEED}: seed must be an integer, got {env[ENV_SEED]!r}")
+    return plugin_config(given, overrides)
+
+
+def plugin_config(given: dict, overrides: dict) -> PluginConfig:
+    """The configuration made of a run-config file's checked values (``given``) and overrides
+    (variables, or ``servesim serve`` flags), merged and validated by the run-config code, as
+    for ``servesim run --config FILE --flags``."""
+    from simulator.config import build_config
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    run = build_config(given, overrides)
+    policy_class(run.policy)          # fail early, with the list of names, on a typo
+    keys = set(given) | set(overrides)
+    return PluginConfig(policy=run.policy, policy_params=run.policy_params, seed=run.seed,
+                        run={k: getattr(run, k) for k in sorted(keys) if k not in POLICY_KEYS})
 
 
 def build_policy(cfg: PluginConfig, server_options: dict) -> Policy:
@@ -164,14 +201,17 @@ def build_policy(cfg: PluginConfig, server_options: dict) -> Policy:
     return make_policy(cfg.policy, params)
 
 
-def _plugin_cost_model(cfg: PluginConfig):
-    if not cfg.cost_model:
-        return None
-    # Lazy: only a policy that plans with a cost model needs the simulator's cost models.
-    from simulator.cost.factory import build_cost_model
-    from simulator.hardware import gpu_spec, model_spec
-    return build_cost_model(cfg.cost_model, model_spec(cfg.model), gpu_spec(cfg.gpu),
-                            cfg.cost_params)
+def planning_inputs(cfg: PluginConfig) -> tuple[Any, dict | None]:
+    """(cost model, workload hint) a policy plans with, built from the run-config fields by the
+    simulator's own code, as ``servesim run`` builds them: the hint only when a workload is
+    described (never from the defaults), the cost model whenever any run field is given."""
+    if not cfg.run:
+        return None, None
+    # Lazy: only a configuration with run fields needs the simulator's workloads and cost models.
+    from simulator.runner import build_replica, build_workload, policy_hint
+    run = cfg.run_config()
+    hint = policy_hint(run, build_workload(run)) if cfg.describes_workload else None
+    return build_replica(run, hint).cost_model, hint
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,9 +288,9 @@ class PolicySchedulingMixin:
     def _policy(self) -> Policy:
         if self.servesim_policy is None:
             cfg = load_plugin_config()
-            self.configure(build_policy(cfg, self.server_options()),
-                           cost_model=_plugin_cost_model(cfg), workload_hint=cfg.workload_hint,
-                           seed=cfg.seed)
+            cost_model, hint = planning_inputs(cfg)
+            self.configure(build_policy(cfg, self.server_options()), cost_model=cost_model,
+                           workload_hint=hint, seed=cfg.seed)
         return self.servesim_policy
 
     # -- requests in and out ---------------------------------------------------------------------

@@ -149,6 +149,13 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+# The fields that describe the workload (arrivals and lengths); the others describe the policy,
+# the replica and the outputs. The vLLM plug-in builds a workload hint only from these.
+WORKLOAD_FIELDS = ("arrival", "rate", "cv", "rate_schedule", "num_requests", "duration",
+                   "prompt_len", "output_len", "types", "trace", "trace_format", "trace_options",
+                   "trace_strict", "trace_start", "trace_end", "speedup", "target_rate",
+                   "prompt_range", "output_range", "truncate", "generate_arrivals",
+                   "lengths_file")
 
 
 def _check_choice(name, value, choices):

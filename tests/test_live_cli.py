@@ -7,13 +7,17 @@ import json
 import pandas as pd
 import pytest
 
-from scheduler.base import PolicyError
-from scheduler.vllm_adapter import (ENV_CONFIG, ENV_PARAMS, ENV_POLICY, ENV_SEED,
-                                    load_plugin_config, parse_params_text)
+from scheduler.base import PolicyError, make_policy
+from scheduler.state import ReplicaSpec
+from scheduler.vllm_adapter import (ENV_CONFIG, ENV_PARAMS, ENV_POLICY, ENV_SEED, ENV_WORKLOAD,
+                                    PluginConfig, build_policy, load_plugin_config,
+                                    parse_params_text, planning_inputs)
 from simulator.cli import main
 from simulator.cli.live import serve_command
 from simulator.compare import compare, relative_error
+from simulator.config import WORKLOAD_FIELDS, FIELDS, build_config, load_config_file
 from simulator.errors import ConfigError
+from simulator.runner import build_replica, build_workload, policy_hint
 
 
 def test_serve_dry_run_prints_the_vllm_command(capsys):
@@ -28,7 +32,7 @@ def test_serve_dry_run_prints_the_vllm_command(capsys):
 
 
 def test_serve_sync_uses_the_sync_scheduler_and_disables_async():
-    env, argv = serve_command("vllm-v1", {}, 0, ["m"], sync=True)
+    env, argv = serve_command(PluginConfig(), ["m"], sync=True)
     assert argv[-3:] == ["--scheduler-cls", "scheduler.vllm_adapter.ServesimScheduler",
                          "--no-async-scheduling"]
     assert env[ENV_POLICY] == "vllm-v1"
@@ -39,7 +43,7 @@ def test_serve_rejects_bad_policy_and_owned_flags(capsys):
     assert "unknown policy 'nope'" in capsys.readouterr().err
     assert main(["serve", "--policy", "sjf", "-p", "predictor=bad", "--dry-run", "--", "m"]) == 2
     with pytest.raises(ConfigError, match="--scheduler-cls is set by servesim serve"):
-        serve_command("sjf", {}, 0, ["m", "--scheduler-cls=x.Y"], sync=False)
+        serve_command(PluginConfig("sjf"), ["m", "--scheduler-cls=x.Y"], sync=False)
 
 
 def test_plugin_config_from_environment_and_file(tmp_path):
@@ -58,8 +62,89 @@ def test_plugin_config_from_environment_and_file(tmp_path):
         parse_params_text("chunk_size", ENV_PARAMS)
     bad = tmp_path / "bad.yaml"
     bad.write_text("policy: sjf\nbudget: 3\n")
-    with pytest.raises(PolicyError, match="unknown key 'budget'"):
+    with pytest.raises(ConfigError, match="unknown key 'budget'"):
         load_plugin_config({ENV_CONFIG: str(bad)})
+
+
+def bound_like_the_simulator(run_cfg, policy):
+    """The policy of `servesim run` with ``run_cfg``, bound to its replica."""
+    spec = build_replica(run_cfg, policy_hint(run_cfg, build_workload(run_cfg)))
+    policy.bind(spec)
+    return spec
+
+
+def bound_like_the_plugin(environ: dict, spec: ReplicaSpec):
+    """The policy the vLLM plug-in builds from ``environ``, bound to a server's replica with
+    ``spec``'s KV capacity (what the adapter's configure() does)."""
+    cfg = load_plugin_config(environ)
+    cost_model, hint = planning_inputs(cfg)
+    policy = build_policy(cfg, {})
+    policy.bind(ReplicaSpec(spec.num_blocks, spec.block_size, spec.max_model_len,
+                            cost_model=cost_model, workload_hint=hint, seed=cfg.seed))
+    return cfg, policy
+
+
+def test_plugin_plans_wait_from_a_run_config_file_as_the_simulator_does(tmp_path):
+    """The run config a simulation used, given to the plug-in as it is: the same workload hint
+    and cost model, so the same fluid thresholds (replica fields such as kv_capacity and out
+    are the server's business and ignored)."""
+    run_file = tmp_path / "wait.yaml"
+    run_file.write_text("policy: wait\ntypes: [p512d20:6, p512d50:2]\nmodel: llama-2-7b\n"
+                        "gpu: a100-80gb\nkv_capacity: 137000\nout: runs/wait\n")
+    sim = make_policy("wait")
+    spec = bound_like_the_simulator(build_config(load_config_file(run_file)), sim)
+    cfg, live = bound_like_the_plugin({ENV_CONFIG: str(run_file)}, spec)
+    assert cfg.policy == "wait" and cfg.describes_workload
+    assert live.info["types"] == ["p512d20", "p512d50"]
+    for key in ("thresholds", "d0", "d1", "M_pi", "patience_s"):
+        assert live.info[key] == sim.info[key], key
+    assert live.info["cost_fit"] == "fit"           # fitted to the roofline model, as in run
+
+
+def test_plugin_plans_nested_wait_from_rate_and_lengths_in_the_environment():
+    workload = '{rate: 4, prompt_len: "256:1024", output_len: "16:512", seed: 3}'
+    run_cfg = build_config({}, {"policy": "nested-wait", "policy_params": {"segments": "4"},
+                                "rate": 4.0, "prompt_len": "256:1024", "output_len": "16:512",
+                                "seed": 3, "kv_capacity": 50_000})
+    sim = make_policy("nested-wait", {"segments": "4"})
+    spec = bound_like_the_simulator(run_cfg, sim)
+    cfg, live = bound_like_the_plugin({ENV_POLICY: "nested-wait", ENV_PARAMS: "segments=4",
+                                       ENV_WORKLOAD: workload}, spec)
+    assert cfg.run == {"output_len": "16:512", "prompt_len": "256:1024", "rate": 4.0}
+    assert cfg.seed == 3 and len(live.info["segments"]) == 4
+    for key in ("segments", "thresholds", "d0", "d1", "patience_s"):
+        assert live.info[key] == sim.info[key], key
+
+
+def test_plugin_without_a_workload_builds_no_hint():
+    assert planning_inputs(load_plugin_config({})) == (None, None)
+    # A cost model alone (for the policies that plan with one), but no hint from the defaults.
+    cost_model, hint = planning_inputs(load_plugin_config({ENV_WORKLOAD: "{gpu: h100-80gb}"}))
+    assert hint is None and cost_model.gpu.name == "h100-80gb"
+    assert set(WORKLOAD_FIELDS) < set(FIELDS)
+
+
+def test_plugin_workload_errors_are_one_line():
+    with pytest.raises(ConfigError, match=f"{ENV_WORKLOAD}: types must be a list"):
+        load_plugin_config({ENV_WORKLOAD: '{"types": "p512d20:8"}'})
+    with pytest.raises(PolicyError, match=f"{ENV_WORKLOAD}: expected an object"):
+        load_plugin_config({ENV_WORKLOAD: "[1, 2]"})
+    with pytest.raises(ConfigError, match="rate must be a positive number"):
+        load_plugin_config({ENV_WORKLOAD: "{rate: -1}"})
+
+
+def test_serve_passes_the_workload_and_refuses_wait_without_one(capsys):
+    assert main(["serve", "--policy", "wait", "--type", "p512d20:8", "--model", "llama-2-7b",
+                 "--dry-run", "--", "m"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert f"""{ENV_WORKLOAD}='{{"model": "llama-2-7b", "types": ["p512d20:8"]}}'""" in line
+    assert main(["serve", "--policy", "wait", "--dry-run", "--", "m"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "policy wait needs the workload" in err
+    # Explicit thresholds and patience need no workload.
+    assert main(["serve", "--policy", "wait", "-p", "thresholds=4", "-p", "patience=0.05",
+                 "--dry-run", "--", "m"]) == 0
+    assert ENV_WORKLOAD not in capsys.readouterr().out
 
 
 def _run_dir(path, ttft, e2el, completed=3):

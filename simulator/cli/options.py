@@ -124,18 +124,27 @@ REPLICA_FLAGS = ("policy", "policy_param", "engine", "model", "gpu", "cost_model
                  "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len")
 
 
-def workload_options(f):
+def workload_options(f, keep: tuple[str, ...] = ()):
     """Decorate a click command with the run flags that describe the workload (config file,
-    arrivals, lengths, seed, SLOs...), for commands that drive a real server."""
+    arrivals, lengths, seed, SLOs...), and those of REPLICA_FLAGS named in ``keep``, for
+    commands that drive a real server."""
     for opt in reversed(_OPTIONS):
         name = opt(lambda: None).__click_params__[-1].name
-        if name not in REPLICA_FLAGS:
+        if name not in REPLICA_FLAGS or name in keep:
             f = opt(f)
     return f
 
 
 def config_from_options(opts: dict, extra: dict | None = None):
     """Build a validated RunConfig from the run flags (and an optional config file)."""
+    file_values, overrides = option_fields(opts)
+    overrides.update(extra or {})
+    return build_config(file_values, overrides)
+
+
+def option_fields(opts: dict) -> tuple[dict, dict]:
+    """(the config file's values, the run fields the flags give) of the run flags in ``opts``
+    (flags not given are left out)."""
     file_values = load_config_file(opts["config_file"]) if opts.get("config_file") else {}
     overrides = {
         "policy": opts.get("policy"),
@@ -180,8 +189,7 @@ def config_from_options(opts: dict, extra: dict | None = None):
         file_values.pop("num_requests")
     if overrides["num_requests"] is not None and "duration" in file_values:
         file_values.pop("duration")
-    overrides.update(extra or {})
-    return build_config(file_values, overrides)
+    return file_values, {k: v for k, v in overrides.items() if v is not None}
 
 
 def with_run_options(f):
