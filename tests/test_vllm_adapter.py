@@ -17,7 +17,10 @@ require_vllm()
 from scheduler.base import Policy, QueuedPolicy, make_policy, register  # noqa: E402
 from scheduler.plan import StepPlan  # noqa: E402
 from scheduler.state import ReplicaSpec  # noqa: E402
+from simulator.cost.linear import LinearCost  # noqa: E402
 from simulator.hardware import model_spec  # noqa: E402
+from tests.fluid_helpers import hint  # noqa: E402
+from traces.lengths import RequestType  # noqa: E402
 from simulator.vllm_engine import (build_scheduler, model_output,  # noqa: E402
                                    scheduler_options, vllm_request)
 from traces.request import Request  # noqa: E402
@@ -34,9 +37,12 @@ def spec(num_blocks=60, block_size=16, max_model_len=4096):
     return ReplicaSpec(num_blocks=num_blocks, block_size=block_size, max_model_len=max_model_len)
 
 
-def adapter(policy, blocks=60, options=OPTIONS, async_scheduling=False):
+COST = LinearCost.paper(0.01, 1e-5)     # what the fluid policies plan with
+
+
+def adapter(policy, blocks=60, options=OPTIONS, async_scheduling=False, workload_hint=None):
     s = build_scheduler(MODEL, spec(blocks), options, async_scheduling=async_scheduling)
-    s.configure(policy)
+    s.configure(policy, cost_model=COST, workload_hint=workload_hint)
     return s
 
 
@@ -56,11 +62,16 @@ class Step:
 
 
 def drive(sched, requests, max_steps=5000, check=None):
-    """Add request i at step floor(arrival); run until all finish. Returns the step records."""
+    """Add request i at step floor(arrival); run until all finish. Returns the step records.
+    The adapter's clock is the step number (the arrival times' unit); as in a live server,
+    ``arrivals_done`` is never set."""
     pending = sorted(requests, key=lambda r: r.arrival_s)
     steps = []
     capacity = sched.kv_cache_manager.block_pool.num_gpu_blocks - 1
+    now = [0.0]
+    sched.clock = lambda: now[0]
     for step in range(max_steps):
+        now[0] = float(step)
         while pending and pending[0].arrival_s <= step:
             sched.add_request(vllm_request(pending.pop(0)))
         if not pending and not sched.has_unfinished_requests():
@@ -84,11 +95,16 @@ def drive(sched, requests, max_steps=5000, check=None):
 
 @pytest.mark.parametrize("name,params", [("vllm-v1", {}), ("sjf", {}),
                                          ("sarathi", {"chunk_size": 128}), ("orca", {}),
-                                         ("vllm", {}), ("static", {})])
+                                         ("vllm", {}), ("static", {}), ("wait", {}),
+                                         ("wait", {"chunk_size": 64}), ("nested-wait", {}),
+                                         ("mcsf", {"predictor": "noisy"})])
 def test_every_request_finishes_and_kv_never_over_allocated(name, params):
     # V0 runs whole prompts only, so its server needs a budget of max_model_len tokens.
-    options = {**OPTIONS, "max_num_batched_tokens": 4096} if name == "vllm" else OPTIONS
-    sched = adapter(make_policy(name, params), options=options)
+    options = {**OPTIONS, "max_num_batched_tokens": 4096} if name in ("vllm", "wait") else \
+        OPTIONS
+    # WAIT and Nested WAIT plan with the workload, described as a run describes it.
+    sched = adapter(make_policy(name, params), options=options,
+                    workload_hint=hint(requests=workload()))
     steps = drive(sched, workload())
     finished = {rid for s in steps for rid in s.tokens}
     assert finished == {str(i) for i in range(24)}
@@ -199,25 +215,20 @@ def test_sjf_order_is_honored_by_vllm():
     assert order == [str(i) for i in range(6)]       # vLLM alone: FCFS
 
 
-@register
-class HoldUntilK(QueuedPolicy):
-    """A tiny admission gate in the spirit of WAIT (written here because WAIT was not on main
-    when this test was written): no new prefill until ``k`` requests wait, then all of them."""
-    name = "test-hold-until-k"
-    k = 4
-
-    def schedule(self, view):
-        plan = StepPlan(view, float("inf"))
-        for req in plan.running:
-            plan.schedule_resident(req, req.remaining)
-        if len(self.waiting) >= self.k or (view.arrivals_done and self.waiting):
-            while self.waiting and plan.admit(self.waiting.peek(), self.waiting.peek().remaining):
-                self.waiting.pop()
-        return plan.decision()
+def gated_wait(threshold=4, patience=1000.0, rate=1.0, options=OPTIONS):
+    """WAIT inside vLLM for one type (prompt 16, output 4, ``rate`` req/s), with an explicit
+    threshold and patience; the adapter's clock reads ``clock[0]``."""
+    policy = make_policy("wait", {"thresholds": str(threshold), "patience": patience,
+                                  "d0": 0.01, "d1": 1e-5})
+    sched = adapter(policy, options=options,
+                    workload_hint=hint([RequestType("p16d4", 16, 4, rate)]))
+    clock = [0.0]
+    sched.clock = lambda: clock[0]
+    return sched, clock
 
 
-def test_admission_gate_holds_new_prefills_until_the_threshold():
-    sched = adapter(make_policy("test-hold-until-k"))
+def test_wait_holds_new_prefills_until_the_threshold():
+    sched, _ = gated_wait()
     for i in range(3):
         sched.add_request(vllm_request(Request(i, 0.0, 16, 4)))
         out = sched.schedule()
@@ -228,8 +239,96 @@ def test_admission_gate_holds_new_prefills_until_the_threshold():
     out = sched.schedule()
     assert out.num_scheduled_tokens == {str(i): 16 for i in range(4)}   # released together
     sched.update_from_output(out, model_output(out, sched.requests))
-    drive(sched, [])
-    assert not sched.requests
+    # The pipeline advances only when the next 4 have arrived (the paper's rule): the first
+    # four stay paused, with their KV, until requests 4-7 are in.
+    for i in range(4, 8):
+        out = sched.schedule()
+        assert not out.num_scheduled_tokens and len(sched.running) == 4
+        sched.update_from_output(out, model_output(out, sched.requests))
+        sched.add_request(vllm_request(Request(i, 0.0, 16, 4)))
+    out = sched.schedule()
+    assert sorted(out.num_scheduled_tokens.items()) == \
+        [(str(i), 1) for i in range(4)] + [(str(i), 16) for i in range(4, 8)]
+    assert sched.servesim_stats.divergent_steps == 0
+
+
+class ModelExecutorStandIn:
+    """What vLLM's engine core asks of its model executor in ``step()``: outputs fabricated as
+    everywhere in these tests, and the time each request first ran."""
+
+    def __init__(self, sched, clock):
+        self.sched, self.clock, self.first = sched, clock, {}
+
+    def execute_model(self, out, non_block=False):
+        from concurrent.futures import Future
+
+        from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+        for rid in out.num_scheduled_tokens:
+            self.first.setdefault(rid, self.clock[0])
+        result = Future()
+        result.set_result(model_output(out, self.sched.requests) if out.num_scheduled_tokens
+                          else EMPTY_MODEL_RUNNER_OUTPUT)
+        return result
+
+
+def serve_like_engine_core(sched, arrivals, clock, iteration_s=0.01, until=60.0):
+    """vLLM 0.32's engine core loop (vllm/v1/engine/core.py), with vLLM's own ``step()``:
+    while the scheduler has requests, run_busy_loop does not block on its input queue and calls
+    step(), which calls schedule() and update_from_output() even when the batch is empty; after
+    a step that ran nothing, _process_engine_step sleeps 1 ms. Time is ``clock[0]``: an
+    iteration takes ``iteration_s``, an empty step 1 ms. Returns ({request id: first scheduled
+    time}, [the policy's wake_at after each empty step])."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from vllm.v1.engine.core import EngineCore
+    executor = ModelExecutorStandIn(sched, clock)
+    core = SimpleNamespace(   # the parts of an EngineCore that step() touches
+        scheduler=sched, model_executor=executor, _should_throttle_prefills=lambda: False,
+        capture_iteration_details=lambda out: nullcontext(None),
+        log_error_detail=lambda out: nullcontext(), _process_aborts_queue=lambda: None,
+        _attach_iteration_details=lambda *args: None, _attach_weight_version=lambda *args: None)
+    pending = sorted(arrivals, key=lambda r: r.arrival_s)
+    wakes = []
+    while clock[0] < until:
+        while pending and pending[0].arrival_s <= clock[0]:
+            sched.add_request(vllm_request(pending.pop(0)))
+        if not sched.has_requests():
+            if not pending:
+                return executor.first, wakes
+            clock[0] = pending[0].arrival_s          # an idle engine waits for input
+            continue
+        _, model_executed = EngineCore.step(core)
+        if model_executed:
+            clock[0] += iteration_s
+        else:
+            wakes.append(sched.wake_at)
+            clock[0] += 0.001
+    raise AssertionError(f"requests stranded: {sorted(sched.requests)} unfinished at "
+                         f"t={clock[0]}")
+
+
+@pytest.mark.parametrize("name", ["wait", "nested-wait"])
+def test_patience_releases_below_threshold_requests_in_a_live_server(name):
+    """A live server never says that arrivals are over (view.arrivals_done stays False), and
+    nothing wakes the scheduler at a Decision.wake_at; but vLLM's engine core polls schedule()
+    every millisecond while requests are unfinished, so the patience rule releases a group
+    below its threshold when its wait plus the expected time to fill (missing / rate) reaches
+    the patience. Here: threshold 4, rate 100 req/s, patience 0.5 s; two requests at t = 0 are
+    released at 0.5 - 2/100 = 0.48 s (what the policy's wake_at says), each later stage after
+    0.5 - 4/100 s more, and a lone request at t = 3 at 3 + 0.5 - 3/100: nobody is stranded."""
+    policy = make_policy(name, {"thresholds": "4", "patience": 0.5, "d0": 0.01, "d1": 1e-5})
+    sched = adapter(policy, workload_hint=hint([RequestType("p16d4", 16, 4, 100.0)]))
+    clock = [0.0]
+    sched.clock = lambda: clock[0]
+    reqs = [Request(0, 0.0, 16, 4), Request(1, 0.0, 16, 4), Request(2, 3.0, 16, 4)]
+    first, wakes = serve_like_engine_core(sched, reqs, clock)
+    assert first["0"] == first["1"] == pytest.approx(0.48, abs=0.0011)
+    assert wakes[0] == pytest.approx(0.48)
+    assert first["2"] == pytest.approx(3.47, abs=0.0011)
+    assert not sched.requests and sched.servesim_stats.divergent_steps == 0
+    # Done after its prefill and 3 decodes, each held 0.46 s: 4.89 s (+1 ms polls).
+    assert clock[0] == pytest.approx(3.47 + 0.01 + 3 * (0.46 + 0.01), abs=0.005)
 
 
 @register
@@ -334,6 +433,62 @@ def test_abort_of_a_waiting_request_leaves_the_policy_queue():
     assert [r.request_id for r in sched.servesim_policy.waiting] == [1]
     steps = drive(sched, [])
     assert "2" not in {rid for s in steps for rid in s.tokens}
+
+
+@pytest.mark.parametrize("name", ["wait", "nested-wait"])
+def test_an_aborted_request_leaves_the_threshold_count(name):
+    """Threshold 4: three wait, one of them is aborted by its client, so the next arrival
+    makes three, not four, and the gate stays closed; the one after opens it."""
+    policy = make_policy(name, {"thresholds": "4", "patience": 1000.0, "d0": 0.01, "d1": 1e-5})
+    sched = adapter(policy, workload_hint=hint([RequestType("p16d4", 16, 4, 1.0)]))
+    sched.clock = lambda: 0.0
+
+    def arrive_and_step(i):
+        sched.add_request(vllm_request(Request(i, 0.0, 16, 4)))
+        out = sched.schedule()
+        sched.update_from_output(out, model_output(out, sched.requests))
+        return set(out.num_scheduled_tokens)
+
+    assert not any(arrive_and_step(i) for i in range(3))
+    sched.finish_requests("1", RequestStatus.FINISHED_ABORTED)
+    assert [r.request_id for r in policy.gates[0].queue] == [0, 2]
+    assert arrive_and_step(3) == set()
+    assert arrive_and_step(4) == {"0", "2", "3", "4"}
+    assert "1" not in sched.requests and not sched._states.keys() - {"0", "2", "3", "4"}
+
+
+def test_wait_takes_back_what_vllm_refuses_at_the_front_of_its_gate():
+    """WAIT admits four at a time; the server runs two sequences at most: vLLM refuses two of
+    each group (on_requeue puts them back in front of the gate's entry), and requests are
+    still admitted in arrival order, every one of them finishing."""
+    policy = make_policy("wait", {"thresholds": "4", "patience": 5.0, "d0": 0.01, "d1": 1e-5})
+    sched = adapter(policy, options={**OPTIONS, "max_num_seqs": 2},
+                    workload_hint=hint([RequestType("p16d4", 16, 4, 1.0)]))
+    order = []
+    drive(sched, [Request(i, 0.0, 16, 4) for i in range(8)],
+          check=lambda step, out: order.extend(r.req_id for r in out.scheduled_new_reqs))
+    assert order == [str(i) for i in range(8)]
+    stats = sched.servesim_stats
+    assert stats.requeued > 0 and stats.vllm_preemptions == 0
+
+
+def test_mcsf_keeps_its_order_when_vllm_refuses_admissions():
+    """MC-SF with noisy predictions, two sequences at most in the server: refused admissions
+    come back with their predictions, so vLLM admits in predicted order throughout."""
+    policy = make_policy("mcsf", {"predictor": "noisy", "noise_sigma": 1.0})
+    sched = adapter(policy, options={**OPTIONS, "max_num_seqs": 2})
+    reqs = [Request(i, 0.0, 16, o) for i, o in enumerate([30, 5, 20, 2, 12, 8, 25, 3])]
+    for r in reqs:
+        sched.add_request(vllm_request(r))
+    predicted = dict(policy.predicted)
+    order = []
+    drive(sched, [], check=lambda step, out: order.extend(r.req_id for r in
+                                                            out.scheduled_new_reqs))
+    assert order == [str(i) for i in sorted(predicted, key=lambda i: (predicted[i], i))]
+    assert sched.servesim_stats.requeued > 0
+    sched.add_request(vllm_request(Request(8, 0.0, 16, 5)))
+    sched.finish_requests("8", RequestStatus.FINISHED_ABORTED)
+    assert not policy.waiting and not policy.predicted
 
 
 def test_vllm_scheduler_cls_path_resolves_lazily():
