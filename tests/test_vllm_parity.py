@@ -55,6 +55,39 @@ def test_engines_agree_with_and_without_the_full_prompt_admission_gate(gate):
     assert looped["vllm"]["divergent_steps"] == 0
 
 
+# Two regimes for the fluid policies: MODERATE overloads them (fractional, capped thresholds:
+# paced admissions, Nested WAIT's memory repair preempts); TYPED is inside the stable region
+# (WAIT thresholds 2 and 1, patience timers of 0.13 s release the gates).
+FLUID_WORKLOADS = {"overload": dict(MODERATE, num_requests=100),
+                   "stable": dict(num_requests=300, types=["p512d20:14", "p512d50:6"],
+                                  kv_capacity=137_000, seed=3)}
+
+
+@pytest.mark.parametrize("workload", FLUID_WORKLOADS)
+@pytest.mark.parametrize("policy,params", [
+    ("wait", {}), ("nested-wait", {}), ("mcsf", {"predictor": "noisy"}),
+    ("wait", {"chunk_size": 512}), ("nested-wait", {"chunk_size": 512})])
+def test_engines_agree_exactly_on_the_fluid_policies(workload, policy, params):
+    """WAIT, Nested WAIT (whole prompts and chunked) and MC-SF run inside vLLM exactly as in
+    the native engine: every request's TTFT and latency, the preemptions and the iterations
+    agree, and vLLM carries out every decision. Tolerance: float rounding only. (Chunked WAIT
+    once differed: the loop gave vLLM the chunk size as its step budget, which cut WAIT-CP's
+    several chunks per step.)"""
+    require_vllm()
+    cfg = dict(FLUID_WORKLOADS[workload], policy=policy, policy_params=params)
+    native = simulate(RunConfig(**cfg).validate())
+    looped = simulate(RunConfig(engine="vllm", **cfg).validate())
+    a, b = native.summary, looped.summary
+    assert a["completed"] == b["completed"] == cfg["num_requests"]
+    assert (a["preemptions"], a["iterations"]) == (b["preemptions"], b["iterations"])
+    for key in ("ttft_ms", "e2el_ms"):
+        assert looped.requests[key].tolist() == pytest.approx(native.requests[key].tolist(),
+                                                              rel=1e-9, abs=1e-9), key
+    assert b["vllm"]["divergent_steps"] == b["vllm"]["requeued"] == 0
+    if workload == "stable" and policy == "wait":
+        assert a["policy"]["thresholds"] == [2.0, 1.0] and a["policy"]["patience_s"] > 0.1
+
+
 def test_servesim_run_engine_vllm_writes_the_run_schema(tmp_path):
     require_vllm()
     out = tmp_path / "run"
