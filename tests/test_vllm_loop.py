@@ -102,10 +102,9 @@ def test_vllm_limits_follow_the_policy_and_never_cut_an_unbudgeted_plan():
         (2048, 64, True)
     # Orca has no token budget (whole prompts): vLLM's must hold any step the policy can plan.
     orca = scheduler_options(make_policy("orca"), SPEC)
-    loose = SPEC.max_model_len * orca["max_num_seqs"]
-    assert orca["max_num_batched_tokens"] == loose
+    assert orca["max_num_batched_tokens"] == SPEC.max_model_len * orca["max_num_seqs"]
     # A chunk size is no step budget: WAIT-CP plans several chunks in one step (Sarathi's plan
     # keeps within its chunk_size anyway).
     for name in ("wait", "sarathi"):
-        policy = make_policy(name, {"chunk_size": 256})
-        assert scheduler_options(policy, SPEC)["max_num_batched_tokens"] == loose
+        options = scheduler_options(make_policy(name, {"chunk_size": 256}), SPEC)
+        assert options["max_num_batched_tokens"] == SPEC.max_model_len * options["max_num_seqs"]
