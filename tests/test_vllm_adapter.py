@@ -491,6 +491,29 @@ def test_mcsf_keeps_its_order_when_vllm_refuses_admissions():
     assert not policy.waiting and not policy.predicted
 
 
+def test_a_live_server_plans_wait_with_the_workload_from_its_environment(monkeypatch):
+    """`vllm serve` builds the scheduler with no configure() call: the adapter reads the
+    plug-in variables at the first request and binds WAIT to vLLM's own KV capacity, with the
+    hint and cost model the same run fields give a simulation."""
+    from scheduler.vllm_adapter import ENV_POLICY, ENV_WORKLOAD
+    from simulator.config import build_config
+    from simulator.runner import build_replica, build_workload, policy_hint
+    monkeypatch.setenv(ENV_POLICY, "wait")
+    monkeypatch.setenv(ENV_WORKLOAD, "{types: [p16d4:20, p32d8:10], cost_model: linear, "
+                                     "cost_params: {c0: 0.01, c_kv: 1e-5}}")
+    sched = build_scheduler(MODEL, spec(60), OPTIONS)
+    sched.add_request(vllm_request(Request(0, 0.0, 16, 4)))
+    live = sched.servesim_policy
+    assert live.name == "wait" and live.spec.num_blocks == 60
+    run = build_config({}, {"types": ["p16d4:20", "p32d8:10"], "cost_model": "linear",
+                            "cost_params": {"c0": 0.01, "c_kv": 1e-5}, "kv_capacity": 60 * 16})
+    sim = make_policy("wait")
+    sim.bind(build_replica(run, policy_hint(run, build_workload(run))))
+    assert live.info["types"] == ["p16d4", "p32d8"] and live.info["cost_fit"] == "exact"
+    for key in ("thresholds", "d0", "d1", "M_pi", "patience_s"):
+        assert live.info[key] == sim.info[key], key
+
+
 def test_vllm_scheduler_cls_path_resolves_lazily():
     from vllm.utils.import_utils import resolve_obj_by_qualname
 
