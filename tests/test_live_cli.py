@@ -116,6 +116,31 @@ def test_plugin_plans_nested_wait_from_rate_and_lengths_in_the_environment():
         assert live.info[key] == sim.info[key], key
 
 
+@pytest.mark.parametrize("source", ["trace", "lengths_file"])
+def test_plugin_reads_a_trace_or_a_lengths_file_with_the_trace_loaders(tmp_path, source):
+    """Nested WAIT's segments from a replayed trace (its own rate) or from a length file (with
+    a rate), read by the same loaders as in `servesim run`."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    n = 200
+    frame = pd.DataFrame({"arrived_at": np.cumsum(rng.exponential(0.25, n)),
+                          "num_prefill_tokens": rng.integers(64, 1024, n),
+                          "num_decode_tokens": rng.integers(8, 400, n)})
+    path = tmp_path / "data.csv"
+    (frame if source == "trace" else frame.drop(columns="arrived_at")).to_csv(path, index=False)
+    fields = {source: str(path), **({} if source == "trace" else {"rate": 3.0})}
+    run_cfg = build_config({}, {**fields, "policy": "nested-wait", "kv_capacity": 60_000,
+                                "policy_params": {"segments": "3"}})
+    sim = make_policy("nested-wait", {"segments": "3"})
+    spec = bound_like_the_simulator(run_cfg, sim)
+    cfg, live = bound_like_the_plugin({ENV_POLICY: "nested-wait", ENV_PARAMS: "segments=3",
+                                       ENV_WORKLOAD: json.dumps(fields)}, spec)
+    assert len(live.info["segments"]) == 3
+    assert live.info["segments"][-1][1] == frame["num_decode_tokens"].max()
+    for key in ("segments", "thresholds", "d0", "d1", "patience_s"):
+        assert live.info[key] == sim.info[key], key
+
+
 def test_plugin_without_a_workload_builds_no_hint():
     assert planning_inputs(load_plugin_config({})) == (None, None)
     # A cost model alone (for the policies that plan with one), but no hint from the defaults.
