@@ -111,8 +111,6 @@ class PluginConfig:
 def parse_params_text(text: str, source: str) -> dict:
     """``k=v,k=v`` or a JSON object."""
     text = text.strip()
-    if not text:
-        return {}
     if text.startswith("{"):
         try:
             value = json.loads(text)
@@ -121,15 +119,8 @@ def parse_params_text(text: str, source: str) -> dict:
         if not isinstance(value, dict):
             raise PolicyError(f"{source}: expected a JSON object")
         return value
-    out = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise PolicyError(f"{source}: expected KEY=VALUE, got {part.strip()!r}")
-        k, v = part.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    from simulator.config import parse_pairs   # lazy, as the other simulator readers here
+    return parse_pairs([text], source, error=PolicyError)
 
 
 def _read_config_file(path: Path) -> dict:

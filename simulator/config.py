@@ -205,6 +205,22 @@ def load_config_file(path: str | Path) -> dict:
     return check_fields(read_mapping_file(p, "config file"), f"config file {p}")
 
 
+def parse_pairs(values, flag: str, split_commas: bool = True, error: type = ConfigError) -> dict:
+    """``KEY=VALUE`` items (repeated, or comma-separated unless ``split_commas`` is False:
+    values that are lists themselves) into a dict of strings. Shared by the command line and
+    the vLLM plug-in's environment (which reports with ``error=PolicyError``)."""
+    out = {}
+    for item in values or ():
+        for part in (str(item).split(",") if split_commas else [str(item)]):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise error(f"{flag}: expected KEY=VALUE, got {part.strip()!r}")
+            k, v = part.split("=", 1)
+            out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+
 def read_mapping_file(p: Path, what: str, json_ok: bool = False) -> dict:
     """A YAML or TOML (or, with ``json_ok``, JSON) file whose top level is a mapping (``what``
     names it in errors)."""

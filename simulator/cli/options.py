@@ -7,23 +7,8 @@ import functools
 import click
 
 from simulator.config import (ARRIVALS, COST_MODELS, ENGINES, PREEMPTIONS, build_config,
-                              load_config_file)
+                              load_config_file, parse_pairs)
 from simulator.errors import ConfigError
-
-
-def parse_pairs(values, flag: str, split_commas: bool = True) -> dict:
-    """``KEY=VALUE`` items (repeated, or comma-separated unless ``split_commas`` is False:
-    values that are lists themselves) into a dict of strings."""
-    out = {}
-    for item in values or ():
-        for part in (str(item).split(",") if split_commas else [str(item)]):
-            if not part.strip():
-                continue
-            if "=" not in part:
-                raise ConfigError(f"{flag}: expected KEY=VALUE, got {part!r}")
-            k, v = part.split("=", 1)
-            out[k.strip().replace("-", "_")] = v.strip()
-    return out
 
 
 def parse_slo(values) -> dict:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.cli import cli
-from simulator.cli.options import parse_pairs
+from simulator.config import parse_pairs
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
