@@ -26,7 +26,7 @@ import pandas as pd
 
 from scheduler.state import RequestState, Status
 from simulator.errors import ConfigError
-from simulator.metrics import SLO, requests_table, summarize
+from simulator.metrics import SLO, _stats, requests_table, summarize
 from traces.request import Request
 
 RECORDS = "records.jsonl"
@@ -256,17 +256,8 @@ def bench_summary(frame: pd.DataFrame, records: list[Record], slo: SLO | None) -
         if errors else {}
     itls = [np.diff(r.token_times) * 1e3 for r in records if r.ok and len(r.token_times) > 1]
     values = np.concatenate(itls) if itls else np.array([])
-    s.update(_itl_stats(values))
+    s.update(_stats("itl_ms", values))
     return s
-
-
-def _itl_stats(values: np.ndarray) -> dict:
-    if len(values) == 0:
-        return {k: None for k in ("mean_itl_ms", "std_itl_ms", "median_itl_ms", "p90_itl_ms",
-                                  "p99_itl_ms")}
-    return {"mean_itl_ms": float(values.mean()), "std_itl_ms": float(values.std()),
-            "median_itl_ms": float(np.median(values)), "p90_itl_ms": float(np.percentile(values, 90)),
-            "p99_itl_ms": float(np.percentile(values, 99))}
 
 
 def vllm_bench_json(summary: dict, records: list[Record], opts: BenchOptions,
