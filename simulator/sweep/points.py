@@ -21,6 +21,7 @@ from simulator.config import RunConfig, build_config
 from simulator.errors import ConfigError
 from simulator.runner import request_types
 from simulator.sweep.spec import RESERVED_FIELDS, SweepSpec
+from traces.loaders.table import sha256_of
 
 # Bump when the meaning of a stored point changes (what a worker records), to invalidate old ones.
 POINT_SCHEMA = 1
@@ -51,14 +52,10 @@ def point_key(cfg: RunConfig, digest: Callable[[str], str] | None = None) -> str
 def file_digest(path: str) -> str:
     """SHA-256 of a file's content (the path itself when it cannot be read: the point then
     fails when it runs, with the loader's message)."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return "sha256:" + sha256_of(Path(path))
     except OSError:
         return path
-    return "sha256:" + h.hexdigest()
 
 
 def absolute_files(cfg: RunConfig) -> RunConfig:
