@@ -20,6 +20,7 @@ PER_REQUEST = ("ttft_ms", "tpot_ms", "e2el_ms")
 
 
 def load_run(folder: str | Path) -> tuple[dict, pd.DataFrame | None]:
+    """A run (or ``servesim bench``) output folder: its summary and per-request table."""
     folder = Path(folder)
     path = folder / "summary.json"
     if not path.is_file():
@@ -28,12 +29,16 @@ def load_run(folder: str | Path) -> tuple[dict, pd.DataFrame | None]:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})")
-    frame = None
-    for name, reader in (("requests.csv", pd.read_csv), ("requests.parquet", pd.read_parquet)):
-        if (folder / name).is_file():
-            frame = reader(folder / name)
-            break
-    return summary, frame
+    return summary, run_table(folder, "requests")
+
+
+def run_table(folder: Path, name: str) -> pd.DataFrame | None:
+    """A run folder's ``requests`` or ``timeline`` table, in either format
+    ``runner.write_outputs`` writes (None when the folder has neither)."""
+    for suffix, reader in ((".csv", pd.read_csv), (".parquet", pd.read_parquet)):
+        if (folder / f"{name}{suffix}").is_file():
+            return reader(folder / f"{name}{suffix}")
+    return None
 
 
 def relative_error(sim, real):

@@ -105,6 +105,14 @@ def test_bad_report_input(tmp_path, capsys):
     assert "--plot draws the timeline" in capsys.readouterr().err
 
 
+def test_run_report_of_a_damaged_summary_is_one_line(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text('{"completed": 3,')      # cut short
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "summary.json: not valid JSON" in err
+
+
 def test_fluid_bound_is_drawn_when_the_results_carry_it(sweep_dir, tmp_path):
     import shutil
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from simulator.compare import load_run, run_table
 from simulator.errors import ConfigError
 from simulator.report import figures
 from simulator.report.figures import col
@@ -78,9 +79,8 @@ def _run_title(summary: dict) -> str:
 
 def run_report(run_dir: Path, out: str | Path | None = None) -> Report:
     out_dir = Path(out or run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    requests = _read_table(run_dir, "requests")
-    timeline = _read_table(run_dir, "timeline")
+    summary, requests = load_run(run_dir)
+    timeline = run_table(run_dir, "timeline")
     paths = run_figures(requests, timeline, summary, out_dir / FIGURES)
     notes = []
     if timeline is None:
@@ -94,14 +94,6 @@ def run_report(run_dir: Path, out: str | Path | None = None) -> Report:
     lines += [f"- {n}" for n in notes]
     md = _write_markdown(out_dir, lines)
     return Report(md, paths, notes)
-
-
-def _read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
-    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
-        p = run_dir / f"{name}{suffix}"
-        if p.is_file():
-            return reader(p)
-    return None
 
 
 # ---- a sweep ------------------------------------------------------------------------------
