@@ -61,8 +61,8 @@ def test_sweep_report_writes_pngs_and_markdown(sweep_dir, capsys):
     assert "| rate | vllm | sarathi |" in md
     for rate in ("| 3 |", "| 12 |", "| 40 |"):
         assert rate in md
-    # The fluid model (scheduler/fluid.py) is installed: every point carries its throughput
-    # bound, the throughput figure draws it, and no note says it is missing.
+    # Every point carries the fluid model's throughput bound (scheduler/fluid.py), the
+    # throughput figure draws it, and no note says it is missing.
     table = pd.read_parquet(sweep_dir / "results.parquet")
     assert table["fluid.throughput_bound"].notna().all()
     assert "fluid" not in capsys.readouterr().err
@@ -122,7 +122,7 @@ def test_fluid_bound_is_drawn_when_the_results_carry_it(sweep_dir, tmp_path):
     res = tmp_path / "res"
     shutil.copytree(sweep_dir, res)
     t = pd.read_parquet(res / "results.parquet")
-    # As a sweep records it with the fluid model installed: Thr* at the offered rate and the
+    # As a sweep records it from the fluid model: Thr* at the offered rate and the
     # largest stable scaling of that rate (here: 20 req/s is the limit).
     t["fluid.throughput_bound"] = t["rate"] * 80.0
     t["fluid.max_rate_scale"] = 20.0 / t["rate"]
@@ -156,9 +156,7 @@ def test_throughput_figure_draws_the_bound_capped_at_the_stable_limit():
     assert right.get_ylabel() == "output throughput (tokens/s)"
 
 
-def test_sweep_points_carry_the_fluid_bound_when_the_fluid_model_is_installed():
-    pytest.importorskip("simulator.cli.fluid", reason="the fluid model (scheduler/fluid.py) is "
-                                                       "not installed on this branch")
+def test_sweep_points_carry_the_fluid_bound():
     from simulator.config import build_config
     from simulator.sweep.worker import PointTask, run_point
     cfg = build_config({}, dict(types=["p512d20:12"], kv_capacity=137000, num_requests=50,

@@ -129,8 +129,8 @@ def sweep_report(results_dir: Path, out: str | Path | None = None,
                           fig_dir / "throughput_vs_rate.png")]
     if bound is None:
         notes.append("The fluid throughput bound is not drawn: the results carry no "
-                     "`fluid.throughput_bound` (sweeps record it when the fluid model, "
-                     "scheduler/fluid.py, is installed).")
+                     "`fluid.throughput_bound` (sweeps record it where the fluid model, "
+                     "scheduler/fluid.py, can describe the workload).")
     store = ResultsStore(results_dir)
     chosen = _choose_rate(ok[x], at_rate)
     at = ok[ok[x] == chosen]

@@ -1,8 +1,5 @@
-"""The fluid model's throughput bound for a sweep point, when the fluid model is installed.
-
-The fluid model (scheduler/fluid.py, with ``servesim fluid``) is its own issue; this hook adds
-its numbers to a point's summary when it is importable and leaves them out otherwise, so sweeps
-and reports work either way and pick the bound up as soon as the module lands.
+"""The fluid model's throughput bound for a sweep point (``servesim fluid``'s numbers), and the
+bound at a given load for the report's throughput figure.
 """
 
 from __future__ import annotations
@@ -16,12 +13,9 @@ KEYS = ("throughput_bound", "max_rate_scale", "max_rate", "M_star", "stable")
 
 def fluid_summary(cfg: RunConfig) -> dict | None:
     """Thr* (output tokens/s at the offered rates), the largest stable rate scaling and the
-    equilibrium memory of ``cfg``'s workload; None without the fluid model or for a workload
-    it cannot describe."""
-    try:
-        from simulator.cli.fluid import fluid_report
-    except ImportError:
-        return None
+    equilibrium memory of ``cfg``'s workload; None for a workload the fluid model cannot
+    describe (no arrival rate, say)."""
+    from simulator.cli.fluid import fluid_report
     try:
         report = fluid_report(cfg)
     except (ConfigError, WorkloadError, ValueError):
