@@ -47,8 +47,3 @@ def pooled_growth(halves: list[tuple[float, float]]) -> float:
     if not ok.any() or firsts[ok].mean() <= 0:
         return math.nan
     return float(seconds[ok].mean() / firsts[ok].mean())
-
-
-def latency_growth(requests: pd.DataFrame) -> float:
-    """Second-half over first-half mean E2E latency of one run (NaN when a half is empty)."""
-    return pooled_growth([half_means(requests)])
