@@ -33,6 +33,7 @@ from simulator.cost.base import BatchShape, CostModel
 from simulator.engine import EngineResult, arrival_reject_reason
 from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
 from simulator.hardware import ModelSpec
+from simulator.runner import _atomic_write
 from traces.request import Request
 
 TOKEN_ID = 17           # the token every fabricated prompt and output consists of
@@ -74,10 +75,7 @@ def model_folder(model: ModelSpec, max_model_len: int) -> Path:
     text = json.dumps(config, indent=1, sort_keys=True)
     if not path.is_file() or path.read_text() != text:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return folder
 
 
