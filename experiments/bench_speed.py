@@ -22,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import pandas as pd
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simulator.config import RunConfig  # noqa: E402
 from simulator.runner import simulate  # noqa: E402
 from traces import EmpiricalLengths, Poisson, synthesize  # noqa: E402
+from traces.loaders import read_trace  # noqa: E402
 
 BASELINES = ("vllm", "vllm-v1", "sarathi", "orca", "static", "sjf")
 AZURE_CONV = ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
@@ -84,10 +82,10 @@ def azure_conv(quick: bool) -> list[Row]:
     if not AZURE_CONV.is_file():
         print(f"skipping azure-conv: {AZURE_CONV} not found", file=sys.stderr)
         return []
-    trace = pd.read_csv(AZURE_CONV, usecols=["ContextTokens", "GeneratedTokens"])
-    trace = trace[trace.ContextTokens + trace.GeneratedTokens <= 4096]
-    lengths = EmpiricalLengths(trace.ContextTokens.to_numpy(np.int64),
-                               trace.GeneratedTokens.to_numpy(np.int64), source=AZURE_CONV.name)
+    trace = read_trace(AZURE_CONV).frame
+    trace = trace[trace.prompt_tokens + trace.output_tokens <= 4096]
+    lengths = EmpiricalLengths(trace.prompt_tokens.to_numpy(), trace.output_tokens.to_numpy(),
+                               source=AZURE_CONV.name)
     n = 2_000 if quick else 20_000
     workload = synthesize(Poisson(AZURE_CONV_RATE), lengths, seed=0, num_requests=n)
     rows = []
