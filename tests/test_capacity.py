@@ -97,6 +97,11 @@ def test_capacity_cli_reports_the_bracket(capsys):
     (["--criterion", "stable", "--seeds", "0"], "--seeds must be"),
     (["--criterion", "stable", "--arrival", "piecewise", "--rate-schedule", "10:1"],
      "rate_schedule"),
+    # Bad input found only when a probe runs (in a worker) is a user error too, not exit 3.
+    (["--criterion", "stable", "-j", "1", "--trace", "/nonexistent/trace.csv"],
+     "trace file /nonexistent/trace.csv does not exist"),
+    (["--criterion", "stable", "-j", "1", "-n", "20", "-p", "bogus=1"],
+     "unknown parameter 'bogus'"),
 ])
 def test_capacity_bad_input_is_one_line_status_2(capsys, args, words):
     assert main(["capacity", *args]) == 2

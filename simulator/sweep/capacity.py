@@ -174,8 +174,11 @@ def _probe(ex, cfg: RunConfig, rate: float, seeds: list[int], criterion: str,
     for outcome in ex.map_unordered(tasks):
         seed = seeds[outcome.index]
         if outcome.status != "ok":
-            raise PolicyViolation(f"capacity: the run at rate {rate:g} req/s, seed {seed} "
-                                  f"failed: {outcome.error}")
+            # Bad input (a trace that does not load, an unknown policy parameter) stays a user
+            # error (exit 2); anything else is a simulation error (exit 3).
+            error = ConfigError if outcome.user_error else PolicyViolation
+            raise error(f"capacity: the run at rate {rate:g} req/s, seed {seed} failed: "
+                        f"{outcome.error}")
         by_seed[seed] = {"seed": seed, **{k: v for k, v in outcome.summary.items()
                                           if isinstance(v, SCALARS) and k not in WALL_TIME_COLUMNS}}
     runs = [by_seed[s] for s in seeds]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from simulator.cli import USER_ERRORS
 from simulator.config import RunConfig
 from simulator.runner import simulate
 from simulator.sweep.fluid_bound import fluid_summary
@@ -33,6 +34,7 @@ class PointOutcome:
     status: str                   # "ok" or "failed"
     summary: dict = field(default_factory=dict)
     error: str | None = None
+    user_error: bool = False      # the failure was bad input (ConfigError, PolicyError, ...)
     requests: pd.DataFrame | None = None
     timeline: pd.DataFrame | None = None
 
@@ -57,4 +59,5 @@ def run_point(task: PointTask) -> PointOutcome:
                             timeline=result.timeline if task.keep_timeline else None)
     except Exception as e:   # noqa: BLE001 - every failure becomes a recorded, failed point
         message = " ".join(str(e).split()) or type(e).__name__
-        return PointOutcome(task.index, task.key, "failed", error=f"{type(e).__name__}: {message}")
+        return PointOutcome(task.index, task.key, "failed", error=f"{type(e).__name__}: {message}",
+                            user_error=isinstance(e, USER_ERRORS))
