@@ -29,16 +29,32 @@ def load_run(folder: str | Path) -> tuple[dict, pd.DataFrame | None]:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})")
-    return summary, run_table(folder, "requests")
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path}: expected a JSON object of summary metrics")
+    return summary, run_table(folder, "requests", ("request_id", "status", *PER_REQUEST))
 
 
-def run_table(folder: Path, name: str) -> pd.DataFrame | None:
+def run_table(folder: Path, name: str, columns: tuple[str, ...] = ()) -> pd.DataFrame | None:
     """A run folder's ``requests`` or ``timeline`` table, in either format
     ``runner.write_outputs`` writes (None when the folder has neither)."""
-    for suffix, reader in ((".csv", pd.read_csv), (".parquet", pd.read_parquet)):
+    for suffix in (".csv", ".parquet"):
         if (folder / f"{name}{suffix}").is_file():
-            return reader(folder / f"{name}{suffix}")
+            return read_table(folder / f"{name}{suffix}", columns)
     return None
+
+
+def read_table(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or Parquet table that servesim wrote. A file that does not parse, or lacks one of
+    ``columns``, is one line naming it (a ConfigError), never a traceback."""
+    reader = pd.read_parquet if path.suffix == ".parquet" else pd.read_csv
+    try:
+        frame = reader(path)
+    except (OSError, ValueError) as e:   # pandas' and pyarrow's parse errors are ValueErrors
+        raise ConfigError(f"{path}: cannot read the table ({' '.join(str(e).split())[:200]})")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path}: no column {missing[0]!r} (not a table servesim wrote)")
+    return frame
 
 
 def relative_error(sim, real):

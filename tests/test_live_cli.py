@@ -198,3 +198,7 @@ def test_compare_relative_errors(tmp_path, capsys):
     assert "+10.0%" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "sim"), str(tmp_path / "nowhere")]) == 2
     assert "no summary.json" in capsys.readouterr().err
+    (tmp_path / "real" / "requests.csv").write_text("request_id,status\n0,completed\n1,a,b,c\n")
+    assert main(["compare", str(tmp_path / "sim"), str(tmp_path / "real")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "requests.csv: cannot read" in err

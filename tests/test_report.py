@@ -105,12 +105,19 @@ def test_bad_report_input(tmp_path, capsys):
     assert "--plot draws the timeline" in capsys.readouterr().err
 
 
-def test_run_report_of_a_damaged_summary_is_one_line(tmp_path, capsys):
-    (tmp_path / "summary.json").write_text('{"completed": 3,')      # cut short
+@pytest.mark.parametrize("files, words", [
+    ({"summary.json": '{"completed": 3,'}, "summary.json: not valid JSON"),       # cut short
+    ({"summary.json": "[1, 2]"}, "summary.json: expected a JSON object"),
+    ({"summary.json": "{}", "requests.csv": "a,b\n1,2\n1,2,3,4\n"}, "requests.csv: cannot read"),
+    ({"summary.json": "{}", "requests.csv": "a,b\n1,2\n"}, "requests.csv: no column"),
+    ({"results.parquet": "not parquet"}, "results.parquet: cannot read"),
+])
+def test_damaged_report_input_is_one_line(tmp_path, capsys, files, words):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1
-    assert "summary.json: not valid JSON" in err
+    assert len(err.strip().splitlines()) == 1 and words in err
 
 
 def test_fluid_bound_is_drawn_when_the_results_carry_it(sweep_dir, tmp_path):

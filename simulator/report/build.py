@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from simulator.compare import load_run, run_table
+from simulator.compare import load_run, read_table, run_table
+from simulator.engine import TIMELINE_COLUMNS
 from simulator.errors import ConfigError
 from simulator.report import figures
 from simulator.report.figures import col
@@ -80,7 +81,7 @@ def _run_title(summary: dict) -> str:
 def run_report(run_dir: Path, out: str | Path | None = None) -> Report:
     out_dir = Path(out or run_dir)
     summary, requests = load_run(run_dir)
-    timeline = run_table(run_dir, "timeline")
+    timeline = run_table(run_dir, "timeline", TIMELINE_COLUMNS)
     paths = run_figures(requests, timeline, summary, out_dir / FIGURES)
     notes = []
     if timeline is None:
@@ -101,7 +102,7 @@ def sweep_report(results_dir: Path, out: str | Path | None = None,
                  at_rate: float | None = None, x: str | None = None) -> Report:
     out_dir = Path(out or results_dir)
     fig_dir = out_dir / FIGURES
-    table = pd.read_parquet(results_dir / RESULTS_FILE)
+    table = read_table(results_dir / RESULTS_FILE, ("point", "point_key", "status", "error"))
     manifest = _manifest(results_dir)
     axes = [a for a in (manifest.get("spec", {}).get("axes") or {}) if a in table.columns]
     x = x or ("rate" if "rate" in axes else "offered_rate")
