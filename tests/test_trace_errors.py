@@ -97,6 +97,9 @@ JSONL_CASES = {
     "boolean length": (
         ['{"timestamp": 0, "input_length": true, "output_length": 2}'],
         "{f} line 1, column 'input_length': expected a number, got True"),
+    "prompt not text": (
+        ['{"prompt": 5, "output_tokens": 3}', '{"prompt": 6, "output_tokens": 3}'],
+        "{f} line 1, column 'prompt': expected text, got 5"),
 }
 
 

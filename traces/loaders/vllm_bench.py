@@ -15,7 +15,7 @@ import numpy as np
 
 from traces.errors import WorkloadError
 from traces.loaders.base import Option, Parsed, TraceFormat
-from traces.loaders.table import RawTable, numbers
+from traces.loaders.table import RawTable, numbers, show
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
@@ -23,7 +23,8 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     not_text = ~prompts.map(lambda p: isinstance(p, str)).to_numpy()
     if not_text.any():
         i = int(np.argmax(not_text))
-        raise WorkloadError(f"{table.where(i, 'prompt')}: expected text, got {prompts.iloc[i]!r}")
+        raise WorkloadError(f"{table.where(i, 'prompt')}: expected text, got "
+                            f"{show(prompts.iloc[i])}")
     cpt = options["chars_per_token"]
     if not cpt > 0:
         raise WorkloadError(f"trace option chars_per_token must be > 0, got {cpt!r}")
