@@ -56,22 +56,27 @@ def jitter_option(bucket: str) -> Option:
 @dataclass
 class Parsed:
     """A format's requests before the common finish. ``rows`` are the file rows kept (for error
-    messages); ``arrival_s`` is None for length-only formats."""
+    messages): every row as parsed, fewer after ``keep``; ``arrival_s`` is None for length-only
+    formats."""
 
     arrival_s: np.ndarray | None
     prompt: np.ndarray
     output: np.ndarray
-    rows: np.ndarray
     labels: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    rows: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = np.arange(len(self.prompt))
 
     def keep(self, mask: np.ndarray) -> "Parsed":
         """The subset of requests where ``mask`` holds."""
         def sub(a):
             return None if a is None else a[mask]
-        return Parsed(sub(self.arrival_s), self.prompt[mask], self.output[mask], self.rows[mask],
-                      sub(self.labels), {k: sub(v) for k, v in self.extra.items()}, self.meta)
+        return Parsed(sub(self.arrival_s), self.prompt[mask], self.output[mask], sub(self.labels),
+                      {k: sub(v) for k, v in self.extra.items()}, self.meta, self.rows[mask])
 
 
 @dataclass(frozen=True)

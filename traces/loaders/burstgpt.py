@@ -33,7 +33,6 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     parsed = Parsed(numbers(table, "Timestamp", integer=False),
                     numbers(table, "Request tokens", integer=True),
                     numbers(table, "Response tokens", integer=True),
-                    np.arange(len(table)),
                     labels=frame["Model"].astype(object).to_numpy())
     if "Log Type" in frame.columns:
         parsed.extra["log_type"] = frame["Log Type"].astype(object).to_numpy()

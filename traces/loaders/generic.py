@@ -7,8 +7,6 @@ Without ``arrival`` the file is length-only (pair it with a generated arrival pr
 
 from __future__ import annotations
 
-import numpy as np
-
 from traces.errors import WorkloadError
 from traces.loaders.base import Option, Parsed, TraceFormat
 from traces.loaders.table import RawTable, datetimes_seconds, numbers
@@ -43,7 +41,7 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     labels = None
     if options["label"]:
         labels = table.frame[options["label"]].astype(object).to_numpy()
-    return Parsed(arrival, prompt, output, np.arange(len(table)), labels=labels, meta=parsed_meta)
+    return Parsed(arrival, prompt, output, labels=labels, meta=parsed_meta)
 
 
 FORMAT = TraceFormat(

@@ -11,8 +11,6 @@ does not see ten simultaneous arrivals every 3 s (``traces.transforms.jitter``).
 
 from __future__ import annotations
 
-import numpy as np
-
 from traces.loaders.base import Parsed, TraceFormat, jitter_option
 from traces.loaders.table import RawTable, numbers
 
@@ -20,8 +18,7 @@ from traces.loaders.table import RawTable, numbers
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     parsed = Parsed(numbers(table, "timestamp", integer=False) / 1000.0,
                     numbers(table, "input_length", integer=True),
-                    numbers(table, "output_length", integer=True),
-                    np.arange(len(table)))
+                    numbers(table, "output_length", integer=True))
     if "hash_ids" in table.frame.columns:
         parsed.extra["hash_ids"] = table.frame["hash_ids"].to_numpy(dtype=object)
     return parsed

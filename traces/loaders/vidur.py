@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from traces.loaders.base import Parsed, TraceFormat
 from traces.loaders.table import RawTable, numbers
 
@@ -22,13 +20,12 @@ def _lengths(table: RawTable):
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     prompt, output = _lengths(table)
-    return Parsed(numbers(table, "arrived_at", integer=False), prompt, output,
-                  np.arange(len(table)))
+    return Parsed(numbers(table, "arrived_at", integer=False), prompt, output)
 
 
 def parse_lengths(table: RawTable, options: dict, seed: int) -> Parsed:
     prompt, output = _lengths(table)
-    return Parsed(None, prompt, output, np.arange(len(table)))
+    return Parsed(None, prompt, output)
 
 
 FORMAT = TraceFormat(

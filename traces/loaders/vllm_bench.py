@@ -37,7 +37,7 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
             raise WorkloadError(f"trace option output_len must be >= 1, got "
                                 f"{options['output_len']}")
         output = np.full(len(table), options["output_len"], dtype=np.int64)
-    parsed = Parsed(None, prompt, output, np.arange(len(table)))
+    parsed = Parsed(None, prompt, output)
     parsed.meta["prompt_tokens"] = f"estimated as characters / {cpt:g} (no tokenizer)"
     parsed.meta["warnings"] = [f"prompt lengths of {table.path.name} are estimated as "
                                f"characters / {cpt:g}; convert to token counts for exact ones"]
