@@ -68,6 +68,24 @@ def test_sweep_report_writes_pngs_and_markdown(sweep_dir, capsys):
     assert "fluid" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("x", ["policy", "error", "nowhere"])
+def test_report_x_must_be_a_numeric_column(sweep_dir, capsys, x):
+    assert main(["report", str(sweep_dir), "--x", x]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"--x {x!r}" in err
+
+
+def test_report_x_without_values_is_one_line(sweep_dir, tmp_path, capsys):
+    import shutil
+    res = tmp_path / "res"
+    shutil.copytree(sweep_dir, res)
+    t = pd.read_parquet(res / "results.parquet")
+    t["unmeasured"] = float("nan")
+    t.to_parquet(res / "results.parquet")
+    assert main(["report", str(res), "--x", "unmeasured"]) == 2
+    assert "--x 'unmeasured': no successful point has a value" in capsys.readouterr().err
+
+
 def test_report_to_another_folder(sweep_dir, tmp_path):
     out = tmp_path / "rep"
     assert main(["report", str(sweep_dir), "--out", str(out)]) == 0

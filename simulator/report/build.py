@@ -108,11 +108,15 @@ def sweep_report(results_dir: Path, out: str | Path | None = None,
     x = x or ("rate" if "rate" in axes else "offered_rate")
     if x not in table.columns:
         raise ConfigError(f"--x {x!r}: not a column of {results_dir / RESULTS_FILE}")
+    if not pd.api.types.is_numeric_dtype(table[x]):
+        raise ConfigError(f"--x {x!r}: not a numeric column (the figures plot against rates)")
     series_cols = [a for a in axes if a not in (x, "seed")]
     ok = table[table["status"] == "ok"].copy()
     notes = []
     if ok.empty:
         raise ConfigError(f"{results_dir}: no successful points to report")
+    if ok[x].isna().all():
+        raise ConfigError(f"--x {x!r}: no successful point has a value")
     ok["series"] = _series_labels(ok, series_cols)
     bound = None
     if "fluid.throughput_bound" in ok.columns and ok["fluid.throughput_bound"].notna().any():
@@ -245,10 +249,7 @@ def _choose_rate(values: pd.Series, at_rate: float | None):
     grid = sorted(values.dropna().unique())
     if at_rate is None:
         return grid[len(grid) // 2]
-    try:
-        return min(grid, key=lambda v: abs(float(v) - at_rate))
-    except (TypeError, ValueError):
-        raise ConfigError(f"--at-rate: the x column holds {grid[:3]}..., not numbers")
+    return min(grid, key=lambda v: abs(float(v) - at_rate))
 
 
 def _manifest(results_dir: Path) -> dict:
