@@ -11,6 +11,7 @@ truncation sees the final lengths.
 from __future__ import annotations
 
 from simulator.config import RunConfig
+from simulator.errors import ConfigError
 from traces import transforms
 from traces.arrivals import ArrivalProcess
 from traces.loaders import load_lengths, read_trace
@@ -18,7 +19,11 @@ from traces.workload import Workload
 
 
 def trace_workload(cfg: RunConfig, arrival: ArrivalProcess) -> Workload:
-    """The trace in ``cfg.trace`` transformed as ``cfg`` says (before truncation)."""
+    """The trace in ``cfg.trace`` transformed as ``cfg`` says (before truncation).
+
+    ``arrival`` generates the arrivals of a file without arrival times (or with
+    generate_arrivals); for such a file the caller builds it at target_rate when one is given,
+    the replayed workload's mean rate being what target_rate means for every trace."""
     w = read_trace(cfg.trace, cfg.trace_format, cfg.trace_options, strict=cfg.trace_strict,
                    seed=cfg.seed)
     if cfg.trace_start is not None or cfg.trace_end is not None:
@@ -27,6 +32,10 @@ def trace_workload(cfg: RunConfig, arrival: ArrivalProcess) -> Workload:
     if cfg.num_requests is not None:
         w = transforms.first_n(w, cfg.num_requests)
     if cfg.generate_arrivals or w.meta["arrival"] == "none":
+        if cfg.speedup is not None:   # (with generate_arrivals the config already refused it)
+            raise ConfigError(f"speedup: {cfg.trace} has no arrival times (lengths only), so "
+                              f"there is nothing to speed up; give the rate with --rate or "
+                              f"--target-rate")
         w = transforms.generate_arrivals(w, arrival, cfg.seed)
     elif cfg.speedup is not None or cfg.target_rate is not None:
         w = transforms.scale_rate(w, cfg.speedup, cfg.target_rate)

@@ -73,7 +73,7 @@ def build_workload(cfg: RunConfig) -> Workload:
     """The workload a config describes: a replayed trace (simulator/replay.py), or synthetic
     (types, lengths sampled from a file, or independent length distributions)."""
     if cfg.trace:
-        workload = trace_workload(cfg, build_arrival(cfg, cfg.rate))
+        workload = trace_workload(cfg, build_arrival(cfg, cfg.target_rate or cfg.rate))
     else:
         types = request_types(cfg)
         if types:

@@ -196,3 +196,21 @@ def test_trace_fields_from_a_config_file_and_summary_records_them(tmp_path, caps
     assert summary["completed"] == 10
     config = json.loads((out / "config.json").read_text())
     assert config["trace"] == str(f) and config["target_rate"] == 4.0
+
+
+def test_a_lengths_only_file_takes_target_rate_and_refuses_speedup(tmp_path, capsys):
+    """A file without arrival times gets generated arrivals: target_rate is their rate (the
+    replayed workload's mean rate, as for any trace); speedup has nothing to scale and is an
+    error rather than silently ignored."""
+    f = tmp_path / "lengths.csv"
+    f.write_text("num_prefill_tokens,num_decode_tokens\n" + "".join(
+        f"{100 + i},{10 + i % 7}\n" for i in range(4000)))
+    w = build_workload(build_config(overrides={"trace": str(f), "target_rate": 7.0,
+                                               "rate": 1.0, "seed": 2}))
+    span = w.frame["arrival_s"].iloc[-1] - w.frame["arrival_s"].iloc[0]
+    assert (len(w) - 1) / span == pytest.approx(7.0, rel=0.05)   # 4000 Poisson arrivals: ~1.6% sd
+    with pytest.raises(ConfigError, match="has no arrival times .* nothing to speed up"):
+        build_workload(build_config(overrides={"trace": str(f), "speedup": 2.0}))
+    assert main(["run", "--trace", str(f), "--speedup", "2", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing to speed up" in err
