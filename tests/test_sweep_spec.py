@@ -148,3 +148,16 @@ def test_trace_sweep_resolves_files_keys_by_content_and_scales_the_rate(tmp_path
         == keys
     (tmp_path / "azure.csv").write_text(AZURE.replace("374,44", "375,44"))
     assert set(p.key for p in expand_points(parse_spec(spec))).isdisjoint(keys)
+
+
+@pytest.mark.parametrize("axes,message", [
+    ({"rate": {"start": 0, "stop": 1e9, "step": 1e-9}}, "more than 10,000; use a larger step"),
+    ({"rate": {"start": 1, "stop": 2, "num": 10**12}}, "num must be an integer from 1 to 10,000"),
+    ({"seed": {"start": 0, "stop": 999}, "rate": {"start": 1, "stop": 2, "num": 200}},
+     "make 200,000 points, more than 100,000"),
+])
+def test_an_oversized_grid_is_refused_before_anything_is_built(axes, message):
+    """A typo in a range (a step of 1e-9) must give one line, not exhaust memory building 1e18
+    values: sizes are counted before any value exists."""
+    with pytest.raises(ConfigError, match=message):
+        parse_spec({"axes": axes})

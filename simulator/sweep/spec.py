@@ -84,6 +84,10 @@ def parse_spec(raw: dict, source: str = "sweep spec", base_dir: Path | None = No
     if not isinstance(axes_raw, dict) or not axes_raw:
         raise ConfigError(f"{source}: axes must be a non-empty mapping of axis: values")
     axes = [_parse_axis(str(name), values, source) for name, values in axes_raw.items()]
+    points = math.prod(len(a.values) for a in axes)
+    if points > MAX_POINTS:
+        raise ConfigError(f"{source}: the axes make {points:,} points, more than {MAX_POINTS:,}; "
+                          f"split the sweep or coarsen a range")
     save = raw.get("save") or {}
     if not isinstance(save, dict) or any(k not in SAVE_KEYS for k in save) or \
             any(not isinstance(v, bool) for v in save.values()):
@@ -163,6 +167,12 @@ def _expand_values(values: Any, where: str) -> list:
     return values
 
 
+# Every point is a whole simulation (seconds to minutes): a grid past these sizes is a typo in a
+# range, not an experiment, and building it would exhaust memory before anything ran.
+MAX_AXIS_VALUES = 10_000
+MAX_POINTS = 100_000
+
+
 def _range(r: dict, where: str) -> list:
     allowed = ("start", "stop", "step", "num", "log")
     for k in r:
@@ -182,8 +192,9 @@ def _range(r: dict, where: str) -> list:
         raise ConfigError(f"{where}: range stop {stop} is below start {start}")
     if "num" in r:
         num = r["num"]
-        if not isinstance(num, int) or num < 1:
-            raise ConfigError(f"{where}: range num must be an integer >= 1, got {num!r}")
+        if not isinstance(num, int) or not 1 <= num <= MAX_AXIS_VALUES:
+            raise ConfigError(f"{where}: range num must be an integer from 1 to "
+                              f"{MAX_AXIS_VALUES:,}, got {num!r}")
         if "step" in r:
             raise ConfigError(f"{where}: give step or num, not both")
         if r.get("log"):
@@ -203,6 +214,9 @@ def _range(r: dict, where: str) -> list:
             raise ConfigError(f"{where}: range step must be > 0, got {step!r}")
         # The small slack keeps `stop` in the grid despite float rounding (12:24:0.1).
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_AXIS_VALUES:   # counted before any value is built: never a memory blow-up
+            raise ConfigError(f"{where}: the range has {count:,} values, more than "
+                              f"{MAX_AXIS_VALUES:,}; use a larger step")
         values = [start + i * step for i in range(count)]
         if all(isinstance(x, int) for x in (start, step)):
             return [int(v) for v in values]
