@@ -224,3 +224,19 @@ def test_a_fractional_threshold_admits_n_per_run_on_average(n):
     # The bucket starts full, which allows at most 2 ceil(n) extra admissions in the first runs;
     # afterwards exactly n per run. (Capping before subtracting gave 1.5 per run for n = 1.85.)
     assert np.mean(admitted) == pytest.approx(n, abs=(2 * np.ceil(n) + 1) / runs)
+
+
+def test_unlabelled_requests_join_the_type_of_their_output_whatever_the_declared_order():
+    """Requests without a type label (a vLLM server's, or vLLM in the loop) are placed by output
+    length: the first declared type long enough. Declared longest first, the labelled and the
+    unlabelled runs must be the same run (a bisection over the unsorted outputs swapped them)."""
+    types = [RequestType("long", 50, 30, 10.0), RequestType("short", 100, 10, 20.0)]
+    labelled = typed_requests(types, 300, seed=1)
+    unlabelled = [Request(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens)
+                  for r in labelled]
+    runs = [run(reqs, "wait", cost=LinearCost.paper(0.01, 1.2e-5), kv_tokens=200_000,
+                workload_hint=hint(types)) for reqs in (labelled, unlabelled)]
+    columns = ["request_id", "first_scheduled_s", "completion_s"]
+    a, b = (r.requests.sort_values("request_id")[columns].reset_index(drop=True) for r in runs)
+    assert (a["completion_s"].notna()).all()
+    assert a.equals(b)

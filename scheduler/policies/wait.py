@@ -527,7 +527,7 @@ class Wait(ThresholdPolicy):
         self._gate_of: dict[int, Gate] = {}
         if not self.workload_described():
             self.single_gate(given)
-            self._names, self._outputs = {}, [math.inf]
+            self._names, self._outputs, self._by_output = {}, [math.inf], [0]
             return
         self.types = self.workload_types("max")
         d0, d1 = self.linear_cost(self.types)
@@ -549,7 +549,10 @@ class Wait(ThresholdPolicy):
                       for t, n in zip(self.types, plan.thresholds)]
         self.M_pi = plan.M_pi
         self._names = {t.name: i for i, t in enumerate(self.types)}
-        self._outputs = [t.output for t in self.types]
+        # Gates by output length, for requests without a type label (bisected: sorted, whatever
+        # the declared order; ties keep it).
+        self._by_output = sorted(range(len(self.types)), key=lambda i: self.types[i].output)
+        self._outputs = [self.types[i].output for i in self._by_output]
         self.info.update(types=[t.name for t in self.types], thresholds=list(plan.thresholds),
                          M_pi=plan.M_pi, dT=plan.dT, conditions_met=plan.time_ok and plan.memory_ok,
                          capped=plan.capped)
@@ -559,7 +562,8 @@ class Wait(ThresholdPolicy):
         if g is None:
             i = self._names.get(req.label) if req.label is not None else None
             if i is None:   # the first type long enough for this request, else the longest
-                i = min(bisect.bisect_left(self._outputs, req.output_tokens), len(self.gates) - 1)
+                k = bisect.bisect_left(self._outputs, req.output_tokens)
+                i = self._by_output[min(k, len(self.gates) - 1)]
             g = self._gate_of[req.request_id] = self.gates[i]
         return g
 
