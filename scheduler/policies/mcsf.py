@@ -26,59 +26,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.base import Policy, param, register
+from scheduler.base import param, register
 from scheduler.kvprojection import MemoryProfile
 from scheduler.plan import StepPlan
-from scheduler.predictors import PREDICTORS, OutputPredictor
-from scheduler.queues import PriorityQueue
+from scheduler.predictors import PredictorParams, ShortestPredictedFirst
 
 
 @dataclass
-class MCSFParams:
-    predictor: str = param("oracle", "output-length predictor", choices=PREDICTORS)
-    noise_sigma: float = param(0.5, "log-normal sigma of the noisy predictor's relative error",
-                               minimum=0.0)
+class MCSFParams(PredictorParams):
     on_misfit: str = param("stop", "at the first waiting request that does not fit: stop the "
                                    "scan, or skip it and try longer ones", choices=("stop", "skip"))
 
 
 @register
-class MCSF(Policy):
+class MCSF(ShortestPredictedFirst):
     name = "mcsf"
     summary = "MC-SF: shortest predicted output first, admitted only if future peak KV fits"
     Params = MCSFParams
+    predictor_stream = 0x3C5F
 
     def bind(self, spec):
         super().bind(spec)
-        p = self.params
-        self.predict = OutputPredictor(p.predictor, p.noise_sigma, spec.seed, 0x3C5F)
-        self.predicted: dict[int, int] = {}
-        self.waiting = PriorityQueue(key=lambda r: (self.predicted[r.request_id], r.arrival_s,
-                                                    r.request_id))
         self.pad = spec.block_size - 1
         self.capacity = spec.kv_capacity_tokens
-
-    def on_arrival(self, req):
-        self.predicted[req.request_id] = self.predict(req)
-        self.waiting.append(req)
-
-    def on_finish(self, req):
-        self.predicted.pop(req.request_id, None)
-
-    def requeue(self, req):
-        self.waiting.prepend(req)
-
-    def on_requeue(self, req):
-        # Back among the waiting with the prediction it had: a new draw would change its place
-        # and shift the noisy predictor's stream for every later arrival.
-        self.requeue(req)
 
     def rounds_left(self, req) -> int:
         """Rounds to completion by the prediction; one when the request outlived it."""
         return max(1, self.predicted[req.request_id] - req.generated)
 
     def schedule(self, view):
-        plan = StepPlan(view, math.inf, on_preempt=self.requeue)
+        plan = StepPlan(view, math.inf, on_preempt=self.requeue_preempted)
         for req in list(plan.running):
             if not plan.is_preempted(req):
                 plan.schedule_resident(req, req.remaining)

@@ -10,38 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.base import param, register
+from scheduler.base import register
 from scheduler.policies.vllm_v1 import VllmV1, VllmV1Params
-from scheduler.predictors import PREDICTORS, OutputPredictor
-from scheduler.queues import PriorityQueue
+from scheduler.predictors import PredictorParams, ShortestPredictedFirst
 
 
 @dataclass
-class SJFParams(VllmV1Params):
-    predictor: str = param("oracle", "output-length predictor", choices=PREDICTORS)
-    noise_sigma: float = param(0.5, "log-normal sigma of the noisy predictor's relative error",
-                               minimum=0.0)
+class SJFParams(PredictorParams, VllmV1Params):
+    pass
 
 
 @register
-class ShortestJobFirst(VllmV1):
+class ShortestJobFirst(ShortestPredictedFirst, VllmV1):
     name = "sjf"
     summary = "Shortest predicted output first (oracle or noisy predictor), vLLM V1 step rules"
     Params = SJFParams
-
-    def bind(self, spec):
-        self.predicted: dict[int, int] = {}
-        self.predict = OutputPredictor(self.params.predictor, self.params.noise_sigma, spec.seed,
-                                       0x5AF)
-        super().bind(spec)
-
-    def make_queue(self):
-        return PriorityQueue(key=lambda r: (self.predicted[r.request_id], r.arrival_s,
-                                            r.request_id))
-
-    def on_arrival(self, req):
-        self.predicted[req.request_id] = self.predict(req)
-        super().on_arrival(req)
-
-    def on_finish(self, req):
-        self.predicted.pop(req.request_id, None)
+    predictor_stream = 0x5AF
