@@ -7,7 +7,19 @@ before each one; checking each request's last iteration is enough.
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import numpy as np
+
+from scheduler.state import RequestState
+
+
+def projected(req: RequestState, expected_output: float, block_size: int) -> tuple[int, int]:
+    """A request's (base, rounds): its tokens once the coming iteration has run, plus
+    block_size - 1, the most that rounding its KV up to whole blocks can add (so a projection
+    within capacity in tokens also fits in blocks); and the iterations it has left by
+    ``expected_output``, at least one (a request that outlived it is expected to end next)."""
+    return req.num_tokens + block_size - 1, max(1, int(expected_output) - req.generated)
 
 
 class MemoryProfile:
@@ -16,6 +28,14 @@ class MemoryProfile:
     def __init__(self, base: np.ndarray, rounds: np.ndarray, capacity: float):
         self.capacity = capacity
         self._set(base, rounds)
+
+    @classmethod
+    def of(cls, reqs: Iterable[RequestState], expected_output: Callable[[RequestState], float],
+           block_size: int, capacity: float) -> "MemoryProfile":
+        """The profile of ``reqs``, each ``projected`` over the output ``expected_output`` gives."""
+        points = [projected(r, expected_output(r), block_size) for r in reqs]
+        return cls(np.array([b for b, _ in points], dtype=float),
+                   np.array([n for _, n in points], dtype=np.int64), capacity)
 
     def _set(self, base, rounds):
         order = np.argsort(rounds, kind="stable")

@@ -24,10 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from scheduler.base import param, register
-from scheduler.kvprojection import MemoryProfile
+from scheduler.kvprojection import MemoryProfile, projected
 from scheduler.plan import StepPlan
 from scheduler.predictors import PredictorParams, ShortestPredictedFirst
 
@@ -45,24 +43,18 @@ class MCSF(ShortestPredictedFirst):
     Params = MCSFParams
     predictor_stream = 0x3C5F
 
-    def bind(self, spec):
-        super().bind(spec)
-        self.pad = spec.block_size - 1
-        self.capacity = spec.kv_capacity_tokens
-
-    def rounds_left(self, req) -> int:
-        """Rounds to completion by the prediction; one when the request outlived it."""
-        return max(1, self.predicted[req.request_id] - req.generated)
+    def expected_output(self, req) -> int:
+        """The output length a request is projected to: its prediction."""
+        return self.predicted[req.request_id]
 
     def schedule(self, view):
         plan = StepPlan(view, math.inf, on_preempt=self.requeue_preempted)
         for req in list(plan.running):
             if not plan.is_preempted(req):
                 plan.schedule_resident(req, req.remaining)
-        running = [r for r in plan.running]
-        profile = MemoryProfile(
-            np.array([r.num_tokens + self.pad for r in running], dtype=float),
-            np.array([self.rounds_left(r) for r in running], dtype=np.int64), self.capacity)
+        block_size = self.spec.block_size
+        profile = MemoryProfile.of(plan.running, self.expected_output, block_size,
+                                   self.spec.kv_capacity_tokens)
         skip = self.params.on_misfit == "skip"
         candidates = list(self.waiting) if skip else None
         i = 0
@@ -76,7 +68,7 @@ class MCSF(ShortestPredictedFirst):
                 if not self.waiting:
                     break
                 req = self.waiting.peek()
-            base, rounds = req.num_tokens + self.pad, self.rounds_left(req)
+            base, rounds = projected(req, self.expected_output(req), block_size)
             # Alone on an idle replica a request always runs: the engine admitted it knowing its
             # true peak fits, and an over-prediction must not block it forever.
             alone = not plan.running

@@ -49,13 +49,11 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from scheduler.base import Policy, PolicyError, param, register
 from scheduler.fluid import (CLUSTERINGS, FluidType, fit_cost, from_request_types, nested_plan,
                              types_from_lengths, wait_thresholds)
 from scheduler.kvbudget import watermark_blocks
-from scheduler.kvprojection import MemoryProfile
+from scheduler.kvprojection import MemoryProfile, projected
 from scheduler.plan import StepPlan
 from scheduler.queues import FCFSQueue
 from scheduler.state import Decision, RequestState, Status
@@ -401,22 +399,16 @@ class ThresholdPolicy(Policy):
     def projection_fits(self, req: RequestState, view, admits: list) -> bool:
         if not view.resident and not admits:
             return True    # alone it fits: the engine admitted it knowing its true peak
+        block_size = self.spec.block_size
         if self._profile is None:
             reqs = list(view.resident) + [r for r, _ in admits]
-            self._profile = MemoryProfile(
-                np.array([self.projected_base(r) for r in reqs], dtype=float),
-                np.array([self.rounds_left(r) for r in reqs], dtype=np.int64), self.capacity)
-        base, rounds = self.projected_base(req), self.rounds_left(req)
+            self._profile = MemoryProfile.of(reqs, self.expected_output, block_size,
+                                             self.capacity)
+        base, rounds = projected(req, self.expected_output(req), block_size)
         if not self._profile.fits(base, rounds):
             return False
         self._profile.add(base, rounds)
         return True
-
-    def projected_base(self, req: RequestState) -> int:
-        return req.num_tokens + self.spec.block_size - 1   # worst-case block rounding
-
-    def rounds_left(self, req: RequestState) -> int:
-        return max(1, int(self.expected_output(req)) - req.generated)
 
     def expected_output(self, req: RequestState) -> float:
         """Output length used to project a request's memory."""
