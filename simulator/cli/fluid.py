@@ -14,7 +14,7 @@ from scheduler.fluid import (CLUSTERINGS, CONVENTIONS, equilibrium, fit_cost, fr
 from simulator.cli import cli
 from simulator.cli.options import config_from_options, run_options
 from simulator.errors import ConfigError
-from simulator.runner import build_replica, build_workload, request_types
+from simulator.runner import build_replica, build_workload, request_types, workload_hint
 
 _FLUID_ONLY = ("d0", "d1", "segments", "clustering", "convention", "slack", "as_json")
 
@@ -24,13 +24,11 @@ def workload_fluid_types(cfg, segments: int, clustering: str):
     declared = request_types(cfg)
     if declared:
         return from_request_types(declared)
-    workload = build_workload(cfg)
-    f = workload.frame
-    rate = workload.meta.get("mean_rate") or workload.summary().get("mean_rate")
-    if not rate:
+    hint = workload_hint(build_workload(cfg))
+    if hint["arrival_rate"] is None:
         raise ConfigError("fluid: the workload has no arrival rate (give --rate or --type)")
-    return types_from_lengths(f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy(),
-                              float(rate), segments, clustering, representative="mean")
+    return types_from_lengths(*hint["lengths"], hint["arrival_rate"], segments, clustering,
+                              representative="mean")
 
 
 def fluid_report(cfg, d0=None, d1=None, segments=10, clustering="equal-width",
