@@ -189,20 +189,28 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
-def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv") -> list[Path]:
-    """summary.json, requests.csv (or .parquet), timeline.csv, config.json in ``out_dir``."""
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON (what JSON cannot hold, as text), written atomically."""
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def output_folder(out_dir: str | Path) -> Path:
+    """The ``out`` folder, created if missing (a path that cannot be one is a user error)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"out: cannot create output folder {out}: {e.strerror}")
+    return out
+
+
+def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv") -> list[Path]:
+    """summary.json, requests.csv (or .parquet), timeline.csv, config.json in ``out_dir``."""
+    out = output_folder(out_dir)
     written = []
-
-    def dump_json(obj):
-        return lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n")
-
     p = out / "summary.json"
-    _atomic_write(p, dump_json(result.summary))
+    write_json(p, result.summary)
     written.append(p)
     if requests_format == "parquet":
         p = out / "requests.parquet"
@@ -216,6 +224,6 @@ def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str =
         _atomic_write(p, lambda tmp: result.timeline.to_csv(tmp, index=False))
         written.append(p)
     p = out / "config.json"
-    _atomic_write(p, dump_json(result.config.to_dict()))
+    write_json(p, result.config.to_dict())
     written.append(p)
     return written

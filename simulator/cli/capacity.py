@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -13,7 +12,7 @@ from simulator.cli import cli
 from simulator.cli.options import config_from_options, run_options
 from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
-from simulator.runner import _atomic_write
+from simulator.runner import output_folder, write_json
 from simulator.sweep.capacity import CRITERIA, CapacityResult, Probe, capacity_search
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 
@@ -71,13 +70,7 @@ def capacity(**opts):
                              address=opts["address"], on_probe=on_probe)
     record = {**result.to_dict(), "config": cfg.to_dict()}
     if opts["out"]:
-        out = Path(opts["out"])
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"out: cannot create output folder {out}: {e.strerror}")
-        text = json.dumps(record, indent=2, default=str) + "\n"
-        _atomic_write(out / "capacity.json", lambda tmp: Path(tmp).write_text(text))
+        write_json(output_folder(opts["out"]) / "capacity.json", record)
     if opts["as_json"]:
         click.echo(json.dumps(record, indent=2, default=str))
         return

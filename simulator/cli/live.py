@@ -145,21 +145,16 @@ def run_bench(cfg, bopts, out: Path) -> dict:
 def finalize(cfg, bopts, out: Path, requests, records, workload_meta: dict) -> dict:
     from simulator.bench import bench_summary, requests_frame, vllm_bench_json
     from simulator.metrics import SLO
-    from simulator.runner import _atomic_write
+    from simulator.runner import _atomic_write, write_json
     frame = requests_frame(requests, records)
     summary = bench_summary(frame, records, SLO(**cfg.slo) if cfg.slo else None)
     summary.update({"source": "live-server", "url": bopts.url, "model": bopts.model,
                     "workload": {**workload_meta, "requests": len(requests)},
                     "policy": {"policy": "(server)"}, "seed": cfg.seed})
-
-    def dump(obj):
-        return lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n")
-
     _atomic_write(out / "requests.csv", lambda tmp: frame.to_csv(tmp, index=False))
-    _atomic_write(out / "summary.json", dump(summary))
-    _atomic_write(out / "bench.json", dump(vllm_bench_json(summary, records, bopts,
-                                                           workload_meta)))
-    _atomic_write(out / "config.json", dump({**cfg.to_dict(), "bench": vars(bopts)}))
+    write_json(out / "summary.json", summary)
+    write_json(out / "bench.json", vllm_bench_json(summary, records, bopts, workload_meta))
+    write_json(out / "config.json", {**cfg.to_dict(), "bench": vars(bopts)})
     return summary
 
 
