@@ -601,13 +601,13 @@ class NestedWait(ThresholdPolicy):
             self.queue = self.single_gate(given).queue     # one segment: the whole decode
             self._starts, self._ends = [0], [self.spec.max_model_len]
             return
-        bounds = self.workload_types("max")
+        # Segments from each cluster's longest output; the cost is fitted on the mixture's mean
+        # lengths (declared types have one length: then both are the types).
+        bounds, means = self.workload_types("max"), self.workload_types("mean")
         types = bounds
         if p.prompt_stat == "mean":
-            means = self.workload_types("mean")
             types = [FluidType(b.name, m.prompt, b.output, b.rate) for b, m in zip(bounds, means)]
-        d0, d1 = self.linear_cost(self.workload_types("mean") if self.hint.get("lengths")
-                                  is not None else bounds)
+        d0, d1 = self.linear_cost(means)
         try:
             plan = nested_plan(types, d0, d1, tl=p.tl, thresholds=given, eta=p.eta,
                                slack=p.slack, capacity=self.capacity)
