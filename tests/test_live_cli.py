@@ -202,3 +202,13 @@ def test_compare_relative_errors(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "sim"), str(tmp_path / "real")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "requests.csv: cannot read" in err
+
+
+def test_bench_refuses_the_simulated_replicas_flags(capsys, tmp_path):
+    """bench measures a real server: a flag of the simulated replica (vLLM always recomputes a
+    preempted request) is refused, not accepted, recorded in config.json and ignored."""
+    out = tmp_path / "out"
+    assert main(["bench", "--url", "http://127.0.0.1:9", "--model", "m", "-o", str(out), "-n", "1",
+                 "--preemption", "restart"]) == 2
+    assert "No such option '--preemption'" in capsys.readouterr().err
+    assert not out.exists()

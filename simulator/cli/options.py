@@ -106,7 +106,8 @@ def run_options(f):
 
 # Flags that describe the simulated replica and its policy rather than the workload.
 REPLICA_FLAGS = ("policy", "policy_param", "engine", "model", "gpu", "cost_model", "cost_param",
-                 "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len")
+                 "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len",
+                 "preemption")
 
 
 def workload_options(f, keep: tuple[str, ...] = ()):
