@@ -75,6 +75,8 @@ class RunConfig:
         _check_choice("cost_model", self.cost_model, COST_MODELS)
         _check_choice("engine", self.engine, ENGINES)
         _check_choice("preemption", self.preemption, PREEMPTIONS)
+        if self.engine == "vllm" and self.preemption != "recompute":
+            raise ConfigError("preemption restart needs engine native (vLLM always recomputes)")
         _check_positive("rate", self.rate)
         _check_positive("cv", self.cv)
         _check_positive("block_size", self.block_size)

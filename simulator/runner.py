@@ -140,8 +140,6 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     spec = build_replica(cfg, policy_hint(cfg, workload))
     policy = make_policy(cfg.policy, cfg.policy_params)
     if cfg.engine == "vllm":
-        if cfg.preemption != "recompute":
-            raise ConfigError("preemption restart needs engine native (vLLM always recomputes)")
         from simulator.vllm_engine import VllmLoopEngine, require_vllm
         vllm_version = require_vllm()
         engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,

@@ -12,6 +12,7 @@ from scheduler.base import policy_names
 from simulator.cli import main
 from simulator.config import RunConfig
 from simulator.engine import TIMELINE_COLUMNS
+from simulator.errors import ConfigError
 from simulator.metrics import REQUEST_COLUMNS
 from simulator.runner import simulate
 
@@ -231,3 +232,10 @@ def test_progress_bar_on_a_terminal(capsys, monkeypatch):
     import re
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", err)     # drop the terminal's escape codes
     assert "simulating" in plain and "400/400 requests done" in plain
+
+
+def test_restart_preemption_with_vllm_in_the_loop_is_refused_with_the_other_fields():
+    """Validated with the config (a sweep validates every point before running any), not only
+    when the run starts: vLLM always recomputes."""
+    with pytest.raises(ConfigError, match="preemption restart needs engine native"):
+        RunConfig(engine="vllm", preemption="restart").validate()
