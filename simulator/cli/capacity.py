@@ -16,9 +16,6 @@ from simulator.runner import output_folder, write_json
 from simulator.sweep.capacity import CRITERIA, CapacityResult, Probe, capacity_search
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 
-_OWN = ("criterion", "attainment", "seeds", "tol", "rate_min", "rate_max", "growth_limit",
-        "executor", "workers", "address", "out", "as_json", "quiet")
-
 
 @cli.command()
 @run_options
@@ -48,7 +45,7 @@ def capacity(**opts):
     stable when the mean E2E latency of the second half of the arrivals is at most
     --growth-limit times that of the first half (so the horizon, -n or --duration, matters).
     """
-    cfg = config_from_options({k: v for k, v in opts.items() if k not in _OWN})
+    cfg = config_from_options(opts)
     criterion = opts["criterion"] or ("slo" if cfg.slo else None)
     if criterion is None:
         raise ConfigError("give --slo ttft=MS,tpot=MS,e2el=MS (with --attainment), or "

@@ -16,9 +16,6 @@ from simulator.cli.options import config_from_options, run_options
 from simulator.errors import ConfigError
 from simulator.runner import build_replica, build_workload, request_types, workload_hint
 
-_FLUID_ONLY = ("d0", "d1", "segments", "clustering", "convention", "slack", "as_json")
-
-
 def workload_fluid_types(cfg, segments: int, clustering: str):
     """The workload's types: declared (``--type``), or its sampled lengths clustered (means)."""
     declared = request_types(cfg)
@@ -92,7 +89,7 @@ def _finite(obj):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def fluid(**opts):
     """Fluid equilibrium, throughput bound and stable region of a workload (flags as in run)."""
-    cfg = config_from_options({k: v for k, v in opts.items() if k not in _FLUID_ONLY})
+    cfg = config_from_options(opts)
     report = fluid_report(cfg, opts["d0"], opts["d1"], opts["segments"], opts["clustering"],
                           opts["convention"], opts["slack"])
     if opts["as_json"]:

@@ -122,7 +122,8 @@ def workload_options(f, keep: tuple[str, ...] = ()):
 
 
 def config_from_options(opts: dict, extra: dict | None = None):
-    """Build a validated RunConfig from the run flags (and an optional config file)."""
+    """Build a validated RunConfig from the run flags (and an optional config file) in a
+    command's ``opts``; its own options are not run flags and are ignored."""
     file_values, overrides = option_fields(opts)
     overrides.update(extra or {})
     return build_config(file_values, overrides)

@@ -14,8 +14,6 @@ from simulator.cli.options import config_from_options, run_options
 from simulator.errors import ConfigError
 from simulator.runner import simulate, write_outputs
 
-_RUN_ONLY = ("out", "requests_format", "no_timeline", "as_json", "quiet", "plot")
-
 
 @cli.command()
 @run_options
@@ -31,7 +29,7 @@ _RUN_ONLY = ("out", "requests_format", "no_timeline", "as_json", "quiet", "plot"
 def run(**opts):
     """Simulate a policy on a workload (no flags: the built-in default workload)."""
     extra = {"out": opts["out"], "timeline": False if opts["no_timeline"] else None}
-    cfg = config_from_options({k: v for k, v in opts.items() if k not in _RUN_ONLY}, extra)
+    cfg = config_from_options(opts, extra)
     if opts["plot"] and opts["no_timeline"]:
         raise ConfigError("--plot draws the timeline: drop --no-timeline")
     console = Console(stderr=True)
