@@ -133,12 +133,11 @@ def _read_config_file(path: Path) -> dict:
 def _read_workload_env(text: str) -> dict:
     import yaml
 
-    from simulator.config import check_fields
+    from simulator.config import check_fields, parse_error_line
     try:
         value = yaml.safe_load(text)      # JSON, or YAML's flow style: {types: [p512d20:8]}
     except yaml.YAMLError as e:
-        raise PolicyError(f"{ENV_WORKLOAD}: not a JSON or YAML object: "
-                          f"{str(e).splitlines()[0]}")
+        raise PolicyError(f"{ENV_WORKLOAD}: not a JSON or YAML object: {parse_error_line(e)}")
     if not isinstance(value, dict):
         raise PolicyError(f"{ENV_WORKLOAD}: expected an object of run-config fields, e.g. "
                           f"{{\"types\": [\"p512d20:8\"]}}")

@@ -248,13 +248,13 @@ def read_mapping_file(p: Path, what: str, json_ok: bool = False) -> dict:
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"{what} {p}: cannot parse: {_parse_error(e)}")
+        raise ConfigError(f"{what} {p}: cannot parse: {parse_error_line(e)}")
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} {p}: expected a mapping of field: value at the top level")
     return raw
 
 
-def _parse_error(e: Exception) -> str:
+def parse_error_line(e: Exception) -> str:
     """One line from a YAML or TOML parse error, with its line number."""
     mark = getattr(e, "problem_mark", None)          # yaml.MarkedYAMLError
     if mark is not None:

@@ -154,6 +154,9 @@ def test_plugin_workload_errors_are_one_line():
         load_plugin_config({ENV_WORKLOAD: '{"types": "p512d20:8"}'})
     with pytest.raises(PolicyError, match=f"{ENV_WORKLOAD}: expected an object"):
         load_plugin_config({ENV_WORKLOAD: "[1, 2]"})
+    with pytest.raises(PolicyError, match=f"{ENV_WORKLOAD}: not a JSON or YAML object: line 1, "
+                                          f"column 19: expected ',' or ']'"):
+        load_plugin_config({ENV_WORKLOAD: "{types: [p512d20:8"})
     with pytest.raises(ConfigError, match="rate must be a positive number"):
         load_plugin_config({ENV_WORKLOAD: "{rate: -1}"})
 
