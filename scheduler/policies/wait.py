@@ -50,8 +50,8 @@ import math
 from dataclasses import dataclass, field
 
 from scheduler.base import Policy, PolicyError, param, register
-from scheduler.fluid import (CLUSTERINGS, FluidType, fit_cost, from_request_types, nested_plan,
-                             types_from_lengths, wait_thresholds)
+from scheduler.fluid import (CLUSTERINGS, FluidType, check_wait, fit_cost, from_request_types,
+                             nested_plan, types_from_lengths, wait_thresholds)
 from scheduler.kvbudget import watermark_blocks
 from scheduler.kvprojection import MemoryProfile, projected
 from scheduler.plan import StepPlan
@@ -529,7 +529,6 @@ class Wait(ThresholdPolicy):
                     raise PolicyError(f"policy wait: thresholds has {len(given)} values for "
                                       f"{len(self.types)} types "
                                       f"({', '.join(t.name for t in self.types)})")
-                from scheduler.fluid import check_wait
                 plan = check_wait(self.types, given, d0, d1, self.capacity)
             else:
                 plan = wait_thresholds(self.types, d0, d1, p.slack, self.capacity,
