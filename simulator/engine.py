@@ -56,7 +56,108 @@ def arrival_reject_reason(spec: ReplicaSpec, st: RequestState) -> str | None:
     return None
 
 
-class Engine:
+class ReplicaLoop:
+    """What every simulated replica shares, whoever schedules it (our policies, or vLLM's
+    scheduler in the loop): the clock, the arrival process that rejects what can never fit,
+    sleeping until an arrival or a wake-up time (and the stall check when neither can come),
+    the cost of an iteration, and the result. Subclasses supply ``_accept`` (hand an arrival
+    to the scheduler), ``_close_arrivals`` and the ``_replica`` process."""
+
+    def __init__(self, requests: Iterable[Request], cost_model: CostModel, spec: ReplicaSpec, *,
+                 record_timeline: bool = True,
+                 progress: Callable[[int, int], None] | None = None, total: int | None = None):
+        self.env = simpy.Environment()
+        self.requests = requests
+        self.cost_model = cost_model
+        self.spec = spec
+        self.states: list[RequestState] = []
+        self.timeline: list[tuple] | None = [] if record_timeline else None
+        self.progress = progress
+        self.total = total
+        self.peak_used_blocks = 0
+        self.finished = 0
+        self.iterations = 0
+        self.preemptions = 0
+        self.arrivals_done = False
+        self._idle: simpy.Event | None = None
+
+    def run(self) -> EngineResult:
+        wall0 = time.perf_counter()
+        self._start()
+        self.env.process(self._arrivals())
+        done = self.env.process(self._replica())
+        if self.progress is not None:
+            self.progress(0, self.total or 0)
+        self.env.run(until=done)
+        if self.progress is not None:
+            self.progress(self.finished, self.total or 0)
+        return EngineResult(self.states, self.timeline, self.env.now, self.iterations,
+                            self.preemptions, self.peak_used_blocks, self.spec,
+                            wall_s=time.perf_counter() - wall0, extra=self._extra())
+
+    def _start(self) -> None:
+        pass
+
+    def _extra(self) -> dict:
+        return {}
+
+    def _arrivals(self):
+        env = self.env
+        for r in self.requests:
+            delay = r.arrival_s - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens,
+                              r.label)
+            self.states.append(st)
+            reason = arrival_reject_reason(self.spec, st)
+            if reason is not None:
+                st.status = Status.REJECTED
+                st.reject_reason = reason
+                continue
+            self._accept(st, r)
+            self._wake()
+        self.arrivals_done = True
+        self._close_arrivals()
+        self._wake()
+
+    def _accept(self, st: RequestState, r: Request) -> None:
+        raise NotImplementedError
+
+    def _close_arrivals(self) -> None:
+        pass
+
+    def _replica(self):
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        if self._idle is not None and not self._idle.triggered:
+            self._idle.succeed()
+
+    def _sleep(self, wake_at: float | None, who: str, unfinished: str):
+        """Wait for an arrival, or until ``wake_at``; with neither possible the run is stuck."""
+        env = self.env
+        if self.arrivals_done and wake_at is None:
+            raise SimulationStalled(f"{who} scheduled nothing at t={env.now:.3f}s with "
+                                    f"{unfinished} and no further arrivals")
+        self._idle = env.event()
+        if wake_at is not None:
+            if not wake_at > env.now:
+                raise PolicyViolation(f"{who} asked to wake at {wake_at} <= now {env.now}")
+            yield self._idle | env.timeout(wake_at - env.now)
+        else:
+            yield self._idle
+        self._idle = None
+
+    def _iteration_time(self, shape: BatchShape) -> float:
+        dt = self.cost_model.iteration_time(shape)
+        if not dt > 0:
+            raise PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
+                                  f"iteration time {dt!r} for {shape!r}")
+        return dt
+
+
+class Engine(ReplicaLoop):
     """Simulates one replica serving ``requests`` under ``policy`` with ``cost_model``."""
 
     def __init__(self, requests: Iterable[Request], policy: Policy, cost_model: CostModel,
@@ -69,72 +170,26 @@ class Engine:
         # prompt + generated as one prefill. "restart" (the model of Ao et al.): it loses them and
         # starts over from its prompt.
         self.restart = preemption == "restart"
-        self.env = simpy.Environment()
-        self.requests = requests
+        super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
+                         progress=progress, total=total)
         self.policy = policy
-        self.cost_model = cost_model
-        self.spec = spec
         self.view = ReplicaView(spec)
         self.resident: dict[int, RequestState] = {}
         self.view.resident = self.resident.values()   # live, admission order
-        self.states: list[RequestState] = []
-        self.timeline: list[tuple] | None = [] if record_timeline else None
-        self.progress = progress
-        self.total = total
         self.free_blocks = spec.num_blocks
-        self.peak_used_blocks = 0
         self.unfinished = 0
-        self.finished = 0
-        self.iterations = 0
-        self.preemptions = 0
         self._admissions = 0
-        self._idle: simpy.Event | None = None
 
-    # ---------------------------------------------------------------------------------------
-    def run(self) -> EngineResult:
-        wall0 = time.perf_counter()
+    def _start(self) -> None:
         self.policy.bind(self.spec)
-        self.env.process(self._arrivals())
-        done = self.env.process(self._replica())
-        if self.progress is not None:
-            self.progress(0, self.total or 0)
-        self.env.run(until=done)
-        if self.progress is not None:
-            self.progress(self.finished, self.total or 0)
-        return EngineResult(self.states, self.timeline, self.env.now, self.iterations,
-                            self.preemptions, self.peak_used_blocks, self.spec,
-                            wall_s=time.perf_counter() - wall0)
 
-    # ---------------------------------------------------------------------------------------
-    def _arrivals(self):
-        env = self.env
-        for r in self.requests:
-            delay = r.arrival_s - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            self._arrive(r)
-        self.view.arrivals_done = True
-        self._wake()
-
-    def _arrive(self, r: Request) -> None:
-        st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.label)
-        self.states.append(st)
-        reason = arrival_reject_reason(self.spec, st)
-        if reason is not None:
-            self._reject(st, reason)
-            return
+    def _accept(self, st: RequestState, r: Request) -> None:
         self.unfinished += 1
         self.view.num_waiting += 1
         self.policy.on_arrival(st)
-        self._wake()
 
-    def _reject(self, st: RequestState, reason: str) -> None:
-        st.status = Status.REJECTED
-        st.reject_reason = reason
-
-    def _wake(self) -> None:
-        if self._idle is not None and not self._idle.triggered:
-            self._idle.succeed()
+    def _close_arrivals(self) -> None:
+        self.view.arrivals_done = True
 
     # ---------------------------------------------------------------------------------------
     def _replica(self):
@@ -150,20 +205,10 @@ class Engine:
             if not (d.prefill or d.decode):
                 if view.arrivals_done and self.unfinished == 0:
                     return
-                if view.arrivals_done and d.wake_at is None:
-                    raise SimulationStalled(
-                        f"policy {policy.name} scheduled nothing at t={env.now:.3f}s with "
-                        f"{self.unfinished} unfinished requests ({view.num_waiting} waiting, "
-                        f"{len(self.resident)} resident) and no further arrivals")
-                self._idle = env.event()
-                if d.wake_at is not None:
-                    if not d.wake_at > env.now:
-                        raise PolicyViolation(f"policy {policy.name} asked to wake at "
-                                              f"{d.wake_at} <= now {env.now}")
-                    yield self._idle | env.timeout(d.wake_at - env.now)
-                else:
-                    yield self._idle
-                self._idle = None
+                yield from self._sleep(
+                    d.wake_at, f"policy {policy.name}",
+                    f"{self.unfinished} unfinished requests ({view.num_waiting} waiting, "
+                    f"{len(self.resident)} resident)")
                 continue
             dt = self._start_iteration(d)
             yield env.timeout(dt)
@@ -174,7 +219,8 @@ class Engine:
             if st.status is not Status.WAITING:
                 raise PolicyViolation(f"policy {self.policy.name} rejected request "
                                       f"{st.request_id}, which is {st.status.value}")
-            self._reject(st, reason)
+            st.status = Status.REJECTED
+            st.reject_reason = reason
             self.view.num_waiting -= 1
             self.unfinished -= 1
 
@@ -260,10 +306,7 @@ class Engine:
         shape.prefill_attn_pairs = pf_pairs
         shape.decode_requests = len(d.decode)
         shape.decode_kv_tokens = dec_kv
-        dt = self.cost_model.iteration_time(shape)
-        if not dt > 0:
-            raise PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
-                                  f"iteration time {dt!r} for {shape!r}")
+        dt = self._iteration_time(shape)
         if self.timeline is not None:
             self.timeline.append((now, dt, pf_tokens, len(d.prefill), len(d.decode),
                                   pf_kv + dec_kv, used * bs, len(resident),

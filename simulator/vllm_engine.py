@@ -20,18 +20,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-import simpy
-
 from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, RequestState, Status
 from simulator.cost.base import BatchShape, CostModel
-from simulator.engine import EngineResult, arrival_reject_reason
-from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
+from simulator.engine import ReplicaLoop
+from simulator.errors import ConfigError, PolicyViolation
 from simulator.hardware import ModelSpec
 from simulator.runner import _atomic_write
 from traces.request import Request
@@ -184,68 +181,35 @@ def model_output(out, requests: dict):
                              pooler_output=[])
 
 
-class VllmLoopEngine:
+class VllmLoopEngine(ReplicaLoop):
     """Simulates one replica whose scheduler is vLLM's, serving ``requests`` under ``policy``."""
 
     def __init__(self, requests: Iterable[Request], policy: Policy | None, cost_model: CostModel,
                  spec: ReplicaSpec, model: ModelSpec, *, record_timeline: bool = True,
                  progress: Callable[[int, int], None] | None = None, total: int | None = None,
                  scheduler_cls=None, options: dict | None = None):
-        self.env = simpy.Environment()
-        self.requests = requests
+        super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
+                         progress=progress, total=total)
         self.policy = policy
-        self.cost_model = cost_model
-        self.spec = spec
         options = options or scheduler_options(policy, spec)
         self.sched = build_scheduler(model, spec, options, scheduler_cls)
         if hasattr(self.sched, "configure"):
             self.sched.configure(policy, cost_model=cost_model,
                                  workload_hint=spec.workload_hint, seed=spec.seed)
             self.sched.clock = lambda: self.env.now
-        self.states: list[RequestState] = []
         self.by_id: dict[str, RequestState] = {}
-        self.timeline: list[tuple] | None = [] if record_timeline else None
-        self.progress, self.total = progress, total
-        self.iterations = self.preemptions = self.peak_used_blocks = self.finished = 0
-        self.arrivals_done = False
-        self._idle: simpy.Event | None = None
 
-    def run(self) -> EngineResult:
-        wall0 = time.perf_counter()
-        self.env.process(self._arrivals())
-        done = self.env.process(self._replica())
-        self.env.run(until=done)
-        extra = {}
+    def _extra(self) -> dict:
         stats = getattr(self.sched, "servesim_stats", None)
-        if stats is not None:
-            extra = dict(vars(stats))
-        return EngineResult(self.states, self.timeline, self.env.now, self.iterations,
-                            self.preemptions, self.peak_used_blocks, self.spec,
-                            wall_s=time.perf_counter() - wall0, extra=extra)
+        return dict(vars(stats)) if stats is not None else {}
 
-    def _arrivals(self):
-        env = self.env
-        for r in self.requests:
-            if r.arrival_s > env.now:
-                yield env.timeout(r.arrival_s - env.now)
-            st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens,
-                              r.label)
-            self.states.append(st)
-            reason = arrival_reject_reason(self.spec, st)
-            if reason is not None:
-                st.status, st.reject_reason = Status.REJECTED, reason
-                continue
-            self.by_id[str(r.request_id)] = st
-            self.sched.add_request(vllm_request(r))
-            self._wake()
-        self.arrivals_done = True
+    def _accept(self, st: RequestState, r: Request) -> None:
+        self.by_id[str(r.request_id)] = st
+        self.sched.add_request(vllm_request(r))
+
+    def _close_arrivals(self) -> None:
         if hasattr(self.sched, "arrivals_done"):
             self.sched.arrivals_done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._idle is not None and not self._idle.triggered:
-            self._idle.succeed()
 
     def _replica(self):
         from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
@@ -262,20 +226,9 @@ class VllmLoopEngine:
                 self._record(sched.update_from_output(out, EMPTY_MODEL_RUNNER_OUTPUT), now)
                 if self.arrivals_done and not sched.has_unfinished_requests():
                     return
-                wake_at = getattr(sched, "wake_at", None)
-                if self.arrivals_done and wake_at is None:
-                    raise SimulationStalled(
-                        f"vLLM scheduled nothing at t={now:.3f}s with "
-                        f"{sched.get_num_unfinished_requests()} unfinished requests and no "
-                        f"further arrivals")
-                self._idle = env.event()
-                if wake_at is not None:
-                    if not wake_at > now:
-                        raise PolicyViolation(f"policy asked to wake at {wake_at} <= now {now}")
-                    yield self._idle | env.timeout(wake_at - now)
-                else:
-                    yield self._idle
-                self._idle = None
+                yield from self._sleep(getattr(sched, "wake_at", None), "vLLM",
+                                       f"{sched.get_num_unfinished_requests()} unfinished "
+                                       f"requests")
                 continue
             self.iterations += 1
             requests = sched.requests
@@ -284,10 +237,7 @@ class VllmLoopEngine:
                 if st.first_scheduled_s is None:
                     st.first_scheduled_s = now
             shape = batch_shape(out, requests)
-            dt = self.cost_model.iteration_time(shape)
-            if not dt > 0:
-                raise PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
-                                      f"iteration time {dt!r} for {shape!r}")
+            dt = self._iteration_time(shape)
             used = capacity - pool.get_num_free_blocks()
             if used > capacity:
                 raise PolicyViolation(f"vLLM over-allocated KV at t={now:.6f}s: {used} blocks "
