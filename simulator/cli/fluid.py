@@ -16,12 +16,13 @@ from simulator.cli.options import config_from_options, run_options
 from simulator.errors import ConfigError
 from simulator.runner import build_replica, build_workload, request_types, workload_hint
 
-def workload_fluid_types(cfg, segments: int, clustering: str):
-    """The workload's types: declared (``--type``), or its sampled lengths clustered (means)."""
+def workload_fluid_types(cfg, segments: int, clustering: str, workload=None):
+    """The workload's types: declared (``--type``), or its sampled lengths clustered (means).
+    ``workload``: the one ``cfg`` builds, when the caller already has it."""
     declared = request_types(cfg)
     if declared:
         return from_request_types(declared)
-    hint = workload_hint(build_workload(cfg))
+    hint = workload_hint(workload if workload is not None else build_workload(cfg))
     if hint["arrival_rate"] is None:
         raise ConfigError("fluid: the workload has no arrival rate (give --rate or --type)")
     return types_from_lengths(*hint["lengths"], hint["arrival_rate"], segments, clustering,
@@ -29,13 +30,13 @@ def workload_fluid_types(cfg, segments: int, clustering: str):
 
 
 def fluid_report(cfg, d0=None, d1=None, segments=10, clustering="equal-width",
-                 convention="engine", slack=0.1) -> dict:
+                 convention="engine", slack=0.1, workload=None) -> dict:
     for name, v in (("d0", d0), ("d1", d1)):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"--{name} must be a number >= 0 (seconds), got {v!r}")
     if segments < 1:
         raise ConfigError(f"--segments must be >= 1, got {segments}")
-    types = workload_fluid_types(cfg, segments, clustering)
+    types = workload_fluid_types(cfg, segments, clustering, workload)
     spec = build_replica(cfg)
     capacity = spec.kv_capacity_tokens
     fit = None

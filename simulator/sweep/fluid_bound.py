@@ -11,13 +11,13 @@ from traces.errors import WorkloadError
 KEYS = ("throughput_bound", "max_rate_scale", "max_rate", "M_star", "stable")
 
 
-def fluid_summary(cfg: RunConfig) -> dict | None:
+def fluid_summary(cfg: RunConfig, workload=None) -> dict | None:
     """Thr* (output tokens/s at the offered rates), the largest stable rate scaling and the
-    equilibrium memory of ``cfg``'s workload; None for a workload the fluid model cannot
-    describe (no arrival rate, say)."""
+    equilibrium memory of ``cfg``'s workload (``workload``: the one ``cfg`` builds, when the
+    caller has it); None for a workload the fluid model cannot describe (no arrival rate)."""
     from simulator.cli.fluid import fluid_report
     try:
-        report = fluid_report(cfg)
+        report = fluid_report(cfg, workload=workload)
     except (ConfigError, WorkloadError, ValueError):
         return None
     return {k: report.get(k) for k in KEYS}

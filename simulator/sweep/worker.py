@@ -13,7 +13,7 @@ import pandas as pd
 
 from simulator.cli import USER_ERRORS
 from simulator.config import RunConfig
-from simulator.runner import simulate
+from simulator.runner import build_workload, simulate
 from simulator.sweep.fluid_bound import fluid_summary
 from simulator.sweep.stability import half_means, pooled_growth
 
@@ -45,13 +45,14 @@ def run_point(task: PointTask) -> PointOutcome:
     try:
         cfg = RunConfig(**task.config).validate()
         cpu0 = time.process_time()
-        result = simulate(cfg)
+        workload = build_workload(cfg)    # built once: the simulation and the fluid bound share it
+        result = simulate(cfg, workload)
         cpu_s = time.process_time() - cpu0
         first, second = half_means(result.requests)
         summary = {**result.summary,
                    "latency_first_half_ms": first, "latency_second_half_ms": second,
                    "latency_growth": pooled_growth([(first, second)]), "cpu_s": cpu_s}
-        fluid = fluid_summary(cfg)
+        fluid = fluid_summary(cfg, workload)
         if fluid:
             summary["fluid"] = fluid
         return PointOutcome(task.index, task.key, "ok", summary,
