@@ -9,8 +9,8 @@ class StepKV:
     """Free KV blocks as a policy plans one iteration.
 
     ``need`` is the number of extra blocks a request needs to compute ``tokens`` more tokens;
-    ``take`` reserves them if they fit (optionally keeping ``watermark`` blocks free, as vLLM v0
-    does when admitting new prefills); ``release`` returns a preempted request's blocks.
+    ``release`` returns a preempted request's blocks. Reserving (with the ``watermark`` blocks
+    vLLM V0 keeps free when admitting new prefills) is StepPlan's, inlined on its hot path.
     """
 
     __slots__ = ("free", "block_size", "watermark")
@@ -22,17 +22,6 @@ class StepKV:
 
     def need(self, req: RequestState, tokens: int) -> int:
         return max(0, -(-(req.computed + tokens) // self.block_size) - req.kv_blocks)
-
-    def fits(self, req: RequestState, tokens: int, keep_watermark: bool = False) -> bool:
-        reserve = self.watermark if keep_watermark else 0
-        return self.need(req, tokens) <= self.free - reserve
-
-    def take(self, req: RequestState, tokens: int, keep_watermark: bool = False) -> bool:
-        need = self.need(req, tokens)
-        if need > self.free - (self.watermark if keep_watermark else 0):
-            return False
-        self.free -= need
-        return True
 
     def release(self, req: RequestState) -> None:
         self.free += req.kv_blocks

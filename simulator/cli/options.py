@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import click
 
 from simulator.config import (ARRIVALS, COST_MODELS, ENGINES, PREEMPTIONS, build_config,
@@ -177,12 +175,3 @@ def option_fields(opts: dict) -> tuple[dict, dict]:
     if overrides["num_requests"] is not None and "duration" in file_values:
         file_values.pop("duration")
     return file_values, {k: v for k, v in overrides.items() if v is not None}
-
-
-def with_run_options(f):
-    """run_options, and pass the raw option dict as ``opts``."""
-    @run_options
-    @functools.wraps(f)
-    def wrapper(**kwargs):
-        return f(**kwargs)
-    return wrapper
