@@ -237,6 +237,7 @@ class PolicySchedulingMixin:
         self._rid_of: dict[int, str] = {}      # id(RequestState) -> vLLM request id
         self._admissions = 0
         self._state_ids = itertools.count()
+        self._live_ids: set[int] = set()       # servesim ids of the requests now in vLLM
         # Free blocks before any request: the KV capacity the policy plans with (vLLM's block
         # pool keeps one null block out of the count).
         self._capacity_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
@@ -291,18 +292,30 @@ class PolicySchedulingMixin:
             return                      # a streaming continuation, not a new arrival
         policy = self._policy()
         rid = request.request_id
-        sid = int(rid) if rid.isdigit() else next(self._state_ids)
-        st = RequestState(sid, request.arrival_time, request.num_prompt_tokens,
+        st = RequestState(self._new_state_id(rid), request.arrival_time, request.num_prompt_tokens,
                           request.max_tokens)
         self._states[rid] = st
         self._rid_of[id(st)] = rid
         policy.on_arrival(st)
+
+    def _new_state_id(self, rid: str) -> int:
+        """The policy's integer id for vLLM request ``rid``, unique among live requests.
+
+        A numeric id keeps its number, so vLLM in the loop and the native engine see the same
+        ids (ties, predictor draws); any other id (the server's ``cmpl-...``), or a number that
+        is already taken, gets the next free one from a counter."""
+        sid = int(rid) if rid.isdigit() else None
+        while sid is None or sid in self._live_ids:
+            sid = next(self._state_ids)
+        self._live_ids.add(sid)
+        return sid
 
     def _free_request(self, request, *args, **kwargs):
         self._requeued.discard(request.request_id)
         st = self._states.pop(request.request_id, None)
         if st is not None:
             self._rid_of.pop(id(st), None)
+            self._live_ids.discard(st.request_id)
         if st is not None and self.servesim_policy is not None:
             status = request.status.name
             if status in ("FINISHED_STOPPED", "FINISHED_LENGTH_CAPPED"):

@@ -70,6 +70,21 @@ def test_cli_stats_json_and_table(capsys):
     assert "no arrival times (lengths only)" in capsys.readouterr().out
 
 
+def test_cli_stats_keeps_each_line_whole_when_piped(tmp_path, capsys):
+    # CI failed here once: rich wrapped the headline at 80 columns because the clone's path was
+    # longer, splitting "19,366 requests" across two lines. Piped output must never wrap text.
+    deep = tmp_path.joinpath(*(["a-rather-long-folder-name"] * 8))
+    deep.mkdir(parents=True)
+    trace = deep / "trace.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
+                     + "".join(f"{i * 0.5},{100 + i},{10 + i}\n" for i in range(1200)))
+    assert len(str(trace)) > 200
+    assert main(["trace", "stats", str(trace)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"{trace} (vidur): 1,200 requests")
+    assert lines[1].startswith("span 599.5 s (10.0 min), mean rate 2.000 req/s")
+
+
 def test_cli_formats_lists_every_format(capsys):
     from traces.loaders import FORMATS
     assert main(["trace", "formats"]) == 0

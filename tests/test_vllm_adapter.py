@@ -522,3 +522,32 @@ def test_vllm_scheduler_cls_path_resolves_lazily():
     assert issubclass(cls, AsyncScheduler) and cls.__name__ == "ServesimAsyncScheduler"
     assert issubclass(vllm_adapter.ServesimScheduler, Scheduler)
     assert isinstance(make_policy("vllm-v1"), Policy)
+
+
+def test_numeric_and_server_request_ids_never_share_a_policy_id():
+    """A server mixing numeric ids with its own (``cmpl-...``) ones: the policy's ids stay
+    unique among live requests, so SJF's per-id predictions are never overwritten."""
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.request import Request as VllmRequest
+
+    def request(rid, output):
+        return VllmRequest(rid, prompt_token_ids=[1] * 16,
+                           sampling_params=SamplingParams(max_tokens=output, ignore_eos=True),
+                           pooling_params=None, arrival_time=0.0)
+
+    sched = adapter(make_policy("sjf", {}), options={**OPTIONS, "max_num_seqs": 1})
+    sched.clock = lambda: 0.0
+    outputs = {"cmpl-a": 9, "0": 3, "cmpl-b": 8, "1": 5, "2": 1, "7": 4}
+    for rid, output in outputs.items():
+        sched.add_request(request(rid, output))
+    ids = {rid: st.request_id for rid, st in sched._states.items()}
+    assert len(set(ids.values())) == len(outputs), ids
+    assert ids["cmpl-a"] == 0 and ids["7"] == 7   # a number keeps its value while it is free
+    policy = sched.servesim_policy
+    assert {rid: policy.predicted[ids[rid]] for rid in outputs} == outputs
+    order = []
+    while sched.has_unfinished_requests():
+        out = sched.schedule()
+        order.extend(r.req_id for r in out.scheduled_new_reqs)
+        sched.update_from_output(out, model_output(out, sched.requests))
+    assert order == sorted(outputs, key=outputs.get)

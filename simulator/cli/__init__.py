@@ -17,6 +17,17 @@ from traces.errors import WorkloadError
 USER_ERRORS = (ConfigError, PolicyError, WorkloadError)
 
 
+def stdout_console():
+    """The console for a command's report on stdout.
+
+    Rich wraps text and squeezes tables to 80 columns when stdout is not a terminal; piped or
+    captured output keeps each line whole (so ``grep`` finds it) and gives tables room.
+    """
+    from rich.console import Console
+    console = Console()
+    return console if console.is_terminal else Console(width=160, soft_wrap=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="servesim", prog_name="servesim")
 def cli():

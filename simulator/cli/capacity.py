@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from simulator.cli import cli
+from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, run_options
 from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
@@ -73,8 +73,7 @@ def capacity(**opts):
         return
     click.echo(result_line(result))
     if not opts["quiet"]:
-        out = Console()
-        print_bracket(result, out if out.is_terminal else Console(width=120))
+        print_bracket(result, stdout_console())
 
 
 def result_line(r: CapacityResult) -> str:

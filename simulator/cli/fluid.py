@@ -11,7 +11,7 @@ from rich.table import Table
 
 from scheduler.fluid import (CLUSTERINGS, CONVENTIONS, equilibrium, fit_cost, from_request_types,
                              types_from_lengths, wait_thresholds)
-from simulator.cli import cli
+from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, run_options
 from simulator.errors import ConfigError
 from simulator.runner import build_replica, build_workload, request_types, workload_hint
@@ -96,7 +96,7 @@ def fluid(**opts):
     if opts["as_json"]:
         click.echo(json.dumps(report, indent=2))
     else:
-        print_report(report, Console())
+        print_report(report, stdout_console())
 
 
 def _f(v, digits=4):

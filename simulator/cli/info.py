@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from scheduler.base import param_docs, policy_class, policy_names
-from simulator.cli import cli
+from simulator.cli import cli, stdout_console
 from simulator.hardware import GPUS, MODELS, kv_capacity_tokens
-
-
-def _console() -> Console:
-    """Rich squeezes tables to 80 columns when not writing to a terminal; piped or captured
-    output gets room for the widest table instead of truncated names."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
 
 
 @cli.command()
@@ -23,7 +15,7 @@ def _console() -> Console:
 @click.argument("names", nargs=-1)
 def policies(show_params, names):
     """List batching policies (with --params or NAMES: their parameters)."""
-    console = _console()
+    console = stdout_console()
     table = Table(show_header=True, header_style="bold")
     table.add_column("policy")
     table.add_column("description")
@@ -44,7 +36,7 @@ def policies(show_params, names):
 @cli.command()
 def presets():
     """List model and GPU presets and the default KV capacity of each pair."""
-    console = _console()
+    console = stdout_console()
     t = Table(title="models")
     for col in ("model", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "params",
                 "KV/token", "max len"):

@@ -17,11 +17,10 @@ import subprocess
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from scheduler.base import make_policy
-from simulator.cli import cli
+from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, option_fields, workload_options
 from simulator.errors import ConfigError
 
@@ -116,8 +115,9 @@ def bench(url, served_model, out, timeout_s, max_concurrency, prompt_mode, as_js
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
         from simulator.cli.run import print_summary
-        print_summary(summary, Console())
-        Console().print(f"failed: {summary['failed']} {summary['errors'] or ''}; wrote {out}")
+        console = stdout_console()
+        print_summary(summary, console)
+        console.print(f"failed: {summary['failed']} {summary['errors'] or ''}; wrote {out}")
 
 
 def run_bench(cfg, bopts, out: Path) -> dict:
@@ -175,7 +175,7 @@ def compare(sim_dir, real_dir, as_json):
     for row in result["metrics"]:
         t.add_row(row["metric"], _fmt(row["sim"]), _fmt(row["real"]),
                   "-" if row["rel_error"] is None else f"{row['rel_error']:+.1%}")
-    console = Console()
+    console = stdout_console()
     console.print(t)
     for key, value in result["per_request"].items():
         console.print(f"{key}: {value if not isinstance(value, float) else f'{value:.1%}'}")

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from simulator.cli import cli
+from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, run_options
 from simulator.errors import ConfigError
 from simulator.runner import simulate, write_outputs
@@ -57,9 +57,10 @@ def run(**opts):
     if opts["as_json"]:
         click.echo(json.dumps(result.summary, indent=2, default=str))
     elif not opts["quiet"]:
-        print_summary(result.summary, Console())
+        out = stdout_console()
+        print_summary(result.summary, out)
         if cfg.out:
-            Console().print(f"wrote {', '.join(str(p) for p in paths)}")
+            out.print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 def _fmt(v, digits=1):

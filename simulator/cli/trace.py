@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from simulator.cli import cli
+from simulator.cli import cli, stdout_console
 from simulator.config import parse_pairs
 
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -38,7 +38,7 @@ def stats(file, trace_format, trace_option, strict, seed, as_json):
         return
     for message in s["warnings"]:
         click.echo(f"servesim: warning: {message}", err=True)
-    _print_stats(s, Console())
+    _print_stats(s, stdout_console())
 
 
 def _num(v, digits=1):
@@ -81,7 +81,7 @@ def _print_stats(s: dict, console: Console) -> None:
 def formats():
     """The trace formats, their identifying columns and options."""
     from traces.loaders import FORMATS
-    console = Console()
+    console = stdout_console()
     t = Table(show_header=True, header_style="bold")
     for col in ("format", "detected by columns", "times", "options (-T KEY=VALUE)"):
         t.add_column(col)
@@ -104,7 +104,7 @@ def fetch(name, dest, url, force):
     Without NAME: list the known datasets.
     """
     from traces.fetch import DATASETS, default_cache, fetch as fetch_dataset
-    console = Console()
+    console = stdout_console()
     if name is None:
         t = Table(show_header=True, header_style="bold", title=f"cache: {default_cache()}",
                   title_justify="left")
