@@ -329,7 +329,7 @@ def profile_iterations_vllm(m: ModelSpec, max_len: int, max_batch: int, repeats:
 
     from vllm import LLM, SamplingParams
 
-    from simulator.vllm_engine import model_folder
+    from simulator.vllm.loop import model_folder
     llm = LLM(model=str(model_folder(m, m.max_model_len)), load_format="dummy",
               skip_tokenizer_init=True, dtype=dtype_name, enforce_eager=False,
               enable_prefix_caching=False, max_num_seqs=max(max_batch, 1),

@@ -140,7 +140,7 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     spec = build_replica(cfg, policy_hint(cfg, workload))
     policy = make_policy(cfg.policy, cfg.policy_params)
     if cfg.engine == "vllm":
-        from simulator.vllm_engine import VllmLoopEngine, require_vllm
+        from simulator.vllm.loop import VllmLoopEngine, require_vllm
         vllm_version = require_vllm()
         engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,
                                 model_spec(cfg.model), record_timeline=cfg.timeline,

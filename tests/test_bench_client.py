@@ -30,7 +30,7 @@ except ImportError:   # the bench extra is missing
         raise
     pytest.skip("aiohttp not installed (pip install -e '.[bench]')", allow_module_level=True)
 
-from simulator.bench import RECORDS, BenchOptions, Replayer, read_records  # noqa: E402
+from simulator.vllm.bench import RECORDS, BenchOptions, Replayer, read_records  # noqa: E402
 from simulator.cli.live import finalize  # noqa: E402
 from simulator.config import RunConfig  # noqa: E402
 from traces.request import Request  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 from scheduler.base import PolicyError, make_policy
 from scheduler.state import ReplicaSpec
-from scheduler.vllm_adapter import (ENV_CONFIG, ENV_PARAMS, ENV_POLICY, ENV_SEED, ENV_WORKLOAD,
+from simulator.vllm.plugin import (ENV_CONFIG, ENV_PARAMS, ENV_POLICY, ENV_SEED, ENV_WORKLOAD,
                                     PluginConfig, build_policy, load_plugin_config,
                                     parse_params_text, planning_inputs)
 from simulator.cli import main
@@ -28,12 +28,12 @@ def test_serve_dry_run_prints_the_vllm_command(capsys):
     assert line.startswith(f"{ENV_POLICY}=sjf {ENV_PARAMS}='{{\"noise_sigma\": \"0.3\", "
                            f"\"predictor\": \"noisy\"}}' {ENV_SEED}=0 ")
     assert line.endswith("vllm serve meta-llama/Llama-2-7b-hf --max-num-seqs 128 "
-                         "--scheduler-cls scheduler.vllm_adapter.ServesimAsyncScheduler")
+                         "--scheduler-cls simulator.vllm.plugin.ServesimAsyncScheduler")
 
 
 def test_serve_sync_uses_the_sync_scheduler_and_disables_async():
     env, argv = serve_command(PluginConfig(), ["m"], sync=True)
-    assert argv[-3:] == ["--scheduler-cls", "scheduler.vllm_adapter.ServesimScheduler",
+    assert argv[-3:] == ["--scheduler-cls", "simulator.vllm.plugin.ServesimScheduler",
                          "--no-async-scheduling"]
     assert env[ENV_POLICY] == "vllm-v1"
 

@@ -21,7 +21,7 @@ from simulator.cost.linear import LinearCost  # noqa: E402
 from simulator.hardware import model_spec  # noqa: E402
 from tests.fluid_helpers import hint  # noqa: E402
 from traces.lengths import RequestType  # noqa: E402
-from simulator.vllm_engine import (build_scheduler, model_output,  # noqa: E402
+from simulator.vllm.loop import (build_scheduler, model_output,  # noqa: E402
                                    scheduler_options, vllm_request)
 from traces.request import Request  # noqa: E402
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
@@ -189,7 +189,7 @@ def model_output_async(sched, out):
 
 def test_sync_adapter_refuses_an_async_engine():
     with pytest.raises(ValueError, match="no-async-scheduling"):
-        from scheduler.vllm_adapter import scheduler_class
+        from simulator.vllm.plugin import scheduler_class
         build_scheduler(MODEL, spec(), OPTIONS, scheduler_cls=scheduler_class(False),
                         async_scheduling=True)
 
@@ -495,7 +495,7 @@ def test_a_live_server_plans_wait_with_the_workload_from_its_environment(monkeyp
     """`vllm serve` builds the scheduler with no configure() call: the adapter reads the
     plug-in variables at the first request and binds WAIT to vLLM's own KV capacity, with the
     hint and cost model the same run fields give a simulation."""
-    from scheduler.vllm_adapter import ENV_POLICY, ENV_WORKLOAD
+    from simulator.vllm.plugin import ENV_POLICY, ENV_WORKLOAD
     from simulator.config import build_config
     from simulator.runner import build_replica, build_workload, policy_hint
     monkeypatch.setenv(ENV_POLICY, "wait")
@@ -517,7 +517,7 @@ def test_a_live_server_plans_wait_with_the_workload_from_its_environment(monkeyp
 def test_vllm_scheduler_cls_path_resolves_lazily():
     from vllm.utils.import_utils import resolve_obj_by_qualname
 
-    from scheduler import vllm_adapter
+    from simulator.vllm import plugin as vllm_adapter
     cls = resolve_obj_by_qualname(vllm_adapter.qualname(async_scheduling=True))
     assert issubclass(cls, AsyncScheduler) and cls.__name__ == "ServesimAsyncScheduler"
     assert issubclass(vllm_adapter.ServesimScheduler, Scheduler)

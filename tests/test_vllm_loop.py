@@ -1,4 +1,4 @@
-"""vLLM in the loop (simulator/vllm_engine.py): simulated time around vLLM's real scheduler."""
+"""vLLM in the loop (simulator/vllm/loop.py): simulated time around vLLM's real scheduler."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from simulator.cost.linear import LinearCost  # noqa: E402
 from simulator.engine import Engine  # noqa: E402
 from simulator.errors import SimulationStalled  # noqa: E402
 from simulator.hardware import model_spec  # noqa: E402
-from simulator.vllm_engine import VllmLoopEngine  # noqa: E402
+from simulator.vllm.loop import VllmLoopEngine  # noqa: E402
 from traces.request import Request  # noqa: E402
 
 COST = LinearCost.paper(d0=0.01, d1=1e-5)
@@ -95,7 +95,7 @@ def test_requests_that_can_never_fit_are_rejected_at_arrival():
 
 
 def test_vllm_limits_follow_the_policy_and_never_cut_an_unbudgeted_plan():
-    from simulator.vllm_engine import scheduler_options
+    from simulator.vllm.loop import scheduler_options
     v1 = scheduler_options(make_policy("vllm-v1", {"max_num_batched_tokens": 2048,
                                                    "max_num_seqs": 64}), SPEC)
     assert (v1["max_num_batched_tokens"], v1["max_num_seqs"], v1["reserve_full_prompt"]) == \

@@ -114,8 +114,8 @@ def test_engine_vllm_without_vllm_is_one_line_and_exit_2():
 
 
 def test_scheduler_package_and_cli_import_without_vllm():
-    code = ("import sys; import scheduler, scheduler.vllm_adapter, simulator.cli, "
-            "simulator.runner, simulator.vllm_engine\n"
+    code = ("import sys; import scheduler, simulator.vllm.plugin, simulator.cli, "
+            "simulator.runner, simulator.vllm.loop\n"
             "from simulator.cli import _register_commands; _register_commands()\n"
             "print('vllm' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

@@ -31,8 +31,8 @@ OWNED_VLLM_FLAGS = ("--scheduler-cls", "--async-scheduling", "--no-async-schedul
 def serve_command(cfg, vllm_args: list[str], sync: bool,
                   vllm: str = "vllm") -> tuple[dict, list[str]]:
     """(environment additions, argv) that start vLLM with the plug-in configured by ``cfg`` (a
-    ``scheduler.vllm_adapter.PluginConfig``)."""
-    from scheduler.vllm_adapter import qualname
+    ``simulator.vllm.plugin.PluginConfig``)."""
+    from simulator.vllm.plugin import qualname
     check_plugin(cfg)
     for arg in vllm_args:
         if arg.split("=")[0] in OWNED_VLLM_FLAGS:
@@ -50,7 +50,7 @@ def check_plugin(cfg) -> None:
     with them (WAIT with neither a workload nor explicit thresholds). The policy is bound to
     the replica ``servesim run`` would simulate with these fields; the server binds it again to
     its own KV capacity and limits."""
-    from scheduler.vllm_adapter import planning_inputs
+    from simulator.vllm.plugin import planning_inputs
     from simulator.runner import build_replica
     cost_model, hint = planning_inputs(cfg)
     spec = build_replica(cfg.run_config(), hint)
@@ -73,7 +73,7 @@ def serve(sync, dry_run, vllm_args, **opts):
     The workload flags (or --config, a run-config file) describe the workload the policy
     should expect, and --model/--gpu/--cost-model the cost model it plans with, as in
     `servesim run` (WAIT and Nested WAIT derive their thresholds from them)."""
-    from scheduler.vllm_adapter import plugin_config
+    from simulator.vllm.plugin import plugin_config
     cfg = plugin_config(*option_fields(opts))
     env, argv = serve_command(cfg, list(vllm_args), sync)
     line = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())) + " " + \
@@ -106,7 +106,7 @@ def serve(sync, dry_run, vllm_args, **opts):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def bench(url, served_model, out, timeout_s, max_concurrency, prompt_mode, as_json, **opts):
     """Replay a workload against an OpenAI-compatible server (same outputs as `run`)."""
-    from simulator.bench import BenchOptions
+    from simulator.vllm.bench import BenchOptions
     cfg = config_from_options(opts, {"out": out})
     bopts = BenchOptions(url=url, model=served_model, timeout_s=timeout_s,
                          max_concurrency=max_concurrency, prompt_mode=prompt_mode, seed=cfg.seed)
@@ -126,7 +126,7 @@ def run_bench(cfg, bopts, out: Path) -> dict:
         import aiohttp  # noqa: F401
     except ImportError:
         raise ConfigError("servesim bench needs aiohttp: pip install -e '.[bench]'")
-    from simulator.bench import RECORDS, Replayer, read_records
+    from simulator.vllm.bench import RECORDS, Replayer, read_records
     from simulator.runner import build_workload
     workload = build_workload(cfg)
     requests = list(workload.requests())
@@ -143,7 +143,7 @@ def run_bench(cfg, bopts, out: Path) -> dict:
 
 
 def finalize(cfg, bopts, out: Path, requests, records, workload_meta: dict) -> dict:
-    from simulator.bench import bench_summary, requests_frame, vllm_bench_json
+    from simulator.vllm.bench import bench_summary, requests_frame, vllm_bench_json
     from simulator.metrics import SLO
     from simulator.runner import _atomic_write, write_json
     frame = requests_frame(requests, records)

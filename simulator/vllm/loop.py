@@ -58,15 +58,9 @@ def quiet_vllm() -> None:
 
 def model_folder(model: ModelSpec, max_model_len: int) -> Path:
     """A folder holding only a Hugging Face ``config.json`` of the model's shape (no weights)."""
-    positions = max(model.max_model_len, max_model_len)
-    config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": model.hidden_size, "intermediate_size": model.intermediate_size,
-        "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_heads,
-        "num_key_value_heads": model.num_kv_heads, "vocab_size": model.vocab_size,
-        "max_position_embeddings": positions, "rms_norm_eps": 1e-5,
-        "torch_dtype": "float16", "tie_word_embeddings": False,
-    }
+    from simulator.vllm.models import hf_config
+    config = hf_config(model, max_model_len)
+    positions = config["max_position_embeddings"]
     folder = Path(tempfile.gettempdir()) / "servesim-vllm-models" / f"{model.name}-{positions}"
     path = folder / "config.json"
     text = json.dumps(config, indent=1, sort_keys=True)
@@ -129,7 +123,7 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
 
     quiet_vllm()
     if scheduler_cls is None:
-        from scheduler.vllm_adapter import scheduler_class
+        from simulator.vllm.plugin import scheduler_class
         scheduler_cls = scheduler_class(async_scheduling)
     # vLLM's block pool keeps one null block out of use: one more gives the run's capacity.
     num_blocks = spec.num_blocks + 1

@@ -3,7 +3,7 @@
 Usage with a live server (``servesim serve`` writes this command line for you)::
 
     SERVESIM_POLICY=sjf SERVESIM_POLICY_PARAMS='predictor=oracle' \\
-        vllm serve MODEL --scheduler-cls scheduler.vllm_adapter.ServesimAsyncScheduler
+        vllm serve MODEL --scheduler-cls simulator.vllm.plugin.ServesimAsyncScheduler
 
 ``ServesimAsyncScheduler`` extends vLLM's ``AsyncScheduler`` (vLLM's default: async scheduling on,
 two batches in flight). ``ServesimScheduler`` extends the synchronous ``Scheduler`` and must run
@@ -250,9 +250,9 @@ class PolicySchedulingMixin:
             raise ValueError(
                 f"{type(self).__name__} needs async scheduling "
                 f"{'on' if self._servesim_async else 'off'}: use "
-                + ("scheduler.vllm_adapter.ServesimAsyncScheduler, or --no-async-scheduling "
+                + ("simulator.vllm.plugin.ServesimAsyncScheduler, or --no-async-scheduling "
                    "with ServesimScheduler" if engine_async else
-                   "scheduler.vllm_adapter.ServesimScheduler with --no-async-scheduling"))
+                   "simulator.vllm.plugin.ServesimScheduler with --no-async-scheduling"))
 
     def server_options(self) -> dict:
         sc = self.scheduler_config
