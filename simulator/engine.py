@@ -21,10 +21,12 @@ import simpy
 
 from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
-from simulator.config import PREEMPTIONS
+from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
+from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
 from traces.request import Request
+from traces.workload import Workload
 
 TIMELINE_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "prefill_requests",
                     "decode_requests", "batch_kv_tokens", "kv_used_tokens", "resident",
@@ -345,3 +347,14 @@ class Engine(ReplicaLoop):
         self.unfinished -= 1
         self.finished += 1
         self.policy.on_finish(st)
+
+
+def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: ReplicaSpec,
+                  progress: Callable[[int, int], None] | None = None) -> Engine:
+    """servesim's own engine for a run (``RunConfig.engine`` "native")."""
+    return Engine(workload.requests(), policy, spec.cost_model, spec,
+                  record_timeline=cfg.timeline, progress=progress, total=len(workload),
+                  preemption=cfg.preemption)
+
+
+register_engine("native", native_engine)

@@ -99,7 +99,8 @@ def simulate(reqs: list[Request], policy: str | Policy = "vllm-v1", params: dict
     recorder = Recorder(pol)
     spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
                        max_model_len=max_model_len, cost_model=cost,
-                       workload_hint=workload_hint(Workload.from_requests(reqs)), seed=seed)
+                       workload_hint=workload_hint(Workload.from_requests(reqs), cost_model=cost),
+                       seed=seed)
     engine = Engine(reqs, pol, cost, spec)
     raw = engine.run()
     return Outcome(raw, recorder.steps, spec, engine.free_blocks)

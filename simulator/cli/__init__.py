@@ -10,11 +10,7 @@ import sys
 
 import click
 
-from scheduler.base import PolicyError
-from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
-from traces.errors import WorkloadError
-
-USER_ERRORS = (ConfigError, PolicyError, WorkloadError)
+from simulator.errors import USER_ERRORS, PolicyViolation, SimulationStalled
 
 
 def stdout_console():

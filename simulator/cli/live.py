@@ -8,6 +8,7 @@ puts a simulated and a measured run side by side.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -53,7 +54,7 @@ def check_plugin(cfg) -> None:
     from simulator.vllm.plugin import planning_inputs
     from simulator.runner import build_replica
     cost_model, hint = planning_inputs(cfg)
-    spec = build_replica(cfg.run_config(), hint)
+    spec = dataclasses.replace(build_replica(cfg.run_config()), workload_hint=hint)
     make_policy(cfg.policy, cfg.policy_params).bind(spec)
 
 

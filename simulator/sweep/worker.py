@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from simulator.cli import USER_ERRORS
+import simulator.vllm  # noqa: F401  (registers the engine "vllm")
 from simulator.config import RunConfig
+from simulator.errors import USER_ERRORS
 from simulator.runner import build_workload, simulate
 from simulator.sweep.fluid_bound import fluid_summary
 from simulator.sweep.stability import half_means, pooled_growth

@@ -26,12 +26,14 @@ from typing import Callable, Iterable
 
 from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, RequestState, Status
+from simulator.config import RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engine import ReplicaLoop
 from simulator.errors import ConfigError, PolicyViolation
-from simulator.hardware import ModelSpec
+from simulator.hardware import ModelSpec, model_spec
 from simulator.runner import _atomic_write
 from traces.request import Request
+from traces.workload import Workload
 
 TOKEN_ID = 17           # the token every fabricated prompt and output consists of
 DEFAULT_MAX_NUM_SEQS = 1024   # when the policy sets no cap: high enough never to bind
@@ -175,6 +177,18 @@ def model_output(out, requests: dict):
                              pooler_output=[])
 
 
+def loop_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: ReplicaSpec,
+                progress: Callable[[int, int], None] | None = None) -> "VllmLoopEngine":
+    """vLLM in the loop for a run (``RunConfig.engine`` "vllm"); its summary gains vLLM's
+    version and the adapter's counters."""
+    version = require_vllm()
+    engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,
+                            model_spec(cfg.model), record_timeline=cfg.timeline,
+                            progress=progress, total=len(workload))
+    engine.vllm_version = version
+    return engine
+
+
 class VllmLoopEngine(ReplicaLoop):
     """Simulates one replica whose scheduler is vLLM's, serving ``requests`` under ``policy``."""
 
@@ -192,10 +206,12 @@ class VllmLoopEngine(ReplicaLoop):
                                  workload_hint=spec.workload_hint, seed=spec.seed)
             self.sched.clock = lambda: self.env.now
         self.by_id: dict[str, RequestState] = {}
+        self.vllm_version: str | None = None
 
     def _extra(self) -> dict:
         stats = getattr(self.sched, "servesim_stats", None)
-        return dict(vars(stats)) if stats is not None else {}
+        version = {"version": self.vllm_version} if self.vllm_version else {}
+        return {**version, **(vars(stats) if stats is not None else {})}
 
     def _accept(self, st: RequestState, r: Request) -> None:
         self.by_id[str(r.request_id)] = st
