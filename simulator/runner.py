@@ -4,10 +4,7 @@ summarise, and write the output folder."""
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +21,7 @@ from simulator.engine import TIMELINE_COLUMNS
 from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
+from simulator.io import atomic_write, output_folder, write_json
 from simulator.metrics import SLO, requests_table, summarize, timeline_table
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
@@ -162,35 +160,6 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     return RunResult(cfg, frame, timeline, summary)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file
-    and a failed run never destroys an earlier run's output."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, obj) -> None:
-    """``obj`` as indented JSON (what JSON cannot hold, as text), written atomically."""
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def output_folder(out_dir: str | Path) -> Path:
-    """The ``out`` folder, created if missing (a path that cannot be one is a user error)."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"out: cannot create output folder {out}: {e.strerror}")
-    return out
-
-
 def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv") -> list[Path]:
     """summary.json, requests.csv (or .parquet), timeline.csv, config.json in ``out_dir``."""
     out = output_folder(out_dir)
@@ -200,14 +169,14 @@ def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str =
     written.append(p)
     if requests_format == "parquet":
         p = out / "requests.parquet"
-        _atomic_write(p, lambda tmp: result.requests.to_parquet(tmp, index=False))
+        atomic_write(p, lambda tmp: result.requests.to_parquet(tmp, index=False))
     else:
         p = out / "requests.csv"
-        _atomic_write(p, lambda tmp: result.requests.to_csv(tmp, index=False))
+        atomic_write(p, lambda tmp: result.requests.to_csv(tmp, index=False))
     written.append(p)
     if result.timeline is not None:
         p = out / "timeline.csv"
-        _atomic_write(p, lambda tmp: result.timeline.to_csv(tmp, index=False))
+        atomic_write(p, lambda tmp: result.timeline.to_csv(tmp, index=False))
         written.append(p)
     p = out / "config.json"
     write_json(p, result.config.to_dict())

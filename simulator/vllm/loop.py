@@ -31,7 +31,7 @@ from simulator.cost.base import BatchShape, CostModel
 from simulator.engine import ReplicaLoop
 from simulator.errors import ConfigError, PolicyViolation
 from simulator.hardware import ModelSpec, model_spec
-from simulator.runner import _atomic_write
+from simulator.io import write_text
 from traces.request import Request
 from traces.workload import Workload
 
@@ -68,7 +68,7 @@ def model_folder(model: ModelSpec, max_model_len: int) -> Path:
     text = json.dumps(config, indent=1, sort_keys=True)
     if not path.is_file() or path.read_text() != text:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        write_text(path, text)
     return folder
 
 
