@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,12 +17,11 @@ from simulator.config import RunConfig
 from simulator.cost.base import CostModel
 from simulator.cost.factory import build_cost_model
 from simulator.cost.linear import fit_cost
-from simulator.engine import TIMELINE_COLUMNS
 from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
 from simulator.io import atomic_write, output_folder, write_json
-from simulator.metrics import SLO, requests_table, summarize, timeline_table
+from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeline_table
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, parse_type, synthesize)
@@ -35,8 +34,12 @@ class RunResult:
     config: RunConfig
     requests: pd.DataFrame
     timeline: pd.DataFrame | None
-    summary: dict
-    extra: dict = field(default_factory=dict)
+    record: Summary
+
+    @property
+    def summary(self) -> dict:
+        """The summary as ``summary.json`` holds it."""
+        return self.record.to_dict()
 
 
 def request_types(cfg: RunConfig) -> tuple[RequestType, ...] | None:
@@ -137,27 +140,16 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
     raw = engine.run()
     frame = requests_table(raw.states)
-    slo = SLO(**cfg.slo) if cfg.slo else None
-    summary = summarize(frame, preemptions=raw.preemptions, slo=slo)
-    summary.update({
-        "policy": policy.describe(),
-        "model": cfg.model,
-        "gpu": cfg.gpu,
-        "cost": spec.cost_model.describe(),
-        "kv_capacity_tokens": spec.kv_capacity_tokens,
-        "block_size": spec.block_size,
-        "peak_kv_tokens": raw.peak_kv_blocks * spec.block_size,
-        "iterations": raw.iterations,
-        "workload": {**workload.meta, "requests": len(workload)},
-        "seed": cfg.seed,
-        "wall_s": raw.wall_s,
-        "sim_requests_per_wall_s": len(workload) / raw.wall_s if raw.wall_s > 0 else None,
-        "engine": cfg.engine,
-    })
-    if raw.extra:       # an engine's own statistics, under its name (vLLM's version, ...)
-        summary[cfg.engine] = raw.extra
-    timeline = timeline_table(raw.timeline, TIMELINE_COLUMNS) if raw.timeline is not None else None
-    return RunResult(cfg, frame, timeline, summary)
+    run = SimulatedRun(
+        policy=policy.describe(), model=cfg.model, gpu=cfg.gpu, cost=spec.cost_model.describe(),
+        kv_capacity_tokens=spec.kv_capacity_tokens, block_size=spec.block_size,
+        peak_kv_tokens=raw.peak_kv_blocks * spec.block_size, iterations=raw.iterations,
+        workload=workload.meta, requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s,
+        engine=cfg.engine, engine_stats=raw.extra)
+    record = Summary.of(frame, preemptions=raw.preemptions,
+                        slo=SLO(**cfg.slo) if cfg.slo else None, source=run)
+    timeline = timeline_table(raw.timeline) if raw.timeline is not None else None
+    return RunResult(cfg, frame, timeline, record)
 
 
 def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv") -> list[Path]:

@@ -148,10 +148,9 @@ def finalize(cfg, bopts, out: Path, requests, records, workload_meta: dict) -> d
     from simulator.metrics import SLO
     from simulator.io import atomic_write, write_json
     frame = requests_frame(requests, records)
-    summary = bench_summary(frame, records, SLO(**cfg.slo) if cfg.slo else None)
-    summary.update({"source": "live-server", "url": bopts.url, "model": bopts.model,
-                    "workload": {**workload_meta, "requests": len(requests)},
-                    "policy": {"policy": "(server)"}, "seed": cfg.seed})
+    summary = bench_summary(frame, records, SLO(**cfg.slo) if cfg.slo else None,
+                            url=bopts.url, model=bopts.model, workload=workload_meta,
+                            requests=len(requests), seed=cfg.seed)
     atomic_write(out / "requests.csv", lambda tmp: frame.to_csv(tmp, index=False))
     write_json(out / "summary.json", summary)
     write_json(out / "bench.json", vllm_bench_json(summary, records, bopts, workload_meta))

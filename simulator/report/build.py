@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from simulator.compare import load_run, read_table, run_table
-from simulator.engine import TIMELINE_COLUMNS
 from simulator.errors import ConfigError
 from simulator.io import write_text
+from simulator.metrics import TIMELINE_COLUMNS
 from simulator.report import figures
 from simulator.report.figures import col
 from simulator.sweep.fluid_bound import bounded_throughput

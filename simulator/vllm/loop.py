@@ -32,6 +32,7 @@ from simulator.engine import ReplicaLoop
 from simulator.errors import ConfigError, PolicyViolation
 from simulator.hardware import ModelSpec, model_spec
 from simulator.io import write_text
+from simulator.metrics import TimelineRow
 from traces.request import Request
 from traces.workload import Workload
 
@@ -254,10 +255,12 @@ class VllmLoopEngine(ReplicaLoop):
                                       f"used of {capacity}")
             self.peak_used_blocks = max(self.peak_used_blocks, used)
             if self.timeline is not None:
-                self.timeline.append((now, dt, shape.prefill_tokens, shape.prefill_requests,
-                                      shape.decode_requests, shape.kv_tokens,
-                                      used * self.spec.block_size, len(sched.running),
-                                      len(sched.waiting), len(out.preempted_req_ids)))
+                self.timeline.append(TimelineRow(
+                    start_s=now, duration_s=dt, prefill_tokens=shape.prefill_tokens,
+                    prefill_requests=shape.prefill_requests,
+                    decode_requests=shape.decode_requests, batch_kv_tokens=shape.kv_tokens,
+                    kv_used_tokens=used * self.spec.block_size, resident=len(sched.running),
+                    waiting=len(sched.waiting), preempted=len(out.preempted_req_ids)))
             mro = model_output(out, requests)
             yield env.timeout(dt)
             self._record(sched.update_from_output(out, mro), env.now)
