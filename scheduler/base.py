@@ -9,9 +9,10 @@ from typing import Any, ClassVar
 
 from scheduler.queues import FCFSQueue
 from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
+from traces.errors import UserError
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError):
     """A policy name or parameter is invalid. The message is one line a user can act on."""
 
 

@@ -25,7 +25,7 @@ exceed its capacity also checks blocks (see scheduler/policies/wait.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -478,42 +478,3 @@ def types_from_lengths(prompts, outputs, total_rate: float, segments: int,
         out.append(FluidType(f"o{lo_g}-{int(o[mask].max())}", prompt, output,
                              total_rate * count / len(o)))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Fitting the linear cost to any cost model
-
-@dataclass(frozen=True)
-class CostFit:
-    d0: float
-    d1: float
-    rmse_s: float
-    max_rel_error: float
-    source: str                     # "exact" (a d0 + d1 KV model) or "fit"
-    batches: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-def fit_cost(cost_model, types: Sequence[FluidType] | None = None, capacity: float | None = None,
-             max_model_len: int = 4096) -> CostFit:
-    """(d0, d1) of tau = d0 + d1 * KV for ``cost_model``.
-
-    A linear model with only c0 and c_kv is the paper's model and is taken as it is. Anything else
-    is fitted by non-negative least squares (``simulator.cost.linear.fit_linear``) over batches
-    shaped like the ones a threshold policy runs on this workload: every type contributing
-    requests in proportion to its rate at every stage (``pipeline_batches``), at scales up to the
-    KV capacity; without types, over the generic representative batches. The cost layer is
-    imported lazily: it is pure Python/NumPy, and a policy only needs it when it binds.
-    """
-    from simulator.cost.linear import (LinearCost, fit_linear, pipeline_batches,
-                                       representative_batches)
-    if isinstance(cost_model, LinearCost) and cost_model.c_prefill == 0 and \
-            cost_model.c_decode == 0:
-        return CostFit(cost_model.c0, cost_model.c_kv, 0.0, 0.0, "exact")
-    if types:
-        batches = pipeline_batches([(t.prompt, t.output, t.rate) for t in types],
-                                   max_kv_tokens=capacity)
-    else:
-        batches = representative_batches(max_model_len, capacity)
-    fit = fit_linear(cost_model, batches, terms=("c0", "c_kv"))
-    return CostFit(fit.cost.c0, fit.cost.c_kv, fit.rmse_s, fit.max_rel_error, "fit", fit.batches)

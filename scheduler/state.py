@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 
 class Status(str, Enum):
@@ -86,6 +86,64 @@ class RequestState:
 
 
 @dataclass(frozen=True)
+class CostFit:
+    """The fluid model's linear cost tau = d0 + d1 x (KV tokens of the batch), as fitted to the
+    run's cost model (``source`` "exact" when the cost model is that line, else "fit")."""
+
+    d0: float
+    d1: float
+    rmse_s: float
+    max_rel_error: float
+    source: str
+    batches: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class TypeRates(Protocol):
+    """A request type as the cost fit reads it (``scheduler.fluid.FluidType`` is one)."""
+
+    prompt: float
+    output: float
+    rate: float
+
+
+# (types the policy plans for, or None; KV capacity in tokens; max_model_len) -> the fit. The
+# simulator side builds it from the run's cost model, so policies never import a cost model.
+CostFitter = Callable[[Optional[Sequence[TypeRates]], Optional[float], int], CostFit]
+
+
+@dataclass(frozen=True)
+class WorkloadHint:
+    """What a policy may know about the workload before serving it (``ReplicaSpec.workload_hint``),
+    built by the simulator side (``simulator.runner.workload_hint``) or the vLLM plug-in's
+    configuration:
+
+    - ``types``: the declared request types (``--type``: ``traces.lengths.RequestType`` records
+      with rates), or None;
+    - ``workload``: the workload's meta record (source, generator, transforms);
+    - ``arrival_rate``: mean arrival rate in requests/s, or None (a single request);
+    - ``lengths``: (prompt_tokens, output_tokens) arrays of the workload's requests: the length
+      *distribution* that fluid-guided policies (Nested WAIT, types for WAIT) assume known, as
+      the paper computes its segments from the dataset. A policy must not use it to learn an
+      individual request's output length (that is what ``RequestState.output_tokens`` is for,
+      and only policies that assume known lengths read it);
+    - ``cost_fit``: fits the fluid model's d0 + d1 KV line to the run's cost model, for the
+      types a policy plans with (None: no cost model; give d0 and d1).
+    """
+
+    types: tuple | None = None
+    workload: dict = field(default_factory=dict)
+    arrival_rate: float | None = None
+    lengths: tuple[Any, Any] | None = None
+    cost_fit: CostFitter | None = None
+
+    @property
+    def described(self) -> bool:
+        """Types or a length distribution are known (the fluid model can plan)."""
+        return bool(self.types) or self.lengths is not None
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Static facts about the replica, given to a policy once before serving starts."""
 
@@ -93,7 +151,7 @@ class ReplicaSpec:
     block_size: int
     max_model_len: int
     cost_model: Any = None          # the run's cost model (for policies that plan with it)
-    workload_hint: Any = None       # optional description of the expected workload (types, rates)
+    workload_hint: WorkloadHint | None = None   # the expected workload, when described
     seed: int = 0
 
     @property

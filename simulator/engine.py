@@ -21,22 +21,20 @@ import simpy
 
 from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
-from simulator.config import PREEMPTIONS
+from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
+from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
+from simulator.metrics import TimelineRow
 from traces.request import Request
-
-TIMELINE_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "prefill_requests",
-                    "decode_requests", "batch_kv_tokens", "kv_used_tokens", "resident",
-                    "waiting", "preempted")
-
+from traces.workload import Workload
 
 @dataclass
 class EngineResult:
     """Raw outcome of a run: every request's final state, the iteration timeline, counters."""
 
     states: list[RequestState]
-    timeline: list[tuple] | None
+    timeline: list[TimelineRow] | None
     end_s: float
     iterations: int
     preemptions: int
@@ -71,7 +69,7 @@ class ReplicaLoop:
         self.cost_model = cost_model
         self.spec = spec
         self.states: list[RequestState] = []
-        self.timeline: list[tuple] | None = [] if record_timeline else None
+        self.timeline: list[TimelineRow] | None = [] if record_timeline else None
         self.progress = progress
         self.total = total
         self.peak_used_blocks = 0
@@ -308,9 +306,12 @@ class Engine(ReplicaLoop):
         shape.decode_kv_tokens = dec_kv
         dt = self._iteration_time(shape)
         if self.timeline is not None:
-            self.timeline.append((now, dt, pf_tokens, len(d.prefill), len(d.decode),
-                                  pf_kv + dec_kv, used * bs, len(resident),
-                                  self.view.num_waiting, len(d.preempt)))
+            self.timeline.append(TimelineRow(
+                start_s=now, duration_s=dt, prefill_tokens=pf_tokens,
+                prefill_requests=len(d.prefill), decode_requests=len(d.decode),
+                batch_kv_tokens=pf_kv + dec_kv, kv_used_tokens=used * bs,
+                resident=len(resident), waiting=self.view.num_waiting,
+                preempted=len(d.preempt)))
         return dt
 
     def _finish_iteration(self, d) -> None:
@@ -345,3 +346,14 @@ class Engine(ReplicaLoop):
         self.unfinished -= 1
         self.finished += 1
         self.policy.on_finish(st)
+
+
+def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: ReplicaSpec,
+                  progress: Callable[[int, int], None] | None = None) -> Engine:
+    """servesim's own engine for a run (``RunConfig.engine`` "native")."""
+    return Engine(workload.requests(), policy, spec.cost_model, spec,
+                  record_timeline=cfg.timeline, progress=progress, total=len(workload),
+                  preemption=cfg.preemption)
+
+
+register_engine("native", native_engine)

@@ -1,13 +1,16 @@
-"""Errors of the simulator. Each message is one line a user can act on."""
+"""Errors of the simulator (the hierarchy and its exit codes: traces/errors.py)."""
+
+from traces.errors import SimulationError, UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A run configuration value is invalid (flag, config file key or type, preset name)."""
 
 
-class PolicyViolation(RuntimeError):
+class PolicyViolation(SimulationError):
     """A policy returned a decision the engine cannot apply (a bug in the policy)."""
 
 
-class SimulationStalled(RuntimeError):
+class SimulationStalled(SimulationError):
     """The policy left requests unfinished with nothing that could ever wake the replica."""
+

@@ -7,7 +7,8 @@ simulated, vLLM-in-the-loop and live-server runs compare key by key.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ REQUEST_COLUMNS = (
     "tpot_ms", "e2el_ms", "preemptions",
 )
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
+LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms")
 PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
 
 
@@ -104,42 +106,149 @@ def _stats(name: str, values: np.ndarray) -> dict:
     return out
 
 
-def summarize(frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,
-              end_s: float | None = None) -> dict:
-    """Summary metrics over a requests table (vLLM-bench key names).
+@dataclass(frozen=True)
+class SimulatedRun:
+    """What a simulated run adds to its summary: the policy, the replica, the workload, the
+    engine and the simulation's own speed."""
+
+    policy: dict
+    model: str
+    gpu: str
+    cost: dict
+    kv_capacity_tokens: int
+    block_size: int
+    peak_kv_tokens: int
+    iterations: int
+    workload: dict                # the workload's meta record
+    requests: int                 # requests in the workload
+    seed: int
+    wall_s: float
+    engine: str
+    engine_stats: dict = field(default_factory=dict)   # the engine's own counters (vLLM's)
+
+    def to_dict(self) -> dict:
+        out = {"policy": self.policy, "model": self.model, "gpu": self.gpu, "cost": self.cost,
+               "kv_capacity_tokens": self.kv_capacity_tokens, "block_size": self.block_size,
+               "peak_kv_tokens": self.peak_kv_tokens, "iterations": self.iterations,
+               "workload": {**self.workload, "requests": self.requests}, "seed": self.seed,
+               "wall_s": self.wall_s,
+               "sim_requests_per_wall_s": self.requests / self.wall_s if self.wall_s > 0 else None,
+               "engine": self.engine}
+        if self.engine_stats:         # under the engine's name: {"vllm": {"version": ...}}
+            out[self.engine] = self.engine_stats
+        return out
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What a run measured on a live server adds (``servesim bench``): failed requests by
+    error kind, inter-token latencies, the server."""
+
+    failed: int
+    errors: dict
+    itl_ms: np.ndarray            # every inter-token gap of the successful requests
+    url: str
+    model: str
+    workload: dict                # the workload's meta record
+    requests: int
+    seed: int
+
+    def to_dict(self) -> dict:
+        return {"failed": self.failed, "errors": self.errors, **_stats("itl_ms", self.itl_ms),
+                "source": "live-server", "url": self.url, "model": self.model,
+                "workload": {**self.workload, "requests": self.requests},
+                "policy": {"policy": "(server)"}, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A run's summary, one record whatever produced it (vLLM-bench key names).
 
     ``duration_s`` runs from the first arrival to the last completion (or ``end_s``), the span
-    over which vLLM bench divides its throughputs.
+    over which vLLM bench divides its throughputs. ``latency`` holds mean, std, median, p90 and
+    p99 of each of ``LATENCIES`` over completed requests (None when none completed). With an
+    SLO, ``goodput`` is (request_goodput, slo_attainment, the objectives given).
     """
-    done = frame[frame["status"] == "completed"]
-    start = float(frame["arrival_s"].min()) if len(frame) else 0.0
-    last = float(done["completion_s"].max()) if len(done) else start
-    end = max(last, end_s if end_s is not None else last)
-    duration = end - start
-    per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
-    out_tokens = int(done["output_tokens"].sum())
-    in_tokens = int(done["prompt_tokens"].sum())
-    s = {
-        "completed": int(len(done)),
-        "rejected": int((frame["status"] == "rejected").sum()),
-        "unfinished": int((frame["status"] == "unfinished").sum()),
-        "preemptions": int(preemptions),
-        "duration_s": duration,
-        "total_input_tokens": in_tokens,
-        "total_output_tokens": out_tokens,
-        "request_throughput": per_s(len(done)),
-        "output_throughput": per_s(out_tokens),
-        "total_token_throughput": per_s(in_tokens + out_tokens),
-    }
-    for key in ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms"):
-        s.update(_stats(key, done[key].to_numpy(dtype=float)))
-    if slo is not None and slo.given:
-        met = slo.met(frame)
-        s["request_goodput"] = per_s(int(met.sum()))
-        s["slo_attainment"] = float(met.mean()) if len(frame) else math.nan
-        s["slo"] = {k: getattr(slo, k) for k in SLO_KEYS if getattr(slo, k) is not None}
-    return s
+
+    completed: int
+    rejected: int
+    unfinished: int
+    preemptions: int
+    duration_s: float
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    latency: dict
+    goodput: tuple[float, float, dict] | None = None
+    source: SimulatedRun | LiveRun | None = None
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,
+           end_s: float | None = None, source: SimulatedRun | LiveRun | None = None
+           ) -> "Summary":
+        done = frame[frame["status"] == "completed"]
+        start = float(frame["arrival_s"].min()) if len(frame) else 0.0
+        last = float(done["completion_s"].max()) if len(done) else start
+        end = max(last, end_s if end_s is not None else last)
+        duration = end - start
+        per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
+        out_tokens = int(done["output_tokens"].sum())
+        in_tokens = int(done["prompt_tokens"].sum())
+        latency: dict = {}
+        for key in LATENCIES:
+            latency.update(_stats(key, done[key].to_numpy(dtype=float)))
+        goodput = None
+        if slo is not None and slo.given:
+            met = slo.met(frame)
+            goodput = (per_s(int(met.sum())), float(met.mean()) if len(frame) else math.nan,
+                       {k: getattr(slo, k) for k in SLO_KEYS if getattr(slo, k) is not None})
+        return cls(
+            completed=int(len(done)),
+            rejected=int((frame["status"] == "rejected").sum()),
+            unfinished=int((frame["status"] == "unfinished").sum()),
+            preemptions=int(preemptions), duration_s=duration,
+            total_input_tokens=in_tokens, total_output_tokens=out_tokens,
+            request_throughput=per_s(len(done)), output_throughput=per_s(out_tokens),
+            total_token_throughput=per_s(in_tokens + out_tokens),
+            latency=latency, goodput=goodput, source=source)
+
+    def to_dict(self) -> dict:
+        """The record as ``summary.json`` holds it."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("latency", "goodput", "source")}
+        out.update(self.latency)
+        if self.goodput is not None:
+            out["request_goodput"], out["slo_attainment"], out["slo"] = self.goodput
+        if self.source is not None:
+            out.update(self.source.to_dict())
+        return out
 
 
-def timeline_table(rows: list[tuple] | None, columns) -> pd.DataFrame:
-    return pd.DataFrame(rows or [], columns=list(columns))
+def summarize(frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,
+              end_s: float | None = None) -> dict:
+    """The summary metrics of a requests table, as a dict (``Summary.of(...).to_dict()``)."""
+    return Summary.of(frame, preemptions=preemptions, slo=slo, end_s=end_s).to_dict()
+
+
+class TimelineRow(NamedTuple):
+    """One iteration of a replica, as both engines record it (``timeline.csv``'s columns)."""
+
+    start_s: float
+    duration_s: float
+    prefill_tokens: int
+    prefill_requests: int
+    decode_requests: int
+    batch_kv_tokens: int          # KV tokens the batch attends over (prefill + decode)
+    kv_used_tokens: int           # KV tokens allocated after the batch's allocation
+    resident: int                 # requests holding KV
+    waiting: int
+    preempted: int                # preemptions this iteration
+
+
+TIMELINE_COLUMNS = TimelineRow._fields
+
+
+def timeline_table(rows: list[TimelineRow] | None) -> pd.DataFrame:
+    return pd.DataFrame(rows or [], columns=list(TIMELINE_COLUMNS))

@@ -3,24 +3,25 @@ summarise, and write the output folder."""
 
 from __future__ import annotations
 
-import json
+import functools
 import math
-import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from scheduler.base import make_policy
-from scheduler.state import ReplicaSpec
+from scheduler.state import ReplicaSpec, WorkloadHint
 from simulator.config import RunConfig
+from simulator.cost.base import CostModel
 from simulator.cost.factory import build_cost_model
-from simulator.engine import TIMELINE_COLUMNS, Engine
+from simulator.cost.linear import fit_cost
+from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
-from simulator.metrics import SLO, requests_table, summarize, timeline_table
+from simulator.io import atomic_write, output_folder, write_json
+from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeline_table
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, parse_type, synthesize)
@@ -33,8 +34,12 @@ class RunResult:
     config: RunConfig
     requests: pd.DataFrame
     timeline: pd.DataFrame | None
-    summary: dict
-    extra: dict = field(default_factory=dict)
+    record: Summary
+
+    @property
+    def summary(self) -> dict:
+        """The summary as ``summary.json`` holds it."""
+        return self.record.to_dict()
 
 
 def request_types(cfg: RunConfig) -> tuple[RequestType, ...] | None:
@@ -93,7 +98,9 @@ def build_workload(cfg: RunConfig) -> Workload:
     return workload
 
 
-def build_replica(cfg: RunConfig, workload_hint=None) -> ReplicaSpec:
+def build_replica(cfg: RunConfig, workload: Workload | None = None) -> ReplicaSpec:
+    """The replica ``cfg`` describes, with its cost model; with ``workload``, also the hint a
+    policy plans with (``workload_hint``), the cost fit bound to this cost model."""
     model = model_spec(cfg.model)
     gpu = gpu_spec(cfg.gpu)
     cost = build_cost_model(cfg.cost_model, model, gpu, cfg.cost_params)
@@ -106,101 +113,43 @@ def build_replica(cfg: RunConfig, workload_hint=None) -> ReplicaSpec:
     else:
         num_blocks = kv_capacity_tokens(model, gpu, cfg.gpu_memory_utilization,
                                         block_size=cfg.block_size) // cfg.block_size
+    hint = workload_hint(workload, request_types(cfg), cost) if workload is not None else None
     return ReplicaSpec(num_blocks=num_blocks, block_size=cfg.block_size, max_model_len=max_len,
-                       cost_model=cost, workload_hint=workload_hint, seed=cfg.seed)
+                       cost_model=cost, workload_hint=hint, seed=cfg.seed)
 
 
-def policy_hint(cfg: RunConfig, workload: Workload) -> dict:
-    return workload_hint(workload, request_types(cfg))
-
-
-def workload_hint(workload: Workload, types=None) -> dict:
-    """What a policy may know about the workload before serving it (``ReplicaSpec.workload_hint``):
-
-    - ``types``: the declared request types (``--type``; RequestType records with rates) or None;
-    - ``workload``: the workload's meta record;
-    - ``arrival_rate``: mean arrival rate in requests/s (the arrival process's, or the replayed
-      requests' own; None for a single request);
-    - ``lengths``: (prompt_tokens, output_tokens) arrays of the workload's requests: the length
-      *distribution* that fluid-guided policies (Nested WAIT, types for WAIT) assume known, as
-      the paper computes its segments from the dataset. A policy must not use it to learn an
-      individual request's output length (that is what RequestState.output_tokens is for, and
-      only policies that assume known lengths read it).
-    """
+def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = None,
+                  cost_model: CostModel | None = None) -> WorkloadHint:
+    """What a policy may know about ``workload`` before serving it (``WorkloadHint``): the
+    declared ``types``, the meta record, the mean arrival rate (the arrival process's, or the
+    replayed requests' own), the length distribution, and the fluid cost fit to ``cost_model``."""
     f = workload.frame
     rate = workload.meta.get("mean_rate") or workload.summary().get("mean_rate")
-    return {"types": types, "workload": workload.meta,
-            "arrival_rate": float(rate) if rate and math.isfinite(rate) else None,
-            "lengths": (f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy())}
+    return WorkloadHint(
+        types=types, workload=workload.meta,
+        arrival_rate=float(rate) if rate and math.isfinite(rate) else None,
+        lengths=(f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy()),
+        cost_fit=functools.partial(fit_cost, cost_model) if cost_model is not None else None)
 
 
 def simulate(cfg: RunConfig, workload: Workload | None = None,
              progress: Callable[[int, int], None] | None = None) -> RunResult:
     workload = workload if workload is not None else build_workload(cfg)
-    spec = build_replica(cfg, policy_hint(cfg, workload))
+    spec = build_replica(cfg, workload)
     policy = make_policy(cfg.policy, cfg.policy_params)
-    if cfg.engine == "vllm":
-        from simulator.vllm.loop import VllmLoopEngine, require_vllm
-        vllm_version = require_vllm()
-        engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,
-                                model_spec(cfg.model), record_timeline=cfg.timeline,
-                                progress=progress, total=len(workload))
-    else:
-        engine = Engine(workload.requests(), policy, spec.cost_model, spec,
-                        record_timeline=cfg.timeline, progress=progress, total=len(workload),
-                        preemption=cfg.preemption)
+    engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
     raw = engine.run()
     frame = requests_table(raw.states)
-    slo = SLO(**cfg.slo) if cfg.slo else None
-    summary = summarize(frame, preemptions=raw.preemptions, slo=slo)
-    summary.update({
-        "policy": policy.describe(),
-        "model": cfg.model,
-        "gpu": cfg.gpu,
-        "cost": spec.cost_model.describe(),
-        "kv_capacity_tokens": spec.kv_capacity_tokens,
-        "block_size": spec.block_size,
-        "peak_kv_tokens": raw.peak_kv_blocks * spec.block_size,
-        "iterations": raw.iterations,
-        "workload": {**workload.meta, "requests": len(workload)},
-        "seed": cfg.seed,
-        "wall_s": raw.wall_s,
-        "sim_requests_per_wall_s": len(workload) / raw.wall_s if raw.wall_s > 0 else None,
-        "engine": cfg.engine,
-    })
-    if cfg.engine == "vllm":
-        summary["vllm"] = {"version": vllm_version, **raw.extra}
-    timeline = timeline_table(raw.timeline, TIMELINE_COLUMNS) if raw.timeline is not None else None
-    return RunResult(cfg, frame, timeline, summary)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write to a temporary file beside ``path`` and rename, so a crash never leaves half a file
-    and a failed run never destroys an earlier run's output."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, obj) -> None:
-    """``obj`` as indented JSON (what JSON cannot hold, as text), written atomically."""
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def output_folder(out_dir: str | Path) -> Path:
-    """The ``out`` folder, created if missing (a path that cannot be one is a user error)."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"out: cannot create output folder {out}: {e.strerror}")
-    return out
+    run = SimulatedRun(
+        policy=policy.describe(), model=cfg.model, gpu=cfg.gpu, cost=spec.cost_model.describe(),
+        kv_capacity_tokens=spec.kv_capacity_tokens, block_size=spec.block_size,
+        peak_kv_tokens=raw.peak_kv_blocks * spec.block_size, iterations=raw.iterations,
+        workload=workload.meta, requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s,
+        engine=cfg.engine, engine_stats=raw.extra)
+    record = Summary.of(frame, preemptions=raw.preemptions,
+                        slo=SLO(**cfg.slo) if cfg.slo else None, source=run)
+    timeline = timeline_table(raw.timeline) if raw.timeline is not None else None
+    return RunResult(cfg, frame, timeline, record)
 
 
 def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv") -> list[Path]:
@@ -212,14 +161,14 @@ def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str =
     written.append(p)
     if requests_format == "parquet":
         p = out / "requests.parquet"
-        _atomic_write(p, lambda tmp: result.requests.to_parquet(tmp, index=False))
+        atomic_write(p, lambda tmp: result.requests.to_parquet(tmp, index=False))
     else:
         p = out / "requests.csv"
-        _atomic_write(p, lambda tmp: result.requests.to_csv(tmp, index=False))
+        atomic_write(p, lambda tmp: result.requests.to_csv(tmp, index=False))
     written.append(p)
     if result.timeline is not None:
         p = out / "timeline.csv"
-        _atomic_write(p, lambda tmp: result.timeline.to_csv(tmp, index=False))
+        atomic_write(p, lambda tmp: result.timeline.to_csv(tmp, index=False))
         written.append(p)
     p = out / "config.json"
     write_json(p, result.config.to_dict())

@@ -3,11 +3,13 @@ of the fluid-guided policies."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 from scheduler.base import make_policy
-from scheduler.state import ReplicaSpec
-from simulator.cost.linear import LinearCost
+from scheduler.state import ReplicaSpec, WorkloadHint
+from simulator.cost.linear import LinearCost, fit_cost
 from simulator.engine import Engine
 from simulator.metrics import summarize
 from simulator.runner import workload_hint
@@ -32,20 +34,31 @@ class Run(Outcome):
         return self.raw.peak_kv_blocks * self.raw.spec.block_size
 
 
-def hint(types=None, requests=None) -> dict:
+def hint(types=None, requests=None, cost=None) -> WorkloadHint:
     """A workload hint as the runner builds it: declared types (their total rate), and/or the
-    lengths and rate of ``requests``."""
+    lengths and rate of ``requests``, the cost fit bound to ``cost`` (``run`` binds it to the
+    run's cost model when not given)."""
     if requests is not None:
         return workload_hint(Workload.from_requests(list(requests)),
-                             tuple(types) if types else None)
-    return {"types": tuple(types) if types else None, "workload": {"source": "test"},
-            "arrival_rate": sum(t.rate for t in types) if types else None, "lengths": None}
+                             tuple(types) if types else None, cost)
+    return WorkloadHint(types=tuple(types) if types else None, workload={"source": "test"},
+                        arrival_rate=sum(t.rate for t in types) if types else None,
+                        cost_fit=functools.partial(fit_cost, cost) if cost is not None else None)
+
+
+def with_cost(hint: WorkloadHint | None, cost) -> WorkloadHint | None:
+    """``hint`` with its cost fit bound to ``cost`` unless it has one (as the runner binds it to
+    the run's cost model)."""
+    if hint is None or hint.cost_fit is not None:
+        return hint
+    return dataclasses.replace(hint, cost_fit=functools.partial(fit_cost, cost))
 
 
 def run(requests, policy: str, params: dict | None = None, *, cost=None, kv_tokens: int = 1 << 20,
-        block_size: int = 1, workload_hint: dict | None = None, max_model_len: int = 1 << 16,
-        seed: int = 0, preemption: str = "recompute") -> Run:
+        block_size: int = 1, workload_hint: WorkloadHint | None = None,
+        max_model_len: int = 1 << 16, seed: int = 0, preemption: str = "recompute") -> Run:
     cost = cost or LinearCost.paper(0.01, 1e-6)
+    workload_hint = with_cost(workload_hint, cost)
     pol = make_policy(policy, params or {})
     spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
                        max_model_len=max_model_len, cost_model=cost,

@@ -9,7 +9,7 @@ from scheduler.base import Policy, make_policy
 from scheduler.state import ReplicaSpec, Status
 from simulator.cost.base import CostModel
 from simulator.cost.linear import LinearCost
-from simulator.engine import TIMELINE_COLUMNS, Engine, EngineResult
+from simulator.engine import Engine, EngineResult
 from simulator.metrics import requests_table, timeline_table
 from simulator.runner import workload_hint
 from traces.request import Request
@@ -88,7 +88,7 @@ class Outcome:
 
     @property
     def timeline(self):
-        return timeline_table(self.raw.timeline, TIMELINE_COLUMNS)
+        return timeline_table(self.raw.timeline)
 
 
 def simulate(reqs: list[Request], policy: str | Policy = "vllm-v1", params: dict | None = None,
@@ -99,7 +99,8 @@ def simulate(reqs: list[Request], policy: str | Policy = "vllm-v1", params: dict
     recorder = Recorder(pol)
     spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
                        max_model_len=max_model_len, cost_model=cost,
-                       workload_hint=workload_hint(Workload.from_requests(reqs)), seed=seed)
+                       workload_hint=workload_hint(Workload.from_requests(reqs), cost_model=cost),
+                       seed=seed)
     engine = Engine(reqs, pol, cost, spec)
     raw = engine.run()
     return Outcome(raw, recorder.steps, spec, engine.free_blocks)

@@ -11,7 +11,7 @@ import pytest
 from scheduler.base import policy_names
 from simulator.cli import main
 from simulator.config import RunConfig
-from simulator.engine import TIMELINE_COLUMNS
+from simulator.metrics import TIMELINE_COLUMNS
 from simulator.errors import ConfigError
 from simulator.metrics import REQUEST_COLUMNS
 from simulator.runner import simulate

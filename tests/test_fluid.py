@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from scheduler.fluid import (FluidType, check_wait, equilibrium, fit_cost, nested_buffer,
+from scheduler.fluid import (FluidType, check_wait, equilibrium, nested_buffer,
                              nested_plan, nested_segments, types_from_lengths, wait_thresholds,
                              _theta)
 from simulator.config import RunConfig
 from simulator.cost.base import BatchShape
-from simulator.cost.linear import LinearCost, pipeline_batch, pipeline_batches
+from simulator.cost.linear import LinearCost, fit_cost, pipeline_batch, pipeline_batches
 from simulator.runner import build_replica
 from tests.fluid_helpers import run
 from traces.request import Request

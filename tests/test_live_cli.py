@@ -17,7 +17,7 @@ from simulator.cli.live import serve_command
 from simulator.compare import compare, relative_error
 from simulator.config import WORKLOAD_FIELDS, FIELDS, build_config, load_config_file
 from simulator.errors import ConfigError
-from simulator.runner import build_replica, build_workload, policy_hint
+from simulator.runner import build_replica, build_workload
 
 
 def test_serve_dry_run_prints_the_vllm_command(capsys):
@@ -68,7 +68,7 @@ def test_plugin_config_from_environment_and_file(tmp_path):
 
 def bound_like_the_simulator(run_cfg, policy):
     """The policy of `servesim run` with ``run_cfg``, bound to its replica."""
-    spec = build_replica(run_cfg, policy_hint(run_cfg, build_workload(run_cfg)))
+    spec = build_replica(run_cfg, build_workload(run_cfg))
     policy.bind(spec)
     return spec
 

@@ -17,9 +17,9 @@ TYPES = [RequestType("a", 10, 2, 1.0), RequestType("b", 10, 5, 1.0)]
 
 def bound(name: str, params: dict, types=None):
     policy = make_policy(name, params)
-    policy.bind(ReplicaSpec(num_blocks=10_000, block_size=1, max_model_len=4096,
-                            cost_model=LinearCost.paper(0.01, 1e-5),
-                            workload_hint=hint(types) if types else None))
+    cost = LinearCost.paper(0.01, 1e-5)
+    policy.bind(ReplicaSpec(num_blocks=10_000, block_size=1, max_model_len=4096, cost_model=cost,
+                            workload_hint=hint(types, cost=cost) if types else None))
     return policy
 
 

@@ -19,7 +19,7 @@ from scheduler.plan import StepPlan  # noqa: E402
 from scheduler.state import ReplicaSpec  # noqa: E402
 from simulator.cost.linear import LinearCost  # noqa: E402
 from simulator.hardware import model_spec  # noqa: E402
-from tests.fluid_helpers import hint  # noqa: E402
+from tests.fluid_helpers import hint, with_cost  # noqa: E402
 from traces.lengths import RequestType  # noqa: E402
 from simulator.vllm.loop import (build_scheduler, model_output,  # noqa: E402
                                    scheduler_options, vllm_request)
@@ -42,7 +42,7 @@ COST = LinearCost.paper(0.01, 1e-5)     # what the fluid policies plan with
 
 def adapter(policy, blocks=60, options=OPTIONS, async_scheduling=False, workload_hint=None):
     s = build_scheduler(MODEL, spec(blocks), options, async_scheduling=async_scheduling)
-    s.configure(policy, cost_model=COST, workload_hint=workload_hint)
+    s.configure(policy, cost_model=COST, workload_hint=with_cost(workload_hint, COST))
     return s
 
 
@@ -497,7 +497,7 @@ def test_a_live_server_plans_wait_with_the_workload_from_its_environment(monkeyp
     hint and cost model the same run fields give a simulation."""
     from simulator.vllm.plugin import ENV_POLICY, ENV_WORKLOAD
     from simulator.config import build_config
-    from simulator.runner import build_replica, build_workload, policy_hint
+    from simulator.runner import build_replica, build_workload
     monkeypatch.setenv(ENV_POLICY, "wait")
     monkeypatch.setenv(ENV_WORKLOAD, "{types: [p16d4:20, p32d8:10], cost_model: linear, "
                                      "cost_params: {c0: 0.01, c_kv: 1e-5}}")
@@ -508,7 +508,7 @@ def test_a_live_server_plans_wait_with_the_workload_from_its_environment(monkeyp
     run = build_config({}, {"types": ["p16d4:20", "p32d8:10"], "cost_model": "linear",
                             "cost_params": {"c0": 0.01, "c_kv": 1e-5}, "kv_capacity": 60 * 16})
     sim = make_policy("wait")
-    sim.bind(build_replica(run, policy_hint(run, build_workload(run))))
+    sim.bind(build_replica(run, build_workload(run)))
     assert live.info["types"] == ["p16d4", "p32d8"] and live.info["cost_fit"] == "exact"
     for key in ("thresholds", "d0", "d1", "M_pi", "patience_s"):
         assert live.info[key] == sim.info[key], key

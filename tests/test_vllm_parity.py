@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
+import simulator.vllm  # noqa: F401  (registers the engine "vllm" that simulate() runs)
 from simulator.cli import main
 from simulator.config import RunConfig
 from simulator.runner import simulate

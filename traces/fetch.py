@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -133,12 +133,13 @@ def fetch(name: str, dest: str | Path | None = None, url: str | None = None,
 
 
 def _download(name: str, url: str, target: Path, expected: str | None, timeout_s: float) -> str:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    # Opened by name (not mkstemp), so the file gets the umask's permissions, not 0600.
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
     try:
         h = hashlib.sha256()
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out, \
+            with open(tmp, "xb") as out, \
                     urllib.request.urlopen(url, timeout=timeout_s) as response:
                 announced = response.headers.get("Content-Length")
                 for block in iter(lambda: response.read(1 << 20), b""):
@@ -163,5 +164,5 @@ def _download(name: str, url: str, target: Path, expected: str | None, timeout_s
         os.replace(tmp, target)
         return digest
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()

@@ -220,7 +220,8 @@ def plot(summary: pd.DataFrame, path_prefix: Path, title: str, x_label: str,
 
 def fluid_of(types, cost: str = DEFAULT_COST):
     """The fluid equilibrium of FluidTypes with (d0, d1) fitted to the setting's ``cost``."""
-    from scheduler.fluid import equilibrium, fit_cost
+    from scheduler.fluid import equilibrium
+    from simulator.cost.linear import fit_cost
     from simulator.config import RunConfig
     from simulator.runner import build_replica
 

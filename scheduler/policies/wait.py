@@ -50,13 +50,13 @@ import math
 from dataclasses import dataclass, field
 
 from scheduler.base import Policy, PolicyError, param, register
-from scheduler.fluid import (CLUSTERINGS, FluidType, check_wait, fit_cost, from_request_types,
+from scheduler.fluid import (CLUSTERINGS, FluidType, check_wait, from_request_types,
                              nested_plan, types_from_lengths, wait_thresholds)
 from scheduler.kvbudget import watermark_blocks
 from scheduler.kvprojection import MemoryProfile, projected
 from scheduler.plan import StepPlan
 from scheduler.queues import FCFSQueue
-from scheduler.state import Decision, RequestState, Status
+from scheduler.state import Decision, RequestState, Status, WorkloadHint
 
 _EPS = 1e-9
 UNKNOWN_RATE = 0.01    # requests/s assumed when the hint gives lengths but no rate
@@ -151,7 +151,7 @@ class ThresholdPolicy(Policy):
     def bind(self, spec):
         super().bind(spec)
         p = self.params
-        self.hint = spec.workload_hint or {}
+        self.hint = spec.workload_hint or WorkloadHint()
         self.capacity = spec.kv_capacity_tokens
         self.cs = p.chunk_size
         self.watermark_blocks = watermark_blocks(spec.num_blocks, p.watermark) if self.cs else 0
@@ -166,17 +166,16 @@ class ThresholdPolicy(Policy):
         self._now = 0.0
 
     def workload_described(self) -> bool:
-        return bool(self.hint.get("types")) or self.hint.get("lengths") is not None
+        return self.hint.described
 
     def workload_types(self, representative: str) -> list[FluidType]:
         """The workload's types: declared ones (``--type``), or its output lengths clustered
         (when ``workload_described``)."""
         p, hint = self.params, self.hint
-        declared = hint.get("types")
-        lengths = hint.get("lengths")
+        declared, lengths = hint.types, hint.lengths
         if declared and (p.segments is None or lengths is None):
             return from_request_types(declared)
-        rate = hint.get("arrival_rate")
+        rate = hint.arrival_rate
         if not rate or not math.isfinite(rate):   # one request, or one instant: plan light load
             rate = UNKNOWN_RATE
             self.info["rate_assumed"] = rate
@@ -188,7 +187,10 @@ class ThresholdPolicy(Policy):
         if p.d0 is not None and p.d1 is not None:
             self.info.update(d0=p.d0, d1=p.d1, cost_fit="given")
             return p.d0, p.d1
-        fit = fit_cost(self.spec.cost_model, types, self.capacity, self.spec.max_model_len)
+        if self.hint.cost_fit is None:
+            raise PolicyError(f"policy {self.name}: no cost model to fit d0 and d1 to: give "
+                              f"d0=SECONDS and d1=SECONDS_PER_KV_TOKEN")
+        fit = self.hint.cost_fit(types, self.capacity, self.spec.max_model_len)
         d0 = p.d0 if p.d0 is not None else fit.d0
         d1 = p.d1 if p.d1 is not None else fit.d1
         self.info.update(d0=d0, d1=d1, cost_fit=fit.source, fit_max_rel_error=fit.max_rel_error)

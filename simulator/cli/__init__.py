@@ -1,7 +1,8 @@
 """The ``servesim`` command line.
 
 Each sub-command lives in its own module and registers itself on the ``cli`` group; ``main``
-turns every user error into one line on stderr and exit status 2 (never a traceback).
+turns every servesim error into one line on stderr and the exit status its class carries
+(traces/errors.py: 2 for bad input, 3 for a simulation that cannot go on; never a traceback).
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ import sys
 
 import click
 
-from scheduler.base import PolicyError
-from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
-from traces.errors import WorkloadError
-
-USER_ERRORS = (ConfigError, PolicyError, WorkloadError)
+from traces.errors import ServesimError
 
 
 def stdout_console():
@@ -47,12 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:   # bad flag or value: one line, exit 2
         click.echo(f"servesim: error: {e.format_message()}", err=True)
         return 2
-    except USER_ERRORS as e:
-        click.echo(f"servesim: error: {e}", err=True)
-        return 2
-    except (PolicyViolation, SimulationStalled) as e:
-        click.echo(f"servesim: simulation error: {e}", err=True)
-        return 3
+    except ServesimError as e:          # one line; the exit status is the error's class's
+        click.echo(f"servesim: {e.kind}: {e}", err=True)
+        return e.exit_code
     except KeyboardInterrupt:
         click.echo("servesim: interrupted", err=True)
         return 130

@@ -12,7 +12,7 @@ from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, run_options
 from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
-from simulator.runner import output_folder, write_json
+from simulator.io import output_folder, write_json
 from simulator.sweep.capacity import CRITERIA, CapacityResult, Probe, capacity_search
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 

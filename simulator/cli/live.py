@@ -8,6 +8,7 @@ puts a simulated and a measured run side by side.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -53,7 +54,7 @@ def check_plugin(cfg) -> None:
     from simulator.vllm.plugin import planning_inputs
     from simulator.runner import build_replica
     cost_model, hint = planning_inputs(cfg)
-    spec = build_replica(cfg.run_config(), hint)
+    spec = dataclasses.replace(build_replica(cfg.run_config()), workload_hint=hint)
     make_policy(cfg.policy, cfg.policy_params).bind(spec)
 
 
@@ -145,13 +146,12 @@ def run_bench(cfg, bopts, out: Path) -> dict:
 def finalize(cfg, bopts, out: Path, requests, records, workload_meta: dict) -> dict:
     from simulator.vllm.bench import bench_summary, requests_frame, vllm_bench_json
     from simulator.metrics import SLO
-    from simulator.runner import _atomic_write, write_json
+    from simulator.io import atomic_write, write_json
     frame = requests_frame(requests, records)
-    summary = bench_summary(frame, records, SLO(**cfg.slo) if cfg.slo else None)
-    summary.update({"source": "live-server", "url": bopts.url, "model": bopts.model,
-                    "workload": {**workload_meta, "requests": len(requests)},
-                    "policy": {"policy": "(server)"}, "seed": cfg.seed})
-    _atomic_write(out / "requests.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    summary = bench_summary(frame, records, SLO(**cfg.slo) if cfg.slo else None,
+                            url=bopts.url, model=bopts.model, workload=workload_meta,
+                            requests=len(requests), seed=cfg.seed)
+    atomic_write(out / "requests.csv", lambda tmp: frame.to_csv(tmp, index=False))
     write_json(out / "summary.json", summary)
     write_json(out / "bench.json", vllm_bench_json(summary, records, bopts, workload_meta))
     write_json(out / "config.json", {**cfg.to_dict(), "bench": vars(bopts)})

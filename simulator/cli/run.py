@@ -13,6 +13,7 @@ from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, run_options
 from simulator.errors import ConfigError
 from simulator.runner import simulate, write_outputs
+import simulator.vllm  # noqa: F401  (registers the engine "vllm")
 
 
 @cli.command()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
+from scheduler.state import CostFit, TypeRates
 from simulator.cost.base import BatchShape, CostModel
 from simulator.errors import ConfigError
 
@@ -150,3 +152,26 @@ def fit_linear(model: CostModel, batches: list[BatchShape] | None = None,
     pred = X @ coef
     return LinearFit(cost, float(np.sqrt(np.mean((pred - y) ** 2))),
                      float(np.max(np.abs(pred - y) / y)), len(batches))
+
+
+def fit_cost(cost_model: CostModel, types: Sequence[TypeRates] | None = None,
+             capacity: float | None = None, max_model_len: int = 4096) -> CostFit:
+    """(d0, d1) of the fluid model's tau = d0 + d1 * KV for ``cost_model``.
+
+    A linear model with only c0 and c_kv is the paper's model and is taken as it is. Anything else
+    is fitted by non-negative least squares (``fit_linear``) over batches shaped like the ones a
+    threshold policy runs on this workload: every type contributing requests in proportion to its
+    rate at every stage (``pipeline_batches``), at scales up to the KV capacity; without types,
+    over the generic representative batches. Policies receive it bound to the run's cost model
+    (``WorkloadHint.cost_fit``).
+    """
+    if isinstance(cost_model, LinearCost) and cost_model.c_prefill == 0 and \
+            cost_model.c_decode == 0:
+        return CostFit(cost_model.c0, cost_model.c_kv, 0.0, 0.0, "exact")
+    if types:
+        batches = pipeline_batches([(t.prompt, t.output, t.rate) for t in types],
+                                   max_kv_tokens=capacity)
+    else:
+        batches = representative_batches(max_model_len, capacity)
+    fit = fit_linear(cost_model, batches, terms=("c0", "c_kv"))
+    return CostFit(fit.cost.c0, fit.cost.c_kv, fit.rmse_s, fit.max_rel_error, "fit", fit.batches)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from simulator.compare import load_run, read_table, run_table
-from simulator.engine import TIMELINE_COLUMNS
 from simulator.errors import ConfigError
+from simulator.io import write_text
+from simulator.metrics import TIMELINE_COLUMNS
 from simulator.report import figures
 from simulator.report.figures import col
-from simulator.runner import _atomic_write
 from simulator.sweep.fluid_bound import bounded_throughput
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 from simulator.sweep.store import RESULTS_FILE, ResultsStore
@@ -273,7 +273,7 @@ def _figure_lines(paths: list[Path], out_dir: Path) -> list[str]:
 def _write_markdown(out_dir: Path, lines: list[str]) -> Path:
     path = out_dir / REPORT_FILE
     text = "\n".join(lines).rstrip() + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, text)
     return path
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from simulator.runner import _atomic_write
+from simulator.io import atomic_write
 
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
          "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110, "lines.linewidth": 1.6,
@@ -27,7 +27,7 @@ BATCH_BINS = 200
 
 def save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     return path
 
 

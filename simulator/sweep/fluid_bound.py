@@ -15,7 +15,7 @@ def fluid_summary(cfg: RunConfig, workload=None) -> dict | None:
     """Thr* (output tokens/s at the offered rates), the largest stable rate scaling and the
     equilibrium memory of ``cfg``'s workload (``workload``: the one ``cfg`` builds, when the
     caller has it); None for a workload the fluid model cannot describe (no arrival rate)."""
-    from simulator.cli.fluid import fluid_report
+    from simulator.fluid_report import fluid_report
     try:
         report = fluid_report(cfg, workload=workload)
     except (ConfigError, WorkloadError, ValueError):

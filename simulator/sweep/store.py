@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from simulator.errors import ConfigError
-from simulator.runner import _atomic_write
+from simulator.io import atomic_write, write_json
 from simulator.sweep.points import Point
 from simulator.sweep.worker import PointOutcome
 
@@ -68,15 +68,14 @@ class ResultsStore:
 
     def write_point(self, point: Point, outcome: PointOutcome) -> None:
         if outcome.requests is not None:
-            _atomic_write(self._path(point.key, ".requests.parquet"),
+            atomic_write(self._path(point.key, ".requests.parquet"),
                           lambda tmp: outcome.requests.to_parquet(tmp, index=False))
         if outcome.timeline is not None:
-            _atomic_write(self._path(point.key, ".timeline.parquet"),
+            atomic_write(self._path(point.key, ".timeline.parquet"),
                           lambda tmp: outcome.timeline.to_parquet(tmp, index=False))
         record = {"key": point.key, "axes": point.axes, "config": point.config.to_dict(),
                   "status": outcome.status, "error": outcome.error, "summary": outcome.summary}
-        text = json.dumps(record, indent=1, default=str) + "\n"
-        _atomic_write(self._path(point.key, ".json"), lambda tmp: Path(tmp).write_text(text))
+        write_json(self._path(point.key, ".json"), record, indent=1)
 
     def requests(self, key: str) -> pd.DataFrame | None:
         p = self._path(key, ".requests.parquet")
@@ -90,8 +89,7 @@ class ResultsStore:
     def write_manifest(self, spec_raw: dict, points: list[Point], executor: str) -> None:
         manifest = {"spec": spec_raw, "executor": executor,
                     "points": [{"index": p.index, "key": p.key, "axes": p.axes} for p in points]}
-        text = json.dumps(manifest, indent=1, default=str) + "\n"
-        _atomic_write(self.root / "sweep.json", lambda tmp: Path(tmp).write_text(text))
+        write_json(self.root / "sweep.json", manifest, indent=1)
 
     def table(self, points: list[Point], axis_names: list[str]) -> pd.DataFrame:
         """One row per point of ``points`` that has a record, in grid order."""
@@ -105,7 +103,7 @@ class ResultsStore:
 
     def write_table(self, frame: pd.DataFrame) -> Path:
         path = self.root / RESULTS_FILE
-        _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
         return path
 
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from simulator.cli import USER_ERRORS
+import simulator.vllm  # noqa: F401  (registers the engine "vllm")
 from simulator.config import RunConfig
 from simulator.runner import build_workload, simulate
 from simulator.sweep.fluid_bound import fluid_summary
 from simulator.sweep.stability import half_means, pooled_growth
+from traces.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -61,4 +62,4 @@ def run_point(task: PointTask) -> PointOutcome:
     except Exception as e:   # noqa: BLE001 - every failure becomes a recorded, failed point
         message = " ".join(str(e).split()) or type(e).__name__
         return PointOutcome(task.index, task.key, "failed", error=f"{type(e).__name__}: {message}",
-                            user_error=isinstance(e, USER_ERRORS))
+                            user_error=isinstance(e, UserError))

@@ -26,7 +26,7 @@ import pandas as pd
 
 from scheduler.state import RequestState, Status
 from simulator.errors import ConfigError
-from simulator.metrics import SLO, _stats, requests_table, summarize
+from simulator.metrics import SLO, LiveRun, Summary, requests_table
 from traces.request import Request
 
 RECORDS = "records.jsonl"
@@ -248,16 +248,19 @@ def error_kind(error: str) -> str:
     return error.split(":")[0] if error.startswith("HTTP") else error.split(" ")[0].rstrip(":")
 
 
-def bench_summary(frame: pd.DataFrame, records: list[Record], slo: SLO | None) -> dict:
-    s = summarize(frame, slo=slo)
+def bench_summary(frame: pd.DataFrame, records: list[Record], slo: SLO | None, *, url: str,
+                  model: str, workload: dict, requests: int, seed: int) -> dict:
+    """The summary of a live-server run: the simulator's record, with the server's failures
+    and inter-token latencies."""
     errors = [r.error for r in records if r.error]
-    s["failed"] = int((frame["status"] == "failed").sum())
-    s["errors"] = dict(pd.Series([error_kind(e) for e in errors]).value_counts().astype(int)) \
-        if errors else {}
     itls = [np.diff(r.token_times) * 1e3 for r in records if r.ok and len(r.token_times) > 1]
-    values = np.concatenate(itls) if itls else np.array([])
-    s.update(_stats("itl_ms", values))
-    return s
+    live = LiveRun(
+        failed=int((frame["status"] == "failed").sum()),
+        errors=dict(pd.Series([error_kind(e) for e in errors]).value_counts().astype(int))
+        if errors else {},
+        itl_ms=np.concatenate(itls) if itls else np.array([]),
+        url=url, model=model, workload=workload, requests=requests, seed=seed)
+    return Summary.of(frame, slo=slo, source=live).to_dict()
 
 
 def vllm_bench_json(summary: dict, records: list[Record], opts: BenchOptions,

@@ -26,12 +26,15 @@ from typing import Callable, Iterable
 
 from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, RequestState, Status
+from simulator.config import RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engine import ReplicaLoop
 from simulator.errors import ConfigError, PolicyViolation
-from simulator.hardware import ModelSpec
-from simulator.runner import _atomic_write
+from simulator.hardware import ModelSpec, model_spec
+from simulator.io import write_text
+from simulator.metrics import TimelineRow
 from traces.request import Request
+from traces.workload import Workload
 
 TOKEN_ID = 17           # the token every fabricated prompt and output consists of
 DEFAULT_MAX_NUM_SEQS = 1024   # when the policy sets no cap: high enough never to bind
@@ -69,7 +72,7 @@ def model_folder(model: ModelSpec, max_model_len: int) -> Path:
     text = json.dumps(config, indent=1, sort_keys=True)
     if not path.is_file() or path.read_text() != text:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        write_text(path, text)
     return folder
 
 
@@ -178,6 +181,18 @@ def model_output(out, requests: dict):
                              pooler_output=[])
 
 
+def loop_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: ReplicaSpec,
+                progress: Callable[[int, int], None] | None = None) -> "VllmLoopEngine":
+    """vLLM in the loop for a run (``RunConfig.engine`` "vllm"); its summary gains vLLM's
+    version and the adapter's counters."""
+    version = require_vllm()
+    engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,
+                            model_spec(cfg.model), record_timeline=cfg.timeline,
+                            progress=progress, total=len(workload))
+    engine.vllm_version = version
+    return engine
+
+
 class VllmLoopEngine(ReplicaLoop):
     """Simulates one replica whose scheduler is vLLM's, serving ``requests`` under ``policy``."""
 
@@ -195,10 +210,12 @@ class VllmLoopEngine(ReplicaLoop):
                                  workload_hint=spec.workload_hint, seed=spec.seed)
             self.sched.clock = lambda: self.env.now
         self.by_id: dict[str, RequestState] = {}
+        self.vllm_version: str | None = None
 
     def _extra(self) -> dict:
         stats = getattr(self.sched, "servesim_stats", None)
-        return dict(vars(stats)) if stats is not None else {}
+        version = {"version": self.vllm_version} if self.vllm_version else {}
+        return {**version, **(vars(stats) if stats is not None else {})}
 
     def _accept(self, st: RequestState, r: Request) -> None:
         self.by_id[str(r.request_id)] = st
@@ -241,10 +258,12 @@ class VllmLoopEngine(ReplicaLoop):
                                       f"used of {capacity}")
             self.peak_used_blocks = max(self.peak_used_blocks, used)
             if self.timeline is not None:
-                self.timeline.append((now, dt, shape.prefill_tokens, shape.prefill_requests,
-                                      shape.decode_requests, shape.kv_tokens,
-                                      used * self.spec.block_size, len(sched.running),
-                                      len(sched.waiting), len(out.preempted_req_ids)))
+                self.timeline.append(TimelineRow(
+                    start_s=now, duration_s=dt, prefill_tokens=shape.prefill_tokens,
+                    prefill_requests=shape.prefill_requests,
+                    decode_requests=shape.decode_requests, batch_kv_tokens=shape.kv_tokens,
+                    kv_used_tokens=used * self.spec.block_size, resident=len(sched.running),
+                    waiting=len(sched.waiting), preempted=len(out.preempted_req_ids)))
             mro = model_output(out, requests)
             yield env.timeout(dt)
             self._record(sched.update_from_output(out, mro), env.now)

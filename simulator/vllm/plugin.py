@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scheduler.base import Policy, PolicyError, make_policy, policy_class
-from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
+from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status, WorkloadHint
 
 ENV_POLICY = "SERVESIM_POLICY"
 ENV_PARAMS = "SERVESIM_POLICY_PARAMS"
@@ -191,17 +191,17 @@ def build_policy(cfg: PluginConfig, server_options: dict) -> Policy:
     return make_policy(cfg.policy, params)
 
 
-def planning_inputs(cfg: PluginConfig) -> tuple[Any, dict | None]:
+def planning_inputs(cfg: PluginConfig) -> tuple[Any, WorkloadHint | None]:
     """(cost model, workload hint) a policy plans with, built from the run-config fields by the
     simulator's own code, as ``servesim run`` builds them: the hint only when a workload is
     described (never from the defaults), the cost model whenever any run field is given."""
     if not cfg.run:
         return None, None
     # Lazy: only a configuration with run fields needs the simulator's workloads and cost models.
-    from simulator.runner import build_replica, build_workload, policy_hint
+    from simulator.runner import build_replica, build_workload
     run = cfg.run_config()
-    hint = policy_hint(run, build_workload(run)) if cfg.describes_workload else None
-    return build_replica(run, hint).cost_model, hint
+    spec = build_replica(run, build_workload(run) if cfg.describes_workload else None)
+    return spec.cost_model, spec.workload_hint
 
 
 # ------------------------------------------------------------------------------------------------
