@@ -188,9 +188,29 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    """``obj`` as indented JSON (what JSON cannot hold, as text), written atomically."""
-    text = json.dumps(obj, indent=2, default=str) + "\n"
+    """``obj`` as indented JSON, written atomically (see ``json_text``)."""
+    text = json_text(obj) + "\n"
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON: NaN and infinities (undefined metrics) become null, which every
+    JSON reader accepts (Python's NaN literal is not JSON), and what JSON cannot hold becomes
+    text."""
+    return json.dumps(finite(obj), indent=indent, default=str, allow_nan=False)
+
+
+def finite(obj):
+    """``obj`` with every non-finite float replaced by None, through dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "dtype") and getattr(obj, "shape", None) == ():   # a numpy scalar
+        return finite(obj.item())
+    return obj
 
 
 def output_folder(out_dir: str | Path) -> Path:
