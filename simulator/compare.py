@@ -39,9 +39,10 @@ def read_json_object(path: Path, what: str) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file")
     except json.JSONDecodeError as e:
-        extra = " (more than one result: vllm bench --append-result? give one)" \
-            if e.msg == "Extra data" else ""
-        raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}){extra}")
+        if e.msg == "Extra data":
+            raise ConfigError(f"{path}: more than one JSON object (vllm bench --append-result?); "
+                              f"give a file with one result")
+        raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})")
     if not isinstance(obj, dict):
         raise ConfigError(f"{path}: expected a JSON object of {what}")
     return obj

@@ -390,6 +390,21 @@ def test_bench_replays_a_trace_file_at_its_timestamps(stub, tmp_path):
     first = frame["first_token_s"].to_numpy()
     assert first[1] - first[0] == pytest.approx(0.1, abs=0.03)
     assert json.loads(proc.stdout)["completed"] == 3
+    # vLLM bench's traffic keys: the trace's own mean rate; no arrival process, no burstiness.
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["request_rate"] == pytest.approx(2 / 0.25) and bench["burstiness"] is None
+    assert bench["max_concurrency"] is None and "mean_client_queue_time_ms" not in bench
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({}, 1.0), ({"arrival": "gamma", "cv": 2.0}, 0.25), ({"arrival": "gamma", "cv": 0.5}, 4.0),
+    ({"arrival": "deterministic"}, "inf"),
+])
+def test_burstiness_is_the_gamma_shape_of_the_arrival_process(fields, expected):
+    """vLLM's --burstiness is the shape k of gamma gaps, whose coefficient of variation is
+    1/sqrt(k): k = 1/cv^2 (1 for Poisson; evenly spaced gaps are the limit k -> inf)."""
+    from simulator.vllm.bench import burstiness
+    assert burstiness(RunConfig(**fields)) == expected
 
 
 def test_text_prompts_are_calibrated_with_the_servers_tokenizer(stub, tmp_path):
@@ -401,3 +416,102 @@ def test_text_prompts_are_calibrated_with_the_servers_tokenizer(stub, tmp_path):
     sent = {len(b["prompt"].split()) for b in SEEN if isinstance(b["prompt"], str)}
     assert sent == {20, 13}
     assert all(r.ok for r in read_records(tmp_path / RECORDS))
+
+
+def same(a, b) -> bool:
+    """Equal JSON values, floats to 1e-12 (their sums may round in another order)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and \
+            a == pytest.approx(b, rel=1e-12, abs=1e-12)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def vllm_writer_result(monkeypatch, tmp_path, records, *, rate, max_concurrency, slo_ttft_ms,
+                       duration):
+    """What vLLM 0.32's own ``vllm bench serve --save-result --save-detailed`` writes for the
+    same per-request outcomes: its main_async (argument parsing, benchmark, calculate_metrics,
+    the file writer) runs with its HTTP request function replaced by one that hands back our
+    outcomes, and its clock set to our dispatch times and duration."""
+    serve = pytest.importorskip("vllm.benchmarks.serve")
+    from types import SimpleNamespace
+    from vllm.benchmarks.datasets import SampleRequest
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncOutput
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    ordered = sorted(records, key=lambda r: r.request_id)
+    outputs = {str(i): RequestFuncOutput(**vars(outcome(r))) for i, r in enumerate(ordered)}
+
+    async def request_func(request_func_input, session, pbar=None):
+        return outputs[request_func_input.request_id]
+
+    async def arrivals(input_requests, *args, **kwargs):   # dispatch without sleeping
+        for request in input_requests:
+            yield request, rate
+
+    async def no_metrics(*args, **kwargs):
+        return None
+
+    clock = iter([0.0, *(r.dispatched_s for r in ordered), duration])
+    monkeypatch.setattr(serve, "time", SimpleNamespace(perf_counter=lambda: next(clock),
+                                                       time=time.time))
+    monkeypatch.setitem(serve.ASYNC_REQUEST_FUNCS, "openai", request_func)
+    monkeypatch.setattr(serve, "get_request", arrivals)
+    monkeypatch.setattr(serve, "get_tokenizer", lambda *a, **k: object())
+    monkeypatch.setattr(serve, "get_samples", lambda args, tokenizer: [
+        SampleRequest(prompt=[1] * r.prompt_tokens, prompt_len=r.prompt_tokens,
+                      expected_output_len=r.output_tokens, request_id=str(i))
+        for i, r in enumerate(ordered)])
+    monkeypatch.setattr(serve, "fetch_spec_decode_metrics", no_metrics)
+    monkeypatch.setattr(serve, "fetch_diffusion_metrics", no_metrics)
+    monkeypatch.setattr(serve, "freeze_gc_heap", lambda: None)
+    parser = FlexibleArgumentParser()
+    serve.add_cli_args(parser)
+    args = parser.parse_args([
+        "--base-url", "http://127.0.0.1:9", "--model", "stub", "--dataset-name", "random",
+        "--num-prompts", str(len(ordered)), "--request-rate", str(rate),
+        "--max-concurrency", str(max_concurrency), "--goodput", f"ttft:{slo_ttft_ms}",
+        "--percentile-metrics", "ttft,tpot,itl,e2el,client_queue_time,"
+                                "e2el_including_client_queue",
+        "--metric-percentiles", "90,99", "--temperature", "0", "--disable-tqdm",
+        "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
+        "--result-filename", "vllm.json"])
+    serve.main(args)
+    return json.loads((tmp_path / "vllm.json").read_text())
+
+
+def test_bench_json_equals_what_vllm_bench_writes(stub, tmp_path, monkeypatch):
+    """Same outcomes, vLLM's writer and ours: the same keys, every list one entry per prompt,
+    the same values (the date aside). The outcomes hold completed requests (one with 1 token,
+    one whose usage figure differs from the stream), an HTTP error, a dropped stream that
+    streamed 3 tokens first, a stream without a token, a slow first token past the TTFT goal,
+    and waits for a --max-concurrency of 2."""
+    reqs = [Request(0, 0.0, 40, 6), Request(1, 0.0, FAIL_500, 6), Request(2, 0.01, DROP, 6),
+            Request(3, 0.01, SLOW, 4), Request(4, 0.02, NO_TOKEN, 5),
+            Request(5, 0.02, USAGE_OFF, 5), Request(6, 0.03, 42, 1), Request(7, 0.2, 43, 8)]
+    opts = BenchOptions(url=stub, model="stub", timeout_s=3.0, max_concurrency=2)
+    asyncio.run(Replayer(reqs, opts, tmp_path).run())
+    records = read_records(tmp_path / RECORDS)
+    cfg = RunConfig(slo={"ttft_ms": 150.0})
+    write_outputs(cfg, opts, tmp_path, reqs, records, {"mean_rate": 20.0})
+    ours = json.loads((tmp_path / "bench.json").read_text())
+    assert sum(r.dispatched_s < r.sent_s - 0.01 for r in records) >= 1   # some waited
+    theirs = vllm_writer_result(monkeypatch, tmp_path, records, rate=20.0, max_concurrency=2,
+                                slo_ttft_ms=150.0, duration=ours["duration"])
+    assert sorted(ours) == sorted(theirs)
+    for key in ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times",
+                "queue_times", "generated_texts", "errors"):
+        assert len(ours[key]) == len(reqs), key
+    ours.pop("date"), theirs.pop("date")
+    for key, value in theirs.items():
+        assert same(ours[key], value), (key, ours[key], value)
+    # The figures are not trivial: each kind of outcome is in them.
+    assert ours["completed"] == 5 and ours["failed"] == 3
+    assert ours["output_lens"] == [6, 0, 0, 4, 0, 6, 1, 8]
+    assert 0 < ours["request_goodput"] < ours["request_throughput"]
+    assert ours["mean_client_queue_time_ms"] > 0
+    # vLLM counts a request in flight in every whole second it touches (all 5 in the first)
+    # and the streamed tokens per second (24; the usage figures sum to 25).
+    assert ours["max_concurrent_requests"] == 5 and ours["max_output_tokens_per_s"] == 24
+    assert ours["total_output_tokens"] == 25
