@@ -73,7 +73,7 @@ def run_bench(cfg, bopts, out: str, replace: bool = False) -> dict:
     if not requests:
         raise ConfigError("the workload has no requests to send")
     folder, previous = prepare(out, replace)
-    asyncio.run(check_server(bopts))
+    bopts.stream_token_ids = asyncio.run(check_server(bopts))
     clear(previous)
     replayer = Replayer(requests, bopts, folder)
     interrupted = None

@@ -39,6 +39,10 @@ RECORDS = "records.jsonl"
 PROMPT_MODES = ("token-ids", "text")
 FILLER_WORD = " hello"        # one token per word in the common Llama/GPT tokenizers
 ERROR_CHARS = 200             # an error message is cut to this many characters
+# aiohttp refuses a line longer than twice its read buffer. The first chunk of a vLLM stream
+# with token ids echoes the prompt's ids (about 7 bytes a token): 4 MiB buffers take prompts of
+# a million tokens, and a longer line fails its request.
+READ_BUFFER_BYTES = 4 << 20
 
 # bench.json is the file of
 #   vllm bench serve --save-result --save-detailed --metric-percentiles 90,99 \
@@ -56,6 +60,9 @@ class BenchOptions:
     max_concurrency: int | None = None
     prompt_mode: str = "token-ids"
     seed: int = 0
+    # Ask for each chunk's token ids (vLLM's return_token_ids), so that a chunk carrying several
+    # tokens counts as many; set when the server says it is vLLM. Without them, one per chunk.
+    stream_token_ids: bool = False
 
     def __post_init__(self):
         check_url(self.url)
@@ -98,7 +105,8 @@ class Record:
     output_tokens: int               # requested
     dispatched_s: float | None = None   # when the replay let it go (its arrival, as kept)
     sent_s: float | None = None      # when it went out (after any --max-concurrency wait)
-    token_times: list = field(default_factory=list)   # arrival of each streamed token
+    token_times: list = field(default_factory=list)   # arrival of each chunk with a choice
+    streamed_tokens: int = 0         # tokens in those chunks (their token ids, else one each)
     text: str = ""
     usage_prompt_tokens: int | None = None   # the server's usage figures, when it sent them
     usage_output_tokens: int | None = None
@@ -109,10 +117,6 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.error is None and self.ended_s is not None
-
-    @property
-    def streamed_tokens(self) -> int:
-        return len(self.token_times)
 
     @property
     def usage_disagrees(self) -> bool:
@@ -131,9 +135,10 @@ def prompt_ids(req: Request, seed: int) -> list[int]:
     return rng.integers(1000, 20000, size=req.prompt_tokens).tolist()
 
 
-async def check_server(opts: BenchOptions) -> None:
+async def check_server(opts: BenchOptions) -> bool:
     """Before the run: the server answers, and serves ``opts.model`` when it lists its models
-    (``/v1/models``); one line otherwise. A server without that endpoint is not refused."""
+    (``/v1/models``); one line otherwise. A server without that endpoint is not refused.
+    True when the listing says the model is served by vLLM (``owned_by``)."""
     import aiohttp
     try:
         async with aiohttp.ClientSession() as session:
@@ -151,6 +156,8 @@ async def check_server(opts: BenchOptions) -> None:
     if served and opts.model not in served:
         raise ConfigError(f"--model {opts.model!r}: the server at {opts.url} serves "
                           f"{', '.join(map(str, served))}")
+    return any(isinstance(m, dict) and m.get("id") == opts.model and m.get("owned_by") == "vllm"
+               for m in listing["data"]) if served else False
 
 
 class Replayer:
@@ -176,7 +183,8 @@ class Replayer:
             else None
         connector = aiohttp.TCPConnector(limit=0)   # the load, not the client, sets concurrency
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with aiohttp.ClientSession(connector=connector,
+                                             read_bufsize=READ_BUFFER_BYTES) as session:
                 if self.opts.prompt_mode == "text":
                     await self._calibrate(session)
                 self._t0 = time.perf_counter()
@@ -204,9 +212,12 @@ class Replayer:
             prompt = prompt_ids(req, self.opts.seed)
         else:
             prompt = FILLER_WORD * max(1, round(req.prompt_tokens * self.words_per_token))
-        return {"model": self.opts.model, "prompt": prompt, "max_tokens": req.output_tokens,
-                "min_tokens": req.output_tokens, "ignore_eos": True, "temperature": 0.0,
-                "stream": True, "stream_options": {"include_usage": True}}
+        payload = {"model": self.opts.model, "prompt": prompt, "max_tokens": req.output_tokens,
+                   "min_tokens": req.output_tokens, "ignore_eos": True, "temperature": 0.0,
+                   "stream": True, "stream_options": {"include_usage": True}}
+        if self.opts.stream_token_ids:
+            payload["return_token_ids"] = True
+        return payload
 
     async def _one(self, session, req: Request, limit) -> None:
         rec = self.records[req.request_id]
@@ -242,7 +253,7 @@ class Replayer:
                         absorb(event, rec, self._now())
                 if not done:
                     rec.error = "stream ended without [DONE] (connection dropped)"
-                elif not rec.token_times:
+                elif not rec.streamed_tokens:
                     rec.error = "stream ended without a token"
         except asyncio.TimeoutError:
             rec.error = f"timeout after {self.opts.timeout_s:g} s"
@@ -295,7 +306,11 @@ def absorb(chunk: dict, rec: Record, now: float) -> None:
         text = choice.get("text")
         if text is not None and not isinstance(text, str):
             raise MalformedStream(f"a choice's text is {type(text).__name__}, not a string")
+        ids = choice.get("token_ids")
+        if ids is not None and not isinstance(ids, list):
+            raise MalformedStream(f"a choice's token_ids is {type(ids).__name__}, not a list")
         rec.token_times.append(now)
+        rec.streamed_tokens += 1 if ids is None else len(ids)
         rec.text += text or ""
     usage = chunk.get("usage")
     if usage is not None:
