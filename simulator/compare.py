@@ -19,19 +19,59 @@ METRICS = (
 PER_REQUEST = ("ttft_ms", "tpot_ms", "e2el_ms")
 
 
-def load_run(folder: str | Path) -> tuple[dict, pd.DataFrame | None]:
-    """A run (or ``servesim bench``) output folder: its summary and per-request table."""
-    folder = Path(folder)
-    path = folder / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"{folder}: no summary.json (not a servesim run or bench folder)")
+def load_run(path: str | Path) -> tuple[dict, pd.DataFrame | None]:
+    """A run: a ``servesim run`` or ``bench`` output folder, or a ``vllm bench serve
+    --save-result`` file. Its summary metrics and per-request table (None when it has none)."""
+    path = Path(path)
+    if path.is_file():
+        return load_vllm_result(path)
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"{path}: no summary.json (not a servesim run or bench folder, nor a "
+                          f"vllm bench result file)")
+    summary = read_json_object(summary_path, "summary metrics")
+    return summary, run_table(path, "requests", ("request_id", "status", *PER_REQUEST))
+
+
+def read_json_object(path: Path, what: str) -> dict:
     try:
-        summary = json.loads(path.read_text())
+        obj = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file")
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            raise ConfigError(f"{path}: more than one JSON object (vllm bench --append-result?); "
+                              f"give a file with one result")
         raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})")
-    if not isinstance(summary, dict):
-        raise ConfigError(f"{path}: expected a JSON object of summary metrics")
-    return summary, run_table(folder, "requests", ("request_id", "status", *PER_REQUEST))
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: expected a JSON object of {what}")
+    return obj
+
+
+def load_vllm_result(path: Path) -> tuple[dict, pd.DataFrame | None]:
+    """A ``vllm bench serve`` result file (``servesim bench``'s bench.json is one). Its metric
+    keys are the summary's; with ``--save-detailed`` its per-request lists give the table (one
+    entry per prompt, in order: the request id is the position)."""
+    result = read_json_object(path, "vllm bench results")
+    if not {"completed", "duration", "request_throughput"} <= result.keys():
+        raise ConfigError(f"{path}: not a vllm bench serve result (no completed, duration and "
+                          f"request_throughput)")
+    lists = ("ttfts", "latencies", "output_lens", "errors")
+    if not all(isinstance(result.get(k), list) for k in lists):
+        return result, None                 # saved without --save-detailed
+    n = len(result["errors"])
+    if any(len(result[k]) != n for k in lists):
+        raise ConfigError(f"{path}: the per-request lists {', '.join(lists)} differ in length")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ttft = np.array(result["ttfts"], dtype=float) * 1e3
+        e2el = np.array(result["latencies"], dtype=float) * 1e3
+        out = np.array(result["output_lens"], dtype=float)
+        tpot = np.where(out > 1, (e2el - ttft) / np.maximum(out - 1, 1), np.nan)
+    frame = pd.DataFrame({
+        "request_id": np.arange(n),
+        "status": ["failed" if err else "completed" for err in result["errors"]],
+        "ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el})
+    return result, frame
 
 
 def run_table(folder: Path, name: str, columns: tuple[str, ...] = ()) -> pd.DataFrame | None:
@@ -66,7 +106,7 @@ def relative_error(sim, real):
 
 
 def compare(sim_dir, real_dir) -> dict:
-    """Summary metrics side by side with relative errors, and, where both folders hold the same
+    """Summary metrics side by side with relative errors, and, where both runs hold the same
     requests, the median per-request relative error of TTFT, TPOT and latency."""
     sim, sim_req = load_run(sim_dir)
     real, real_req = load_run(real_dir)

@@ -9,6 +9,7 @@ usual umask 022), not the owner-only 0600 of ``tempfile.mkstemp``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -39,8 +40,28 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj, indent: int = 2) -> None:
-    """``obj`` as indented JSON (what JSON cannot hold, as text), written atomically."""
-    write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
+    """``obj`` as indented strict JSON (see ``json_text``), written atomically."""
+    write_text(path, json_text(obj, indent) + "\n")
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON: NaN and infinities (undefined metrics) become null, which every
+    JSON reader accepts (Python's NaN literal is not JSON), and what JSON cannot hold becomes
+    text."""
+    return json.dumps(finite(obj), indent=indent, default=str, allow_nan=False)
+
+
+def finite(obj):
+    """``obj`` with every non-finite float replaced by None, through dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "dtype") and getattr(obj, "shape", None) == ():   # a numpy scalar
+        return finite(obj.item())
+    return obj
 
 
 def output_folder(out_dir: str | Path) -> Path:

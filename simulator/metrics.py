@@ -146,6 +146,7 @@ class LiveRun:
 
     failed: int
     errors: dict
+    usage_disagreements: int      # requests whose streamed token count differs from the usage
     itl_ms: np.ndarray            # every inter-token gap of the successful requests
     url: str
     model: str
@@ -154,7 +155,8 @@ class LiveRun:
     seed: int
 
     def to_dict(self) -> dict:
-        return {"failed": self.failed, "errors": self.errors, **_stats("itl_ms", self.itl_ms),
+        return {"failed": self.failed, "errors": self.errors,
+                "usage_disagreements": self.usage_disagreements, **_stats("itl_ms", self.itl_ms),
                 "source": "live-server", "url": self.url, "model": self.model,
                 "workload": {**self.workload, "requests": self.requests},
                 "policy": {"policy": "(server)"}, "seed": self.seed}

@@ -215,3 +215,39 @@ def test_bench_refuses_the_simulated_replicas_flags(capsys, tmp_path):
                  "--preemption", "restart"]) == 2
     assert "No such option '--preemption'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_compare_reads_vllm_bench_result_files(tmp_path, capsys):
+    """A `vllm bench serve --save-result` file as either side: its metric keys are the summary's,
+    and with --save-detailed its lists give per-request TTFT, TPOT and latency (by position)."""
+    import numpy as np
+    _run_dir(tmp_path / "sim", np.array([110.0, 220.0, 330.0]), np.array([1000.0] * 3))
+    vllm_file = tmp_path / "vllm-20qps-tiny.json"
+    result = {"completed": 2, "failed": 1, "duration": 1.5, "request_throughput": 2.5,
+              "mean_ttft_ms": 200.0, "mean_e2el_ms": 800.0,
+              "ttfts": [0.1, 0.0, 0.3], "latencies": [0.8, 0.0, 0.8], "output_lens": [8, 0, 8],
+              "errors": ["", "HTTP 500", ""]}
+    vllm_file.write_text(json.dumps(result))
+    out = compare(tmp_path / "sim", vllm_file)
+    rows = {r["metric"]: r for r in out["metrics"]}
+    assert rows["request_throughput"]["rel_error"] == pytest.approx(2.0 / 2.5 - 1)
+    assert rows["mean_ttft_ms"]["rel_error"] == pytest.approx(220 / 200 - 1)
+    assert rows["p90_ttft_ms"]["real"] is None        # not in that file: no error given
+    assert out["per_request"]["matched_requests"] == 2   # the failed request is left out
+    assert out["per_request"]["median_abs_rel_error_ttft_ms"] == pytest.approx(0.1)
+    # TPOT from the lists, as vLLM defines it: (latency - TTFT) / (output tokens - 1).
+    assert out["per_request"]["median_abs_rel_error_tpot_ms"] == pytest.approx(
+        np.median([abs(11 - 100) / 100, abs(33 - 500 / 7) / (500 / 7)]))
+    # Saved without --save-detailed: the summary metrics only.
+    for key in ("ttfts", "latencies", "output_lens", "errors"):
+        del result[key]
+    vllm_file.write_text(json.dumps(result))
+    assert compare(tmp_path / "sim", vllm_file)["per_request"] == {}
+    # --append-result files hold several results; a file of another kind is not one.
+    vllm_file.write_text(json.dumps(result) + "\n" + json.dumps(result))
+    assert main(["compare", str(tmp_path / "sim"), str(vllm_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "more than one JSON object (vllm bench --append-result?)" in err[0]
+    vllm_file.write_text(json.dumps({"completed": 3}))
+    assert main(["compare", str(tmp_path / "sim"), str(vllm_file)]) == 2
+    assert "not a vllm bench serve result" in capsys.readouterr().err
