@@ -53,10 +53,10 @@ def test_a_run_s_summary_is_its_record_serialised_once():
 def test_a_live_run_has_the_simulator_s_keys_and_its_own():
     reqs = [Request(0, 0.0, 10, 3), Request(1, 0.5, 10, 2), Request(2, 1.0, 10, 2)]
     records = [Record(0, None, 0.0, 10, 3, sent_s=0.0, token_times=[0.1, 0.2, 0.4],
-                      received_tokens=3, done_s=0.4),
+                      streamed_tokens=3, ended_s=0.4),
                Record(1, None, 0.5, 10, 2, sent_s=0.5, token_times=[0.7, 0.8],
-                      received_tokens=2, done_s=0.8),
-               Record(2, None, 1.0, 10, 2, sent_s=1.0, error="HTTP 500: boom")]
+                      streamed_tokens=2, ended_s=0.8),
+               Record(2, None, 1.0, 10, 2, sent_s=1.0, error="HTTP 500: boom", ended_s=1.1)]
     frame = requests_frame(reqs, records)
     live = bench_summary(frame, records, None, url="http://127.0.0.1:1", model="m",
                          workload={"source": "test"}, requests=3, seed=0)
