@@ -69,13 +69,18 @@ def servesim_scheduler(*args, vllm_config, **kwargs):
     policy = scheduler._policy()      # the plug-in's lazy configuration, from SERVESIM_* now
     if os.environ.get(ENV_EVENTS):
         record_policy_events(policy, Path(os.environ[ENV_EVENTS]))
-    _engine_logger().info("%s", active_line(scheduler, policy))
+    report_active(active_line(scheduler, policy))
     return scheduler
 
 
-def _engine_logger() -> logging.Logger:
-    # A child of vLLM's logger: its handler and format, tagged with the engine core's pid.
-    return logging.getLogger("vllm.servesim")
+def report_active(line: str) -> None:
+    """Through vLLM's logger (its format, tagged with the engine core's pid); straight to
+    stderr when vLLM's logging would drop an INFO line, since ``serve`` waits for this one."""
+    logger = logging.getLogger("vllm.servesim")
+    if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+        logger.info("%s", line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def active_line(scheduler, policy) -> str:
