@@ -6,7 +6,9 @@ turns every user error into one line on stderr and exit status 2 (never a traceb
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 
 import click
 
@@ -15,6 +17,8 @@ from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
 from traces.errors import WorkloadError
 
 USER_ERRORS = (ConfigError, PolicyError, WorkloadError)
+MAX_ERROR_CHARS = 400
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def stdout_console():
@@ -35,30 +39,48 @@ def cli():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Python warnings raised meanwhile (a library's RuntimeWarning) are held
+    back and shown after a command that succeeds; a command that fails prints only its one
+    error line, so a warning never stands before or after it."""
     _register_commands()
+    with warnings.catch_warnings(record=True) as held:
+        rc, error = _run(argv)
+    if error is not None:
+        click.echo(error_line(error), err=True)
+        return rc
+    for w in held:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return rc
+
+
+def _run(argv: list[str] | None) -> tuple[int, str | None]:
+    """The exit status and, for a failure, its message."""
     try:
         # Without standalone mode click returns (not raises) a command's ctx.exit(code).
         rc = cli.main(args=argv, prog_name="servesim", standalone_mode=False)
     except click.exceptions.Exit as e:
-        return e.exit_code
+        return e.exit_code, None
     except click.Abort:
-        click.echo("servesim: aborted", err=True)
-        return 130
+        return 130, "servesim: aborted"
     except click.ClickException as e:   # bad flag or value: one line, exit 2
-        click.echo(f"servesim: error: {e.format_message()}", err=True)
-        return 2
+        return 2, f"servesim: error: {e.format_message()}"
     except USER_ERRORS as e:
-        click.echo(f"servesim: error: {e}", err=True)
-        return 2
+        return 2, f"servesim: error: {e}"
     except (PolicyViolation, SimulationStalled) as e:
-        click.echo(f"servesim: simulation error: {e}", err=True)
-        return 3
+        return 3, f"servesim: simulation error: {e}"
     except KeyboardInterrupt:
-        click.echo("servesim: interrupted", err=True)
-        return 130
+        return 130, "servesim: interrupted"
     except BrokenPipeError:
-        return 0
-    return rc if isinstance(rc, int) else 0
+        return 0, None
+    return (rc if isinstance(rc, int) else 0), None
+
+
+def error_line(message: str) -> str:
+    """The one place a failure's message becomes its line on stderr: control characters and
+    line breaks (from a file name or a quoted value) become spaces, and the line is cut to
+    ``MAX_ERROR_CHARS``, so a 200 MB field can never be echoed whole."""
+    from traces.files import cut
+    return cut(_CONTROL.sub(" ", message).strip(), MAX_ERROR_CHARS)
 
 
 def _register_commands() -> None:
