@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(error_line(error), err=True)
         return rc
     for w in held:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        click.echo(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line),
+                   err=True, nl=False)
     return rc
 
 

@@ -15,6 +15,7 @@ import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -166,11 +167,14 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return record
 
 
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def _json_record(path: Path, number: int, text: str) -> dict:
     """One JSON Lines record: an object whose keys are unique."""
     where = f"{path} line {number}"
     try:
-        record = json.loads(text, object_pairs_hook=_unique_keys)
+        record = _JSON.decode(text)
     except json.JSONDecodeError as e:
         raise WorkloadError(f"{where}: not valid JSON ({e.msg}, column {e.colno})")
     except _DuplicateKey as e:
@@ -338,7 +342,13 @@ def _as_float(series: pd.Series, typed: bool) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(series.dtype):
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
     if typed:
-        return np.fromiter(map(_typed_number, series), dtype=np.float64, count=len(series))
+        cells = series.tolist()
+        if set(map(type, cells)) <= {int, float}:       # the usual JSON column: plain numbers
+            try:
+                return np.array(cells, dtype=np.float64)
+            except OverflowError:                        # an integer beyond float64
+                pass
+        return np.fromiter(map(_typed_number, cells), dtype=np.float64, count=len(cells))
     # CSV text: pandas left the column as strings because some cell is not a number.
     coerced = pd.to_numeric(series.map(_as_number_text), errors="coerce")
     return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -393,16 +403,21 @@ def int_lists(table: RawTable, column: str) -> np.ndarray:
     """A column of lists of integers (Mooncake's prefix-block ``hash_ids``), as an object array
     of Python lists; text, numbers, booleans or nested lists in a cell are refused."""
     series = table.frame[column]
-    out = np.empty(len(series), dtype=object)
-    for i, cell in enumerate(series):
-        items = cell.tolist() if isinstance(cell, np.ndarray) else cell
-        if not (isinstance(items, list) and all(
-                isinstance(x, int) and not isinstance(x, bool) and -2 ** 63 <= x < 2 ** 63
-                for x in items)):
+    cells = [c.tolist() if isinstance(c, np.ndarray) else c for c in series]
+    out = np.empty(len(cells), dtype=object)
+    if all(type(c) is list for c in cells):
+        flat = list(itertools.chain.from_iterable(cells))
+        if set(map(type, flat)) <= {int} and (not flat or (-2 ** 63 <= min(flat)
+                                                           and max(flat) < 2 ** 63)):
+            for i, cell in enumerate(cells):   # (a slice assignment would make lists rows)
+                out[i] = cell
+            return out
+    for i, cell in enumerate(cells):      # name the first bad cell
+        if not (isinstance(cell, list) and all(
+                type(x) is int and -2 ** 63 <= x < 2 ** 63 for x in cell)):
             _bad(table, i, column, "missing value" if cell is None else
-                 f"expected a list of integers (block hashes), got {show(cell)}")
-        out[i] = items
-    return out
+                 f"expected a list of integers (block hashes), got {show(series.iloc[i])}")
+    raise AssertionError("unreachable: a bad cell was found above")
 
 
 # Time-zone suffix of an ISO 8601 date-time: Z, +HH, +HHMM or +HH:MM after the time of day;
