@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from simulator.cli import MAX_ERROR_CHARS, cli, main
-from simulator.config import FIELDS, MAX_CONFIG_DEPTH
+from simulator.config import FIELDS, MAX_CONFIG_DEPTH, parse_mapping_text
+from simulator.errors import ConfigError
 from simulator.vllm.plugin import ENV_CONFIG, load_plugin_config
 from traces.errors import WorkloadError
 from traces.files import MAX_LINE_BYTES
@@ -219,6 +220,22 @@ def test_duplicate_config_keys_are_refused(case):
             line = refused("config: duplicates", cli_run("run", "--config", str(path)), str(path))
             assert "twice" in line or "Cannot overwrite" in line, line
         plugin_refuses("plug-in: duplicates", path)
+
+
+@PROPERTY
+@given(st.one_of(duplicate_keys(), deeply_nested()))
+def test_mapping_text_from_the_environment_is_checked_like_a_file(case):
+    """``parse_mapping_text`` is the reader for a variable's YAML/JSON text (the plug-in's
+    SERVESIM_WORKLOAD): the same duplicate and depth checks as a file."""
+    suffix, text = case
+    assume(suffix != ".toml")
+    CASES["env text", "tried"] += 1
+    with pytest.raises(ConfigError) as e:
+        parse_mapping_text(text, "SERVESIM_WORKLOAD")
+    message = str(e.value)
+    assert message.startswith("SERVESIM_WORKLOAD: ") and "\n" not in message, message
+    assert "twice" in message or "nested" in message, message
+    CASES["env text", "clean"] += 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. Python warnings raised meanwhile (a library's RuntimeWarning) are held
     back and shown after a command that succeeds; a command that fails prints only its one
     error line, so a warning never stands before or after it."""
-    _register_commands()
     with warnings.catch_warnings(record=True) as held:
+        _register_commands()
         rc, error = _run(argv)
     if error is not None:
         click.echo(error_line(error), err=True)
