@@ -7,7 +7,7 @@
   file) of each reference trace in ../shared/traces, and of a synthetic 1.5-million-row
   BurstGPT-format CSV written on the fly to a temporary folder (deleted afterwards). Targets for
   the BurstGPT file: under 15 s and under 1 GiB. Each load runs in a fresh Python process, so
-  its peak resident memory (ru_maxrss, which counts pandas', NumPy's and Arrow's buffers alike)
+  its peak resident memory (VmHWM, which counts pandas', NumPy's and Arrow's buffers alike)
   is its own; "over base" subtracts the process's memory after imports.
 
 The wall time of replaying the full Azure conv trace is a simulator-speed figure: it is the
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,10 @@ TARGET_S, TARGET_MIB = 15.0, 1024.0
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
+    # VmHWM, the peak of this process's own memory: ru_maxrss would carry over the parent's
+    # peak (Linux keeps it across fork and exec), and the parent has just written a big CSV.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024.0
 
 
 def _current_rss_mib() -> float:

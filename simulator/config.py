@@ -223,44 +223,110 @@ def parse_pairs(values, flag: str, split_commas: bool = True, error: type = Conf
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20      # a hand-written config is a few KiB
+MAX_CONFIG_DEPTH = 16           # the deepest field, a sweep axis of rate schedules, nests 6
+MAX_CONFIG_VALUES = 100_000     # counted with repeats: YAML aliases that expand are refused
+
+
 def read_mapping_file(p: Path, what: str, json_ok: bool = False) -> dict:
     """A YAML or TOML (or, with ``json_ok``, JSON) file whose top level is a mapping (``what``
-    names it in errors)."""
-    if not p.is_file():
-        raise ConfigError(f"{what} {p} does not exist")
-    text = p.read_text()
+    names it in errors). The file must be UTF-8 text of at most ``MAX_CONFIG_BYTES``; a key
+    given twice in one mapping is refused, as is nesting deeper than ``MAX_CONFIG_DEPTH``."""
+    from traces.files import read_text
+    p = Path(p)
+    kinds = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", **({".json": "json"} if json_ok
+                                                                   else {})}
+    text = read_text(p, ConfigError, what, MAX_CONFIG_BYTES)
+    if p.suffix not in kinds:
+        raise ConfigError(f"{what} {p}: use a {', '.join(kinds)} file")
+    return parse_mapping_text(text, f"{what} {p}", kinds[p.suffix])
+
+
+def parse_mapping_text(text: str, source: str, kind: str = "yaml") -> dict:
+    """A mapping from YAML (which reads JSON too), TOML or JSON text, with the checks of
+    ``read_mapping_file``; errors are one line starting with ``source``."""
     try:
-        if p.suffix == ".toml":
+        if kind == "toml":
             try:
                 import tomllib
             except ModuleNotFoundError:   # Python 3.10
                 import tomli as tomllib
-            raw = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-            raw = yaml.safe_load(text) or {}
-        elif json_ok and p.suffix == ".json":
+            raw = tomllib.loads(text)     # refuses a key given twice itself
+        elif kind == "json":
             import json
-            raw = json.loads(text)
+            raw = json.loads(text, object_pairs_hook=_unique_json_keys)
         else:
-            kinds = ".yaml, .yml, .toml" + (" or .json" if json_ok else "")
-            raise ConfigError(f"{what} {p}: use a {kinds} file")
-    except ConfigError:
-        raise
+            import yaml
+            raw = yaml.load(text, Loader=_unique_key_loader()) or {}
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply (more than {MAX_CONFIG_DEPTH} levels)")
     except Exception as e:
-        raise ConfigError(f"{what} {p}: cannot parse: {parse_error_line(e)}")
+        raise ConfigError(f"{source}: cannot parse: {parse_error_line(e)}")
+    _check_size(raw, source)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{what} {p}: expected a mapping of field: value at the top level")
+        raise ConfigError(f"{source}: expected a mapping of field: value at the top level")
     return raw
 
 
+def _unique_json_keys(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {key!r} given twice in one object")
+    return out
+
+
+def _unique_key_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently). Keys merged in with ``<<`` may be overridden, as YAML defines."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:                 # an unhashable key: the base class says so
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice in one mapping", key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
+def _check_size(raw, source: str) -> None:
+    """Refuse nesting deeper than MAX_CONFIG_DEPTH or more than MAX_CONFIG_VALUES values."""
+    stack, count = [(raw, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: more than {MAX_CONFIG_VALUES:,} values (YAML aliases "
+                              f"that expand?)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def parse_error_line(e: Exception) -> str:
-    """One line from a YAML or TOML parse error, with its line number."""
+    """One line from a YAML, TOML or JSON parse error, with its line number."""
+    from traces.files import cut
     mark = getattr(e, "problem_mark", None)          # yaml.MarkedYAMLError
     if mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}"
+        return cut(f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}")
     text = str(e).strip()                            # tomllib: "... (at line 3, column 7)"
-    return text.splitlines()[0] if text else type(e).__name__
+    return cut(text.splitlines()[0]) if text else type(e).__name__
 
 
 def check_fields(raw: dict, source: str) -> dict:

@@ -21,7 +21,7 @@ ROW3 = "2023-11-16 18:15:51.2224670,879,31\n"
 
 def azure(tmp_path, text, name="t.csv"):
     p = tmp_path / name
-    p.write_text(text)
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
     return p
 
 
@@ -56,6 +56,24 @@ CSV_CASES = {
     "empty file": ("", "{f}: empty file"),
     "blank file": ("\n\n", "{f}: empty file (no non-blank line)"),
     "header only": (AZURE_HEADER, "{f}: no requests (the file has a header but no records)"),
+    "tokens beyond int64": (
+        AZURE_HEADER + "2023-11-16 18:15:46.6805900,9223372036854775808,44\n",
+        "{f} line 2, column 'ContextTokens': 9223372036854775808 tokens, more than the "
+        "1,000,000,000 a request may have"),
+    "1e150 tokens": (
+        AZURE_HEADER + ROW1 + "2023-11-16 18:15:50.9951690,396,1e150\n",
+        "{f} line 3, column 'GeneratedTokens': 1e+150 tokens, more than the 1,000,000,000 a "
+        "request may have"),
+    "column given twice": (
+        "TIMESTAMP,ContextTokens,GeneratedTokens,ContextTokens\n" + ROW1,
+        "{f} line 1: column 'ContextTokens' appears twice (columns 2 and 4); rename one"),
+    "not UTF-8": (
+        AZURE_HEADER.encode() + b"2023-11-16 18:15:46.6805900,374,44\n\xe9\n",
+        "{f} line 3: not UTF-8 text (byte 0xe9: invalid continuation byte); save it as UTF-8"),
+    "NUL bytes": (
+        AZURE_HEADER.encode() + b"\0" * 5000,
+        "{f} line 2: a NUL byte: binary data, not a CSV or JSON Lines trace (UTF-16 text? save "
+        "it as UTF-8)"),
     "unknown columns": (
         "when,in,out\n1,2,3\n",
         "{f}: cannot tell the trace format from its columns ('when', 'in', 'out'); give "
@@ -97,6 +115,28 @@ JSONL_CASES = {
     "boolean length": (
         ['{"timestamp": 0, "input_length": true, "output_length": 2}'],
         "{f} line 1, column 'input_length': expected a number, got True"),
+    "tokens beyond int64": (
+        ['{"timestamp": 0, "input_length": 5, "output_length": 2}',
+         '{"timestamp": 1, "input_length": 99999999999999999999999, "output_length": 2}'],
+        "{f} line 2, column 'input_length': 99999999999999999999999 tokens, more than the "
+        "1,000,000,000 a request may have"),
+    "arrival near 1e300": (
+        ['{"timestamp": 0, "input_length": 5, "output_length": 2}',
+         '{"timestamp": 1e300, "input_length": 5, "output_length": 2}'],
+        "{f} line 2, column 'timestamp': time 1e+300 (1e+297 s) is beyond 2^33 s (272 years), "
+        "where float64 seconds would lose microseconds (a wrong time unit?)"),
+    "number as text": (
+        ['{"timestamp": 0, "input_length": "12", "output_length": 2}'],
+        "{f} line 1, column 'input_length': expected a number, got '12' (a number written as "
+        "text: drop the quotes)"),
+    "hash_ids as text": (
+        ['{"timestamp": 0, "input_length": 5, "output_length": 2, "hash_ids": [1, 2]}',
+         '{"timestamp": 1, "input_length": 5, "output_length": 2, "hash_ids": "3,4"}'],
+        "{f} line 2, column 'hash_ids': expected a list of integers (block hashes), got '3,4'"),
+    "key given twice": (
+        ['{"timestamp": 0, "input_length": 5, "output_length": 2}',
+         '{"timestamp": 1, "input_length": 5, "output_length": 2, "input_length": 6}'],
+        "{f} line 2: key 'input_length' appears twice in one record"),
     "prompt not text": (
         ['{"prompt": 5, "output_tokens": 3}', '{"prompt": 6, "output_tokens": 3}'],
         "{f} line 1, column 'prompt': expected text, got 5"),
@@ -111,6 +151,22 @@ def test_malformed_jsonl_gives_its_message(tmp_path, case):
     with pytest.raises(WorkloadError) as e:
         read_trace(f)
     assert str(e.value) == message.format(f=f)
+
+
+def test_damaged_parquet_is_one_line(tmp_path):
+    import pandas as pd
+    good = tmp_path / "good.parquet"
+    pd.DataFrame({"arrived_at": [0.0, 1.0], "num_prefill_tokens": [1, 2],
+                  "num_decode_tokens": [3, 4]}).to_parquet(good)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(WorkloadError) as e:
+        read_trace(cut)
+    assert str(e.value).startswith(f"{cut}: not a readable Parquet file, damaged or truncated (")
+    pd.DataFrame({"a": [1.5], "b": ["x"]}).to_parquet(foreign := tmp_path / "foreign.parquet")
+    with pytest.raises(WorkloadError, match=r"cannot tell the trace format from its columns "
+                                            r"\('a', 'b'\)"):
+        read_trace(foreign)
 
 
 def test_truncated_gzip_is_rejected_not_read_partially(tmp_path):

@@ -7,11 +7,16 @@ turns every servesim error into one line on stderr and the exit status its class
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 
 import click
 
 from traces.errors import ServesimError
+
+MAX_ERROR_CHARS = 400
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def stdout_console():
@@ -32,27 +37,47 @@ def cli():
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register_commands()
+    """Run a command. Python warnings raised meanwhile (a library's RuntimeWarning) are held
+    back and shown after a command that succeeds; a command that fails prints only its one
+    error line, so a warning never stands before or after it."""
+    with warnings.catch_warnings(record=True) as held:
+        _register_commands()
+        rc, error = _run(argv)
+    if error is not None:
+        click.echo(error_line(error), err=True)
+        return rc
+    for w in held:
+        click.echo(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line),
+                   err=True, nl=False)
+    return rc
+
+
+def _run(argv: list[str] | None) -> tuple[int, str | None]:
+    """The exit status and, for a failure, its message."""
     try:
         # Without standalone mode click returns (not raises) a command's ctx.exit(code).
         rc = cli.main(args=argv, prog_name="servesim", standalone_mode=False)
     except click.exceptions.Exit as e:
-        return e.exit_code
+        return e.exit_code, None
     except click.Abort:
-        click.echo("servesim: aborted", err=True)
-        return 130
+        return 130, "servesim: aborted"
     except click.ClickException as e:   # bad flag or value: one line, exit 2
-        click.echo(f"servesim: error: {e.format_message()}", err=True)
-        return 2
+        return 2, f"servesim: error: {e.format_message()}"
     except ServesimError as e:          # one line; the exit status is the error's class's
-        click.echo(f"servesim: {e.kind}: {e}", err=True)
-        return e.exit_code
+        return e.exit_code, f"servesim: {e.kind}: {e}"
     except KeyboardInterrupt:
-        click.echo("servesim: interrupted", err=True)
-        return 130
+        return 130, "servesim: interrupted"
     except BrokenPipeError:
-        return 0
-    return rc if isinstance(rc, int) else 0
+        return 0, None
+    return (rc if isinstance(rc, int) else 0), None
+
+
+def error_line(message: str) -> str:
+    """The one place a failure's message becomes its line on stderr: control characters and
+    line breaks (from a file name or a quoted value) become spaces, and the line is cut to
+    ``MAX_ERROR_CHARS``, so a 200 MB field can never be echoed whole."""
+    from traces.files import cut
+    return cut(_CONTROL.sub(" ", message).strip(), MAX_ERROR_CHARS)
 
 
 def _register_commands() -> None:

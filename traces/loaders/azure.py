@@ -7,14 +7,13 @@ seven fractional digits (100 ns), e.g. ``2023-11-16 18:15:46.6805900``.
 from __future__ import annotations
 
 from traces.loaders.base import Parsed, TraceFormat
-from traces.loaders.table import RawTable, datetimes_seconds, numbers
+from traces.loaders.table import RawTable, datetimes_seconds, tokens
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     arrival, origin = datetimes_seconds(table, "TIMESTAMP")
     return Parsed(arrival,
-                  numbers(table, "ContextTokens", integer=True),
-                  numbers(table, "GeneratedTokens", integer=True), meta={"start_time": origin})
+                  tokens(table, "ContextTokens"), tokens(table, "GeneratedTokens"), meta={"start_time": origin})
 
 
 FORMAT = TraceFormat(

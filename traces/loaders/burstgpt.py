@@ -14,7 +14,7 @@ import numpy as np
 
 from traces.errors import WorkloadError
 from traces.loaders.base import Option, Parsed, TraceFormat, jitter_option
-from traces.loaders.table import RawTable, numbers
+from traces.loaders.table import RawTable, seconds, tokens
 
 
 def _selected(table: RawTable, column: str, wanted: str) -> np.ndarray:
@@ -30,9 +30,8 @@ def _selected(table: RawTable, column: str, wanted: str) -> np.ndarray:
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     frame = table.frame
-    parsed = Parsed(numbers(table, "Timestamp", integer=False),
-                    numbers(table, "Request tokens", integer=True),
-                    numbers(table, "Response tokens", integer=True),
+    parsed = Parsed(seconds(table, "Timestamp"),
+                    tokens(table, "Request tokens"), tokens(table, "Response tokens"),
                     labels=frame["Model"].astype(object).to_numpy())
     if "Log Type" in frame.columns:
         parsed.extra["log_type"] = frame["Log Type"].astype(object).to_numpy()

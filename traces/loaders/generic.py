@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from traces.errors import WorkloadError
 from traces.loaders.base import Option, Parsed, TraceFormat
-from traces.loaders.table import RawTable, datetimes_seconds, numbers
+from traces.loaders.table import RawTable, datetimes_seconds, seconds, tokens
 
-UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}      # per second
 
 
 def columns_for(options: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -23,8 +23,8 @@ def columns_for(options: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
-    prompt = numbers(table, options["prompt"], integer=True)
-    output = numbers(table, options["output"], integer=True)
+    prompt = tokens(table, options["prompt"])
+    output = tokens(table, options["output"])
     arrival = None
     parsed_meta = {"columns": {k: options[k] for k in ("arrival", "prompt", "output", "label")
                                if options[k]}}
@@ -34,7 +34,7 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
             arrival, origin = datetimes_seconds(table, options["arrival"])
             parsed_meta["start_time"] = origin
         elif unit in UNITS:
-            arrival = numbers(table, options["arrival"], integer=False) * UNITS[unit]
+            arrival = seconds(table, options["arrival"], per_second=UNITS[unit])
         else:
             raise WorkloadError(f"trace option time_unit must be one of "
                                 f"{', '.join([*UNITS, 'datetime'])}; got {unit!r}")

@@ -12,15 +12,14 @@ does not see ten simultaneous arrivals every 3 s (``traces.transforms.jitter``).
 from __future__ import annotations
 
 from traces.loaders.base import Parsed, TraceFormat, jitter_option
-from traces.loaders.table import RawTable, numbers
+from traces.loaders.table import RawTable, int_lists, seconds, tokens
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
-    parsed = Parsed(numbers(table, "timestamp", integer=False) / 1000.0,
-                    numbers(table, "input_length", integer=True),
-                    numbers(table, "output_length", integer=True))
+    parsed = Parsed(seconds(table, "timestamp", per_second=1000.0),
+                    tokens(table, "input_length"), tokens(table, "output_length"))
     if "hash_ids" in table.frame.columns:
-        parsed.extra["hash_ids"] = table.frame["hash_ids"].to_numpy(dtype=object)
+        parsed.extra["hash_ids"] = int_lists(table, "hash_ids")
     return parsed
 
 

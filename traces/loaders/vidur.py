@@ -10,17 +10,16 @@
 from __future__ import annotations
 
 from traces.loaders.base import Parsed, TraceFormat
-from traces.loaders.table import RawTable, numbers
+from traces.loaders.table import RawTable, seconds, tokens
 
 
 def _lengths(table: RawTable):
-    return (numbers(table, "num_prefill_tokens", integer=True),
-            numbers(table, "num_decode_tokens", integer=True))
+    return tokens(table, "num_prefill_tokens"), tokens(table, "num_decode_tokens")
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     prompt, output = _lengths(table)
-    return Parsed(numbers(table, "arrived_at", integer=False), prompt, output)
+    return Parsed(seconds(table, "arrived_at"), prompt, output)
 
 
 def parse_lengths(table: RawTable, options: dict, seed: int) -> Parsed:

@@ -15,7 +15,7 @@ import numpy as np
 
 from traces.errors import WorkloadError
 from traces.loaders.base import Option, Parsed, TraceFormat
-from traces.loaders.table import RawTable, numbers, show
+from traces.loaders.table import RawTable, show, tokens
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
@@ -31,7 +31,7 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     chars = prompts.str.len().to_numpy(dtype=np.float64)
     prompt = np.maximum(1, np.round(chars / cpt)).astype(np.int64)
     if "output_tokens" in table.frame.columns:
-        output = numbers(table, "output_tokens", integer=True)
+        output = tokens(table, "output_tokens")
     else:
         if options["output_len"] < 1:
             raise WorkloadError(f"trace option output_len must be >= 1, got "
