@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scheduler.base import Policy, make_policy
-from scheduler.state import ReplicaSpec, Status
+from scheduler.state import Decision, ReplicaSpec, Status
 from simulator.cost.base import CostModel
 from simulator.cost.linear import LinearCost
 from simulator.engine import TIMELINE_COLUMNS, Engine, EngineResult
@@ -58,6 +58,8 @@ class Recorder:
             raise AssertionError(f"policy {self.policy.name} asked {self.limit} times: livelock?")
         resident = list(view.resident)
         d = self._schedule(view)
+        if not isinstance(d, Decision):   # the engine names this mistake
+            return d
         involved = resident + [r for r, _ in d.prefill] + list(d.decode) + list(d.preempt)
         waiting = getattr(self.policy, "waiting", None)
         self.steps.append(Step(
