@@ -282,8 +282,14 @@ def _import_module(module_name: str, where: str):
         raise PolicyError(f"{where}: importing {module_name} failed: {_error_line(e)}") from None
 
 
-def make_policy(name: str, params: dict[str, Any] | None = None) -> Policy:
-    cls = policy_class(name)
+def make_policy(policy: str | type[Policy], params: dict[str, Any] | None = None) -> Policy:
+    """A policy (a registered name, ``package.module:Class``, or a class) with ``params``
+    (strings, as from the command line, are converted and validated)."""
+    if isinstance(policy, str):
+        cls = policy_class(policy)
+    else:
+        check_policy_class(policy, f"policy class {getattr(policy, '__qualname__', policy)}")
+        cls = policy
     return cls(parse_params(cls, params or {}))
 
 
