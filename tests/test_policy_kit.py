@@ -235,6 +235,11 @@ class Fcfs(QueuedPolicy):
 
 class Tuned(VllmV1):
     """Extends a built-in without a name of its own: runs under its path, not as vllm-v1."""
+
+
+class Idle(QueuedPolicy):
+    def schedule(self, view):
+        return StepPlan(view, 1).decision()
 '''
 
 
@@ -266,6 +271,17 @@ def test_a_module_in_the_current_folder_is_found_as_python_m_would(module_dir, m
     monkeypatch.chdir(module_dir)
     sys.path[:] = [p for p in sys.path if p not in ("", str(module_dir))]
     assert policy_class("kit_policies:Fcfs").__name__ == "Fcfs"
+
+
+def test_servesim_check_runs_the_invariant_checker_on_a_class(module_dir, capsys):
+    sys.path.insert(0, str(module_dir))
+    assert main(["check", "kit_policies:Fcfs", "-p", "budget=64", "--examples", "5"]) == 0
+    assert capsys.readouterr().out.startswith("policy kit_policies:Fcfs: invariants hold on 5 "
+                                              "workloads (")
+    assert main(["check", "kit_policies:Idle", "--examples", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("servesim: check failed: policy kit_policies:Idle scheduled nothing")
+    assert "rows=[(" in err                              # the workload that shows it
 
 
 def test_the_vllm_plugin_accepts_a_class_by_path(module_dir):
