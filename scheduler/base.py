@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import importlib
 import math
+import os
+import sys
+import traceback
 import typing
 from typing import Any, ClassVar
 
@@ -14,6 +19,12 @@ from traces.errors import UserError
 
 class PolicyError(UserError):
     """A policy name or parameter is invalid. The message is one line a user can act on."""
+
+
+class PolicyViolation(RuntimeError):
+    """A policy asked for something the rules forbid (a bug in the policy), detected where it
+    happens: in a StepPlan helper, or by the engine applying the decision. The message names the
+    request and the rule."""
 
 
 @dataclasses.dataclass
@@ -28,9 +39,10 @@ def param(default, help: str, *, choices: tuple | None = None, minimum: float | 
     return dataclasses.field(default=default, metadata=meta)
 
 
-class Policy:
-    """A batching policy. Subclasses set ``name``, ``summary`` and ``Params`` and implement
-    ``schedule``.
+class Policy(abc.ABC):
+    """A batching policy. Subclasses set ``name``, ``summary`` and ``Params`` (a dataclass of
+    ``param`` fields) and implement ``on_arrival`` and ``schedule``; ``QueuedPolicy`` implements
+    ``on_arrival`` with one FCFS queue.
 
     Life cycle: ``bind(spec)`` once; then, interleaved, ``on_arrival(req)`` for every admitted
     arrival, ``schedule(view)`` whenever the replica can start an iteration, and ``on_finish(req)``
@@ -49,8 +61,9 @@ class Policy:
     def bind(self, spec: ReplicaSpec) -> None:
         self.spec = spec
 
+    @abc.abstractmethod
     def on_arrival(self, req: RequestState) -> None:
-        raise NotImplementedError
+        """A request arrived (or, by default, was handed back: on_requeue): queue it."""
 
     def on_finish(self, req: RequestState) -> None:
         pass
@@ -72,11 +85,38 @@ class Policy:
             waiting.remove(req)
         self.on_finish(req)
 
+    def is_queued(self, req: RequestState) -> bool | None:
+        """Whether ``req`` is in this policy's waiting structures (None: the policy cannot say).
+        The engine asks after every preemption, so that a victim the policy forgot to requeue is
+        reported at once rather than as a stall at the end of the run. Default: membership of
+        the ``waiting`` queue, when the policy has one."""
+        waiting = getattr(self, "waiting", None)
+        return None if waiting is None else req in waiting
+
+    @abc.abstractmethod
     def schedule(self, view: ReplicaView) -> Decision:
-        raise NotImplementedError
+        """This iteration's batch. Never mutate ``view`` or a request: return a Decision."""
 
     def describe(self) -> dict:
         return {"policy": self.name, **dataclasses.asdict(self.params)}
+
+
+def victim_error(policy: Policy, decision: Decision) -> tuple[RequestState, str] | None:
+    """(request, what is wrong) when a decision's preemption victim is also scheduled in it, or
+    was not put back in the policy's queue; None when the victims are in order. Scheduled in the
+    same decision, an engine would re-admit a victim as a fresh prefill while the policy still
+    queues it; not requeued, it would never run again. Either way the run would fail much
+    later, naming another request: each engine checks this as it applies a decision."""
+    victims = {id(st) for st in decision.preempt}
+    for st in [r for r, _ in decision.prefill] + list(decision.decode):
+        if id(st) in victims:
+            return st, ("was preempted and scheduled in the same decision (a preempted request "
+                        "waits for a later step)")
+    for st in decision.preempt:
+        if policy.is_queued(st) is False:
+            return st, ("was preempted but the policy did not put it back in its waiting queue "
+                        "(it would never run again; StepPlan(on_preempt=...) requeues victims)")
+    return None
 
 
 class QueuedPolicy(Policy):
@@ -103,14 +143,46 @@ class QueuedPolicy(Policy):
 # Registry
 
 _REGISTRY: dict[str, type[Policy]] = {}
+_BROKEN_PLUGINS: dict[str, str] = {}    # entry-point name -> why it failed to load
+
+
+def check_policy_class(cls: Any, where: str) -> None:
+    """Refuse, in one line, a class that cannot run as a policy: at registration, and when a
+    policy is named by path. (A class missing a method or with plain-class Params would
+    otherwise fail later with a traceback from deep inside the simulator.)"""
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise PolicyError(f"{where} is not a Policy subclass (subclass scheduler.Policy, or "
+                          f"scheduler.QueuedPolicy for one FCFS waiting queue)")
+    if cls.__abstractmethods__:
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise PolicyError(f"{where} does not implement {missing}")
+    params = cls.Params
+    label = getattr(params, "__qualname__", repr(params))
+    if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
+        raise PolicyError(f"{where}: Params {label} is not a dataclass (decorate it with "
+                          f"@dataclasses.dataclass; its fields are param(default, help))")
+    fields = dataclasses.fields(params)
+    names = {f.name for f in fields}
+    ignored = [a for a in vars(params).get("__annotations__", {}) if a not in names]
+    if ignored:
+        raise PolicyError(f"{where}: Params {label} is not itself a dataclass, so its field "
+                          f"{ignored[0]!r} is ignored (decorate it with @dataclasses.dataclass)")
+    for f in fields:
+        if f.init and f.default is dataclasses.MISSING and \
+                f.default_factory is dataclasses.MISSING:
+            raise PolicyError(f"{where}: Params field {f.name!r} has no default (declare it as "
+                              f"{f.name}: type = param(default, help))")
 
 
 def register(cls: type[Policy]) -> type[Policy]:
     """Class decorator: make a policy available by its ``name`` (CLI, configs, vLLM adapter)."""
+    where = f"policy class {cls.__qualname__}"
+    check_policy_class(cls, where)
     if not cls.name:
-        raise TypeError(f"{cls.__qualname__} has no name")
+        raise PolicyError(f"{where} has no name (set name = \"...\" to register it)")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise TypeError(f"policy name {cls.name!r} is already registered")
+        raise PolicyError(f"{where}: policy name {cls.name!r} is already registered by "
+                          f"{_REGISTRY[cls.name].__module__}.{_REGISTRY[cls.name].__qualname__}")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -124,10 +196,37 @@ def _load_builtin() -> None:
         return
     import scheduler.policies  # noqa: F401  (registers the built-in policies)
     from importlib.metadata import entry_points
-    # Third-party packages can add policies under the 'servesim.policies' entry-point group.
+    # Third-party packages add policies under the 'servesim.policies' entry-point group: a
+    # module whose classes use @register, or a Policy class (registered here, under the entry
+    # point's name unless it names itself). One that fails to load is recorded and named when
+    # asked for; it never takes the other policies down.
     for ep in entry_points(group="servesim.policies"):
-        ep.load()
+        try:
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Policy) and \
+                    _REGISTRY.get(obj.name) is not obj:
+                if "name" not in vars(obj):
+                    obj.name = ep.name
+                register(obj)
+        except Exception as e:  # noqa: BLE001  (any error in third-party code)
+            _BROKEN_PLUGINS[ep.name] = f"plug-in {ep.name!r} ({ep.value}) failed to load: " \
+                                       f"{_error_line(e)}"
     _plugins_loaded = True
+
+
+def _error_line(e: BaseException) -> str:
+    """``Type: message (file:line)``, the line being the innermost frame: where a plug-in or a
+    module named by path broke."""
+    frames = traceback.extract_tb(e.__traceback__)
+    at = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {msg}{at}"
+
+
+def plugin_errors() -> list[str]:
+    """One line per installed plug-in that failed to load."""
+    _load_builtin()
+    return [_BROKEN_PLUGINS[k] for k in sorted(_BROKEN_PLUGINS)]
 
 
 def policy_names() -> list[str]:
@@ -136,15 +235,62 @@ def policy_names() -> list[str]:
 
 
 def policy_class(name: str) -> type[Policy]:
+    """The class of a registered policy, or of ``package.module:Class`` (imported, checked,
+    never registered): every command and the vLLM plug-in look policies up here."""
+    if ":" in name:
+        return _class_by_path(name)
     _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise PolicyError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+        if name in _BROKEN_PLUGINS:
+            raise PolicyError(f"policy {name!r}: {_BROKEN_PLUGINS[name]}") from None
+        raise PolicyError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
+                          f" (or give a class as package.module:Class)") from None
 
 
-def make_policy(name: str, params: dict[str, Any] | None = None) -> Policy:
-    cls = policy_class(name)
+def _class_by_path(spec: str) -> type[Policy]:
+    module_name, _, attr = spec.partition(":")
+    where = f"policy {spec!r}"
+    if not module_name or not attr:
+        raise PolicyError(f"{where}: expected package.module:Class")
+    obj: Any = _import_module(module_name, where)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PolicyError(f"{where}: module {module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    check_policy_class(obj, where)
+    if "name" not in vars(obj):   # unnamed (or named by the class it extends): named by its path
+        obj.name = spec
+    return obj
+
+
+def _import_module(module_name: str, where: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        # A module in the current folder: `python -m` finds it, the `servesim` script does not
+        # (its sys.path starts at the script's folder). Look there too, as uvicorn does.
+        missing_is_target = e.name is not None and (module_name + ".").startswith(e.name + ".")
+        if missing_is_target and os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.append(os.getcwd())
+            return _import_module(module_name, where)
+        if missing_is_target:
+            raise PolicyError(f"{where}: no module named {e.name!r} (is its folder on "
+                              f"PYTHONPATH?)") from None
+        raise PolicyError(f"{where}: importing {module_name} failed: {_error_line(e)}") from None
+    except Exception as e:  # noqa: BLE001  (any error in the policy's own module)
+        raise PolicyError(f"{where}: importing {module_name} failed: {_error_line(e)}") from None
+
+
+def make_policy(policy: str | type[Policy], params: dict[str, Any] | None = None) -> Policy:
+    """A policy (a registered name, ``package.module:Class``, or a class) with ``params``
+    (strings, as from the command line, are converted and validated)."""
+    if isinstance(policy, str):
+        cls = policy_class(policy)
+    else:
+        check_policy_class(policy, f"policy class {getattr(policy, '__qualname__', policy)}")
+        cls = policy
     return cls(parse_params(cls, params or {}))
 
 

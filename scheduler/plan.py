@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from scheduler.base import PolicyError
+from scheduler.base import PolicyError, PolicyViolation
 from scheduler.kvbudget import StepKV
-from scheduler.state import Decision, ReplicaView, RequestState
+from scheduler.state import Decision, ReplicaView, RequestState, Status
 
 VictimPicker = Callable[[list], RequestState]
 
@@ -48,14 +48,25 @@ VICTIMS: dict[str, VictimPicker] = {"latest-admitted": latest_admitted,
 class StepPlan:
     """One step's plan. ``running`` starts as the resident requests in admission order; requests
     admitted this step are appended, preempted ones removed.
+
+    ``on_preempt`` receives each victim, to put it back in the policy's waiting queue (the
+    policy's ``requeue_preempted``). A victim waits for a later step: scheduling it again in the
+    same plan raises ``PolicyViolation`` at once.
+
+    ``reserve_full_prompt`` (on by default) admits a waiting request given only a chunk of its
+    prompt just when KV for the whole prompt (or recompute) is free, as vLLM 0.32 does
+    (``scheduler_reserve_full_isl``): without it, chunks of several long prompts start, fill the
+    cache together and preempt one another. A policy whose rule is to admit a chunk whenever
+    its blocks fit turns it off.
     """
 
     __slots__ = ("kv", "budget", "tokens", "taken", "running", "preempted", "rejected",
-                 "_on_preempt", "_pick_victim", "_preempted_set")
+                 "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
 
     def __init__(self, view: ReplicaView, token_budget: float, *, watermark_blocks: int = 0,
                  pick_victim: VictimPicker = latest_admitted,
-                 on_preempt: Callable[[RequestState], None] | None = None):
+                 on_preempt: Callable[[RequestState], None] | None = None,
+                 reserve_full_prompt: bool = True):
         self.kv = StepKV(view, watermark_blocks)
         self.budget = token_budget
         self.tokens: dict[RequestState, int] = {}   # scheduled tokens, in scheduling order
@@ -64,6 +75,7 @@ class StepPlan:
         self.preempted: list[RequestState] = []
         self.rejected: list[tuple[RequestState, str]] = []
         self._preempted_set: set[int] = set()
+        self.reserve_full_prompt = reserve_full_prompt
         self._on_preempt = on_preempt
         self._pick_victim = pick_victim
 
@@ -72,6 +84,8 @@ class StepPlan:
 
     def _reserve(self, req: RequestState, n: int, keep_watermark: bool) -> bool:
         # Called once per scheduled request per step: StepKV.need is inlined on purpose.
+        if id(req) in self._preempted_set:
+            raise self._rescheduled(req)
         kv = self.kv
         need = -(-(req.computed + n) // kv.block_size) - req.kv_blocks
         if need > 0:
@@ -86,6 +100,13 @@ class StepPlan:
         self.tokens[req] = n
         self.budget -= n
         return True
+
+    @staticmethod
+    def _rescheduled(req: RequestState) -> PolicyViolation:
+        return PolicyViolation(
+            f"request {req.request_id} was preempted earlier in this step and cannot be "
+            f"scheduled in it (a victim waits for a later step: skip it when "
+            f"plan.is_preempted(req))")
 
     def schedule_resident(self, req: RequestState, n: int) -> bool:
         """Give a resident request ``n`` tokens, preempting victims while KV is short.
@@ -103,8 +124,13 @@ class StepPlan:
     def preempt(self, victim: RequestState) -> None:
         if self.running and self.running[-1] is victim:
             self.running.pop()
-        else:
+        elif victim in self.running:
             self.running.remove(victim)
+        else:
+            state = "was preempted earlier in this step" if self.is_preempted(victim) else \
+                f"is {victim.status.value}, not running"
+            raise PolicyViolation(f"request {victim.request_id} {state}: only a running request "
+                                  f"can be preempted")
         if victim in self.tokens:   # scheduled earlier in this step: undo it
             self.budget += self.tokens.pop(victim)
             self.kv.free += self.taken.pop(victim, 0)
@@ -115,11 +141,61 @@ class StepPlan:
             self._on_preempt(victim)
 
     def admit(self, req: RequestState, n: int, keep_watermark: bool = False) -> bool:
-        """Admit a waiting request with ``n`` prompt tokens if its blocks fit."""
+        """Admit a waiting request with ``n`` prompt tokens if its blocks fit (and, with
+        ``reserve_full_prompt``, the blocks of its whole prompt)."""
+        if req.status is not Status.WAITING:
+            if self.is_preempted(req):
+                raise self._rescheduled(req)
+            raise PolicyViolation(
+                f"request {req.request_id} is {req.status.value}: admit takes a waiting request "
+                f"(schedule_resident gives a running one tokens)")
+        if self.reserve_full_prompt and n < req.remaining and \
+                self.kv.need(req, req.remaining) > self.kv.free:
+            return False
         if not self._reserve(req, n, keep_watermark):
             return False
         self.running.append(req)
         return True
+
+    def schedule_running(self, tokens: Callable[[RequestState], int] | None = None) -> None:
+        """Give the running requests, in running order, ``tokens(req)`` tokens each (default:
+        all they have left), capped by the budget, preempting victims while KV is short; stop
+        when the budget is spent or a request is itself preempted (vLLM V1's running loop)."""
+        i = 0
+        running = self.running
+        while i < len(running) and self.budget > 0:
+            req = running[i]
+            n = req.remaining if tokens is None else tokens(req)
+            if n > self.budget:
+                n = self.budget
+            if not self.schedule_resident(req, n):
+                break
+            i += 1
+
+    def admit_waiting(self, queue, tokens: Callable[[RequestState], int] | None = None, *,
+                      max_running: int | None = None, keep_watermark: bool = False,
+                      whole: bool = False) -> int:
+        """Admit requests from the front of ``queue`` (popping them) with ``tokens(req)`` each
+        (default: all they have left), capped by the budget, while the budget, ``max_running``
+        and KV allow; stop at the first that does not fit, or that was preempted this step (it
+        waits for a later one). ``whole``: never split a prompt (stop at one the budget cannot
+        hold). Returns the number admitted."""
+        admitted = 0
+        while queue and self.budget > 0 and \
+                (max_running is None or len(self.running) < max_running):
+            req = queue.peek()
+            if id(req) in self._preempted_set:
+                break
+            n = req.remaining if tokens is None else tokens(req)
+            if n > self.budget:
+                if whole:
+                    break
+                n = self.budget
+            if not self.admit(req, n, keep_watermark):
+                break
+            queue.pop()
+            admitted += 1
+        return admitted
 
     def decision(self) -> Decision:
         d = Decision(preempt=self.preempted, reject=self.rejected)

@@ -25,6 +25,9 @@ class FCFSQueue:
     def __iter__(self) -> Iterator[RequestState]:
         return iter(self._q)
 
+    def __contains__(self, req: RequestState) -> bool:
+        return req in self._q
+
     def append(self, req: RequestState) -> None:
         self._q.append(req)
 

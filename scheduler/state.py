@@ -194,10 +194,10 @@ class Decision:
       (e.g. a threshold policy's patience timer). Otherwise the engine waits for an arrival.
     """
 
-    prefill: list = field(default_factory=list)
-    decode: list = field(default_factory=list)
-    preempt: list = field(default_factory=list)
-    reject: list = field(default_factory=list)
+    prefill: list[tuple[RequestState, int]] = field(default_factory=list)
+    decode: list[RequestState] = field(default_factory=list)
+    preempt: list[RequestState] = field(default_factory=list)
+    reject: list[tuple[RequestState, str]] = field(default_factory=list)
     wake_at: float | None = None
 
     @property

@@ -19,9 +19,15 @@ from typing import Callable, Iterable
 
 import simpy
 
+<<<<<<< HEAD
 from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
 from simulator.config import PREEMPTIONS, RunConfig
+=======
+from scheduler.base import Policy, victim_error
+from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
+from simulator.config import PREEMPTIONS
+>>>>>>> kit
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
@@ -195,11 +201,20 @@ class Engine(ReplicaLoop):
         while True:
             view.now = env.now
             view.free_blocks = self.free_blocks
-            d = policy.schedule(view)
+            try:
+                d = policy.schedule(view)
+            except PolicyViolation as e:   # raised by a StepPlan helper: say who and when
+                raise PolicyViolation(f"policy {policy.name} at t={env.now:.6f}s: {e}") from None
+            if not isinstance(d, Decision):
+                raise PolicyViolation(f"policy {policy.name} at t={env.now:.6f}s: schedule "
+                                      f"returned {type(d).__name__} {d!r:.60}, not a Decision")
             if d.reject:
                 self._apply_rejects(d.reject)
             if d.preempt:
                 self._apply_preemptions(d.preempt)
+                wrong = victim_error(policy, d)
+                if wrong is not None:
+                    raise self._violation(*wrong)
             if not (d.prefill or d.decode):
                 if view.arrivals_done and self.unfinished == 0:
                     return

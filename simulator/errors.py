@@ -2,15 +2,23 @@
 
 from traces.errors import SimulationError, UserError
 
+# Declared beside the policy interface: StepPlan raises it too, and scheduler/ imports nothing
+# from simulator/.
+from scheduler.base import PolicyViolation  # noqa: F401
+
 
 class ConfigError(UserError):
     """A run configuration value is invalid (flag, config file key or type, preset name)."""
 
 
+<<<<<<< HEAD
 class PolicyViolation(SimulationError):
     """A policy returned a decision the engine cannot apply (a bug in the policy)."""
 
 
 class SimulationStalled(SimulationError):
+=======
+class SimulationStalled(RuntimeError):
+>>>>>>> kit
     """The policy left requests unfinished with nothing that could ever wake the replica."""
 

@@ -37,8 +37,10 @@ class Sarathi(QueuedPolicy):
 
     def schedule(self, view):
         p = self.params
+        # Sarathi-Serve admits a prefill chunk whenever its blocks fit (no whole-prompt check).
         plan = StepPlan(view, p.chunk_size, watermark_blocks=self.watermark_blocks,
-                        pick_victim=VICTIMS[p.victim], on_preempt=self.requeue_preempted)
+                        pick_victim=VICTIMS[p.victim], on_preempt=self.requeue_preempted,
+                        reserve_full_prompt=False)
         decodes = [r for r in plan.running if not r.is_prefill]
         partial = [r for r in plan.running if r.is_prefill]
         stopped = False
@@ -59,10 +61,5 @@ class Sarathi(QueuedPolicy):
                 if not plan.schedule_resident(req, min(req.remaining, plan.budget)):
                     break
         if not plan.preempted:
-            waiting = self.waiting
-            while waiting and plan.budget > 0 and len(plan.running) < p.max_num_seqs:
-                req = waiting.peek()
-                if not plan.admit(req, min(req.remaining, plan.budget), keep_watermark=True):
-                    break
-                waiting.pop()
+            plan.admit_waiting(self.waiting, max_running=p.max_num_seqs, keep_watermark=True)
         return plan.decision()

@@ -43,13 +43,8 @@ class VllmV0(QueuedPolicy):
         p = self.params
         plan = StepPlan(view, self.budget, watermark_blocks=self.watermark_blocks,
                         pick_victim=VICTIMS[p.victim], on_preempt=self.requeue_preempted)
-        waiting = self.waiting
-        while waiting and len(plan.running) < p.max_num_seqs:
-            req = waiting.peek()
-            if req.remaining > plan.budget or not plan.admit(req, req.remaining,
-                                                              keep_watermark=True):
-                break
-            waiting.pop()
+        plan.admit_waiting(self.waiting, max_running=p.max_num_seqs, keep_watermark=True,
+                           whole=True)
         if plan.tokens:
             return plan.decision()
         # Decodes go in arrival order (V0 sorts the running queue by its FCFS priority), so the

@@ -51,7 +51,8 @@ class VllmV1(QueuedPolicy):
     def schedule(self, view):
         p = self.params
         plan = StepPlan(view, p.max_num_batched_tokens, pick_victim=VICTIMS[p.victim],
-                        on_preempt=self.requeue_preempted)
+                        on_preempt=self.requeue_preempted,
+                        reserve_full_prompt=p.reserve_full_prompt)
         self.schedule_running(plan)
         if not plan.preempted:
             self.admit_waiting(plan)
@@ -65,28 +66,9 @@ class VllmV1(QueuedPolicy):
         return t if 0 < t < n else n
 
     def schedule_running(self, plan: StepPlan) -> None:
-        i = 0
-        running = plan.running
-        wanted = self.wanted
-        while i < len(running) and plan.budget > 0:
-            req = running[i]
-            n = wanted(req)
-            if n > plan.budget:
-                n = plan.budget
-            if not plan.schedule_resident(req, n):
-                break
-            i += 1
+        plan.schedule_running(self.wanted)
 
     def admit_waiting(self, plan: StepPlan) -> None:
         p = self.params
-        waiting = self.waiting
-        while waiting and plan.budget > 0 and len(plan.running) < p.max_num_seqs:
-            req = waiting.peek()
-            n = self.wanted(req)
-            if not p.enable_chunked_prefill and n > plan.budget:
-                break
-            if p.reserve_full_prompt and plan.kv.need(req, req.remaining) > plan.kv.free:
-                break
-            if not plan.admit(req, min(n, plan.budget)):
-                break
-            waiting.pop()
+        plan.admit_waiting(self.waiting, self.wanted, max_running=p.max_num_seqs,
+                           whole=not p.enable_chunked_prefill)

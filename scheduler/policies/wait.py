@@ -260,6 +260,9 @@ class ThresholdPolicy(Policy):
         Nested WAIT: the prefill queue, whatever segment it had reached)."""
         self.requeue(req)
 
+    def is_queued(self, req):
+        return req in self.entry_gate(req).queue
+
     def on_abort(self, req):
         """Gone before finishing: out of its entry queue if it waits there (a resident request
         is in no queue: gates are rebuilt from the engine's view every step), then forgotten."""
@@ -422,8 +425,10 @@ class ThresholdPolicy(Policy):
 
     def plan(self, view, work, admits) -> Decision:
         self._batch = {id(r) for r, _ in work}
+        # Memory is the thresholds' and the projection's job: a chunk is admitted when it fits.
         plan = StepPlan(view, math.inf, watermark_blocks=self.watermark_blocks,
-                        pick_victim=self.victim, on_preempt=self.requeue)
+                        pick_victim=self.victim, on_preempt=self.requeue,
+                        reserve_full_prompt=False)
         need = sum(plan.kv.need(r, n) for r, n in work) + \
             sum(plan.kv.need(r, self.tokens(r)) for r, _ in admits)
         if need > plan.kv.free:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from scheduler.base import param_docs, policy_class, policy_names
+from scheduler.base import param_docs, plugin_errors, policy_class, policy_names
 from simulator.cli import cli, stdout_console
 from simulator.hardware import GPUS, MODELS, kv_capacity_tokens
 
@@ -23,6 +23,8 @@ def policies(show_params, names):
         table.add_row(name, policy_class(name).summary)
     if not names:
         console.print(table)
+    for line in plugin_errors():   # the other policies still work: a warning, not a failure
+        click.echo(f"servesim: warning: {line}", err=True)
     for name in (names or (policy_names() if show_params else ())):
         cls = policy_class(name)
         t = Table(title=f"{name} parameters (-p KEY=VALUE)", title_justify="left")
