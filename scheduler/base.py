@@ -14,14 +14,14 @@ from typing import Any, ClassVar
 
 from scheduler.queues import FCFSQueue
 from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
-from traces.errors import UserError
+from traces.errors import SimulationError, UserError
 
 
 class PolicyError(UserError):
     """A policy name or parameter is invalid. The message is one line a user can act on."""
 
 
-class PolicyViolation(RuntimeError):
+class PolicyViolation(SimulationError):
     """A policy asked for something the rules forbid (a bug in the policy), detected where it
     happens: in a StepPlan helper, or by the engine applying the decision. The message names the
     request and the rule."""

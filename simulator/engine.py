@@ -19,15 +19,9 @@ from typing import Callable, Iterable
 
 import simpy
 
-<<<<<<< HEAD
-from scheduler.base import Policy
-from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
-from simulator.config import PREEMPTIONS, RunConfig
-=======
 from scheduler.base import Policy, victim_error
 from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
-from simulator.config import PREEMPTIONS
->>>>>>> kit
+from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled

@@ -11,14 +11,6 @@ class ConfigError(UserError):
     """A run configuration value is invalid (flag, config file key or type, preset name)."""
 
 
-<<<<<<< HEAD
-class PolicyViolation(SimulationError):
-    """A policy returned a decision the engine cannot apply (a bug in the policy)."""
-
-
 class SimulationStalled(SimulationError):
-=======
-class SimulationStalled(RuntimeError):
->>>>>>> kit
     """The policy left requests unfinished with nothing that could ever wake the replica."""
 
