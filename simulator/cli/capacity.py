@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.cli import cli, stdout_console
-from simulator.cli.options import config_from_options, run_options
+from simulator.cli.options import config_from_options, nonempty_path, run_options
 from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
 from simulator.runner import output_folder, write_json
@@ -33,7 +33,7 @@ from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 @click.option("--growth-limit", type=float, default=DEFAULT_GROWTH_LIMIT, show_default=True,
               help="Stable when second-half / first-half mean E2E latency is at most this.")
 @executor_options
-@click.option("--out", "-o", type=click.Path(file_okay=False),
+@click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
               help="Folder for capacity.json (the search, every probe and its runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result line.")

@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 
 from simulator.cli import cli
+from simulator.cli.options import nonempty_path
 from simulator.sweep import SweepInterrupted, expand_points, load_spec, results_dir_for, run_sweep
 from simulator.sweep.executors import EXECUTORS
 from simulator.sweep.store import RESULTS_FILE, ResultsStore
@@ -33,7 +34,7 @@ def axes_text(axes: dict) -> str:
 
 @cli.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--out", "-o", type=click.Path(file_okay=False),
+@click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
               help="Results folder. [the spec's out:, else results/<spec name>]")
 @executor_options
 @click.option("--dry-run", is_flag=True, help="List the points and which are done; run nothing.")

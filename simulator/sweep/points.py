@@ -106,7 +106,8 @@ def expand_points(spec: SweepSpec, timeline: bool | None = None) -> list[Point]:
                 _set(values, axis.field, axis.values[i])
         values["timeline"] = timeline
         try:
-            cfg = absolute_files(build_config(values))
+            # A base field may apply to some points only (cv with an arrival axis): not refused.
+            cfg = absolute_files(build_config(values, refuse_unused=False))
             if any(a.field == "rate" for a in spec.axes):
                 cfg = at_rate(cfg, cfg.rate)
             _check_policy(cfg, checked_policies)

@@ -23,17 +23,14 @@ Ranges: ``{start, stop, step}`` (step defaults to 1; stop included when the grid
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.config import (FIELDS, RunConfig, check_fields, load_config_file,
+from simulator.config import (FIELDS, MAPPING_FIELDS, check_fields, load_config_file,
                               read_mapping_file)
 from simulator.errors import ConfigError
 
-# Run fields that hold mappings: an axis may set one key of them (``policy_params.chunk_size``).
-MAPPING_FIELDS = tuple(name for name, tp in typing.get_type_hints(RunConfig).items() if tp is dict)
 SPEC_KEYS = ("name", "base", "axes", "out", "save")
 SAVE_KEYS = ("requests", "timeline")
 # Fields a sweep decides itself: where outputs go, and whether the timeline is recorded.
