@@ -15,7 +15,6 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from simulator.errors import ConfigError
 from simulator.fields import INT64_MAX, Declared, check_number, declared_fields, run_field
@@ -128,7 +127,8 @@ def _check_scalars(value: dict, where: str) -> dict:
 
 
 def parse_slo(values, flag: str = "--slo") -> dict:
-    """``ttft=500,tpot=50`` (repeatable) -> {"ttft_ms": 500.0, ...}; a key given twice is an error."""
+    """``ttft=500,tpot=50`` (repeatable) -> {"ttft_ms": 500.0, ...}; an objective given twice
+    (also as ttft and ttft_ms) is an error."""
     out: dict = {}
     for k, v in parse_pairs(values, flag).items():
         key = SLO_ALIASES.get(k, k)
@@ -359,10 +359,10 @@ class RunConfig:
             span = n / rate
             if span > MAX_SIM_SECONDS:
                 raise ConfigError(
-                    f"{n:,} requests at {rate:g} req/s span about {span:.3g} s of simulated "
-                    f"time, beyond {MAX_SIM_SECONDS:g} s where float64 time no longer resolves "
-                    f"one iteration (latencies would read 0); raise the rate or lower "
-                    f"num_requests")
+                    f"rate {rate:g} req/s with num_requests {n:,}: the arrivals span about "
+                    f"{span:.3g} s of simulated time, beyond {MAX_SIM_SECONDS:g} s where float64 "
+                    f"time no longer resolves one iteration (latencies would read 0); raise the "
+                    f"rate or lower num_requests")
         if self.arrival == "piecewise":
             schedule = self.rate_schedule
             period = sum(d for d, _ in schedule)
