@@ -198,6 +198,11 @@ def _to_list(v, where):
     return v
 
 
+def coerce_number(value, kind: type, where: str):
+    """Text or a number as an ``int`` or ``float`` (one line naming ``where`` otherwise)."""
+    return (_to_int if kind is int else _to_float)(value, where)
+
+
 _CONVERT = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str, dict: _to_dict,
             list: _to_list}
 

@@ -192,6 +192,28 @@ def test_nonfinite_numbers_from_code_or_toml_are_refused(f, value):
     COUNTS["numbers", "clean"] += 1
 
 
+# A command's own numeric options (not run fields) pass the same number check.
+COMMAND_NUMBERS = [(["capacity", "--criterion", "stable", "-n", "5"], "--seeds", int),
+                   (["capacity", "--criterion", "stable", "-n", "5"], "--tol", float),
+                   (["capacity", "--criterion", "stable", "-n", "5"], "--rate-max", float),
+                   (["capacity", "--criterion", "stable", "-n", "5"], "--growth-limit", float),
+                   (["fluid", "--type", "p16d4:2"], "--segments", int),
+                   (["fluid", "--type", "p16d4:2"], "--slack", float),
+                   (["fluid", "--type", "p16d4:2"], "--d0", float),
+                   (["sweep", "no-such-spec.yaml"], "--workers", int)]
+
+
+@cases(100)
+@given(st.sampled_from(COMMAND_NUMBERS), st.data())
+def test_command_numbers_are_one_line_naming_the_flag(command, data):
+    args, flag, kind = command
+    bad = st.one_of(st.sampled_from(NONFINITE + ["", "abc"]), st.integers(2**63, 10**30).map(str))
+    if kind is int:
+        bad = st.one_of(bad, st.sampled_from(["1.5", "1e3", "-1", "0"]))
+    text = data.draw(bad)
+    assert_clean("numbers", cli(*args, f"{flag}={text}"), flag)
+
+
 # ---------------------------------------------------------------------------------------------
 # Arithmetic that would silently degenerate (the fields are each valid; together they are not)
 

@@ -126,3 +126,20 @@ def nonempty_path(ctx, param, value):
     if value is not None and not str(value).strip():
         raise click.BadParameter("may not be empty (leave the option out for the default)")
     return value
+
+
+class Number(click.ParamType):
+    """A command's own numeric option, checked as a run field's number is: NaN, infinities,
+    integers beyond int64 and values outside the bounds are one line naming the flag."""
+
+    def __init__(self, kind: type = float, low: float | None = None, high: float | None = None,
+                 low_open: bool = False):
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value, param, ctx):
+        from simulator.fields import check_number, coerce_number
+        where = max(param.opts, key=len) if param is not None else "value"
+        number = coerce_number(value, self.kind, where)
+        check_number(number, where, self.kind, self.low, self.high, self.low_open)
+        return number
