@@ -330,8 +330,8 @@ class RunConfig:
 
     def arrival_rate(self) -> float:
         """The mean rate of the arrivals this config generates (types: their total rate)."""
-        if self.arrival == "piecewise":
-            schedule = self.rate_schedule or [[1.0, 0.0]]
+        if self.arrival == "piecewise":     # validate() has checked the schedule by now
+            schedule = self.rate_schedule
             return sum(d * r for d, r in schedule) / sum(d for d, _ in schedule)
         types = request_types(self)
         return sum(t.rate for t in types) if types else self.rate
