@@ -1,8 +1,11 @@
 """The run configuration: every field of ``servesim run``, from flags or a YAML/TOML file.
 
-A config file holds the same fields as the flags (underscores or dashes); flags given on the
-command line override the file. Unknown keys and wrong types are rejected with one line naming
-the field and what it accepts.
+Each field is declared once, below, with its type, default, help, flag and bounds
+(simulator/fields.py); the flags, the config-file keys, the sweep's fields and the help text
+derive from the declaration, and every value passes the same check whatever its source. A config
+file holds the same fields as the flags (underscores or dashes); flags given on the command line
+override the file. Unknown keys, wrong types, numbers out of range and fields that would do
+nothing are refused with one line naming the field.
 """
 
 from __future__ import annotations
@@ -10,113 +13,298 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from simulator.errors import ConfigError
+from simulator.fields import INT64_MAX, Declared, check_number, declared_fields, run_field
 
 ARRIVALS = ("poisson", "gamma", "deterministic", "piecewise")
 COST_MODELS = ("linear", "roofline", "profile")
 ENGINES = ("native", "vllm")     # vllm: vLLM's real scheduler in the loop (the vllm extra)
 PREEMPTIONS = ("recompute", "restart")
 
+# ---------------------------------------------------------------------------------------------
+# Bounds on numbers, and why
+#
+# Simulated time is a float64 count of seconds. At 1e9 s (32 years) its spacing is 1.2e-7 s,
+# still a hundred times finer than the shortest iteration a cost model prices (tens of
+# microseconds), so adding a step to an arrival time keeps the step. Far beyond it the sum
+# absorbs the step: arrivals 1e300 s apart (--rate 1e-300) make every latency exactly 0.0. So the
+# arrivals a run generates must fit in MAX_SIM_SECONDS.
+MAX_SIM_SECONDS = 1e9
+# Every request is an object in the engine and a row in the tables, simulated at thousands per
+# wall second: past ten million a run is a typo, not an experiment, and would exhaust memory (a
+# duration times a rate counts too) long before it reported anything.
+MAX_REQUESTS = 10_000_000
+# A fast replica serves thousands of requests per second; a million is far past any of them.
+MAX_RATE = 1e6
+# Token counts: vLLM stores them as int32.
+MAX_TOKENS = 2**31 - 1
+# Piecewise arrivals lay the schedule out once per cycle over the whole run (four float arrays
+# per segment): a schedule whose cycle is tiny against the run (1e-9:8 repeats 1.25e11 times for
+# 1,000 requests) would allocate hundreds of GiB.
+MAX_SCHEDULE_SEGMENTS = 1_000_000
+# Gamma arrivals with cv above 10 (shape below 0.01): numpy's gamma sampler returns exactly 0
+# for a growing share of the gaps (about half at cv 31.6) and the mean rate drifts; below 1e-3
+# they are deterministic arrivals (use those).
+CV_RANGE = (1e-3, 10.0)
+# Latency objectives in milliseconds: a year is past any objective.
+MAX_SLO_MS = 3.2e10
+SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
+SLO_ALIASES = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2el": "e2el_ms", "e2e": "e2el_ms"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of one field's value (``where`` names it: a flag, a config file key, a sweep axis)
+
+
+def _check_length(value: str, where: str) -> str:
+    from traces.lengths import parse_length
+    _check_tokens(parse_length(value, where).max, where)
+    return value
+
+
+def _check_range(value: str, where: str) -> str:
+    from traces.transforms import parse_range
+    for bound in parse_range(value, where) or ():
+        if bound is not None:
+            _check_tokens(bound, where)
+    return value
+
+
+def _check_tokens(n: int, where: str) -> None:
+    if n > MAX_TOKENS:
+        raise ConfigError(f"{where}: token counts must be at most {MAX_TOKENS:,}, got {n:,}")
+
+
+def _check_types(value: list, where: str) -> list:
+    if not value:
+        raise ConfigError(f"{where} must list at least one type, like p512d20:8")
+    parse_types(value, where)
+    return value
+
+
+def _check_schedule(value: list, where: str) -> list:
+    if not value:
+        raise ConfigError(f"{where} must list at least one [duration_s, rate] segment")
+    for i, seg in enumerate(value):
+        if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+            raise ConfigError(f"{where} must be a list of [duration_s, rate] pairs, got {seg!r}")
+        check_number(seg[0], f"{where} segment {i + 1} duration", float, 0, MAX_SIM_SECONDS,
+                     low_open=True)
+        check_number(seg[1], f"{where} segment {i + 1} rate", float, 0, MAX_RATE)
+    if not any(r > 0 for _, r in value):
+        raise ConfigError(f"{where} needs at least one segment with a positive rate")
+    return value
+
+
+def _check_slo(value: dict, where: str) -> dict:
+    out = {}
+    for key, v in value.items():
+        if key not in SLO_KEYS:
+            raise ConfigError(f"{where}: unknown objective {key!r}; allowed: {', '.join(SLO_KEYS)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                not 0 < v <= MAX_SLO_MS:
+            raise ConfigError(f"{where}.{key} must be a positive number of milliseconds up to "
+                              f"{MAX_SLO_MS:g}, got {v!r}")
+        out[key] = v
+    return out
+
+
+def _check_scalars(value: dict, where: str) -> dict:
+    """Policy, cost and format options: scalar values (a policy's tuple parameter may be a list)."""
+    for key, v in value.items():
+        if isinstance(v, dict):
+            raise ConfigError(f"{where}.{key} must be a value, not a mapping")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            check_number(v, f"{where}.{key}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Values of a flag -> the field's value
+
+
+def parse_slo(values, flag: str = "--slo") -> dict:
+    """``ttft=500,tpot=50`` (repeatable) -> {"ttft_ms": 500.0, ...}; an objective given twice
+    (also as ttft and ttft_ms) is an error."""
+    out: dict = {}
+    for k, v in parse_pairs(values, flag).items():
+        key = SLO_ALIASES.get(k, k)
+        if key not in SLO_KEYS:
+            raise ConfigError(f"{flag}: unknown objective {k!r}; use ttft, tpot or e2el (ms)")
+        if key in out:
+            raise ConfigError(f"{flag}: {key} given twice; give each objective once")
+        try:
+            out[key] = float(v)
+        except ValueError:
+            raise ConfigError(f"{flag}: {k} must be a number of milliseconds, got {v!r}")
+    return out
+
+
+def parse_schedule(text: str | None, flag: str = "--rate-schedule"):
+    """``30:5,60:0,30:12`` -> [[30, 5], [60, 0], [30, 12]] (duration_s:rate segments)."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            d, r = part.split(":")
+            out.append([float(d), float(r)])
+        except ValueError:
+            raise ConfigError(f"{flag}: expected DURATION:RATE[,...], got {part!r}")
+    return out
+
+
+def _pairs(values, flag):
+    return parse_pairs(values, flag)
+
+
+def _pairs_whole(values, flag):     # format options: a value may hold commas (a column list)
+    return parse_pairs(values, flag, split_commas=False)
+
+
+def _as_list(values, flag):
+    return list(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run fields
+
 
 @dataclass
 class RunConfig:
     # policy
-    policy: str = "vllm-v1"
-    policy_params: dict = field(default_factory=dict)
-    engine: str = "native"
+    policy: str = run_field("vllm-v1", "Batching policy (see `servesim policies`).",
+                            group="policy")
+    policy_params: dict = run_field(
+        help="Policy parameter, repeatable (see `servesim policies NAME`).", group="policy",
+        default_factory=dict, flags=("-p", "--policy-param"), dest="policy_param",
+        metavar="KEY=VALUE", from_cli=_pairs, check=_check_scalars)
+    engine: str = run_field(
+        "native", "Replica engine: servesim's own, or vLLM's real scheduler in the loop (needs "
+        "the vllm extra).", group="policy", choices=ENGINES)
     # replica
-    model: str = "llama-2-7b"
-    gpu: str = "a100-80gb"
-    cost_model: str = "roofline"
-    cost_params: dict = field(default_factory=dict)
-    kv_capacity: int | None = None          # tokens; default derived from GPU memory
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None        # default: the model's
-    preemption: str = "recompute"           # vLLM's recompute, or "restart" (the paper's model)
+    model: str = run_field("llama-2-7b", "Model preset (see `servesim presets`).",
+                           group="replica")
+    gpu: str = run_field("a100-80gb", "GPU preset.", group="replica")
+    cost_model: str = run_field("roofline", "Iteration-time model.", group="replica",
+                                choices=COST_MODELS)
+    cost_params: dict = run_field(
+        help="Cost-model parameter, e.g. d0=0.02 d1=4e-7 for linear.", group="replica",
+        default_factory=dict, flags=("--cost-param",), dest="cost_param", metavar="KEY=VALUE",
+        from_cli=_pairs, check=_check_scalars)
+    kv_capacity: int | None = run_field(
+        None, "KV cache capacity in tokens (default: from GPU memory).", group="replica",
+        low=0, low_open=True, high=10**12)
+    block_size: int = run_field(16, "KV block size in tokens.", group="replica", low=1,
+                                high=65_536)
+    gpu_memory_utilization: float = run_field(0.9, "Fraction of GPU memory used.",
+                                              group="replica", low=0, low_open=True, high=1)
+    max_model_len: int | None = run_field(
+        None, "Longest prompt + output accepted (default: the model's context).",
+        group="replica", low=1, high=MAX_TOKENS)
+    allow_long_max_model_len: bool = run_field(
+        False, "Allow max_model_len beyond the model's context (as vLLM's "
+        "VLLM_ALLOW_LONG_MAX_MODEL_LEN).", group="replica")
+    preemption: str = run_field(
+        "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
+        "from its prompt (the fluid paper's model).", group="replica", choices=PREEMPTIONS)
     # workload
-    arrival: str = "poisson"
-    rate: float = 2.5                       # requests/s (a moderate load for the default)
-    cv: float = 1.0                         # gamma arrivals: coefficient of variation of gaps
-    rate_schedule: list | None = None       # piecewise: [[duration_s, rate], ...]
-    num_requests: int | None = None
-    duration: float | None = None           # seconds of arrivals (instead of num_requests)
-    prompt_len: str = "128:2048"            # fixed "512" or uniform "low:high"
-    output_len: str = "16:512"
-    types: list | None = None               # ["p512d20:8.4", ...]: the paper's multi-type model
-    seed: int = 0
-    # trace replay (README "Traces"); with a trace, num_requests keeps its first N requests
-    trace: str | None = None                # trace file; its format is detected unless given
-    trace_format: str | None = None         # --format
-    trace_options: dict = field(default_factory=dict)   # format options, e.g. {model: GPT-4}
-    trace_strict: bool = False              # --strict: unsorted or 0-token requests are errors
-    trace_start: float | None = None        # time window [start, end) in trace seconds
-    trace_end: float | None = None
-    speedup: float | None = None            # rate scaling: compress time by this factor
-    target_rate: float | None = None        # ... or scale to this mean rate (req/s)
-    prompt_range: str | None = None         # keep prompts in LOW:HIGH tokens
-    output_range: str | None = None         # keep outputs in LOW:HIGH tokens
-    truncate: bool = False                  # fit requests into max_model_len (counted)
-    generate_arrivals: bool = False         # trace lengths, arrivals from the arrival flags
-    lengths_file: str | None = None         # sample (prompt, output) pairs from this file
+    arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
+    rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
+                            low_open=True, high=MAX_RATE)
+    cv: float = run_field(1.0, "Gamma arrivals: coefficient of variation of the gaps.",
+                          group="workload", low=CV_RANGE[0], high=CV_RANGE[1])
+    rate_schedule: list | None = run_field(
+        None, "Piecewise arrivals: DURATION:RATE,... repeating.", group="workload",
+        from_cli=parse_schedule, check=_check_schedule, metavar="DURATION:RATE,...",
+        repeatable=False)
+    num_requests: int | None = run_field(
+        None, "Number of requests (default 1000; with a trace: its first N).", group="workload",
+        flags=("-n", "--num-requests"), low=1, high=MAX_REQUESTS)
+    duration: float | None = run_field(None, "Seconds of arrivals (instead of -n).",
+                                       group="workload", low=0, low_open=True,
+                                       high=MAX_SIM_SECONDS)
+    prompt_len: str = run_field("128:2048", "Prompt tokens: 512 or a uniform range 128:2048.",
+                                group="workload", check=_check_length)
+    output_len: str = run_field("16:512", "Output tokens: 20 or a range 16:512.",
+                                group="workload", check=_check_length)
+    types: list | None = run_field(
+        None, "A request type of the paper's model (prompt, output, rate); repeatable.",
+        group="workload", flags=("--type",), metavar="p512d20:RATE", from_cli=_as_list,
+        check=_check_types)
+    seed: int = run_field(0, "Seed for every random choice.", group="run", low=0,
+                          high=INT64_MAX)
+    # trace replay (docs/traces.md); with a trace, num_requests keeps its first N requests
+    trace: str | None = run_field(
+        None, "Replay this trace file (CSV/JSONL/Parquet, gzip ok); -n keeps its first N.",
+        group="trace", metavar="FILE")
+    trace_format: str | None = run_field(
+        None, "Trace format instead of detection (see `servesim trace formats`).",
+        group="trace", flags=("--format",), metavar="NAME")
+    trace_options: dict = run_field(
+        help="Format option, repeatable, e.g. -T model=GPT-4, -T jitter=3, -T prompt=COL.",
+        group="trace", default_factory=dict, flags=("-T", "--trace-option"),
+        dest="trace_option", metavar="KEY=VALUE", from_cli=_pairs_whole, check=_check_scalars)
+    trace_strict: bool = run_field(
+        False, "Reject unsorted timestamps and 0-token requests instead of fixing them.",
+        group="trace", flags=("--strict",))
+    trace_start: float | None = run_field(None, "Time window start, trace seconds.",
+                                          group="trace", low=0, high=MAX_SIM_SECONDS)
+    trace_end: float | None = run_field(None, "Time window end, trace seconds.", group="trace",
+                                        low=0, low_open=True, high=MAX_SIM_SECONDS)
+    speedup: float | None = run_field(None, "Replay the trace this many times faster.",
+                                      group="trace", low=1e-6, high=1e6)
+    target_rate: float | None = run_field(None, "Scale the trace to this mean rate (req/s).",
+                                          group="trace", low=0, low_open=True, high=MAX_RATE)
+    prompt_range: str | None = run_field(None, "Keep requests with prompts in range.",
+                                         group="trace", metavar="LOW:HIGH", check=_check_range)
+    output_range: str | None = run_field(None, "Keep requests with outputs in range.",
+                                         group="trace", metavar="LOW:HIGH", check=_check_range)
+    truncate: bool = run_field(
+        False, "Cut requests to max_model_len (prompt first; counted in the summary).",
+        group="trace")
+    generate_arrivals: bool = run_field(
+        False, "Keep the trace's lengths; arrivals from --arrival/--rate.", group="trace")
+    lengths_file: str | None = run_field(
+        None, "Draw (prompt, output) pairs from this file (e.g. a Vidur length file).",
+        group="trace", flags=("--lengths-from",), metavar="FILE")
     # outputs
-    slo: dict = field(default_factory=dict)  # {"ttft_ms": 500, "tpot_ms": 50, "e2el_ms": ...}
-    timeline: bool = True
-    out: str | None = None
+    slo: dict = run_field(
+        help="Service-level objectives for goodput and attainment.", group="output",
+        default_factory=dict, metavar="ttft=MS,tpot=MS,e2el=MS", from_cli=parse_slo,
+        check=_check_slo)
+    timeline: bool = run_field(True, "Record the per-iteration timeline.", group="output",
+                               flags=())
+    out: str | None = run_field(None, "Folder for the run's outputs.", group="output", flags=())
 
     DEFAULT_NUM_REQUESTS: typing.ClassVar[int] = 1000
 
     def validate(self) -> "RunConfig":
-        _check_choice("arrival", self.arrival, ARRIVALS)
-        _check_choice("cost_model", self.cost_model, COST_MODELS)
-        _check_choice("engine", self.engine, ENGINES)
-        _check_choice("preemption", self.preemption, PREEMPTIONS)
+        """Check each field against its declaration, then the fields together."""
+        for name, f in FIELDS.items():
+            setattr(self, name, f.coerce(getattr(self, name)))
         if self.engine == "vllm" and self.preemption != "recompute":
             raise ConfigError("preemption restart needs engine native (vLLM always recomputes)")
-        _check_positive("rate", self.rate)
-        _check_positive("cv", self.cv)
-        _check_positive("block_size", self.block_size)
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got "
-                              f"{self.gpu_memory_utilization!r}")
-        for name in ("kv_capacity", "max_model_len", "num_requests", "duration"):
-            v = getattr(self, name)
-            if v is not None:
-                _check_positive(name, v)
         if self.num_requests is not None and self.duration is not None:
             raise ConfigError("give num_requests or duration, not both")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        for key, v in self.slo.items():
-            if key not in ("ttft_ms", "tpot_ms", "e2el_ms"):
-                raise ConfigError(f"slo: unknown objective {key!r}; allowed: ttft_ms, tpot_ms, "
-                                  f"e2el_ms")
-            _check_positive(f"slo.{key}", v)
         if self.arrival == "piecewise" and not self.rate_schedule:
             raise ConfigError("arrival piecewise needs rate_schedule: [[duration_s, rate], ...]")
         self._validate_trace()
+        self._validate_horizon()
+        self._validate_model_len()
+        self._validate_policy()
         return self
 
     def _validate_trace(self) -> None:
-        from traces.transforms import parse_range
-        for name in ("speedup", "target_rate", "trace_end"):
-            if getattr(self, name) is not None:
-                _check_positive(name, getattr(self, name))
-        if self.trace_start is not None and not (math.isfinite(self.trace_start)
-                                                 and self.trace_start >= 0):
-            raise ConfigError(f"trace_start must be >= 0 seconds, got {self.trace_start!r}")
         if self.trace_start is not None and self.trace_end is not None and \
                 self.trace_end <= self.trace_start:
-            raise ConfigError(f"trace_end ({self.trace_end}) must be after trace_start "
-                              f"({self.trace_start})")
+            raise ConfigError(f"trace_end ({self.trace_end:g}) must be after trace_start "
+                              f"({self.trace_start:g})")
         if self.speedup is not None and self.target_rate is not None:
             raise ConfigError("give speedup or target_rate, not both")
-        parse_range(self.prompt_range, "prompt_range")
-        parse_range(self.output_range, "output_range")
         if self.types and (self.trace or self.lengths_file):
             raise ConfigError("types define their own lengths and rates: not with a trace or "
                               "a lengths file")
@@ -140,6 +328,77 @@ class RunConfig:
             if getattr(self, name):
                 raise ConfigError(f"{name} applies to a trace: give trace (--trace FILE)")
 
+    def arrival_rate(self) -> float:
+        """The mean rate of the arrivals this config generates (types: their total rate)."""
+        if self.arrival == "piecewise":     # validate() has checked the schedule by now
+            schedule = self.rate_schedule
+            return sum(d * r for d, r in schedule) / sum(d for d, _ in schedule)
+        types = request_types(self)
+        return sum(t.rate for t in types) if types else self.rate
+
+    def _validate_horizon(self) -> None:
+        """Generated arrivals must fit in MAX_SIM_SECONDS and MAX_REQUESTS (see there)."""
+        if self.trace and not self.generate_arrivals:
+            return                     # a trace's own times: checked by its loader
+        rate = self.arrival_rate()
+        if self.duration is not None:
+            span = self.duration
+            expected = self.duration * rate
+            if expected > MAX_REQUESTS:
+                raise ConfigError(f"duration {self.duration:g} s at {rate:g} req/s makes about "
+                                  f"{expected:.3g} requests, more than {MAX_REQUESTS:,}; "
+                                  f"shorten the duration or lower the rate")
+            if expected < 1:    # a run of no requests reports nothing, successfully
+                raise ConfigError(f"duration {self.duration:g} s at {rate:g} req/s makes about "
+                                  f"{expected:.3g} requests, less than one; lengthen the "
+                                  f"duration or raise the rate")
+        elif self.num_requests is None and self.trace:
+            return                     # as many as the trace has: not known before loading
+        else:
+            n = self.requests_or_default
+            span = n / rate
+            if span > MAX_SIM_SECONDS:
+                raise ConfigError(
+                    f"rate {rate:g} req/s with num_requests {n:,}: the arrivals span about "
+                    f"{span:.3g} s of simulated time, beyond {MAX_SIM_SECONDS:g} s where float64 "
+                    f"time no longer resolves one iteration (latencies would read 0); raise the "
+                    f"rate or lower num_requests")
+        if self.arrival == "piecewise":
+            schedule = self.rate_schedule
+            period = sum(d for d, _ in schedule)
+            laid_out = (span / period + 2) * len(schedule)
+            if laid_out > MAX_SCHEDULE_SEGMENTS:
+                raise ConfigError(
+                    f"rate_schedule: its {period:g} s cycle repeats about {span / period:.3g} "
+                    f"times over the run ({laid_out:.3g} segments laid out, more than "
+                    f"{MAX_SCHEDULE_SEGMENTS:,}); lengthen the segments")
+
+    def _validate_model_len(self) -> None:
+        if self.max_model_len is None:
+            if self.allow_long_max_model_len:
+                raise ConfigError("allow_long_max_model_len applies to a max_model_len beyond "
+                                  "the model's context: give max_model_len (--max-model-len)")
+            return
+        from simulator.hardware import model_spec
+        context = model_spec(self.model).max_model_len
+        if self.max_model_len > context and not self.allow_long_max_model_len:
+            raise ConfigError(f"max_model_len {self.max_model_len:,} is beyond {self.model}'s "
+                              f"context of {context:,} tokens; add allow_long_max_model_len "
+                              f"(--allow-long-max-model-len) to simulate it anyway")
+
+    def _validate_policy(self) -> None:
+        """The policy's parameters, typed by its Params (a flag's "512" becomes 512)."""
+        from scheduler.base import make_policy
+        params = make_policy(self.policy, self.policy_params).params
+        typed = {}
+        for key in self.policy_params:
+            name = key.replace("-", "_")
+            value = getattr(params, name)
+            if isinstance(value, (int, float)):
+                check_number(value, f"policy {self.policy}: parameter {name}")
+            typed[name] = list(value) if isinstance(value, tuple) else value
+        self.policy_params = typed
+
     @property
     def requests_or_default(self) -> int | None:
         if self.num_requests is None and self.duration is None:
@@ -150,55 +409,72 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-# The fields that describe the workload (arrivals and lengths); the others describe the policy,
-# the replica and the outputs. The vLLM plug-in builds a workload hint only from these.
-WORKLOAD_FIELDS = ("arrival", "rate", "cv", "rate_schedule", "num_requests", "duration",
-                   "prompt_len", "output_len", "types", "trace", "trace_format", "trace_options",
-                   "trace_strict", "trace_start", "trace_end", "speedup", "target_rate",
-                   "prompt_range", "output_range", "truncate", "generate_arrivals",
-                   "lengths_file")
+FIELDS: dict[str, Declared] = declared_fields(RunConfig)
+# The fields that describe the workload (arrivals and lengths, or a trace); the others describe
+# the policy, the replica, the seed and the outputs. The vLLM plug-in builds a workload hint only
+# from these.
+WORKLOAD_FIELDS = tuple(n for n, f in FIELDS.items() if f.group in ("workload", "trace"))
+# Run fields that hold mappings: a sweep axis may set one key of them (policy_params.chunk_size).
+MAPPING_FIELDS = tuple(n for n, f in FIELDS.items() if f.kind is dict)
+# Run fields naming input files.
+FILE_FIELDS = ("trace", "lengths_file")
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of: {', '.join(choices)}; got {value!r}")
+def parse_types(types: list, where: str = "types"):
+    """``types`` entries (``p512d20:8.4`` strings or {prompt, output, rate} mappings) as
+    RequestType records, each checked."""
+    from traces.errors import WorkloadError
+    from traces.lengths import RequestType, parse_type
+    out = []
+    for t in types:
+        try:
+            if isinstance(t, dict):
+                try:
+                    rt = RequestType(str(t.get("name") or f"p{t['prompt']}d{t['output']}"),
+                                     int(t["prompt"]), int(t["output"]), float(t["rate"]))
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    raise ConfigError(f"{where}: each entry needs prompt, output and rate; "
+                                      f"got {t!r}")
+            else:
+                rt = parse_type(str(t))
+        except WorkloadError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        check_number(rt.rate, f"{where}: type {rt.name} rate", float, 0, MAX_RATE, low_open=True)
+        _check_tokens(max(rt.prompt_tokens, rt.output_tokens), f"{where}: type {rt.name}")
+        out.append(rt)
+    return tuple(out)
 
 
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+def request_types(cfg: RunConfig):
+    """The request types of a config (``--type``), or None."""
+    return parse_types(cfg.types) if cfg.types else None
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Check a value from a config file against the field's declared type."""
-    tp = typing.get_type_hints(RunConfig)[name]
-    args = typing.get_args(tp)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), tp) if args else tp
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{source}: {name} may not be empty")
-    origin = typing.get_origin(base) or base
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
-        dict: lambda v: isinstance(v, dict),
-        list: lambda v: isinstance(v, list),
-    }[origin](value)
-    if not ok:
-        kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-                dict: "a table/mapping", list: "a list"}[origin]
-        raise ConfigError(f"{source}: {name} must be {kind}, got {value!r}")
-    if origin is float:
-        return float(value)
-    if origin is str:
-        return str(value)
-    return value
+def check_given(cfg: RunConfig, given: set[str]) -> None:
+    """Refuse fields given explicitly (by a flag, a config file or code) that the rest of the
+    configuration would silently ignore."""
+    def refuse(name: str, why: str) -> None:
+        raise ConfigError(f"{FIELDS[name].label} {why}")
+
+    if cfg.types:
+        for name in ("prompt_len", "output_len", "rate"):
+            if name in given:
+                refuse(name, "does nothing with types (--type): each type fixes its own prompt, "
+                             "output and rate; drop one of them")
+    if "rate_schedule" in given and cfg.arrival != "piecewise":
+        refuse("rate_schedule", f"applies to piecewise arrivals (--arrival piecewise), not "
+                                f"{cfg.arrival}")
+    if "rate" in given and cfg.arrival == "piecewise" and not cfg.trace:
+        refuse("rate", "does nothing with piecewise arrivals: their rates come from "
+                       "rate_schedule (--rate-schedule)")
+    if "cv" in given and cfg.arrival != "gamma":
+        refuse("cv", f"applies to gamma arrivals (--arrival gamma), not {cfg.arrival}")
+    if (cfg.trace or cfg.lengths_file) and not cfg.types:
+        source = "trace" if cfg.trace else "lengths file"
+        for name in ("prompt_len", "output_len"):
+            if name in given:
+                refuse(name, f"does nothing with a {source}: lengths come from the file (filter "
+                             f"them with prompt_range/output_range)")
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -209,8 +485,9 @@ def load_config_file(path: str | Path) -> dict:
 
 def parse_pairs(values, flag: str, split_commas: bool = True, error: type = ConfigError) -> dict:
     """``KEY=VALUE`` items (repeated, or comma-separated unless ``split_commas`` is False:
-    values that are lists themselves) into a dict of strings. Shared by the command line and
-    the vLLM plug-in's environment (which reports with ``error=PolicyError``)."""
+    values that are lists themselves) into a dict of strings; a key given twice is an error
+    (which one should win?). Shared by the command line and the vLLM plug-in's environment
+    (which reports with ``error=PolicyError``)."""
     out = {}
     for item in values or ():
         for part in (str(item).split(",") if split_commas else [str(item)]):
@@ -219,7 +496,13 @@ def parse_pairs(values, flag: str, split_commas: bool = True, error: type = Conf
             if "=" not in part:
                 raise error(f"{flag}: expected KEY=VALUE, got {part.strip()!r}")
             k, v = part.split("=", 1)
-            out[k.strip().replace("-", "_")] = v.strip()
+            key = k.strip().replace("-", "_")
+            if not key:
+                raise error(f"{flag}: expected KEY=VALUE, got {part.strip()!r}")
+            if key in out:
+                raise error(f"{flag}: {key} given twice ({out[key]!r} and {v.strip()!r}); "
+                            f"give it once")
+            out[key] = v.strip()
     return out
 
 
@@ -330,23 +613,57 @@ def parse_error_line(e: Exception) -> str:
 
 
 def check_fields(raw: dict, source: str) -> dict:
+    """A mapping of run fields (a config file's, a sweep's base or axis value) checked against
+    the declarations: unknown keys and bad values fail in one line naming ``source``."""
     out = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in FIELDS:
             raise ConfigError(f"{source}: unknown key {key!r}; allowed: {', '.join(FIELDS)}")
-        out[name] = _coerce(name, value, source)
+        if name in out:
+            raise ConfigError(f"{source}: {name} given twice (as {key!r} and another spelling)")
+        out[name] = FIELDS[name].coerce(value, f"{source}: {name}")
     return out
 
 
-def build_config(file_values: dict | None = None, overrides: dict | None = None) -> RunConfig:
-    """Defaults, then the config file, then explicit flags (``None`` means not given)."""
+def build_config(file_values: dict | None = None, overrides: dict | None = None,
+                 refuse_unused: bool = True) -> RunConfig:
+    """Defaults, then the config file, then explicit flags (``None`` means not given). Every
+    value is checked against its declaration; with ``refuse_unused`` a field given explicitly
+    that the others make inert is refused (a sweep turns this off: there a base field may apply
+    to some points only)."""
     values = dict(file_values or {})
     for k, v in (overrides or {}).items():
         if v is None:
             continue
+        if k not in FIELDS:
+            raise ConfigError(f"unknown run field {k!r}; allowed: {', '.join(FIELDS)}")
+        v = FIELDS[k].coerce(v)
         if isinstance(v, dict) and isinstance(values.get(k), dict):
             values[k] = {**values[k], **v}
         else:
             values[k] = v
-    return RunConfig(**values).validate()
+    cfg = RunConfig(**values)
+    if refuse_unused:
+        for name, f in FIELDS.items():     # choices first: the rules below read them
+            if f.info.choices:
+                f.coerce(getattr(cfg, name))
+        check_given(cfg, set(values))
+    return cfg.validate()
+
+
+def fields_markdown() -> str:
+    """The table of run fields in docs/run-config.md, generated from the declarations (print it
+    with ``python -m simulator.config``; a test keeps the doc in step)."""
+    rows = ["| field | flag | accepts | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for f in FIELDS.values():
+        flags = ", ".join(f"`{x}`" for x in f.flags) or "-"
+        default = str(f.default).lower() if f.kind is bool else f.describe_default()
+        rows.append(f"| `{f.name}` | {flags} | {f.describe_type()} | "
+                    f"{f'`{default}`' if default is not None else '-'} | "
+                    f"{f.info.help.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(fields_markdown(), end="")

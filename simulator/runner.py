@@ -13,7 +13,7 @@ import pandas as pd
 
 from scheduler.base import make_policy
 from scheduler.state import ReplicaSpec, WorkloadHint
-from simulator.config import RunConfig
+from simulator.config import RunConfig, request_types
 from simulator.cost.base import CostModel
 from simulator.cost.factory import build_cost_model
 from simulator.cost.linear import fit_cost
@@ -24,8 +24,7 @@ from simulator.io import atomic_write, output_folder, write_json
 from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeline_table
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
-                    TypeMixture, Workload, parse_length, parse_type, synthesize)
-from traces.lengths import RequestType
+                    TypeMixture, Workload, parse_length, synthesize)
 from traces.transforms import truncate
 
 
@@ -40,22 +39,6 @@ class RunResult:
     def summary(self) -> dict:
         """The summary as ``summary.json`` holds it."""
         return self.record.to_dict()
-
-
-def request_types(cfg: RunConfig) -> tuple[RequestType, ...] | None:
-    if not cfg.types:
-        return None
-    out = []
-    for t in cfg.types:
-        if isinstance(t, dict):
-            try:
-                out.append(RequestType(str(t.get("name") or f"p{t['prompt']}d{t['output']}"),
-                                       int(t["prompt"]), int(t["output"]), float(t["rate"])))
-            except (KeyError, TypeError, ValueError):
-                raise ConfigError(f"types: each entry needs prompt, output and rate; got {t!r}")
-        else:
-            out.append(parse_type(str(t)))
-    return tuple(out)
 
 
 def build_arrival(cfg: RunConfig, rate: float):

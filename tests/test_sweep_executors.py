@@ -77,20 +77,34 @@ def test_ray_executor_gives_the_identical_table(serial, tmp_path):
 
 def test_failing_point_is_recorded_and_does_not_stop_the_sweep(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
-    # kv_capacity 8 is below one 16-token block: that point fails when it builds its replica.
-    spec.write_text("base: {num_requests: 20, prompt_len: '32', output_len: '4'}\n"
-                    "axes: {kv_capacity: [8, 5000], seed: [0, 1]}\n")
+    # Every point is checked before anything runs; what only running can find (a lengths file
+    # that exists but holds no lengths) fails that point alone.
+    (tmp_path / "good.csv").write_text("num_prefill_tokens,num_decode_tokens\n32,4\n40,6\n")
+    (tmp_path / "bad.csv").write_text("colour,shape\nred,round\n")
+    spec.write_text(f"base: {{num_requests: 20}}\naxes: {{lengths_file: [{tmp_path}/good.csv, "
+                    f"{tmp_path}/bad.csv], seed: [0, 1]}}\n")
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out), "-j", "2"]) == 1
     captured = capsys.readouterr()
     assert "4 points (4 ran, 0 already done, 2 failed)" in captured.out
     t = pd.read_parquet(out / "results.parquet")
-    failed = t[t["kv_capacity"] == 8]
+    failed = t[t["lengths_file"].str.endswith("bad.csv")]
     assert list(failed["status"]) == ["failed", "failed"]
-    assert failed["error"].str.contains("smaller than one block").all()
+    assert failed["error"].str.contains("bad.csv").all()
     assert failed["completed"].isna().all()
-    ok = t[t["kv_capacity"] == 5000]
+    ok = t[t["lengths_file"].str.endswith("good.csv")]
     assert list(ok["status"]) == ["ok", "ok"] and (ok["completed"] == 20).all()
     # Re-running retries the failed points only (they fail again, deterministically).
     assert main(["sweep", str(spec), "--out", str(out), "--json"]) == 1
     assert '"ran": 2' in capsys.readouterr().out
+
+
+def test_a_point_that_cannot_run_fails_the_sweep_before_anything_runs(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    # kv_capacity 8 is below one 16-token block: the replica of that point cannot be built.
+    spec.write_text("base: {num_requests: 20, prompt_len: '32', output_len: '4'}\n"
+                    "axes: {kv_capacity: [5000, 8], seed: [0, 1]}\n")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "kv_capacity=8" in err and "smaller than one block" in err
+    assert not (tmp_path / "out").exists()

@@ -43,7 +43,7 @@ def test_grid_is_the_product_of_axes_first_axis_slowest():
     ({"start": 1, "stop": 100, "num": 3, "log": True}, [1.0, 10.0, 100.0]),
 ])
 def test_ranges(r, expected):
-    spec = parse_spec({"axes": {"seed" if isinstance(expected[0], int) else "cv": r}})
+    spec = parse_spec({"axes": {"seed" if isinstance(expected[0], int) else "rate": r}})
     assert list(spec.axes[0].values) == expected
 
 

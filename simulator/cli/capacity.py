@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.cli import cli, stdout_console
-from simulator.cli.options import config_from_options, run_options
+from simulator.cli.options import Number, config_from_options, nonempty_path, run_options
 from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
 from simulator.io import output_folder, write_json
@@ -22,18 +22,22 @@ from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
               help="slo: attainment >= --attainment and stable latency [default with --slo]; "
                    "stable: bounded latency only (lambda*).")
-@click.option("--attainment", type=float, default=0.9, show_default=True,
+@click.option("--attainment", type=Number(float, 0, 1, low_open=True), default=0.9,
+              show_default=True,
               help="Target fraction of requests meeting every --slo objective.")
-@click.option("--seeds", type=int, default=3, show_default=True,
+@click.option("--seeds", type=Number(int, 1, 1000), default=3, show_default=True,
               help="Seeds per probed rate (--seed, --seed + 1, ...), pooled.")
-@click.option("--tol", type=float, default=0.02, show_default=True,
+@click.option("--tol", type=Number(float, 0, 1, low_open=True), default=0.02, show_default=True,
               help="Stop when the bracket is within this fraction of its upper rate.")
-@click.option("--rate-min", type=float, help="Lowest rate to probe (default: search from --rate).")
-@click.option("--rate-max", type=float, help="Highest rate to probe.")
-@click.option("--growth-limit", type=float, default=DEFAULT_GROWTH_LIMIT, show_default=True,
+@click.option("--rate-min", type=Number(float, 0, 1e6, low_open=True),
+              help="Lowest rate to probe (default: search from --rate).")
+@click.option("--rate-max", type=Number(float, 0, 1e6, low_open=True),
+              help="Highest rate to probe.")
+@click.option("--growth-limit", type=Number(float, 1, 1e6, low_open=True),
+              default=DEFAULT_GROWTH_LIMIT, show_default=True,
               help="Stable when second-half / first-half mean E2E latency is at most this.")
 @executor_options
-@click.option("--out", "-o", type=click.Path(file_okay=False),
+@click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
               help="Folder for capacity.json (the search, every probe and its runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result line.")

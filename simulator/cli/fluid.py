@@ -10,20 +10,23 @@ from rich.table import Table
 
 from scheduler.fluid import CLUSTERINGS, CONVENTIONS
 from simulator.cli import cli, stdout_console
-from simulator.cli.options import config_from_options, run_options
+from simulator.cli.options import Number, config_from_options, run_options
 from simulator.fluid_report import fluid_report
+
 
 @cli.command()
 @run_options
-@click.option("--d0", type=float, help="Linear cost d0 in seconds (default: fitted to --cost-model).")
-@click.option("--d1", type=float, help="Linear cost d1 in seconds per KV token (default: fitted).")
-@click.option("--segments", type=int, default=10, show_default=True,
+@click.option("--d0", type=Number(float, high=1e3),
+              help="Linear cost d0 in seconds (default: fitted to --cost-model).")
+@click.option("--d1", type=Number(float, high=1e3),
+              help="Linear cost d1 in seconds per KV token (default: fitted).")
+@click.option("--segments", type=Number(int, high=10_000), default=10, show_default=True,
               help="Workloads without --type: cluster output lengths into this many types.")
 @click.option("--clustering", type=click.Choice(CLUSTERINGS), default="equal-width",
               show_default=True, help="How output lengths are clustered.")
 @click.option("--convention", type=click.Choice(CONVENTIONS), default="engine", show_default=True,
               help="Stage model: the engine's (o iterations per request) or the paper's (o + 1).")
-@click.option("--slack", type=float, default=0.1, show_default=True,
+@click.option("--slack", type=Number(float, 0, 1e6), default=0.1, show_default=True,
               help="eps of the WAIT thresholds shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def fluid(**opts):

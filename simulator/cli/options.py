@@ -1,122 +1,84 @@
-"""The run flags, shared by every command that takes a run configuration (run, fluid, capacity...)."""
+"""The run flags, shared by every command that takes a run configuration (run, fluid, capacity...).
+
+Each flag is derived from its field's declaration in simulator/config.py: name, help, default
+shown in the help, metavar, and the check of its value (``Declared.coerce``, the same as for a
+config file's key).
+"""
 
 from __future__ import annotations
 
 import click
 
-from simulator.config import (ARRIVALS, COST_MODELS, ENGINES, PREEMPTIONS, build_config,
-                              load_config_file, parse_pairs)
+from simulator.config import FIELDS, build_config, load_config_file
 from simulator.errors import ConfigError
+from simulator.fields import Declared
+
+# The groups of fields that describe the simulated replica and its policy, not the workload.
+REPLICA_GROUPS = ("policy", "replica")
 
 
-def parse_slo(values) -> dict:
-    aliases = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2el": "e2el_ms", "e2e": "e2el_ms"}
-    out = {}
-    for k, v in parse_pairs(values, "--slo").items():
-        key = aliases.get(k, k)
-        if key not in aliases.values():
-            raise ConfigError(f"--slo: unknown objective {k!r}; use ttft, tpot or e2el (ms)")
-        try:
-            out[key] = float(v)
-        except ValueError:
-            raise ConfigError(f"--slo: {k} must be a number of milliseconds, got {v!r}")
-    return out
+class FieldValue(click.ParamType):
+    """A flag's text checked as its run field (one line naming the flag when it is wrong)."""
+
+    def __init__(self, field: Declared):
+        self.field = field
+        self.name = {int: "integer", float: "float"}.get(field.kind, "text")
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and self.field.info.from_cli is None:
+            return self.field.coerce(value, self.field.label)
+        return value
 
 
-def parse_schedule(text: str | None):
-    """``30:5,60:0,30:12`` -> [[30, 5], [60, 0], [30, 12]] (duration_s:rate segments)."""
-    if text is None:
-        return None
-    out = []
-    for part in text.split(","):
-        try:
-            d, r = part.split(":")
-            out.append([float(d), float(r)])
-        except ValueError:
-            raise ConfigError(f"--rate-schedule: expected DURATION:RATE[,...], got {part!r}")
-    return out
+def _option(f: Declared):
+    """The click option of one run field."""
+    info = f.info
+    kw: dict = {"help": info.help}
+    if f.kind is bool:
+        kw["is_flag"] = True
+        kw["default"] = None
+    elif f.repeatable:
+        kw.update(multiple=True, metavar=info.metavar or "KEY=VALUE")
+    else:
+        # Every single-valued flag is collected as a list, so that a flag given twice is refused
+        # (click would keep the last one silently).
+        kw["multiple"] = True
+        kw["type"] = click.Choice(info.choices) if info.choices else FieldValue(f)
+        if info.metavar:
+            kw["metavar"] = info.metavar
+        shown = f.describe_default()
+        if shown is not None:
+            kw["help"] = f"{info.help} [default: {shown}]"
+    return click.option(*f.flags, f.dest, **kw)
 
 
-_OPTIONS = [
-    click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                 help="YAML or TOML file with run fields; flags override it."),
-    click.option("--policy", help="Batching policy (see `servesim policies`). [vllm-v1]"),
-    click.option("-p", "--policy-param", "policy_param", multiple=True, metavar="KEY=VALUE",
-                 help="Policy parameter, repeatable (see `servesim policies NAME`)."),
-    click.option("--engine", type=click.Choice(ENGINES),
-                 help="Replica engine: servesim's own, or vLLM's real scheduler in the loop "
-                      "(needs the vllm extra). [native]"),
-    click.option("--model", help="Model preset (see `servesim presets`). [llama-2-7b]"),
-    click.option("--gpu", help="GPU preset. [a100-80gb]"),
-    click.option("--cost-model", type=click.Choice(COST_MODELS), help="Iteration-time model. [roofline]"),
-    click.option("--cost-param", multiple=True, metavar="KEY=VALUE",
-                 help="Cost-model parameter, e.g. d0=0.02 d1=4e-7 for linear."),
-    click.option("--kv-capacity", type=int, help="KV cache capacity in tokens (default: from GPU memory)."),
-    click.option("--block-size", type=int, help="KV block size in tokens. [16]"),
-    click.option("--gpu-memory-utilization", type=float, help="Fraction of GPU memory used. [0.9]"),
-    click.option("--max-model-len", type=int, help="Longest prompt + output accepted (default: model's)."),
-    click.option("--preemption", type=click.Choice(PREEMPTIONS),
-                 help="A preempted request keeps its output and recomputes (vLLM), or restarts "
-                      "from its prompt (the fluid paper's model). [recompute]"),
-    click.option("--arrival", type=click.Choice(ARRIVALS), help="Arrival process. [poisson]"),
-    click.option("--rate", type=float, help="Mean arrival rate, requests/s. [2.5]"),
-    click.option("--cv", type=float, help="Gamma arrivals: coefficient of variation of gaps. [1]"),
-    click.option("--rate-schedule", help="Piecewise arrivals: DURATION:RATE,... repeating."),
-    click.option("--num-requests", "-n", type=int, help="Number of requests. [1000]"),
-    click.option("--duration", type=float, help="Seconds of arrivals (instead of -n)."),
-    click.option("--prompt-len", help="Prompt tokens: 512 or a uniform range 128:2048. [128:2048]"),
-    click.option("--output-len", help="Output tokens: 20 or a range 16:512. [16:512]"),
-    click.option("--type", "types", multiple=True, metavar="p512d20:RATE",
-                 help="A request type of the paper's model (prompt, output, rate); repeatable."),
-    click.option("--seed", type=int, help="Seed for every random choice. [0]"),
-    click.option("--slo", multiple=True, metavar="ttft=MS,tpot=MS,e2el=MS",
-                 help="Service-level objectives for goodput and attainment."),
-    # trace replay (README "Traces")
-    click.option("--trace", type=click.Path(dir_okay=False),
-                 help="Replay this trace file (CSV/JSONL/Parquet, gzip ok); -n keeps its first N."),
-    click.option("--format", "trace_format", metavar="NAME",
-                 help="Trace format instead of detection (see `servesim trace formats`)."),
-    click.option("-T", "--trace-option", "trace_option", multiple=True, metavar="KEY=VALUE",
-                 help="Format option, repeatable, e.g. -T model=GPT-4, -T jitter=3, -T prompt=COL."),
-    click.option("--strict", "trace_strict", is_flag=True,
-                 help="Reject unsorted timestamps and 0-token requests instead of fixing them."),
-    click.option("--trace-start", type=float, help="Time window start, trace seconds."),
-    click.option("--trace-end", type=float, help="Time window end, trace seconds."),
-    click.option("--speedup", type=float, help="Replay the trace this many times faster."),
-    click.option("--target-rate", type=float, help="Scale the trace to this mean rate (req/s)."),
-    click.option("--prompt-range", metavar="LOW:HIGH", help="Keep requests with prompts in range."),
-    click.option("--output-range", metavar="LOW:HIGH", help="Keep requests with outputs in range."),
-    click.option("--truncate", is_flag=True,
-                 help="Cut requests to max_model_len (prompt first; counted in the summary)."),
-    click.option("--generate-arrivals", is_flag=True,
-                 help="Keep the trace's lengths; arrivals from --arrival/--rate."),
-    click.option("--lengths-from", "lengths_file", type=click.Path(dir_okay=False),
-                 help="Draw (prompt, output) pairs from this file (e.g. a Vidur length file)."),
-]
+def _flag_fields() -> list[Declared]:
+    return [f for f in FIELDS.values() if f.flags]
+
+
+_CONFIG_OPTION = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                              help="YAML or TOML file with run fields; flags override it.")
 
 
 def run_options(f):
     """Decorate a click command with every run flag."""
-    for opt in reversed(_OPTIONS):
-        f = opt(f)
-    return f
+    for field in reversed(_flag_fields()):
+        f = _option(field)(f)
+    return _CONFIG_OPTION(f)
 
 
 # Flags that describe the simulated replica and its policy rather than the workload.
-REPLICA_FLAGS = ("policy", "policy_param", "engine", "model", "gpu", "cost_model", "cost_param",
-                 "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len",
-                 "preemption")
+REPLICA_FLAGS = tuple(f.dest for f in _flag_fields() if f.group in REPLICA_GROUPS)
 
 
 def workload_options(f, keep: tuple[str, ...] = ()):
     """Decorate a click command with the run flags that describe the workload (config file,
     arrivals, lengths, seed, SLOs...), and those of REPLICA_FLAGS named in ``keep``, for
     commands that drive a real server."""
-    for opt in reversed(_OPTIONS):
-        name = opt(lambda: None).__click_params__[-1].name
-        if name not in REPLICA_FLAGS or name in keep:
-            f = opt(f)
-    return f
+    for field in reversed(_flag_fields()):
+        if field.group not in REPLICA_GROUPS or field.dest in keep:
+            f = _option(field)(f)
+    return _CONFIG_OPTION(f)
 
 
 def config_from_options(opts: dict, extra: dict | None = None):
@@ -131,47 +93,53 @@ def option_fields(opts: dict) -> tuple[dict, dict]:
     """(the config file's values, the run fields the flags give) of the run flags in ``opts``
     (flags not given are left out)."""
     file_values = load_config_file(opts["config_file"]) if opts.get("config_file") else {}
-    overrides = {
-        "policy": opts.get("policy"),
-        "policy_params": parse_pairs(opts.get("policy_param"), "--policy-param") or None,
-        "engine": opts.get("engine"),
-        "model": opts.get("model"),
-        "gpu": opts.get("gpu"),
-        "cost_model": opts.get("cost_model"),
-        "cost_params": parse_pairs(opts.get("cost_param"), "--cost-param") or None,
-        "kv_capacity": opts.get("kv_capacity"),
-        "block_size": opts.get("block_size"),
-        "gpu_memory_utilization": opts.get("gpu_memory_utilization"),
-        "max_model_len": opts.get("max_model_len"),
-        "preemption": opts.get("preemption"),
-        "arrival": opts.get("arrival"),
-        "rate": opts.get("rate"),
-        "cv": opts.get("cv"),
-        "rate_schedule": parse_schedule(opts.get("rate_schedule")),
-        "num_requests": opts.get("num_requests"),
-        "duration": opts.get("duration"),
-        "prompt_len": opts.get("prompt_len"),
-        "output_len": opts.get("output_len"),
-        "types": list(opts["types"]) if opts.get("types") else None,
-        "seed": opts.get("seed"),
-        "slo": parse_slo(opts.get("slo")) or None,
-        "trace": opts.get("trace"),
-        "trace_format": opts.get("trace_format"),
-        "trace_options": parse_pairs(opts.get("trace_option"), "--trace-option",
-                                     split_commas=False) or None,
-        "trace_strict": opts.get("trace_strict") or None,
-        "trace_start": opts.get("trace_start"),
-        "trace_end": opts.get("trace_end"),
-        "speedup": opts.get("speedup"),
-        "target_rate": opts.get("target_rate"),
-        "prompt_range": opts.get("prompt_range"),
-        "output_range": opts.get("output_range"),
-        "truncate": opts.get("truncate") or None,
-        "generate_arrivals": opts.get("generate_arrivals") or None,
-        "lengths_file": opts.get("lengths_file"),
-    }
-    if overrides["duration"] is not None and "num_requests" in file_values:
+    overrides = {}
+    for f in _flag_fields():
+        raw = opts.get(f.dest)
+        if raw is None or raw == () or raw is False:
+            continue
+        if not f.repeatable:
+            raw = _once(f, raw)
+        value = f.info.from_cli(raw, f.flag) if f.info.from_cli else raw
+        overrides[f.name] = f.coerce(value, f.label)
+    # A flag overrides the file's field, and also the file's alternative to it.
+    if "duration" in overrides and "num_requests" in file_values:
         file_values.pop("num_requests")
-    if overrides["num_requests"] is not None and "duration" in file_values:
+    if "num_requests" in overrides and "duration" in file_values:
         file_values.pop("duration")
-    return file_values, {k: v for k, v in overrides.items() if v is not None}
+    return file_values, overrides
+
+
+def _once(f: Declared, raw):
+    """The one value of a single-valued flag (a command's own option gives it bare)."""
+    if not isinstance(raw, (tuple, list)):
+        return raw
+    if len(raw) > 1:
+        raise ConfigError(f"{f.flag} given {len(raw)} times ({', '.join(map(str, raw))}); "
+                          f"give it once")
+    return raw[0]
+
+
+def nonempty_path(ctx, param, value):
+    """Click callback: an empty path is a mistake (it would write nothing, or into the working
+    directory), not a request for the default."""
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("may not be empty (leave the option out for the default)")
+    return value
+
+
+class Number(click.ParamType):
+    """A command's own numeric option, checked as a run field's number is: NaN, infinities,
+    integers beyond int64 and values outside the bounds are one line naming the flag."""
+
+    def __init__(self, kind: type = float, low: float | None = None, high: float | None = None,
+                 low_open: bool = False):
+        self.kind, self.low, self.high, self.low_open = kind, low, high, low_open
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value, param, ctx):
+        from simulator.fields import check_number, coerce_number
+        where = max(param.opts, key=len) if param is not None else "value"
+        number = coerce_number(value, self.kind, where)
+        check_number(number, where, self.kind, self.low, self.high, self.low_open)
+        return number

@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from simulator.cli import cli
+from simulator.cli.options import Number
 
 
 @cli.command("report")
 @click.argument("results_dir", type=click.Path(file_okay=False))
 @click.option("--out", "-o", type=click.Path(file_okay=False),
               help="Folder for report.md and figures/. [RESULTS_DIR]")
-@click.option("--at-rate", type=float,
+@click.option("--at-rate", type=Number(float, 0, 1e6, low_open=True),
               help="Rate of the latency CDFs and timelines (nearest grid value). [middle of grid]")
 @click.option("--x", "x", help="Column on the x axis of the rate figures. [rate if an axis, "
                                "else offered_rate]")

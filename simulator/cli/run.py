@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.cli import cli, stdout_console
-from simulator.cli.options import config_from_options, run_options
+from simulator.cli.options import config_from_options, nonempty_path, run_options
 from simulator.errors import ConfigError
 from simulator.runner import simulate, write_outputs
 import simulator.vllm  # noqa: F401  (registers the engine "vllm")
@@ -18,7 +18,7 @@ import simulator.vllm  # noqa: F401  (registers the engine "vllm")
 
 @cli.command()
 @run_options
-@click.option("--out", "-o", type=click.Path(file_okay=False),
+@click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
               help="Folder for summary.json, requests.csv, timeline.csv, config.json.")
 @click.option("--requests-format", type=click.Choice(["csv", "parquet"]), default="csv",
               show_default=True, help="File format of the per-request table.")

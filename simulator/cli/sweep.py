@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 
 from simulator.cli import cli
+from simulator.cli.options import Number, nonempty_path
 from simulator.sweep import SweepInterrupted, expand_points, load_spec, results_dir_for, run_sweep
 from simulator.sweep.executors import EXECUTORS
 from simulator.sweep.store import RESULTS_FILE, ResultsStore
@@ -18,7 +19,7 @@ def executor_options(f):
     for opt in reversed([
         click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
                      help="Local process pool, or Ray (a local Ray, or the cluster at --address)."),
-        click.option("--workers", "-j", type=int,
+        click.option("--workers", "-j", type=Number(int, 1, 4096),
                      help="Parallel workers (local: processes; local Ray: CPUs). [all cores]"),
         click.option("--address", help="Ray cluster address (with --executor ray), e.g. auto or "
                                        "ray://head:10001."),
@@ -33,7 +34,7 @@ def axes_text(axes: dict) -> str:
 
 @cli.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--out", "-o", type=click.Path(file_okay=False),
+@click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
               help="Results folder. [the spec's out:, else results/<spec name>]")
 @executor_options
 @click.option("--dry-run", is_flag=True, help="List the points and which are done; run nothing.")

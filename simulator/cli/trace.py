@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.cli import cli, stdout_console
+from simulator.cli.options import Number
 from simulator.config import parse_pairs
 
 SPARK = " ▁▂▃▄▅▆▇█"
@@ -25,7 +26,8 @@ def trace():
 @click.option("-T", "--trace-option", "trace_option", multiple=True, metavar="KEY=VALUE",
               help="Format option, repeatable (see `servesim trace formats`).")
 @click.option("--strict", is_flag=True, help="Reject unsorted timestamps and 0-token requests.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of format jitter.")
+@click.option("--seed", type=Number(int, 0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of format jitter.")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 def stats(file, trace_format, trace_option, strict, seed, as_json):
     """Requests, span, rate, burstiness, length quantiles and per-minute rate of FILE."""

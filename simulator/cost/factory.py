@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 from simulator.cost.base import CostModel
@@ -23,11 +24,20 @@ def _check_keys(kind: str, params: dict, allowed: tuple) -> None:
                               f"{', '.join(allowed)}")
 
 
+# Cost parameters are seconds (per iteration, per token) or efficiency factors: past this an
+# iteration is priced beyond any hardware and every latency is absurd (or infinite).
+MAX_PARAM = 1e3
+
+
 def _number(kind: str, key: str, value) -> float:
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"cost_params for {kind}: {key} must be a number, got {value!r}")
+    if not (math.isfinite(x) and abs(x) <= MAX_PARAM):
+        raise ConfigError(f"cost_params for {kind}: {key} must be a finite number up to "
+                          f"{MAX_PARAM:g}, got {value!r}")
+    return x
 
 
 def build_cost_model(kind: str, model: ModelSpec, gpu: GPUSpec, params: dict | None = None

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 from scheduler.base import PolicyError, make_policy
-from simulator.config import RunConfig, build_config
+from simulator.config import FILE_FIELDS, RunConfig, build_config, request_types
 from simulator.errors import ConfigError
-from simulator.runner import request_types
+from simulator.runner import build_replica, build_workload, policy_hint
 from simulator.sweep.spec import RESERVED_FIELDS, SweepSpec
+from traces.errors import WorkloadError
 from traces.loaders.table import sha256_of
 
 # Bump when the meaning of a stored point changes (what a worker records), to invalidate old ones.
 POINT_SCHEMA = 1
-# Run fields naming input files: resolved to absolute paths, and hashed by content in the key.
-FILE_FIELDS = ("trace", "lengths_file")
+# Input files (FILE_FIELDS) are resolved to absolute paths, and hashed by content in the key.
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,13 @@ def expand_points(spec: SweepSpec, timeline: bool | None = None) -> list[Point]:
                 _set(values, axis.field, axis.values[i])
         values["timeline"] = timeline
         try:
-            cfg = absolute_files(build_config(values))
+            # A base field may apply to some points only (cv with an arrival axis): not refused.
+            cfg = absolute_files(build_config(values, refuse_unused=False))
             if any(a.field == "rate" for a in spec.axes):
                 cfg = at_rate(cfg, cfg.rate)
+            _check_files(cfg)
             _check_policy(cfg, checked_policies)
-        except (ConfigError, PolicyError) as e:
+        except (ConfigError, PolicyError, WorkloadError) as e:
             where = ", ".join(f"{k}={v}" for k, v in shown.items())
             raise type(e)(f"{spec.source}: point {where}: {e}") from None
         points.append(Point(index, point_key(cfg, digest), shown, cfg))
@@ -123,12 +125,35 @@ def expand_points(spec: SweepSpec, timeline: bool | None = None) -> list[Point]:
     return points
 
 
+def _check_files(cfg: RunConfig) -> None:
+    for name in FILE_FIELDS:
+        path = getattr(cfg, name)
+        if path and not Path(path).exists():
+            raise ConfigError(f"{name} {path} does not exist")
+
+
+# The fields that make a replica and its policy: a point is checked once per distinct set.
+_REPLICA_KEYS = ("policy", "policy_params", "model", "gpu", "cost_model", "cost_params",
+                 "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len",
+                 "types")
+
+
 def _check_policy(cfg: RunConfig, checked: set) -> None:
-    """A policy name or parameter error would fail every point that uses it: catch it now."""
-    key = json.dumps([cfg.policy, cfg.policy_params], sort_keys=True, default=str)
-    if key not in checked:
-        make_policy(cfg.policy, cfg.policy_params)
-        checked.add(key)
+    """Bind the point's policy to its replica, as the run will: a bad policy name or parameter,
+    a cost model that cannot be built, or a budget below max_model_len would fail every point
+    that shares them, but only once it ran. A policy that plans from the workload (WAIT) may
+    need its lengths: only when binding without them fails is the workload built to tell."""
+    key = json.dumps([getattr(cfg, k) for k in _REPLICA_KEYS], sort_keys=True, default=str)
+    if key in checked:
+        return
+    try:
+        make_policy(cfg.policy, cfg.policy_params).bind(
+            build_replica(cfg, {"types": request_types(cfg)}))
+    except (ConfigError, PolicyError):
+        hint = policy_hint(cfg, build_workload(cfg))
+        make_policy(cfg.policy, cfg.policy_params).bind(build_replica(cfg, hint))
+        return          # it needed the workload: checked for this point only
+    checked.add(key)
 
 
 def _set(values: dict, name: str, value) -> None:

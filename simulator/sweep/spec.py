@@ -23,17 +23,14 @@ Ranges: ``{start, stop, step}`` (step defaults to 1; stop included when the grid
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.config import (FIELDS, RunConfig, check_fields, load_config_file,
+from simulator.config import (FIELDS, MAPPING_FIELDS, check_fields, load_config_file,
                               read_mapping_file)
 from simulator.errors import ConfigError
 
-# Run fields that hold mappings: an axis may set one key of them (``policy_params.chunk_size``).
-MAPPING_FIELDS = tuple(name for name, tp in typing.get_type_hints(RunConfig).items() if tp is dict)
 SPEC_KEYS = ("name", "base", "axes", "out", "save")
 SAVE_KEYS = ("requests", "timeline")
 # Fields a sweep decides itself: where outputs go, and whether the timeline is recorded.
@@ -94,12 +91,23 @@ def parse_spec(raw: dict, source: str = "sweep spec", base_dir: Path | None = No
         raise ConfigError(f"{source}: save must be a mapping with true/false values for "
                           f"{', '.join(SAVE_KEYS)}, got {save!r}")
     out = raw.get("out")
-    if out is not None and not isinstance(out, str):
+    if out is not None and (not isinstance(out, str) or not out.strip()):
         raise ConfigError(f"{source}: out must be a folder path, got {out!r}")
-    name = raw.get("name", default_name)
-    return SweepSpec(name=str(name), base=base, axes=axes, out=out,
+    name = check_name(raw.get("name", default_name), source)
+    return SweepSpec(name=name, base=base, axes=axes, out=out,
                      save_requests=save.get("requests", True),
                      save_timeline=save.get("timeline", False), source=source, raw=raw)
+
+
+def check_name(name: Any, source: str) -> str:
+    """A sweep's name names its default results folder, results/<name>: one path component,
+    so that a name can never write outside results/ (``../x``) or into it (an empty name)."""
+    text = str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else None
+    if text is None or not text.strip() or text in (".", "..") or text != text.strip() or \
+            any(c in text for c in "/\\\0") or not text.isprintable():
+        raise ConfigError(f"{source}: name must be one folder name, not a path (no / or \\, "
+                          f"not empty, . or ..), got {name!r}")
+    return text
 
 
 def _parse_base(base: Any, source: str, base_dir: Path) -> dict:
