@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 from scheduler.base import PolicyError, make_policy
+from scheduler.state import WorkloadHint
 from simulator.config import FILE_FIELDS, RunConfig, build_config, request_types
 from simulator.errors import ConfigError
-from simulator.runner import build_replica, build_workload, policy_hint
+from simulator.runner import build_replica, build_workload
 from simulator.sweep.spec import RESERVED_FIELDS, SweepSpec
 from traces.errors import WorkloadError
 from traces.loaders.table import sha256_of
@@ -147,11 +148,11 @@ def _check_policy(cfg: RunConfig, checked: set) -> None:
     if key in checked:
         return
     try:
-        make_policy(cfg.policy, cfg.policy_params).bind(
-            build_replica(cfg, {"types": request_types(cfg)}))
+        spec = dataclasses.replace(build_replica(cfg),
+                                   workload_hint=WorkloadHint(types=request_types(cfg)))
+        make_policy(cfg.policy, cfg.policy_params).bind(spec)
     except (ConfigError, PolicyError):
-        hint = policy_hint(cfg, build_workload(cfg))
-        make_policy(cfg.policy, cfg.policy_params).bind(build_replica(cfg, hint))
+        make_policy(cfg.policy, cfg.policy_params).bind(build_replica(cfg, build_workload(cfg)))
         return          # it needed the workload: checked for this point only
     checked.add(key)
 
