@@ -26,6 +26,8 @@ import time
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import ON_CI, ROOT
 
@@ -37,7 +39,8 @@ except ImportError:   # the bench extra is missing
     pytest.skip("aiohttp not installed (pip install -e '.[bench]')", allow_module_level=True)
 
 from simulator.vllm.bench import (READ_BUFFER_BYTES, RECORDS, BenchOptions,  # noqa: E402
-                                  Replayer, check_server, outcome, read_records, write_outputs)
+                                  MalformedStream, Record, Replayer, absorb, check_server,
+                                  outcome, read_event, read_records, write_outputs)
 from simulator.config import RunConfig  # noqa: E402
 from traces.request import Request  # noqa: E402
 
@@ -551,3 +554,36 @@ def test_bench_json_equals_what_vllm_bench_writes(stub, tmp_path, monkeypatch):
     # per second (24 in all; the usage figures sum to 25).
     assert 3 <= ours["max_concurrent_requests"] <= 5
     assert 12 <= ours["max_output_tokens_per_s"] <= 24 and ours["total_output_tokens"] == 25
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4), max_leaves=12)
+# Chunks shaped like completion events, with any value where a field should be.
+chunks = st.fixed_dictionaries({}, optional={
+    "choices": json_values | st.lists(st.fixed_dictionaries({}, optional={
+        "text": json_values, "token_ids": json_values}) | json_values, max_size=3),
+    "usage": json_values | st.fixed_dictionaries({}, optional={
+        "completion_tokens": json_values, "prompt_tokens": json_values}),
+    "error": json_values})
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=st.binary(max_size=64) | st.builds(lambda v: b"data: " + json.dumps(v).encode(),
+                                               json_values | chunks))
+def test_any_stream_line_is_read_or_refused_as_malformed(line):
+    """Whatever a line holds, reading it gives an event or a MalformedStream, nothing else;
+    an accepted chunk leaves the record consistent (tokens only with a chunk time)."""
+    rec = Record(0, None, 0.0, 4, 4)
+    try:
+        event = read_event(line)
+        if isinstance(event, dict):
+            absorb(event, rec, 1.0)
+    except MalformedStream as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert len(rec.token_times) <= 1 and (rec.streamed_tokens == 0 or rec.token_times == [1.0])
+    assert all(isinstance(v, int) and v >= 0 for v in (rec.usage_output_tokens,
+                                                      rec.usage_prompt_tokens) if v is not None)
+    assert isinstance(rec.text, str)
