@@ -182,7 +182,7 @@ def _to_str(v, where):
         raise ConfigError(f"{where} must be a string, got {v!r}")
     text = str(v)
     if not text.strip():
-        raise ConfigError(f"{where} may not be empty (leave it out for the default)")
+        raise ConfigError(f"{where} may not be empty")
     return text
 
 

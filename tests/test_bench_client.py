@@ -284,7 +284,7 @@ def free_port() -> int:
     (["--timeout", "inf"], "--timeout must be a positive number of seconds, got inf"),
     (["--max-concurrency", "0"], "--max-concurrency must be a whole number >= 1, got 0"),
     (["--max-concurrency", "-2"], "--max-concurrency must be a whole number >= 1, got -2"),
-    (["--out", ""], "--out is empty"),
+    (["--out", ""], "out may not be empty"),
 ])
 def test_bench_rejects_bad_options_in_one_line_before_anything(capsys, tmp_path, flags,
                                                                  message):
