@@ -28,8 +28,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
 CONVENTIONS = ("engine", "paper")
 
 
@@ -447,6 +445,9 @@ def types_from_lengths(prompts, outputs, total_rate: float, segments: int,
     memory bounds that hold for every member) or ``"mean"`` (the group's mean prompt and output:
     the fluid equilibrium of the mixture).
     """
+    # NumPy only here: the rest is arithmetic, and servesim imports this module at start-up
+    # (for CLUSTERINGS and CONVENTIONS).
+    import numpy as np
     p = np.asarray(prompts, dtype=float)
     o = np.asarray(outputs, dtype=float)
     if len(o) == 0 or len(p) != len(o):

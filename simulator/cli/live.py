@@ -7,7 +7,6 @@ puts a simulated and a measured run side by side.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import json
@@ -18,7 +17,6 @@ import subprocess
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from scheduler.base import make_policy
 from simulator.cli import cli, stdout_console
@@ -133,6 +131,7 @@ def run_bench(cfg, bopts, out: Path) -> dict:
     requests = list(workload.requests())
     replayer = Replayer(requests, bopts, out)
     interrupted = None
+    import asyncio
     try:
         asyncio.run(replayer.run())
     except KeyboardInterrupt as e:
@@ -169,6 +168,7 @@ def compare(sim_dir, real_dir, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return
+    from rich.table import Table
     t = Table(title=f"{sim_dir} (sim) vs {real_dir} (real)", title_justify="left")
     for col in ("metric", "sim", "real", "rel. error"):
         t.add_column(col, justify="left" if col == "metric" else "right")
