@@ -354,6 +354,7 @@ def nested_plan(types: Sequence[FluidType], d0: float, d1: float, *, tl: float |
     """
     segs = nested_segments(types, convention)
     capped = False
+    n: tuple[float, ...] | None
     if thresholds is not None:
         if len(thresholds) != len(segs):
             raise ValueError(f"need {len(segs)} segment thresholds, got {len(thresholds)}")

@@ -72,7 +72,7 @@ class VllmV1(QueuedPolicy):
             req = running[i]
             n = wanted(req)
             if n > plan.budget:
-                n = plan.budget
+                n = int(plan.budget)         # finite: below an int
             if not plan.schedule_resident(req, n):
                 break
             i += 1
@@ -87,6 +87,6 @@ class VllmV1(QueuedPolicy):
                 break
             if p.reserve_full_prompt and plan.kv.need(req, req.remaining) > plan.kv.free:
                 break
-            if not plan.admit(req, min(n, plan.budget)):
+            if not plan.admit(req, int(min(n, plan.budget))):
                 break
             waiting.pop()
