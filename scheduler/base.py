@@ -53,10 +53,10 @@ class Policy(abc.ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    spec: ReplicaSpec           # the replica, set by bind() before any other call
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
-        self.spec: ReplicaSpec | None = None
 
     def bind(self, spec: ReplicaSpec) -> None:
         self.spec = spec
@@ -324,6 +324,7 @@ def _type_name(tp) -> str:
 
 def _convert(policy: str, name: str, value, tp, meta):
     where = f"policy {policy}: parameter {name}"
+    out: Any
     args = typing.get_args(tp)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), tp) if args else tp

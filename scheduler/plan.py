@@ -167,7 +167,7 @@ class StepPlan:
             req = running[i]
             n = req.remaining if tokens is None else tokens(req)
             if n > self.budget:
-                n = self.budget
+                n = int(self.budget)         # finite here: below an int
             if not self.schedule_resident(req, n):
                 break
             i += 1

@@ -25,6 +25,7 @@ from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeli
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, synthesize)
+from traces.lengths import RequestType
 from traces.transforms import truncate
 
 

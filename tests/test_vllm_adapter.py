@@ -22,7 +22,7 @@ from simulator.hardware import model_spec  # noqa: E402
 from tests.fluid_helpers import hint, with_cost  # noqa: E402
 from traces.lengths import RequestType  # noqa: E402
 from simulator.vllm.loop import (build_scheduler, model_output,  # noqa: E402
-                                   scheduler_options, vllm_request)
+                                   vllm_request)
 from traces.request import Request  # noqa: E402
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.console import Console
-from rich.table import Table
 
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import Number, config_from_options, nonempty_path, run_options
@@ -15,6 +15,9 @@ from simulator.errors import ConfigError
 from simulator.io import output_folder, write_json
 from simulator.sweep.capacity import CRITERIA, CapacityResult, Probe, capacity_search
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @cli.command()
@@ -54,6 +57,7 @@ def capacity(**opts):
     if criterion is None:
         raise ConfigError("give --slo ttft=MS,tpot=MS,e2el=MS (with --attainment), or "
                           "--criterion stable for the largest rate with bounded latency")
+    from rich.console import Console
     console = Console(stderr=True)
     verbose = not (opts["quiet"] or opts["as_json"])
 
@@ -92,6 +96,7 @@ def result_line(r: CapacityResult) -> str:
 
 def print_bracket(r: CapacityResult, console: Console) -> None:
     """The bracketing runs, one row per seed."""
+    from rich.table import Table
     t = Table(title="bracketing runs (rates in req/s, latencies in ms)", title_justify="left")
     for col in ("rate", "result", "seed", "attain", "growth", "TTFT", "p99 TTFT", "E2E",
                 "p99 E2E", "thru"):

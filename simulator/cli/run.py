@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, nonempty_path, run_options
 from simulator.errors import ConfigError
-from simulator.runner import simulate, write_outputs
-import simulator.vllm  # noqa: F401  (registers the engine "vllm")
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @cli.command()
@@ -29,6 +28,10 @@ import simulator.vllm  # noqa: F401  (registers the engine "vllm")
               "latency CDFs as PNGs in OUT/figures (./servesim-figures without --out).")
 def run(**opts):
     """Simulate a policy on a workload (no flags: the built-in default workload)."""
+    from rich.console import Console
+
+    import simulator.vllm  # noqa: F401  (registers the engine "vllm")
+    from simulator.runner import simulate, write_outputs
     extra = {"out": opts["out"], "timeline": False if opts["no_timeline"] else None}
     cfg = config_from_options(opts, extra)
     if opts["plot"] and opts["no_timeline"]:
@@ -84,6 +87,7 @@ def print_summary(s: dict, console: Console) -> None:
     for t in w.get("transforms", []):
         console.print(f"  {t['op']}: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in t.items()
                                                   if k != "op"))
+    from rich.table import Table
     t = Table(show_header=True, header_style="bold")
     t.add_column("metric")
     for col in ("mean", "median", "p90", "p99"):

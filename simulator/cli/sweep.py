@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.console import Console
 
 from simulator.cli import cli
 from simulator.cli.options import Number, nonempty_path
-from simulator.sweep import SweepInterrupted, expand_points, load_spec, results_dir_for, run_sweep
 from simulator.sweep.executors import EXECUTORS
-from simulator.sweep.store import RESULTS_FILE, ResultsStore
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def executor_options(f):
@@ -46,6 +48,11 @@ def sweep(spec_file, out, executor, workers, address, dry_run, as_json, quiet):
     Exit status: 0 when every point succeeded, 1 when some failed (each is recorded in the
     table with its error), 2 for a bad spec, 130 when interrupted (finished points are kept).
     """
+    from rich.console import Console
+
+    from simulator.sweep import (SweepInterrupted, expand_points, load_spec, results_dir_for,
+                                 run_sweep)
+    from simulator.sweep.store import RESULTS_FILE, ResultsStore
     spec = load_spec(spec_file)
     console = Console(stderr=True)
     if dry_run:

@@ -17,9 +17,10 @@ M/D/1 (tests/test_capacity.py) with 20k requests per seed it lands within 3% of 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_GROWTH_LIMIT = 1.5
 
@@ -41,6 +42,7 @@ def half_means(requests: pd.DataFrame) -> tuple[float, float]:
 def pooled_growth(halves: list[tuple[float, float]]) -> float:
     """Growth over several seeds: the ratio of the seeds' mean second-half to mean first-half
     latencies (pooling before dividing keeps one noisy seed from deciding alone)."""
+    import numpy as np      # not at the top: servesim imports DEFAULT_GROWTH_LIMIT at start-up
     firsts = np.array([f for f, _ in halves], dtype=float)
     seconds = np.array([s for _, s in halves], dtype=float)
     ok = ~(np.isnan(firsts) | np.isnan(seconds))
