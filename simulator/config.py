@@ -394,7 +394,7 @@ class RunConfig:
         for key in self.policy_params:
             name = key.replace("-", "_")
             value = getattr(params, name)
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 check_number(value, f"policy {self.policy}: parameter {name}")
             typed[name] = list(value) if isinstance(value, tuple) else value
         self.policy_params = typed

@@ -33,6 +33,7 @@ import pandas as pd
 from scheduler.state import RequestState, Status
 from simulator.errors import ConfigError
 from simulator.metrics import SLO, LiveRun, Summary, requests_table
+from traces.errors import ServesimError
 from traces.request import Request
 
 RECORDS = "records.jsonl"
@@ -125,7 +126,7 @@ class Record:
             self.usage_output_tokens != self.streamed_tokens
 
 
-class MalformedStream(ValueError):
+class MalformedStream(ServesimError, ValueError):
     """A stream the client cannot read as OpenAI completion events."""
 
 

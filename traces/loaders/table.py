@@ -155,7 +155,7 @@ def _check_header(where: str, names: list[str]) -> list[str]:
     return names
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(WorkloadError):
     pass
 
 
