@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from simulator.cli import MAX_ERROR_CHARS, cli, main
-from simulator.config import FIELDS, MAX_CONFIG_DEPTH, parse_mapping_text
+from simulator.config import FIELDS, MAX_CONFIG_DEPTH, load_config_file, parse_mapping_text
 from simulator.errors import ConfigError
 from simulator.vllm.plugin import ENV_CONFIG, load_plugin_config
 from traces.errors import WorkloadError
@@ -222,6 +222,46 @@ def test_duplicate_config_keys_are_refused(case):
         plugin_refuses("plug-in: duplicates", path)
 
 
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+MAPPINGS = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) |
+                        st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
+
+
+@PROPERTY
+@given(st.dictionaries(KEYS, MAPPINGS, min_size=1, max_size=5), st.text(min_size=1, max_size=8),
+       st.sampled_from([".yaml", ".json"]))
+def test_random_mapping_with_an_unknown_key_is_refused(mapping, unknown, suffix):
+    """Random nested mappings (any depth up to the limit, any values) with one key that is no
+    field: refused with one line naming the file, whatever else they hold."""
+    assume(unknown.replace("-", "_") not in FIELDS)
+    mapping = {**mapping, unknown: 1}
+    import yaml
+    text = yaml.safe_dump(mapping) if suffix == ".yaml" else json.dumps(mapping)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = config_file(tmp, suffix, text)
+        plugin_refuses("plug-in: random mapping", path)
+        if suffix == ".yaml":
+            refused("config: random mapping", cli_run("run", "--config", str(path)), str(path))
+
+
+@PROPERTY
+@given(st.text(max_size=400), st.sampled_from([".yaml", ".toml"]))
+def test_random_text_config_is_refused_or_read(text, suffix):
+    """Random UTF-8 text: either a mapping the reader returns (then checked field by field) or
+    one line naming the file; never a traceback."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = config_file(tmp, suffix, text)
+        CASES["config: random text", "tried"] += 1
+        try:
+            values = load_config_file(path)
+        except ConfigError as e:
+            assert "\n" not in str(e) and str(path) in str(e), str(e)
+            CASES["config: random text", "clean"] += 1
+            return
+        assert isinstance(values, dict) and set(values) <= set(FIELDS)
+        CASES["config: random text", "clean"] += 1
+
+
 @PROPERTY
 @given(st.one_of(duplicate_keys(), deeply_nested()))
 def test_mapping_text_from_the_environment_is_checked_like_a_file(case):
@@ -248,6 +288,15 @@ def test_trace_of_random_bytes_is_refused(data, head, name):
         path = Path(tmp) / name
         path.write_bytes(head + data)
         refused("trace: bytes", cli_run("trace", "stats", str(path)), str(path))
+
+
+@PROPERTY
+@given(st.text(max_size=2000), st.sampled_from(["t.csv", "t.jsonl"]))
+def test_trace_of_random_text_is_refused(text, name):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        refused("trace: text", cli_run("trace", "stats", str(path)), str(path))
 
 
 BURST_HEADER = "Timestamp,Model,Request tokens,Response tokens\n"

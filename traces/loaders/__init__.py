@@ -19,7 +19,8 @@ from traces.errors import WorkloadError
 from traces.lengths import EmpiricalLengths
 from traces.loaders import azure, burstgpt, generic, mooncake, vidur, vllm_bench
 from traces.loaders.base import TraceFormat, finish
-from traces.loaders.table import peek_columns, read_table, require_columns, sniff_container
+from traces.loaders.table import (one_read, peek_columns, read_table, require_columns,
+                                  sniff_container)
 from traces.transforms import generate_arrivals, jitter
 from traces.workload import Workload
 
@@ -63,15 +64,16 @@ def read_trace(path: str | Path, format: str | None = None, options: dict | None
     """A trace file as a Workload; for a length-only file the arrival times are NaN and
     ``meta['arrival'] == 'none'`` (``load_trace`` pairs it with an arrival process)."""
     path = Path(path)
-    container = sniff_container(path)
-    columns = peek_columns(path, container)
-    fmt = trace_format(format) if format else detect_format(path, columns, options)
-    opts = fmt.check_options(options)
-    required, optional = fmt.needed_columns(opts)
-    require_columns(path, columns, required, fmt.name, container)
-    table = read_table(path, container, [*required, *(c for c in optional if c in columns)],
-                       fmt.categorical)
-    workload = finish(table, fmt, fmt.parse(table, opts, seed), opts, strict)
+    with one_read():
+        container = sniff_container(path)
+        columns = peek_columns(path, container)
+        fmt = trace_format(format) if format else detect_format(path, columns, options)
+        opts = fmt.check_options(options)
+        required, optional = fmt.needed_columns(opts)
+        require_columns(path, columns, required, fmt.name, container)
+        table = read_table(path, container, [*required, *(c for c in optional if c in columns)],
+                           fmt.categorical)
+        workload = finish(table, fmt, fmt.parse(table, opts, seed), opts, strict)
     workload.meta["container"] = container
     if opts.get("jitter"):
         workload = jitter(workload, opts["jitter"], seed)

@@ -1,17 +1,21 @@
 """Reading a trace file into a raw table, whatever its container (CSV, JSON Lines, Parquet, each
-optionally gzip-compressed), and turning its columns into checked numbers.
+optionally gzip-compressed), and turning its columns into checked values.
 
-Every problem is reported as one line naming the file, the line (row for Parquet) and the
-column, as a ``WorkloadError``. Nothing is read partially: a truncated gzip stream, a row with
-too many fields or a line that is not JSON stops the load instead of yielding fewer requests.
+A text file first passes the block scan of ``traces.files`` (UTF-8, no NUL bytes, bounded
+lines, no decompression bomb), so no parser ever holds garbage. The column readers at the end
+(``tokens``, ``seconds``, ``datetimes_seconds``, ``int_lists``) are the one validation layer
+of trace values: every format reads its columns through them. Every problem is reported as
+one line naming the file, the line (row for Parquet) and the column, as a ``WorkloadError``.
+Nothing is read partially: a truncated gzip stream, a row with too many fields or a line that
+is not JSON stops the load instead of yielding fewer requests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import difflib
-import functools
 import gzip
 import hashlib
 import io
@@ -47,15 +51,28 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+_SCANS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("trace_scans", default=None)
+
+
+@contextlib.contextmanager
+def one_read():
+    """Within this context each file is block-scanned once: the header, record and line-number
+    readers share the scan (``read_trace`` reads a file inside one)."""
+    token = _SCANS.set({} if _SCANS.get() is None else _SCANS.get())
+    try:
+        yield
+    finally:
+        _SCANS.reset(token)
+
+
 def _scan(path: Path) -> TextScan:
-    """The block scan of a text trace (``traces.files.scan_text``), once per file version."""
-    st = path.stat()
-    return _scan_version(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _scan_version(path: str, inode: int, size: int, mtime_ns: int) -> TextScan:
-    return scan_text(Path(path), WorkloadError, "a CSV or JSON Lines trace")
+    """The block scan of a text trace (``traces.files.scan_text``)."""
+    scans = _SCANS.get()
+    if scans is None:
+        return scan_text(path, WorkloadError, "a CSV or JSON Lines trace")
+    if str(path) not in scans:
+        scans[str(path)] = scan_text(path, WorkloadError, "a CSV or JSON Lines trace")
+    return scans[str(path)]
 
 
 def _first_lines(path: Path, count: int) -> list[tuple[int, str]]:
