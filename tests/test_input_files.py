@@ -402,6 +402,70 @@ def test_trace_table_with_a_bad_cell_names_its_line_and_column(case):
 
 
 @PROPERTY
+@given(st.integers(1, 2 ** 70) | st.floats(1, 1e300), st.floats(0, 1e300),
+       st.sampled_from(["csv", "jsonl"]))
+def test_token_counts_and_times_are_read_exactly_or_refused(tokens, time, container):
+    """A value inside the bounds is read exactly (never wrapped, rounded or absorbed); one
+    outside is refused naming its line and column."""
+    table = {"arrived_at": [0.0, time], "num_prefill_tokens": [5, tokens],
+             "num_decode_tokens": [3, 3]}
+    whole = float(tokens).is_integer()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_table(Path(tmp) / f"t.{container}", container, table, False)
+        result = cli_run("trace", "stats", str(path), "--json")
+        bad = ["arrived_at"] * (time > MAX_SECONDS) + \
+            ["num_prefill_tokens"] * (tokens > MAX_TOKENS or not whole)
+        if bad:       # the format reads its token columns first: the first bad one is named
+            message = refused("trace: value bounds", result,
+                              f"{path} line {3 if container == 'csv' else 2}, column ")
+            assert f"column {bad[-1]!r}" in message, message
+        else:
+            CASES["trace: value bounds", "tried"] += 1
+            from traces.loaders import read_trace
+            w = read_trace(path)
+            assert result[0] == 0, result
+            assert w.frame["prompt_tokens"].tolist() == [5, int(tokens)]
+            assert w.frame["arrival_s"].tolist() == [0.0, time]
+            CASES["trace: value bounds", "clean"] += 1
+
+
+ZONES = ["", "Z", "+00:00", "-00:00", "+02:00", "-05:30", "+0100"]
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.integers(0, 10 ** 6), st.sampled_from(ZONES)), min_size=1,
+                max_size=8))
+def test_time_zones_are_converted_or_a_mix_refused(rows):
+    """Zoned times are converted to UTC, times without a zone are read as UTC; the two mix only
+    when every zone is UTC. Arrivals are the UTC instants from the earliest one."""
+    base = pd.Timestamp("2024-05-10 00:00:00", tz="UTC")
+    def offset_s(zone):
+        if zone in ("", "Z"):
+            return 0
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        return sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    text = "TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
+        f"{(base + pd.Timedelta(seconds=t)).strftime('%Y-%m-%d %H:%M:%S')}{z},1,1\n"
+        for t, z in rows)
+    naive = any(z == "" for _, z in rows)
+    offsets = any(offset_s(z) != 0 for _, z in rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.csv"
+        path.write_text(text)
+        if naive and offsets:
+            refused("trace: time zones", cli_run("trace", "stats", str(path)),
+                    f"{path} line", "mix a time without a zone and one with a non-UTC offset")
+            return
+        CASES["trace: time zones", "tried"] += 1
+        from traces.loaders import read_trace
+        instants = sorted(t - offset_s(z) for t, z in rows)
+        w = read_trace(path)
+        assert w.frame["arrival_s"].tolist() == [float(t - instants[0]) for t in instants]
+        CASES["trace: time zones", "clean"] += 1
+
+
+@PROPERTY
 @given(st.sampled_from(sorted(TABLES)), st.sampled_from(["csv", "jsonl", "parquet"]),
        st.data())
 def test_a_column_given_twice_is_refused(fmt, container, data):
