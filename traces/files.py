@@ -124,28 +124,28 @@ def scan_text(path: Path, error: type[Exception], what: str = "text",
     try:
         with (open_binary(path) if decompress else open(path, "rb")) as f:
             while block := f.read(BLOCK):
-                def line_at(i: int) -> int:          # 1-based line of the block's byte i
-                    return lines + block.count(b"\n", 0, i) + 1
-
                 if size == 0 and block[:2] in (b"\xff\xfe", b"\xfe\xff"):
                     raise error(f"{shown}: UTF-16 text (byte-order mark); save it as UTF-8")
                 nul = block.find(b"\x00")
                 if nul >= 0:
-                    raise error(f"{shown} line {line_at(nul)}: a NUL byte: binary data, not "
+                    line = lines + block.count(b"\n", 0, nul) + 1
+                    raise error(f"{shown} line {line}: a NUL byte: binary data, not "
                                 f"{what} (UTF-16 text? save it as UTF-8)")
                 pending = len(decoder.getstate()[0])
                 try:
                     decoder.decode(block)
                 except UnicodeDecodeError as e:
                     at = max(0, e.start - pending)
-                    raise error(f"{shown} line {line_at(at)}: not UTF-8 text (byte "
+                    line = lines + block.count(b"\n", 0, at) + 1
+                    raise error(f"{shown} line {line}: not UTF-8 text (byte "
                                 f"0x{block[at]:02x}: {e.reason}); save it as UTF-8")
                 if first_offset < 0:
                     start = 3 if size == 0 and block.startswith(codecs.BOM_UTF8) else 0
                     rest = block[start:].lstrip(_BLANK)
                     if rest:
                         at = len(block) - len(rest)
-                        first_offset, first_line = size + at, line_at(at)
+                        first_offset = size + at
+                        first_line = lines + block.count(b"\n", 0, at) + 1
                         quoted = block[at] != ord("{")     # CSV (or garbage), not JSON
                 # A block (1 MiB) is shorter than the record limit: only a record that runs on
                 # from earlier blocks can pass it.

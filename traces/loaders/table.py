@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 
 from traces.errors import WorkloadError
-from traces.files import (BLOCK, GZIP_ERRORS, MAX_EXPANSION, TextScan, file_problem,
-                          cut, gzip_failure, is_gzip, open_binary, read_head, scan_text,
-                          shorten)
+from traces.files import (BLOCK, GZIP_ERRORS, MAX_EXPANSION, TextScan, cut, file_problem,
+                          gzip_failure, is_gzip, open_binary, read_head, scan_text, shorten)
 
 PARQUET_MAGIC = b"PAR1"
 CONTAINERS = ("csv", "jsonl", "parquet")
