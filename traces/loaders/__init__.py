@@ -16,6 +16,7 @@ from pathlib import Path
 
 from traces.arrivals import ArrivalProcess
 from traces.errors import WorkloadError
+from traces.files import shorten
 from traces.lengths import EmpiricalLengths
 from traces.loaders import azure, burstgpt, generic, mooncake, vidur, vllm_bench
 from traces.loaders.base import TraceFormat, finish
@@ -51,7 +52,7 @@ def detect_format(path: str | Path, columns: list[str] | None = None,
                    key=lambda f: len(set(f.columns) & present) / len(f.columns))
         if len(set(near.columns) & present) >= len(near.columns) / 2:
             require_columns(path, columns, near.columns, near.name, sniff_container(path))
-        shown = ", ".join(map(repr, columns[:8])) + (", ..." if len(columns) > 8 else "")
+        shown = ", ".join(map(shorten, columns[:8])) + (", ..." if len(columns) > 8 else "")
         raise WorkloadError(
             f"{path}: cannot tell the trace format from its columns ({shown}); give --format "
             f"({', '.join(FORMATS)}), or map columns with -T prompt=COL -T output=COL "

@@ -243,7 +243,7 @@ def require_columns(path: Path, found: list[str], required: tuple[str, ...], fmt
             where = str(path) if container == "parquet" else \
                 f"{path} line {_nth_nonblank_line(path, 1)}"
             raise WorkloadError(f"{where}: missing column {col!r} for format {fmt}{hint}; "
-                                f"found columns: {', '.join(map(repr, found)) or 'none'}")
+                                f"found columns: {cut(', '.join(map(shorten, found))) or 'none'}")
 
 
 def read_table(path: Path, container: str, columns: list[str],
