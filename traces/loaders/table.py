@@ -198,7 +198,7 @@ def _json_record(path: Path, number: int, text: str) -> dict:
     except RecursionError:
         raise WorkloadError(f"{where}: JSON nested too deeply")
     except ValueError as e:   # e.g. an integer of more than 4300 digits
-        raise WorkloadError(f"{where}: not valid JSON ({shorten(str(e))})")
+        raise WorkloadError(f"{where}: not valid JSON ({cut(str(e), 80)})")
     if not isinstance(record, dict):
         raise WorkloadError(f"{where}: expected a JSON object, got {type(record).__name__}")
     return record
@@ -334,8 +334,7 @@ def _numbers(table: RawTable, column: str, *, integer: bool, per_second: float =
             bad |= values != np.floor(values)
     if bad.any():
         i = int(np.argmax(bad))
-        _bad(table, i, column, _problem(series.iloc[i], values[i], integer,
-                                        typed=table.container != "csv"))
+        _bad(table, i, column, _problem(series.iloc[i], values[i], integer, table.container))
     return values
 
 
@@ -382,14 +381,17 @@ def _missing(raw) -> bool:
         (isinstance(raw, str) and not raw.strip())
 
 
-def _problem(raw, value: float, integer: bool, typed: bool) -> str:
+_AS_TEXT = {"jsonl": " (a number written as text: drop the quotes)",
+            "parquet": " (a number stored as text: store the column as numbers)"}
+
+
+def _problem(raw, value: float, integer: bool, container: str) -> str:
     """What is wrong with one cell (``value``: its float, scaled to seconds for times)."""
     if _missing(raw):
         return "missing value"
     if np.isnan(value):
-        quoted = typed and isinstance(raw, str) and _looks_numeric(raw)
-        return f"expected a number, got {show(raw)}" + \
-            (" (a number written as text: drop the quotes)" if quoted else "")
+        as_text = container in _AS_TEXT and isinstance(raw, str) and _looks_numeric(raw)
+        return f"expected a number, got {show(raw)}" + (_AS_TEXT[container] if as_text else "")
     if not np.isfinite(value):
         return f"not a finite number: {show(raw)}"
     if value < 0:
