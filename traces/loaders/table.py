@@ -188,20 +188,21 @@ _JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 def _json_record(path: Path, number: int, text: str) -> dict:
     """One JSON Lines record: an object whose keys are unique."""
-    where = f"{path} line {number}"
     try:
         record = _JSON.decode(text)
     except json.JSONDecodeError as e:
-        raise WorkloadError(f"{where}: not valid JSON ({e.msg}, column {e.colno})")
+        problem = f"not valid JSON ({e.msg}, column {e.colno})"
     except _DuplicateKey as e:
-        raise WorkloadError(f"{where}: key {shorten(e.args[0])} appears twice in one record")
+        problem = f"key {shorten(e.args[0])} appears twice in one record"
     except RecursionError:
-        raise WorkloadError(f"{where}: JSON nested too deeply")
+        problem = "JSON nested too deeply"
     except ValueError as e:   # e.g. an integer of more than 4300 digits
-        raise WorkloadError(f"{where}: not valid JSON ({cut(str(e), 80)})")
-    if not isinstance(record, dict):
-        raise WorkloadError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
+        problem = f"not valid JSON ({cut(str(e), 80)})"
+    else:
+        if type(record) is dict:
+            return record
+        problem = f"expected a JSON object, got {type(record).__name__}"
+    raise WorkloadError(f"{path} line {number}: {problem}")
 
 
 @dataclass
