@@ -11,6 +11,7 @@ nothing are refused with one line naming the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass
@@ -560,6 +561,7 @@ def _unique_json_keys(pairs: list) -> dict:
     return out
 
 
+@functools.cache
 def _unique_key_loader():
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
     silently). Keys merged in with ``<<`` may be overridden, as YAML defines."""
