@@ -60,7 +60,7 @@ class StepPlan:
     its blocks fit turns it off.
     """
 
-    __slots__ = ("kv", "budget", "tokens", "taken", "running", "preempted", "rejected",
+    __slots__ = ("kv", "token_budget", "budget", "tokens", "taken", "running", "preempted", "rejected",
                  "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
 
     def __init__(self, view: ReplicaView, token_budget: float, *, watermark_blocks: int = 0,
@@ -68,6 +68,7 @@ class StepPlan:
                  on_preempt: Callable[[RequestState], None] | None = None,
                  reserve_full_prompt: bool = True):
         self.kv = StepKV(view, watermark_blocks)
+        self.token_budget = token_budget
         self.budget = token_budget
         self.tokens: dict[RequestState, int] = {}   # scheduled tokens, in scheduling order
         self.taken: dict[RequestState, int] = {}    # blocks reserved this step per request
@@ -189,6 +190,11 @@ class StepPlan:
             n = req.remaining if tokens is None else tokens(req)
             if n > self.budget:
                 if whole:
+                    if n > self.token_budget:   # it would wait for ever: the run would stall
+                        raise PolicyViolation(
+                            f"request {req.request_id} needs {n} tokens in one step, more than "
+                            f"the step budget {self.token_budget}: it can never be admitted "
+                            f"whole (check_whole_prompt_budget refuses such a budget at bind)")
                     break
                 n = self.budget
             if not self.admit(req, n, keep_watermark):
