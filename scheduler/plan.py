@@ -60,8 +60,8 @@ class StepPlan:
     its blocks fit turns it off.
     """
 
-    __slots__ = ("kv", "token_budget", "budget", "tokens", "taken", "running", "preempted", "rejected",
-                 "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
+    __slots__ = ("kv", "token_budget", "budget", "tokens", "taken", "running", "preempted",
+                 "rejected", "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
 
     def __init__(self, view: ReplicaView, token_budget: float, *, watermark_blocks: int = 0,
                  pick_victim: VictimPicker = latest_admitted,
@@ -168,7 +168,7 @@ class StepPlan:
             req = running[i]
             n = req.remaining if tokens is None else tokens(req)
             if n > self.budget:
-                n = self.budget
+                n = int(self.budget)   # finite, since n exceeds it
             if not self.schedule_resident(req, n):
                 break
             i += 1
@@ -196,7 +196,7 @@ class StepPlan:
                             f"the step budget {self.token_budget}: it can never be admitted "
                             f"whole (check_whole_prompt_budget refuses such a budget at bind)")
                     break
-                n = self.budget
+                n = int(self.budget)   # finite, since n exceeds it
             if not self.admit(req, n, keep_watermark):
                 break
             queue.pop()
