@@ -9,10 +9,14 @@ from tests.conftest import require_vllm
 
 require_vllm()
 
-from scheduler import Decision, PolicyViolation, QueuedPolicy, StepPlan  # noqa: E402
-from simulator.vllm.loop import model_output, vllm_request  # noqa: E402
-from tests.test_vllm_adapter import adapter  # noqa: E402
+from scheduler import (Decision, PolicyViolation, QueuedPolicy, ReplicaSpec,  # noqa: E402
+                       StepPlan)
+from simulator.hardware import model_spec  # noqa: E402
+from simulator.vllm.loop import build_scheduler, model_output, vllm_request  # noqa: E402
 from traces.request import Request  # noqa: E402
+
+OPTIONS = {"max_num_seqs": 16, "max_num_batched_tokens": 256, "enable_chunked_prefill": True,
+           "long_prefill_token_threshold": 0}
 
 
 class _Mistaken(QueuedPolicy):
@@ -51,7 +55,10 @@ class _Mistaken(QueuedPolicy):
              r"put it back in its waiting queue"),
 ])
 def test_the_adapter_names_a_policy_mistake_at_its_step(mistake, message):
-    sched = adapter(_Mistaken(mistake))
+    sched = build_scheduler(model_spec("llama-2-7b"),
+                            ReplicaSpec(num_blocks=60, block_size=16, max_model_len=4096),
+                            OPTIONS)
+    sched.configure(_Mistaken(mistake))
     now = [0.0]
     sched.clock = lambda: now[0]
     for i in range(2):
