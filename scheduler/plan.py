@@ -60,14 +60,15 @@ class StepPlan:
     its blocks fit turns it off.
     """
 
-    __slots__ = ("kv", "budget", "tokens", "taken", "running", "preempted", "rejected",
-                 "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
+    __slots__ = ("kv", "token_budget", "budget", "tokens", "taken", "running", "preempted",
+                 "rejected", "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
 
     def __init__(self, view: ReplicaView, token_budget: float, *, watermark_blocks: int = 0,
                  pick_victim: VictimPicker = latest_admitted,
                  on_preempt: Callable[[RequestState], None] | None = None,
                  reserve_full_prompt: bool = True):
         self.kv = StepKV(view, watermark_blocks)
+        self.token_budget = token_budget
         self.budget = token_budget
         self.tokens: dict[RequestState, int] = {}   # scheduled tokens, in scheduling order
         self.taken: dict[RequestState, int] = {}    # blocks reserved this step per request
@@ -167,7 +168,7 @@ class StepPlan:
             req = running[i]
             n = req.remaining if tokens is None else tokens(req)
             if n > self.budget:
-                n = int(self.budget)         # finite here: below an int
+                n = int(self.budget)   # finite, since n exceeds it
             if not self.schedule_resident(req, n):
                 break
             i += 1
@@ -189,8 +190,13 @@ class StepPlan:
             n = req.remaining if tokens is None else tokens(req)
             if n > self.budget:
                 if whole:
+                    if n > self.token_budget:   # it would wait for ever: the run would stall
+                        raise PolicyViolation(
+                            f"request {req.request_id} needs {n} tokens in one step, more than "
+                            f"the step budget {self.token_budget}: it can never be admitted "
+                            f"whole (check_whole_prompt_budget refuses such a budget at bind)")
                     break
-                n = self.budget
+                n = int(self.budget)   # finite, since n exceeds it
             if not self.admit(req, n, keep_watermark):
                 break
             queue.pop()

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+
+if TYPE_CHECKING:   # the simulator builds the spec; a policy only reads the cost model
+    from simulator.cost.base import CostModel
 
 
 class Status(str, Enum):
@@ -150,7 +153,7 @@ class ReplicaSpec:
     num_blocks: int
     block_size: int
     max_model_len: int
-    cost_model: Any = None          # the run's cost model (for policies that plan with it)
+    cost_model: CostModel | None = None   # the run's cost model (for policies that plan with it)
     workload_hint: WorkloadHint | None = None   # the expected workload, when described
     seed: int = 0
 

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 
 import simpy
 
-from scheduler.base import Policy, victim_error
-from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
+from scheduler.base import Policy, check_victims, decide, violation
+from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
 from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
@@ -195,20 +195,12 @@ class Engine(ReplicaLoop):
         while True:
             view.now = env.now
             view.free_blocks = self.free_blocks
-            try:
-                d = policy.schedule(view)
-            except PolicyViolation as e:   # raised by a StepPlan helper: say who and when
-                raise PolicyViolation(f"policy {policy.name} at t={env.now:.6f}s: {e}") from None
-            if not isinstance(d, Decision):
-                raise PolicyViolation(f"policy {policy.name} at t={env.now:.6f}s: schedule "
-                                      f"returned {type(d).__name__} {d!r:.60}, not a Decision")
+            d = decide(policy, view)
             if d.reject:
                 self._apply_rejects(d.reject)
             if d.preempt:
                 self._apply_preemptions(d.preempt)
-                wrong = victim_error(policy, d)
-                if wrong is not None:
-                    raise self._violation(*wrong)
+                check_victims(policy, d, env.now)
             if not (d.prefill or d.decode):
                 if view.arrivals_done and self.unfinished == 0:
                     return
@@ -248,8 +240,7 @@ class Engine(ReplicaLoop):
             self.preemptions += 1
 
     def _violation(self, st: RequestState, what: str) -> PolicyViolation:
-        return PolicyViolation(f"policy {self.policy.name} at t={self.env.now:.6f}s: request "
-                               f"{st.request_id} {what} ({st!r})")
+        return violation(self.policy, self.env.now, st, what)
 
     def _start_iteration(self, d) -> float:
         """Validate the batch, admit new requests, allocate KV; return the iteration's duration."""

@@ -61,7 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from scheduler.base import Policy, PolicyError, make_policy, policy_class
+from scheduler.base import (Policy, PolicyError, check_victims, decide, make_policy,
+                            policy_class)
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status, WorkloadHint
 
 ENV_POLICY = "SERVESIM_POLICY"
@@ -362,7 +363,7 @@ class PolicySchedulingMixin:
     def schedule(self, *args, **kwargs):
         policy = self._policy()
         view = self._sync_view()
-        decision = policy.schedule(view)
+        decision = decide(policy, view)
         self.wake_at = decision.wake_at
         stats = self.servesim_stats
         stats.steps += 1
@@ -387,6 +388,8 @@ class PolicySchedulingMixin:
             self._preempt_request(req, stamp)
             self._mark_preempted(st, req)
             stats.policy_preemptions += 1
+        if decision.preempt:
+            check_victims(policy, decision, view.now)
 
         plan: dict[str, int] = {}
         admits = []
