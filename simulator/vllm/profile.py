@@ -1,0 +1,465 @@
+"""Time a real vLLM engine's steps over a grid of batch shapes: the data ``servesim profile``
+fits cost models to, on whatever platform vLLM runs (the CPU build here, a GPU elsewhere).
+
+The hook: vLLM's engine core runs each step as ``scheduler.schedule()``, then the model
+(``execute_model`` / ``sample_tokens`` on the worker), then ``scheduler.update_from_output()``
+(``vllm/v1/engine/core.py``, ``EngineCore.step``, 0.32). ``StepTimingMixin`` wraps those two
+scheduler calls, so the time between them is the model execution of exactly the batch the
+scheduler just built, measured inside the engine: no HTTP front end, no client, no
+detokenisation. Each step becomes one ``StepRecord`` with the batch's shape (prefill chunks with
+their context, decode KV lengths) read from the scheduled requests.
+
+``TimedScheduler`` is servesim's synchronous plug-in (``ServesimScheduler``, any policy) with the
+hook: pass it as ``--scheduler-cls simulator.vllm.profile.TimedScheduler`` to a live server and
+set ``SERVESIM_STEP_LOG=FILE`` to get one JSON line per step and per request event (engine
+arrival, first token, finish), which is how the front-end delay is measured.
+
+``profile_engine`` drives an in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the
+engine core, hence the scheduler and its records, lives in this process; the model worker is
+still its own process) through the grid: a prefill of N tokens at context C is a prompt whose
+first C tokens were computed by an earlier request with the same prefix (vLLM's prefix cache);
+a decode of B requests at KV length L is B prompts of L - 1 tokens decoding together; a mixed
+step is such a decode batch plus a new N-token prompt admitted into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from simulator.cost.base import BatchShape
+from simulator.errors import ConfigError
+
+ENV_STEP_LOG = "SERVESIM_STEP_LOG"
+TIMED_SCHEDULER = "TimedScheduler"
+
+
+# ------------------------------------------------------------------------------------------------
+# One step, as the engine ran it
+
+@dataclass
+class StepRecord:
+    """One engine step: when the model started (``time.time()``, the clock of vLLM's request
+    arrival times), how long the model ran and how long ``schedule()`` took (seconds), and the
+    batch: prefill chunks as (tokens, context before) and decode KV lengths (including the
+    token computed this step, as ``BatchShape`` counts them)."""
+    start: float
+    model_s: float
+    schedule_s: float
+    prefill: list = field(default_factory=list)
+    decode_kv: list = field(default_factory=list)
+
+    def shape(self) -> BatchShape:
+        return BatchShape.of(prefill=[tuple(p) for p in self.prefill], decode_kv=self.decode_kv)
+
+
+def batch_of(scheduled: dict, requests: dict) -> tuple[list, list]:
+    """(prefill chunks, decode KV lengths) of a step, from the scheduler output's
+    ``num_scheduled_tokens`` and the scheduler's requests *after* ``schedule()`` (which has
+    already advanced each request's ``num_computed_tokens`` by its scheduled tokens)."""
+    prefill, decode_kv = [], []
+    for rid, n in scheduled.items():
+        req = requests[rid]
+        before = req.num_computed_tokens - n
+        if n == 1 and before >= req.num_prompt_tokens:
+            decode_kv.append(before + 1)
+        else:
+            prefill.append((n, before))
+    return prefill, decode_kv
+
+
+class StepTimingMixin:
+    """Records a ``StepRecord`` per step between ``schedule()`` and ``update_from_output()``,
+    and per-request engine events; appends them as JSON lines to ``$SERVESIM_STEP_LOG`` if set.
+
+    Only for synchronous scheduling (one batch in flight), which vLLM's CPU platform forces;
+    with async scheduling the next ``schedule()`` overlaps the model and the interval is not
+    one batch's model time."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_records: list[StepRecord] = []
+        self.request_events: list[dict] = []
+        self._pending: StepRecord | None = None
+        path = os.environ.get(ENV_STEP_LOG)
+        self._log = open(path, "a", buffering=1) if path else None
+        self._first_token_seen: set[str] = set()
+
+    def _emit(self, kind: str, record: dict) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps({"kind": kind, **record}) + "\n")
+
+    def add_request(self, request) -> None:
+        super().add_request(request)
+        event = {"request_id": request.request_id, "arrival_time": request.arrival_time,
+                 "engine_time": time.time(), "prompt_tokens": request.num_prompt_tokens}
+        self.request_events.append({"event": "arrival", **event})
+        self._emit("arrival", event)
+
+    def schedule(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().schedule(*args, **kwargs)
+        if out.total_num_scheduled_tokens:
+            prefill, decode_kv = batch_of(out.num_scheduled_tokens, self.requests)
+            self._pending = StepRecord(start=time.time(), model_s=time.perf_counter(),
+                                       schedule_s=time.perf_counter() - t0,
+                                       prefill=prefill, decode_kv=decode_kv)
+        return out
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        rec, self._pending = self._pending, None
+        if rec is not None:
+            rec.model_s = time.perf_counter() - rec.model_s
+            self.step_records.append(rec)
+            self._emit("step", asdict(rec))
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        now = time.time()
+        for eco in outputs.values():
+            for o in eco.outputs:
+                if o.new_token_ids and o.request_id not in self._first_token_seen:
+                    self._first_token_seen.add(o.request_id)
+                    self._emit("first_token", {"request_id": o.request_id, "engine_time": now})
+                if o.finish_reason is not None:
+                    self._first_token_seen.discard(o.request_id)
+                    self._emit("finish", {"request_id": o.request_id, "engine_time": now})
+        return outputs
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str):
+    if name == TIMED_SCHEDULER:
+        if not _CLASSES:
+            from simulator.vllm.plugin import scheduler_class
+
+            class TimedScheduler(StepTimingMixin, scheduler_class(async_scheduling=False)):
+                """servesim's synchronous plug-in with per-step engine timings
+                (run the server with --no-async-scheduling)."""
+
+            TimedScheduler.__module__ = __name__
+            _CLASSES[TIMED_SCHEDULER] = TimedScheduler
+        return _CLASSES[TIMED_SCHEDULER]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_step_log(path: str | Path) -> dict[str, list[dict]]:
+    """The records of a ``$SERVESIM_STEP_LOG`` file grouped by kind (step, arrival,
+    first_token, finish)."""
+    out: dict[str, list[dict]] = {"step": [], "arrival": [], "first_token": [], "finish": []}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"step log {p} does not exist")
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out.setdefault(rec.pop("kind"), []).append(rec)
+        except (json.JSONDecodeError, KeyError, AttributeError):
+            raise ConfigError(f"step log {p}, line {i}: not a step-log record")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The grid of shapes
+
+@dataclass(frozen=True)
+class GridPoint:
+    """A target batch: ``prefill`` tokens at ``context`` (a prefill chunk) and/or ``batch``
+    decodes at KV length ``kv``. Both parts: a mixed step."""
+    prefill: int = 0
+    context: int = 0
+    batch: int = 0
+    kv: int = 0
+
+    @property
+    def kind(self) -> str:
+        if self.prefill and self.batch:
+            return "mixed"
+        return "prefill" if self.prefill else "decode"
+
+    @property
+    def label(self) -> str:
+        parts = []
+        if self.prefill:
+            parts.append(f"prefill {self.prefill}" + (f" @ctx {self.context}" if self.context
+                                                      else ""))
+        if self.batch:
+            parts.append(f"decode {self.batch} x kv {self.kv}")
+        return " + ".join(parts)
+
+    def matches(self, rec: StepRecord, block_size: int) -> bool:
+        """Whether a recorded step is this point's batch (decode KV lengths within the few
+        steps a decode point runs; a prefix-cache hit may leave a context block-aligned)."""
+        if self.prefill:
+            if len(rec.prefill) != 1:
+                return False
+            chunk, ctx = rec.prefill[0]
+            if abs(ctx - self.context) >= block_size or chunk + ctx != self.prefill + self.context:
+                return False
+        elif rec.prefill:
+            return False
+        if len(rec.decode_kv) != self.batch:
+            return False
+        return all(self.kv <= kv <= self.kv + 64 for kv in rec.decode_kv)
+
+
+def engine_grid(max_tokens: int, max_batch: int, max_kv: int) -> list[GridPoint]:
+    """Prefills of 16 .. ``max_tokens`` tokens (x4 steps) from scratch and two at a cached
+    context; decodes of 1 .. ``max_batch`` requests (x4) at KV lengths up to ``max_kv``; mixed
+    steps of a prefill joining decode batches."""
+    def geometric(lo, hi):
+        out, v = [], lo
+        while v < hi:
+            out.append(v)
+            v *= 4
+        return out + [hi]
+
+    kvs = sorted({max(16, max_kv // 16), max(16, max_kv // 4), max_kv})
+    points = [GridPoint(prefill=n) for n in geometric(16, max_tokens)]
+    chunk = max(16, max_tokens // 8)
+    points += [GridPoint(prefill=chunk, context=c) for c in sorted({kvs[0], kvs[1]})]
+    for b in geometric(1, max_batch):
+        points += [GridPoint(batch=b, kv=kv) for kv in kvs if b * kv <= 64 * max_kv]
+    for b in sorted({max(1, max_batch // 4), max_batch}):
+        points.append(GridPoint(prefill=chunk, batch=b, kv=kvs[0]))
+    return points
+
+
+# ------------------------------------------------------------------------------------------------
+# Driving an in-process engine through the grid
+
+@dataclass
+class EngineOptions:
+    model: str                      # a local model folder (servesim model tiny DIR)
+    max_model_len: int = 4096
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 4096
+    kv_cache_gib: int = 1           # VLLM_CPU_KVCACHE_SPACE on the CPU build
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = True
+    dtype: str = "bfloat16"
+    block_size: int | None = None   # the platform's default (CPU attention wants multiples of 32)
+
+
+def build_engine(opts: EngineOptions):
+    """An in-process ``LLMEngine`` with ``TimedScheduler`` (policy vllm-v1, prefix caching on)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"     # the scheduler in this process
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.kv_cache_gib))
+    os.environ.setdefault("SERVESIM_POLICY", "vllm-v1")
+    if not Path(opts.model, "config.json").is_file():
+        raise ConfigError(f"model folder {opts.model} has no config.json (make one with "
+                          f"`servesim model tiny DIR`)")
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.engine.llm_engine import LLMEngine
+    args = EngineArgs(model=opts.model, max_model_len=opts.max_model_len,
+                      max_num_seqs=opts.max_num_seqs,
+                      max_num_batched_tokens=opts.max_num_batched_tokens,
+                      enforce_eager=opts.enforce_eager, dtype=opts.dtype,
+                      block_size=opts.block_size, enable_prefix_caching=True,
+                      gpu_memory_utilization=opts.gpu_memory_utilization,
+                      scheduler_cls=f"{__name__}.{TIMED_SCHEDULER}", async_scheduling=False,
+                      disable_log_stats=True)
+    return LLMEngine.from_engine_args(args)
+
+
+def engine_scheduler(engine):
+    return engine.engine_core.engine_core.scheduler
+
+
+class GridRunner:
+    """Runs grid points on an engine and collects the steps that match each point."""
+
+    def __init__(self, engine, vocab_size: int, block_size: int, seed: int = 0):
+        import numpy as np
+        self.engine = engine
+        self.scheduler = engine_scheduler(engine)
+        self.block_size = block_size
+        self.rng = np.random.default_rng(seed)
+        self.vocab = vocab_size
+        self._ids = 0
+
+    def _prompt(self, n: int) -> list[int]:
+        # Random ids above the special tokens: distinct prompts, no accidental prefix hits.
+        return self.rng.integers(4, self.vocab, n).tolist()
+
+    def _add(self, prompt: list[int], max_tokens: int) -> str:
+        from vllm import SamplingParams
+        self._ids += 1
+        rid = f"p{self._ids}"
+        params = SamplingParams(max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True,
+                                detokenize=False)
+        self.engine.add_request(rid, {"prompt_token_ids": prompt}, params)
+        return rid
+
+    def _drain(self, until=None) -> None:
+        while self.engine.has_unfinished_requests():
+            self.engine.step()
+            if until is not None and until():
+                return
+
+    def _steps_since(self, mark: int) -> list[StepRecord]:
+        return self.scheduler.step_records[mark:]
+
+    def run(self, point: GridPoint, samples: int) -> list[StepRecord]:
+        mark = len(self.scheduler.step_records)
+        if point.kind == "prefill":
+            for _ in range(samples):
+                head = self._prompt(point.context)
+                if point.context:
+                    self._add(head, 1)        # computes and caches the context
+                    self._drain()
+                self._add(head + self._prompt(point.prefill), 1)
+                self._drain()
+        else:
+            decoders = [self._add(self._prompt(point.kv - 1), 1 + samples + 4)
+                        for _ in range(point.batch)]
+            del decoders
+            def decoding():
+                recs = self.scheduler.step_records
+                return bool(recs) and not recs[-1].prefill and len(recs[-1].decode_kv) \
+                    == point.batch
+            self._drain(until=decoding)
+            for _ in range(samples):
+                if point.kind == "mixed":
+                    self._add(self._prompt(point.prefill), 1)
+                self.engine.step()
+            self._drain()
+        return [r for r in self._steps_since(mark) if point.matches(r, self.block_size)]
+
+
+def profile_engine(opts: EngineOptions, grid: list[GridPoint], samples: int, warmup: int = 2,
+                   seed: int = 0, rounds: int = 3, progress=None) -> list[dict]:
+    """One row per measured step: ``samples`` matching steps per grid point, gathered over
+    ``rounds`` passes through the grid (so that a burst of load from other processes spreads
+    over many points instead of spoiling one), after ``warmup`` discarded steps per point in
+    the first pass (a shape's first runs pay for allocations and kernel set-up)."""
+    config = json.loads(Path(opts.model, "config.json").read_text())
+    engine = build_engine(opts)
+    runner = GridRunner(engine, config["vocab_size"], engine_scheduler(engine).block_size, seed)
+    rounds = max(1, min(rounds, samples))
+    taken: dict[GridPoint, list[StepRecord]] = {p: [] for p in grid}
+    for r in range(rounds):
+        quota = samples * (r + 1) // rounds - samples * r // rounds
+        skip = warmup if r == 0 else 0
+        for point in grid:
+            recs = runner.run(point, quota + skip)[skip:][:quota]
+            if not recs:
+                raise RuntimeError(f"grid point {point.label}: the engine ran no matching step")
+            taken[point] += recs
+            if progress is not None and r == rounds - 1:
+                progress(grid.index(point) + 1, len(grid), point, taken[point])
+    rows = []
+    for point, recs in taken.items():
+        for rec in recs:
+            shape = rec.shape()
+            rows.append({"point": point.label, "kind": point.kind,
+                         "prefill_tokens": shape.prefill_tokens,
+                         "prefill_requests": shape.prefill_requests,
+                         "prefill_context": sum(c for _, c in rec.prefill),
+                         "decode_requests": shape.decode_requests,
+                         "decode_kv_tokens": shape.decode_kv_tokens,
+                         "kv_tokens": shape.kv_tokens,
+                         "batch": json.dumps({"prefill": rec.prefill,
+                                              "decode_kv": rec.decode_kv}),
+                         "model_s": rec.model_s, "schedule_s": rec.schedule_s})
+    del engine
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# From measured steps to cost models, and their per-shape errors
+
+def measurements(rows: list[dict]):
+    """Engine step rows -> one ``Measurement`` per grid point (median and min over its steps)."""
+    from simulator.cost.measured import summarise
+    return summarise((r["point"], StepRecord(0, r["model_s"], 0, **json.loads(r["batch"]))
+                      .shape(), r["model_s"]) for r in rows)
+
+
+def fitted_models(points, spec, mlp_csv: Path | None = None, peaks: dict | None = None,
+                  statistic: str = "median") -> dict:
+    """The cost models scored against the measurements: the 4-term linear fit, the paper's
+    d0 + d1 x KV fit, and, given an operator table and the device's measured peaks, the profile
+    model (its per-iteration overhead fitted as the median residual) and the roofline with
+    those peaks and its default efficiencies."""
+    from simulator.cost.measured import fit_measurements
+    from simulator.cost.profile import ProfileCost
+    from simulator.cost.roofline import RooflineCost
+    from simulator.hardware import GPUSpec
+
+    models = {"linear": fit_measurements(points, statistic=statistic).cost,
+              "linear_d0_d1": fit_measurements(points, ("c0", "c_kv"), statistic).cost}
+    if mlp_csv is not None and peaks is not None:
+        device = GPUSpec("measured-device", 0, peaks["peak_flops"], peaks["memory_bandwidth"])
+        bare = ProfileCost(mlp_csv, spec, device, overhead_s=0.0)
+        residual = statistics.median(getattr(p, f"{statistic}_s") - bare.iteration_time(p.shape)
+                                     for p in points)
+        models["profile"] = ProfileCost(mlp_csv, spec, device, overhead_s=max(0.0, residual))
+        models["roofline"] = RooflineCost(spec, device)
+    return models
+
+
+def operator_profile(spec, out: Path, dtype: str, max_tokens: int, samples: int,
+                     threads: int = 1) -> dict:
+    """The per-operator table (``mlp.csv``) of the engine's model shape, with plain PyTorch
+    layers on this machine's CPU (what ``--cost-model profile`` reads), and the CPU's peaks.
+
+    Run before the engine starts, on ``threads`` threads (the CPU engine runs its model on one
+    thread per core it binds; here one): OpenMP threads of a finished engine in the same
+    process, or a second thread on a busy core, slow small bf16 matrix multiplies a hundredfold."""
+    import torch
+    torch.set_num_threads(threads)
+
+    from simulator.vllm.layers import LlamaLayers, Timer, device_peaks, profile_operators, \
+        token_grid, write_rows
+    device = torch.device("cpu")
+    layers = LlamaLayers(spec, device, getattr(torch, dtype), layers=1)
+    rows = profile_operators(layers, Timer(device, warmup=2, repeats=samples),
+                             token_grid(max_tokens))
+    write_rows(out / "mlp.csv", rows)
+    return device_peaks(device, getattr(torch, dtype))
+
+
+def calibrate(opts: EngineOptions, out: Path, grid: list[GridPoint], samples: int,
+              warmup: int, seed: int = 0, rounds: int = 3, statistic: str = "median",
+              progress=None) -> dict:
+    """Profile the engine over ``grid``, write steps.csv (every measured step),
+    iterations.csv (per point), mlp.csv (operators), errors.csv (each model per point) and
+    profile.json (fits, peaks, error summary, machine), and return profile.json's content."""
+    import platform
+
+    from simulator.cost.measured import error_summary, relative_errors
+    from simulator.vllm.layers import write_rows
+    from simulator.vllm.models import spec_of_folder
+    spec = spec_of_folder(opts.model)
+    out.mkdir(parents=True, exist_ok=True)
+    peaks = operator_profile(spec, out, opts.dtype, max(g.prefill for g in grid) or 512,
+                             samples)
+    rows = profile_engine(opts, grid, samples, warmup, seed, rounds, progress)
+    write_rows(out / "steps.csv", rows)
+    points = measurements(rows)
+    write_rows(out / "iterations.csv", [
+        {"point": p.label, **{s: getattr(p.shape, s) for s in BatchShape.__slots__},
+         "kv_tokens": p.shape.kv_tokens, "samples": p.samples, "min_s": p.min_s,
+         "median_s": p.median_s} for p in points])
+    models = fitted_models(points, spec, out / "mlp.csv", peaks, statistic)
+    errors = relative_errors(points, models, statistic)
+    write_rows(out / "errors.csv", errors)
+    import vllm
+    meta = {"model": asdict(spec), "model_folder": str(opts.model), "engine": asdict(opts),
+            "vllm": vllm.__version__, "machine": platform.machine(),
+            "processor": platform.processor(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "samples": samples, "warmup": warmup, "rounds": rounds, "fitted_to": statistic,
+            "device_peaks": peaks,
+            "models": {name: m.describe() for name, m in models.items()},
+            "errors": error_summary(errors, models)}
+    (out / "profile.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
