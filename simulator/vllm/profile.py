@@ -193,26 +193,25 @@ class GridPoint:
             parts.append(f"decode {self.batch} x kv {self.kv}")
         return " + ".join(parts)
 
-    def matches(self, rec: StepRecord, block_size: int) -> bool:
+    def matches(self, rec: StepRecord) -> bool:
         """Whether a recorded step is this point's batch (decode KV lengths within the few
-        steps a decode point runs; a prefix-cache hit may leave a context block-aligned)."""
+        steps a decode point runs)."""
         if self.prefill:
-            if len(rec.prefill) != 1:
-                return False
-            chunk, ctx = rec.prefill[0]
-            if abs(ctx - self.context) >= block_size or chunk + ctx != self.prefill + self.context:
+            if rec.prefill != [(self.prefill, self.context)]:
                 return False
         elif rec.prefill:
             return False
         if len(rec.decode_kv) != self.batch:
             return False
-        return all(self.kv <= kv <= self.kv + 64 for kv in rec.decode_kv)
+        return all(self.kv <= kv <= self.kv + max(64, self.kv // 4) for kv in rec.decode_kv)
 
 
-def engine_grid(max_tokens: int, max_batch: int, max_kv: int) -> list[GridPoint]:
+def engine_grid(max_tokens: int, max_batch: int, max_kv: int, block_size: int = 128
+                ) -> list[GridPoint]:
     """Prefills of 16 .. ``max_tokens`` tokens (x4 steps) from scratch and two at a cached
-    context; decodes of 1 .. ``max_batch`` requests (x4) at KV lengths up to ``max_kv``; mixed
-    steps of a prefill joining decode batches."""
+    context (whole KV blocks: vLLM's prefix cache hits whole blocks); decodes of 1 ..
+    ``max_batch`` requests (x4) at KV lengths up to ``max_kv``; mixed steps of a prefill
+    joining decode batches."""
     def geometric(lo, hi):
         out, v = [], lo
         while v < hi:
@@ -223,7 +222,8 @@ def engine_grid(max_tokens: int, max_batch: int, max_kv: int) -> list[GridPoint]
     kvs = sorted({max(16, max_kv // 16), max(16, max_kv // 4), max_kv})
     points = [GridPoint(prefill=n) for n in geometric(16, max_tokens)]
     chunk = max(16, max_tokens // 8)
-    points += [GridPoint(prefill=chunk, context=c) for c in sorted({kvs[0], kvs[1]})]
+    contexts = {-(-kv // block_size) * block_size for kv in kvs[:2]}
+    points += [GridPoint(prefill=chunk, context=c) for c in sorted(contexts)]
     for b in geometric(1, max_batch):
         points += [GridPoint(batch=b, kv=kv) for kv in kvs if b * kv <= 64 * max_kv]
     for b in sorted({max(1, max_batch // 4), max_batch}):
@@ -244,7 +244,7 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     dtype: str = "bfloat16"
-    block_size: int | None = None   # the platform's default (CPU attention wants multiples of 32)
+    block_size: int = 128           # the CPU platform's default (its attention wants x32)
 
 
 def build_engine(opts: EngineOptions):
@@ -276,11 +276,11 @@ def engine_scheduler(engine):
 class GridRunner:
     """Runs grid points on an engine and collects the steps that match each point."""
 
-    def __init__(self, engine, vocab_size: int, block_size: int, seed: int = 0):
+    def __init__(self, engine, vocab_size: int, seed: int = 0):
         import numpy as np
         self.engine = engine
         self.scheduler = engine_scheduler(engine)
-        self.block_size = block_size
+        self.budget = self.scheduler.max_num_scheduled_tokens
         self.rng = np.random.default_rng(seed)
         self.vocab = vocab_size
         self._ids = 0
@@ -318,9 +318,12 @@ class GridRunner:
                 self._add(head + self._prompt(point.prefill), 1)
                 self._drain()
         else:
-            decoders = [self._add(self._prompt(point.kv - 1), 1 + samples + 4)
-                        for _ in range(point.batch)]
-            del decoders
+            # Enough tokens that the first prompts prefilled are still decoding when the last
+            # one joins them (the prefills take about batch x kv / budget steps).
+            steps = samples + 8 + -(-point.batch * point.kv // self.budget)
+            for _ in range(point.batch):
+                self._add(self._prompt(point.kv - 1), steps)
+
             def decoding():
                 recs = self.scheduler.step_records
                 return bool(recs) and not recs[-1].prefill and len(recs[-1].decode_kv) \
@@ -331,7 +334,7 @@ class GridRunner:
                     self._add(self._prompt(point.prefill), 1)
                 self.engine.step()
             self._drain()
-        return [r for r in self._steps_since(mark) if point.matches(r, self.block_size)]
+        return [r for r in self._steps_since(mark) if point.matches(r)]
 
 
 def profile_engine(opts: EngineOptions, grid: list[GridPoint], samples: int, warmup: int = 2,
@@ -342,7 +345,7 @@ def profile_engine(opts: EngineOptions, grid: list[GridPoint], samples: int, war
     the first pass (a shape's first runs pay for allocations and kernel set-up)."""
     config = json.loads(Path(opts.model, "config.json").read_text())
     engine = build_engine(opts)
-    runner = GridRunner(engine, config["vocab_size"], engine_scheduler(engine).block_size, seed)
+    runner = GridRunner(engine, config["vocab_size"], seed)
     rounds = max(1, min(rounds, samples))
     taken: dict[GridPoint, list[StepRecord]] = {p: [] for p in grid}
     for r in range(rounds):
@@ -429,21 +432,44 @@ def operator_profile(spec, out: Path, dtype: str, max_tokens: int, samples: int,
 
 def calibrate(opts: EngineOptions, out: Path, grid: list[GridPoint], samples: int,
               warmup: int, seed: int = 0, rounds: int = 3, statistic: str = "median",
-              progress=None) -> dict:
+              progress=None, refit: bool = False) -> dict:
     """Profile the engine over ``grid``, write steps.csv (every measured step),
     iterations.csv (per point), mlp.csv (operators), errors.csv (each model per point) and
-    profile.json (fits, peaks, error summary, machine), and return profile.json's content."""
+    profile.json (fits, peaks, error summary, machine), and return profile.json's content.
+    With ``refit``, reuse the steps, operator table and peaks already in ``out`` (fit and
+    score again, e.g. to another statistic, without measuring)."""
     import platform
 
-    from simulator.cost.measured import error_summary, relative_errors
     from simulator.vllm.layers import write_rows
     from simulator.vllm.models import spec_of_folder
     spec = spec_of_folder(opts.model)
     out.mkdir(parents=True, exist_ok=True)
-    peaks = operator_profile(spec, out, opts.dtype, max(g.prefill for g in grid) or 512,
-                             samples)
-    rows = profile_engine(opts, grid, samples, warmup, seed, rounds, progress)
-    write_rows(out / "steps.csv", rows)
+    if refit:
+        rows, old = read_profile_folder(out)
+        peaks = old["device_peaks"]
+    else:
+        peaks = operator_profile(spec, out, opts.dtype, max(g.prefill for g in grid) or 512,
+                                 samples)
+        rows = profile_engine(opts, grid, samples, warmup, seed, rounds, progress)
+        write_rows(out / "steps.csv", rows)
+    meta = {"model": asdict(spec), "model_folder": str(opts.model), "engine": asdict(opts),
+            "vllm": _vllm_version(), "machine": platform.machine(),
+            "processor": platform.processor(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "samples": samples, "warmup": warmup, "rounds": rounds, "device_peaks": peaks}
+    if refit:
+        meta.update({k: old[k] for k in ("engine", "vllm", "date", "samples", "warmup",
+                                          "rounds")})
+    meta.update(score(rows, spec, out, peaks, statistic))
+    (out / "profile.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def score(rows: list[dict], spec, out: Path, peaks: dict, statistic: str) -> dict:
+    """Fit the models to the measured steps, write iterations.csv and errors.csv, and return
+    the fits and the error summary."""
+    from simulator.cost.measured import error_summary, relative_errors
+    from simulator.vllm.layers import write_rows
     points = measurements(rows)
     write_rows(out / "iterations.csv", [
         {"point": p.label, **{s: getattr(p.shape, s) for s in BatchShape.__slots__},
@@ -452,14 +478,24 @@ def calibrate(opts: EngineOptions, out: Path, grid: list[GridPoint], samples: in
     models = fitted_models(points, spec, out / "mlp.csv", peaks, statistic)
     errors = relative_errors(points, models, statistic)
     write_rows(out / "errors.csv", errors)
-    import vllm
-    meta = {"model": asdict(spec), "model_folder": str(opts.model), "engine": asdict(opts),
-            "vllm": vllm.__version__, "machine": platform.machine(),
-            "processor": platform.processor(), "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "samples": samples, "warmup": warmup, "rounds": rounds, "fitted_to": statistic,
-            "device_peaks": peaks,
-            "models": {name: m.describe() for name, m in models.items()},
+    return {"fitted_to": statistic, "models": {name: m.describe() for name, m in models.items()},
             "errors": error_summary(errors, models)}
-    (out / "profile.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+
+
+def read_profile_folder(out: Path) -> tuple[list[dict], dict]:
+    """(steps.csv rows, profile.json) of an earlier ``servesim profile`` run in ``out``."""
+    import csv
+    for name in ("steps.csv", "mlp.csv", "profile.json"):
+        if not (out / name).is_file():
+            raise ConfigError(f"--refit: {out / name} is missing (run servesim profile first)")
+    with open(out / "steps.csv") as f:
+        rows = [{**r, "model_s": float(r["model_s"])} for r in csv.DictReader(f)]
+    return rows, json.loads((out / "profile.json").read_text())
+
+
+def _vllm_version() -> str | None:
+    try:
+        import vllm
+        return vllm.__version__
+    except Exception:
+        return None
