@@ -140,8 +140,8 @@ def step_errors(steps: list[dict], cost) -> dict:
     for s in steps:
         rec = StepRecord(**s)
         pred = cost.iteration_time(rec.shape())
-        errs.append(abs(pred - rec.model_s) / rec.model_s)
-        times.append(rec.model_s)
+        errs.append(abs(pred - rec.step_s) / rec.step_s)
+        times.append(rec.step_s)
     return {"steps": len(steps), "median_abs_error": statistics.median(errs),
             "median_step_ms": statistics.median(times) * 1e3}
 

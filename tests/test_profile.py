@@ -4,6 +4,8 @@ and one real profile of the tiny model on vLLM's CPU engine; the sim-vs-real hel
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -165,15 +167,19 @@ def test_relative_errors_are_against_the_chosen_statistic():
 def real_profile(tmp_path_factory):
     from tests.conftest import require_vllm
     require_vllm()
-    from simulator.cli import main
     from simulator.vllm.models import tiny_model
     root = tmp_path_factory.mktemp("profile")
     model = tiny_model(root / "tiny", layers=2, hidden_size=128, max_model_len=1024)
     out = root / "out"
-    code = main(["profile", str(model), "--out", str(out), "--max-tokens", "64",
-                 "--max-batch", "2", "--max-kv", "128", "--samples", "2", "--warmup", "0",
-                 "--rounds", "1"])
-    assert code == 0
+    # In its own process: an in-process vLLM engine sets process-wide state (LD_PRELOAD,
+    # thread binding) that later tests must not inherit.
+    proc = subprocess.run([sys.executable, "-m", "simulator", "profile", str(model), "--out",
+                           str(out), "--max-tokens", "64", "--max-batch", "2", "--max-kv",
+                           "128", "--samples", "2", "--warmup", "0", "--rounds", "1"],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fitted linear cost: --cost-model linear --cost-param c0=" in proc.stdout
     return model, out
 
 
@@ -189,7 +195,7 @@ def test_real_engine_profile_records_each_grid_point_with_its_shape(real_profile
         assert (rows.prefill_context == point.context).all()    # prefix-cache hits, exactly
         assert (rows.decode_requests == point.batch).all()
         assert (rows.decode_kv_tokens >= point.batch * point.kv).all()
-        assert (rows.model_s > 0).all()
+        assert (rows.model_s > 0).all() and (rows.step_s > rows.model_s).all()
 
 
 def test_real_engine_profile_loads_in_profile_cost_and_scores_each_model(real_profile):
@@ -247,3 +253,24 @@ def test_sim_vs_real_table_adds_the_delay_to_ttft_and_e2e_only():
     assert rows["median TPOT (ms)"]["error_plus_front_end"] == pytest.approx(0.1)
     assert rows["median ITL (ms)"]["sim"] == 5.5          # the simulator's ITL is its TPOT
     assert rows["median e2e latency (ms)"]["sim_plus_front_end"] == pytest.approx(300.0)
+
+
+def test_refit_scores_the_same_steps_against_another_statistic(real_profile, tmp_path):
+    import shutil
+    model, out = real_profile
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    proc = subprocess.run([sys.executable, "-m", "simulator", "profile", str(model), "--out",
+                           str(again), "--refit", "--fit-to", "min"], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((again / "profile.json").read_text())
+    assert meta["fitted_to"] == "min"
+    assert meta["date"] == json.loads((out / "profile.json").read_text())["date"]
+    its = pd.read_csv(again / "iterations.csv")
+    errors = pd.read_csv(again / "errors.csv")
+    lin = LinearCost(**{k: meta["models"]["linear"][k]
+                        for k in ("c0", "c_prefill", "c_decode", "c_kv")})
+    shape = BatchShape(**{s: its.iloc[-1][s] for s in BatchShape.__slots__})
+    assert errors.iloc[-1]["linear_error"] == pytest.approx(
+        (lin.iteration_time(shape) - its.iloc[-1].min_s) / its.iloc[-1].min_s)

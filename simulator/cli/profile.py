@@ -64,7 +64,7 @@ def profile(model_folder, out, max_tokens, max_batch, max_kv, samples, warmup, r
     console = stdout_console()
 
     def progress(i, n, point, recs):
-        ms = sorted(r.model_s * 1e3 for r in recs)
+        ms = sorted(r.step_s * 1e3 for r in recs)
         console.print(f"[{i}/{n}] {point.label}: min {ms[0]:.2f} ms, median "
                       f"{ms[len(ms) // 2]:.2f} ms ({len(ms)} steps)")
 

@@ -7,7 +7,9 @@ The hook: vLLM's engine core runs each step as ``scheduler.schedule()``, then th
 scheduler calls, so the time between them is the model execution of exactly the batch the
 scheduler just built, measured inside the engine: no HTTP front end, no client, no
 detokenisation. Each step becomes one ``StepRecord`` with the batch's shape (prefill chunks with
-their context, decode KV lengths) read from the scheduled requests.
+their context, decode KV lengths) read from the scheduled requests, and the durations of
+``schedule()``, the model and ``update_from_output()``; their sum (``step_s``) is what a
+simulated iteration stands for, and what the cost models are fitted to.
 
 ``TimedScheduler`` is servesim's synchronous plug-in (``ServesimScheduler``, any policy) with the
 hook: pass it as ``--scheduler-cls simulator.vllm.profile.TimedScheduler`` to a live server and
@@ -24,6 +26,7 @@ step is such a decode batch plus a new N-token prompt admitted into it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -44,14 +47,20 @@ TIMED_SCHEDULER = "TimedScheduler"
 @dataclass
 class StepRecord:
     """One engine step: when the model started (``time.time()``, the clock of vLLM's request
-    arrival times), how long the model ran and how long ``schedule()`` took (seconds), and the
-    batch: prefill chunks as (tokens, context before) and decode KV lengths (including the
-    token computed this step, as ``BatchShape`` counts them)."""
+    arrival times); how long ``schedule()``, the model, and ``update_from_output()`` took
+    (seconds); and the batch: prefill chunks as (tokens, context before) and decode KV lengths
+    (including the token computed this step, as ``BatchShape`` counts them)."""
     start: float
     model_s: float
     schedule_s: float
     prefill: list = field(default_factory=list)
     decode_kv: list = field(default_factory=list)
+    update_s: float = 0.0
+
+    @property
+    def step_s(self) -> float:
+        """The step as the simulator's iteration: scheduling, model and output processing."""
+        return self.schedule_s + self.model_s + self.update_s
 
     def shape(self) -> BatchShape:
         return BatchShape.of(prefill=[tuple(p) for p in self.prefill], decode_kv=self.decode_kv)
@@ -112,11 +121,14 @@ class StepTimingMixin:
 
     def update_from_output(self, scheduler_output, model_runner_output):
         rec, self._pending = self._pending, None
+        t0 = time.perf_counter()
         if rec is not None:
-            rec.model_s = time.perf_counter() - rec.model_s
+            rec.model_s = t0 - rec.model_s
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        if rec is not None:
+            rec.update_s = time.perf_counter() - t0
             self.step_records.append(rec)
             self._emit("step", asdict(rec))
-        outputs = super().update_from_output(scheduler_output, model_runner_output)
         now = time.time()
         for eco in outputs.values():
             for o in eco.outputs:
@@ -247,17 +259,32 @@ class EngineOptions:
     block_size: int = 128           # the CPU platform's default (its attention wants x32)
 
 
+@contextlib.contextmanager
+def environment(**values: str):
+    """Set environment variables for the duration (vLLM reads these while it builds the
+    engine), then restore them: a caller's later servers must not inherit them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def build_engine(opts: EngineOptions):
-    """An in-process ``LLMEngine`` with ``TimedScheduler`` (policy vllm-v1, prefix caching on)."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"     # the scheduler in this process
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(opts.kv_cache_gib))
-    os.environ.setdefault("SERVESIM_POLICY", "vllm-v1")
+    """An in-process ``LLMEngine`` with ``TimedScheduler`` running vllm-v1 (vLLM's own
+    schedule, step for step) with prefix caching on."""
     if not Path(opts.model, "config.json").is_file():
         raise ConfigError(f"model folder {opts.model} has no config.json (make one with "
                           f"`servesim model tiny DIR`)")
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
+
+    from simulator.vllm.plugin import PluginConfig, build_policy
     args = EngineArgs(model=opts.model, max_model_len=opts.max_model_len,
                       max_num_seqs=opts.max_num_seqs,
                       max_num_batched_tokens=opts.max_num_batched_tokens,
@@ -266,7 +293,13 @@ def build_engine(opts: EngineOptions):
                       gpu_memory_utilization=opts.gpu_memory_utilization,
                       scheduler_cls=f"{__name__}.{TIMED_SCHEDULER}", async_scheduling=False,
                       disable_log_stats=True)
-    return LLMEngine.from_engine_args(args)
+    # In-process engine core: the scheduler, hence its step records, lives in this process.
+    with environment(VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1",
+                     VLLM_CPU_KVCACHE_SPACE=str(opts.kv_cache_gib)):
+        engine = LLMEngine.from_engine_args(args)
+    sched = engine_scheduler(engine)
+    sched.configure(build_policy(PluginConfig(), sched.server_options()))
+    return engine
 
 
 def engine_scheduler(engine):
@@ -371,7 +404,8 @@ def profile_engine(opts: EngineOptions, grid: list[GridPoint], samples: int, war
                          "kv_tokens": shape.kv_tokens,
                          "batch": json.dumps({"prefill": rec.prefill,
                                               "decode_kv": rec.decode_kv}),
-                         "model_s": rec.model_s, "schedule_s": rec.schedule_s})
+                         "step_s": rec.step_s, "model_s": rec.model_s,
+                         "schedule_s": rec.schedule_s, "update_s": rec.update_s})
     del engine
     return rows
 
@@ -380,10 +414,11 @@ def profile_engine(opts: EngineOptions, grid: list[GridPoint], samples: int, war
 # From measured steps to cost models, and their per-shape errors
 
 def measurements(rows: list[dict]):
-    """Engine step rows -> one ``Measurement`` per grid point (median and min over its steps)."""
+    """Engine step rows -> one ``Measurement`` per grid point (median and min over its steps'
+    ``step_s``: the whole step, which is what a simulated iteration stands for)."""
     from simulator.cost.measured import summarise
-    return summarise((r["point"], StepRecord(0, r["model_s"], 0, **json.loads(r["batch"]))
-                      .shape(), r["model_s"]) for r in rows)
+    return summarise((r["point"], StepRecord(0, 0, 0, **json.loads(r["batch"])).shape(),
+                      r["step_s"]) for r in rows)
 
 
 def fitted_models(points, spec, mlp_csv: Path | None = None, peaks: dict | None = None,
@@ -489,7 +524,7 @@ def read_profile_folder(out: Path) -> tuple[list[dict], dict]:
         if not (out / name).is_file():
             raise ConfigError(f"--refit: {out / name} is missing (run servesim profile first)")
     with open(out / "steps.csv") as f:
-        rows = [{**r, "model_s": float(r["model_s"])} for r in csv.DictReader(f)]
+        rows = [{**r, "step_s": float(r["step_s"])} for r in csv.DictReader(f)]
     return rows, json.loads((out / "profile.json").read_text())
 
 
