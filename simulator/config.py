@@ -38,6 +38,7 @@ class RunConfig:
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None        # default: the model's
     preemption: str = "recompute"           # vLLM's recompute, or "restart" (the paper's model)
+    frontend_delay: float = 0.0             # seconds from a request's send to the engine
     # workload
     arrival: str = "poisson"
     rate: float = 2.5                       # requests/s (a moderate load for the default)
@@ -83,6 +84,11 @@ class RunConfig:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got "
                               f"{self.gpu_memory_utilization!r}")
+        if isinstance(self.frontend_delay, bool) or not isinstance(
+                self.frontend_delay, (int, float)) or not math.isfinite(self.frontend_delay) \
+                or self.frontend_delay < 0:
+            raise ConfigError(f"frontend_delay must be a number of seconds >= 0, got "
+                              f"{self.frontend_delay!r}")
         for name in ("kv_capacity", "max_model_len", "num_requests", "duration"):
             v = getattr(self, name)
             if v is not None:

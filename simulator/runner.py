@@ -149,6 +149,7 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
         engine = Engine(workload.requests(), policy, spec.cost_model, spec,
                         record_timeline=cfg.timeline, progress=progress, total=len(workload),
                         preemption=cfg.preemption)
+    engine.frontend_delay_s = cfg.frontend_delay
     raw = engine.run()
     frame = requests_table(raw.states)
     slo = SLO(**cfg.slo) if cfg.slo else None

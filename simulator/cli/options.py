@@ -58,6 +58,10 @@ _OPTIONS = [
     click.option("--preemption", type=click.Choice(PREEMPTIONS),
                  help="A preempted request keeps its output and recomputes (vLLM), or restarts "
                       "from its prompt (the fluid paper's model). [recompute]"),
+    click.option("--frontend-delay", type=float,
+                 help="Seconds from a request's send to its arrival in the engine (a live "
+                      "server's HTTP front end; servesim profile's sim_vs_real measures it); "
+                      "latencies count from the send. [0]"),
     click.option("--arrival", type=click.Choice(ARRIVALS), help="Arrival process. [poisson]"),
     click.option("--rate", type=float, help="Mean arrival rate, requests/s. [2.5]"),
     click.option("--cv", type=float, help="Gamma arrivals: coefficient of variation of gaps. [1]"),
@@ -105,7 +109,7 @@ def run_options(f):
 # Flags that describe the simulated replica and its policy rather than the workload.
 REPLICA_FLAGS = ("policy", "policy_param", "engine", "model", "gpu", "cost_model", "cost_param",
                  "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len",
-                 "preemption")
+                 "preemption", "frontend_delay")
 
 
 def workload_options(f, keep: tuple[str, ...] = ()):
@@ -144,6 +148,7 @@ def option_fields(opts: dict) -> tuple[dict, dict]:
         "gpu_memory_utilization": opts.get("gpu_memory_utilization"),
         "max_model_len": opts.get("max_model_len"),
         "preemption": opts.get("preemption"),
+        "frontend_delay": opts.get("frontend_delay"),
         "arrival": opts.get("arrival"),
         "rate": opts.get("rate"),
         "cv": opts.get("cv"),
