@@ -14,9 +14,9 @@ every step's shape and model time). From the two:
   token), i.e. HTTP, tokenisation and the trip between the API process and the engine core on
   the way in, plus detokenisation and streaming of the first token on the way out;
 - the fitted cost on the live server's own steps (the shapes the real scheduler ran);
-- the per-metric table: client-side medians vs the simulation, and vs the simulation plus the
-  measured median front-end delay (added to TTFT and e2e latency; TPOT and ITL are step
-  times, which the delay shifts but does not stretch).
+- the per-metric table: client-side medians vs the simulation, and vs the simulation with the
+  measured median front-end delay as its ``--frontend-delay`` (requests reach the simulated
+  engine that much later; latencies count from the send).
 
 Requests are matched client to engine in send order with their prompt lengths checked, so the
 loads here stay low enough that requests reach the engine in the order they were sent.
@@ -26,8 +26,10 @@ loads here stay low enough that requests reach the engine in the order they were
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -45,11 +47,11 @@ from simulator.hardware import ModelSpec  # noqa: E402
 from simulator.vllm.profile import StepRecord, read_step_log  # noqa: E402
 
 PY = sys.executable
-METRICS = [("median TTFT (ms)", "median_ttft_ms", True), ("median TPOT (ms)", "median_tpot_ms",
-           False), ("median ITL (ms)", "median_itl_ms", False),
-           ("median e2e latency (ms)", "median_e2el_ms", True),
-           ("request throughput (req/s)", "request_throughput", False),
-           ("output throughput (tok/s)", "output_throughput", False)]
+print = functools.partial(print, flush=True)     # progress shows when piped to a file
+METRICS = [("median TTFT (ms)", "median_ttft_ms"), ("median TPOT (ms)", "median_tpot_ms"),
+           ("median ITL (ms)", "median_itl_ms"), ("median e2e latency (ms)", "median_e2el_ms"),
+           ("request throughput (req/s)", "request_throughput"),
+           ("output throughput (tok/s)", "output_throughput")]
 
 
 def servesim(*args, env=None, log=None) -> None:
@@ -146,18 +148,25 @@ def step_errors(steps: list[dict], cost) -> dict:
             "median_step_ms": statistics.median(times) * 1e3}
 
 
-def table(real: dict, sim: dict, delay_ms: float) -> list[dict]:
+def metric(summary: dict, key: str):
+    value = summary.get(key)
+    if key == "median_itl_ms" and value is None:     # the simulator's ITL: its TPOT steps
+        value = summary.get("median_tpot_ms")
+    return value
+
+
+def error(sim, real):
+    return None if real in (None, 0) or sim is None else (sim - real) / real
+
+
+def table(real: dict, sim: dict, sim_fe: dict) -> list[dict]:
+    """Per metric: the client's value, the simulation's and the simulation's with the
+    measured front-end delay (``--frontend-delay``), with relative errors."""
     rows = []
-    for name, key, shifted in METRICS:
-        r, s = real.get(key), sim.get(key)
-        if key == "median_itl_ms" and s is None:      # the simulator's ITL: its TPOT steps
-            s = sim.get("median_tpot_ms")
-        s2 = None if s is None else s + (delay_ms if shifted else 0.0)
-        rows.append({"metric": name, "real": r, "sim": s,
-                     "error": None if r in (None, 0) or s is None else (s - r) / r,
-                     "sim_plus_front_end": s2,
-                     "error_plus_front_end": None if r in (None, 0) or s2 is None
-                     else (s2 - r) / r})
+    for name, key in METRICS:
+        r, s, s2 = metric(real, key), metric(sim, key), metric(sim_fe, key)
+        rows.append({"metric": name, "real": r, "sim": s, "error": error(s, r),
+                     "sim_plus_front_end": s2, "error_plus_front_end": error(s2, r)})
     return rows
 
 
@@ -179,6 +188,29 @@ def print_table(load: dict, rows: list[dict], markdown: bool) -> None:
         lines.append("| " + " | ".join(cells) + " |" if markdown else
                      f"  {cells[0]:28s} " + " ".join(f"{c:>12s}" for c in cells[1:]))
     print("\n".join(lines))
+
+
+def print_profile(profile: Path, meta: dict) -> None:
+    """The profile's per-shape errors as a markdown table (``--markdown``)."""
+    import csv
+    with open(profile / "errors.csv") as f:
+        rows = list(csv.DictReader(f))
+    models = list(meta["errors"])
+    print(f"Step times of `servesim profile` ({meta['date']}; vLLM {meta['vllm']}, "
+          f"{meta['cpus']} CPUs, {meta['samples']} steps per point over {meta['rounds']} "
+          f"rounds; errors vs the {meta['fitted_to']}, ms):\n")
+    print("| point | min | median | " + " | ".join(models) + " |")
+    print("|---|" + "---|" * (2 + len(models)))
+    for r in rows:
+        cells = [r["point"], f"{float(r['measured_min_ms']):.2f}",
+                 f"{float(r['measured_median_ms']):.2f}"]
+        cells += [f"{float(r[m + '_ms']):.2f} ({float(r[m + '_error']):+.0%})" for m in models]
+        print("| " + " | ".join(cells) + " |")
+    print("| median \\|error\\| | | | " + " | ".join(
+        f"{meta['errors'][m]['median_abs_error']:.1%}" for m in models) + " |")
+    print("| max \\|error\\| | | | " + " | ".join(
+        f"{meta['errors'][m]['max_abs_error']:.1%}" for m in models) + " |")
+    print()
 
 
 def main(argv=None) -> int:
@@ -209,7 +241,12 @@ def main(argv=None) -> int:
                "--max-model-len", engine["max_model_len"],
                "-p", f"max_num_batched_tokens={engine['max_num_batched_tokens']}",
                "-p", f"max_num_seqs={engine['max_num_seqs']}", "--policy", "vllm-v1"]
+    if args.markdown:
+        print_profile(args.profile, meta)
     args.out.mkdir(parents=True, exist_ok=True)
+    for old in [*args.out.glob("real-*"), *args.out.glob("sim-*"), args.out / "warmup"]:
+        if old.is_dir():                 # this script's own folders from an earlier run
+            shutil.rmtree(old)
     step_log = args.out / "steps.jsonl"
     step_log.unlink(missing_ok=True)
     server = Server(model_dir, args.port, step_log, args.out / "server.log", engine)
@@ -234,17 +271,19 @@ def main(argv=None) -> int:
             events = read_step_log(step_log)
             events = {"step": events["step"][before[0]:], "arrival": events["arrival"][
                 before[1]:], "first_token": events["first_token"], "finish": events["finish"]}
-            servesim("run", *workload, *replica, "--out", args.out / f"sim-{tag}",
-                     log=args.out / f"sim-{tag}.log")
-            real = json.loads((args.out / f"real-{tag}" / "summary.json").read_text())
-            sim = json.loads((args.out / f"sim-{tag}" / "summary.json").read_text())
             records = [json.loads(x) for x in
                        (args.out / f"real-{tag}" / "records.jsonl").read_text().splitlines()]
             delays = front_end_delays(records, events)
-            delay_ms = statistics.median(delays["ttft_s"]) * 1e3
+            delay_s = statistics.median(delays["ttft_s"])
+            servesim("run", *workload, *replica, "--out", args.out / f"sim-{tag}",
+                     log=args.out / f"sim-{tag}.log")
+            servesim("run", *workload, *replica, "--frontend-delay", delay_s,
+                     "--out", args.out / f"sim-fe-{tag}", log=args.out / f"sim-fe-{tag}.log")
+            real, sim, sim_fe = (json.loads((args.out / f"{kind}-{tag}" / "summary.json")
+                                            .read_text()) for kind in ("real", "sim", "sim-fe"))
             load = {"rate": rate, "n": args.num_requests, "prompt": args.prompt_len,
                     "output": args.output_len}
-            rows = table(real, sim, delay_ms)
+            rows = table(real, sim, sim_fe)
             load.update({
                 "rows": rows, "live_steps": step_errors(events["step"], cost),
                 "front_end_ms": {k: {"min": min(v) * 1e3, "median": statistics.median(v) * 1e3,

@@ -36,9 +36,12 @@ from simulator.errors import ConfigError
 @click.option("--dtype", default="bfloat16", show_default=True)
 @click.option("--kv-cache-gib", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="CPU KV cache (VLLM_CPU_KVCACHE_SPACE) on the CPU build.")
+@click.option("--executor", type=click.Choice(["mp", "uni"]), default="mp", show_default=True,
+              help="The model worker in its own process, pinned as in a server (mp), or in "
+                   "this process (uni: starts faster; unpinned on the CPU).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prompts.")
 def profile(model_folder, out, max_tokens, max_batch, max_kv, samples, warmup, rounds, statistic,
-            refit, dtype, kv_cache_gib, seed):
+            refit, dtype, kv_cache_gib, executor, seed):
     """Time a real vLLM engine's steps (engine-side) over a grid of batch shapes.
 
     Prefills of N tokens (from scratch and at a cached context), decodes of B requests at KV
@@ -60,7 +63,7 @@ def profile(model_folder, out, max_tokens, max_batch, max_kv, samples, warmup, r
     max_len = 16 * (-(-(max_kv + max_tokens + samples + warmup + 16) // 16))
     opts = EngineOptions(model=model_folder, max_model_len=max_len, max_num_seqs=max_batch + 1,
                          max_num_batched_tokens=max(max_tokens + max_batch, 512),
-                         kv_cache_gib=kv_cache_gib, dtype=dtype)
+                         kv_cache_gib=kv_cache_gib, dtype=dtype, executor=executor)
     console = stdout_console()
 
     def progress(i, n, point, recs):

@@ -257,6 +257,9 @@ class EngineOptions:
     enforce_eager: bool = True
     dtype: str = "bfloat16"
     block_size: int = 128           # the CPU platform's default (its attention wants x32)
+    # The model worker in its own process, as in a server: on the CPU it is then pinned to one
+    # core (vLLM's OpenMP binding), the other left to the engine core and the front end.
+    executor: str = "mp"
 
 
 @contextlib.contextmanager
@@ -292,7 +295,7 @@ def build_engine(opts: EngineOptions):
                       block_size=opts.block_size, enable_prefix_caching=True,
                       gpu_memory_utilization=opts.gpu_memory_utilization,
                       scheduler_cls=f"{__name__}.{TIMED_SCHEDULER}", async_scheduling=False,
-                      disable_log_stats=True)
+                      distributed_executor_backend=opts.executor, disable_log_stats=True)
     # In-process engine core: the scheduler, hence its step records, lives in this process.
     with environment(VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1",
                      VLLM_CPU_KVCACHE_SPACE=str(opts.kv_cache_gib)):
