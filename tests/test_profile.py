@@ -256,3 +256,18 @@ def test_sim_vs_real_table_errors_are_relative_to_the_client():
     assert rows["median ITL (ms)"]["sim"] == 5.5          # the simulator's ITL is its TPOT
     assert rows["median ITL (ms)"]["error"] == pytest.approx(0.375)
     assert rows["request throughput (req/s)"]["error"] == 0.0
+
+
+def test_profile_cli_errors_are_one_line(tmp_path, capsys):
+    from simulator.cli import main
+    assert main(["profile", str(tmp_path), "--out", str(tmp_path / "out"), "--refit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"servesim: error: model folder {tmp_path} has no config.json (make one with "
+                   f"`servesim model tiny DIR`)"]
+    (tmp_path / "config.json").write_text(json.dumps({
+        "num_attention_heads": 4, "num_hidden_layers": 2, "hidden_size": 128,
+        "intermediate_size": 344, "vocab_size": 512, "max_position_embeddings": 512}))
+    assert main(["profile", str(tmp_path), "--out", str(tmp_path / "out"), "--refit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"servesim: error: --refit: {tmp_path / 'out' / 'steps.csv'} is missing "
+                   f"(run servesim profile first)"]
