@@ -469,7 +469,7 @@ def operator_profile(spec, out: Path, dtype: str, max_tokens: int, samples: int,
 
 
 def calibrate(opts: EngineOptions, out: Path, grid: list[GridPoint], samples: int,
-              warmup: int, seed: int = 0, rounds: int = 3, statistic: str = "median",
+              warmup: int, seed: int = 0, rounds: int = 3, statistic: str = "min",
               progress=None, refit: bool = False) -> dict:
     """Profile the engine over ``grid``, write steps.csv (every measured step),
     iterations.csv (per point), mlp.csv (operators), errors.csv (each model per point) and
