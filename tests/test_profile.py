@@ -218,8 +218,9 @@ def test_real_engine_profile_loads_in_profile_cost_and_scores_each_model(real_pr
                         for k in ("c0", "c_prefill", "c_decode", "c_kv")})
     row = its.iloc[0]
     shape = BatchShape(**{s: row[s] for s in BatchShape.__slots__})
+    assert meta["fitted_to"] == "min"                    # the default
     assert errors.iloc[0]["linear_error"] == pytest.approx(
-        (lin.iteration_time(shape) - row.median_s) / row.median_s)
+        (lin.iteration_time(shape) - row.min_s) / row.min_s)
 
 
 # -- sim vs real helpers -------------------------------------------------------------------------
