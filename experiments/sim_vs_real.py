@@ -137,15 +137,29 @@ def front_end_delays(records: list[dict], events: dict) -> dict:
 
 
 def step_errors(steps: list[dict], cost) -> dict:
-    """The fitted cost on the live server's steps: median |error| and the median step."""
-    errs, times = [], []
+    """The fitted cost on the live server's steps: median |error|, and the steps' count,
+    median, total (engine busy time) and mean decode batch."""
+    errs, times, batch = [], [], []
     for s in steps:
         rec = StepRecord(**s)
         pred = cost.iteration_time(rec.shape())
         errs.append(abs(pred - rec.step_s) / rec.step_s)
         times.append(rec.step_s)
+        batch.append(len(rec.decode_kv))
     return {"steps": len(steps), "median_abs_error": statistics.median(errs),
-            "median_step_ms": statistics.median(times) * 1e3}
+            "median_step_ms": statistics.median(times) * 1e3, "busy_s": sum(times),
+            "mean_decode_batch": statistics.fmean(batch)}
+
+
+def sim_steps(timeline_csv: Path) -> dict:
+    """The same figures for the simulated iterations (its timeline)."""
+    import csv
+    with open(timeline_csv) as f:
+        rows = list(csv.DictReader(f))
+    times = [float(r["duration_s"]) for r in rows]
+    return {"steps": len(rows), "median_step_ms": statistics.median(times) * 1e3,
+            "busy_s": sum(times),
+            "mean_decode_batch": statistics.fmean(float(r["decode_requests"]) for r in rows)}
 
 
 def metric(summary: dict, key: str):
@@ -286,6 +300,7 @@ def main(argv=None) -> int:
             rows = table(real, sim, sim_fe)
             load.update({
                 "rows": rows, "live_steps": step_errors(events["step"], cost),
+                "sim_steps": sim_steps(args.out / f"sim-{tag}" / "timeline.csv"),
                 "front_end_ms": {k: {"min": min(v) * 1e3, "median": statistics.median(v) * 1e3,
                                      "max": max(v) * 1e3} for k, v in delays.items()}})
             results["loads"].append(load)
@@ -296,8 +311,13 @@ def main(argv=None) -> int:
                   f"{fe['ttft_s']['max']:.1f}; e2e {fe['e2e_s']['min']:.1f} / "
                   f"{fe['e2e_s']['median']:.1f} / {fe['e2e_s']['max']:.1f}; API process to "
                   f"engine core {fe['api_to_engine_s']['median']:.1f} (median)")
+            ss = load["sim_steps"]
             print(f"fitted cost on the live server's {ls['steps']} steps: median |error| "
-                  f"{ls['median_abs_error']:.1%} (median step {ls['median_step_ms']:.2f} ms)\n")
+                  f"{ls['median_abs_error']:.1%}")
+            print(f"steps, live / simulated: {ls['steps']} / {ss['steps']}, median "
+                  f"{ls['median_step_ms']:.2f} / {ss['median_step_ms']:.2f} ms, engine busy "
+                  f"{ls['busy_s']:.1f} / {ss['busy_s']:.1f} s, mean decode batch "
+                  f"{ls['mean_decode_batch']:.2f} / {ss['mean_decode_batch']:.2f}\n")
     finally:
         server.stop()
     (args.out / "sim_vs_real.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -272,3 +272,21 @@ def test_profile_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"servesim: error: --refit: {tmp_path / 'out' / 'steps.csv'} is missing "
                    f"(run servesim profile first)"]
+
+
+def test_live_and_simulated_step_figures(tmp_path):
+    cost = LinearCost(c0=0.004, c_decode=0.001)
+    steps = [{"start": 0.0, "model_s": 0.0045, "schedule_s": 0.0002, "update_s": 0.0003,
+              "prefill": [], "decode_kv": [10]},                       # exact: 5 ms
+             {"start": 0.1, "model_s": 0.0050, "schedule_s": 0.0005, "update_s": 0.0005,
+              "prefill": [], "decode_kv": [10, 20]}]                   # 6 ms, predicted 6
+    live = svr.step_errors(steps, cost)
+    assert live["median_abs_error"] == pytest.approx(0.0, abs=1e-12)
+    assert live["busy_s"] == pytest.approx(0.011)
+    assert live["mean_decode_batch"] == 1.5
+    timeline = tmp_path / "timeline.csv"
+    timeline.write_text("start_s,duration_s,decode_requests\n0,0.004,1\n0.1,0.006,3\n"
+                        "0.2,0.010,2\n")
+    sim = svr.sim_steps(timeline)
+    assert sim == {"steps": 3, "median_step_ms": pytest.approx(6.0), "busy_s": pytest.approx(0.02),
+                   "mean_decode_batch": 2.0}
