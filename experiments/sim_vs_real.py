@@ -5,7 +5,7 @@ profile``) and through ``servesim bench`` on a live vLLM server with the same po
 
 The server is vLLM's OpenAI server started from Python (``python -m
 vllm.entrypoints.openai.api_server``) with servesim's plug-in and the engine-side step timer
-(``--scheduler-cls simulator.vllm.profile.TimedScheduler``, policy vllm-v1, synchronous
+(``--scheduler-cls simulator.vllm.steps.TimedScheduler``, policy vllm-v1, synchronous
 scheduling), so each request is seen twice: by the client (send, each streamed token, end) and
 by the engine (``SERVESIM_STEP_LOG``: arrival in the engine core, first token, finish; and
 every step's shape and model time). From the two:
@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from simulator.cost.linear import LinearCost  # noqa: E402
 from simulator.hardware import ModelSpec  # noqa: E402
-from simulator.vllm.profile import StepRecord, read_step_log  # noqa: E402
+from simulator.vllm.steps import StepRecord, read_step_log  # noqa: E402
 
 PY = sys.executable
 print = functools.partial(print, flush=True)     # progress shows when piped to a file
@@ -76,7 +76,7 @@ class Server:
         argv = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                 "--served-model-name", "tiny", "--port", str(port), "--host", "127.0.0.1",
                 "--enforce-eager", "--no-async-scheduling",
-                "--scheduler-cls", "simulator.vllm.profile.TimedScheduler",
+                "--scheduler-cls", "simulator.vllm.steps.TimedScheduler",
                 "--max-model-len", str(engine["max_model_len"]),
                 "--max-num-seqs", str(engine["max_num_seqs"]),
                 "--max-num-batched-tokens", str(engine["max_num_batched_tokens"]),

@@ -18,6 +18,7 @@ from simulator.cost.linear import LinearCost
 from simulator.cost.measured import (Measurement, error_summary, fit_measurements,
                                      relative_errors, summarise)
 from simulator.vllm import profile as P
+from simulator.vllm import steps as S
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -41,7 +42,7 @@ def test_batch_of_splits_prefill_chunks_and_decodes():
                 "b": fake_request(300, 256),      # a 128-token chunk at context 128
                 "c": fake_request(50, 61),        # a decode: 60 tokens known before the step
                 "d": fake_request(80, 81)}        # the first decode after its prefill
-    prefill, decode_kv = P.batch_of({"a": 100, "b": 128, "c": 1, "d": 1}, requests)
+    prefill, decode_kv = S.batch_of({"a": 100, "b": 128, "c": 1, "d": 1}, requests)
     assert prefill == [(100, 0), (128, 128)]
     assert decode_kv == [61, 81]        # KV including the token computed this step
 
@@ -69,15 +70,16 @@ class FakeScheduler:
         return {}
 
 
-class TimedFake(P.StepTimingMixin, FakeScheduler):
+class TimedFake(S.StepTimingMixin, FakeScheduler):
     pass
 
 
 def test_hook_records_one_timing_per_step_with_its_shape(tmp_path, monkeypatch):
     log = tmp_path / "steps.jsonl"
-    monkeypatch.setenv(P.ENV_STEP_LOG, str(log))
+    monkeypatch.setenv(S.ENV_STEP_LOG, str(log))
     plan = [{"x": 64}, {"x": 1, "y": 32}, {}, {"x": 1, "y": 1}]
     sched = TimedFake(plan)
+    sched.keep_step_records = True
     for rid, prompt in (("x", 64), ("y", 32)):
         sched.add_request(SimpleNamespace(request_id=rid, num_prompt_tokens=prompt,
                                           num_computed_tokens=0, arrival_time=time.time()))
@@ -91,16 +93,29 @@ def test_hook_records_one_timing_per_step_with_its_shape(tmp_path, monkeypatch):
     assert [(r.prefill, r.decode_kv) for r in recs] == [
         ([(64, 0)], []), ([(32, 0)], [65]), ([], [66, 33])]
     assert recs[0].model_s >= 0.03 and recs[2].model_s >= 0.01 and recs[1].model_s < 0.03
-    logged = P.read_step_log(log)
+    logged = S.read_step_log(log)
     assert [s["prefill"] for s in logged["step"]] == [[[64, 0]], [[32, 0]], []]
     assert [a["request_id"] for a in logged["arrival"]] == ["x", "y"]
+
+
+def test_a_server_keeps_no_steps_in_memory_only_in_its_log(tmp_path, monkeypatch):
+    log = tmp_path / "steps.jsonl"
+    monkeypatch.setenv(S.ENV_STEP_LOG, str(log))
+    sched = TimedFake([{"x": 8}] * 50)
+    sched.add_request(SimpleNamespace(request_id="x", num_prompt_tokens=400,
+                                      num_computed_tokens=0, arrival_time=0.0))
+    for _ in range(50):
+        sched.update_from_output(sched.schedule(), None)
+    assert sched.step_records == []
+    steps = S.read_step_log(log)["step"]
+    assert [s["prefill"] for s in steps] == [[[8, 8 * i]] for i in range(50)]
 
 
 def test_read_step_log_names_the_bad_line(tmp_path):
     log = tmp_path / "steps.jsonl"
     log.write_text(json.dumps({"kind": "step", "start": 0}) + "\nnot json\n")
     with pytest.raises(Exception, match=r"steps.jsonl, line 2: not a step-log record"):
-        P.read_step_log(log)
+        S.read_step_log(log)
 
 
 # -- the grid -----------------------------------------------------------------------------------
@@ -119,15 +134,15 @@ def test_grid_covers_prefill_decode_and_mixed_with_block_aligned_contexts():
 
 def test_grid_point_matches_only_its_own_batch():
     p = P.GridPoint(batch=4, kv=256)
-    step = P.StepRecord(0, 0.01, 0, prefill=[], decode_kv=[256, 257, 258, 256])
+    step = S.StepRecord(0, 0.01, 0, prefill=[], decode_kv=[256, 257, 258, 256])
     assert p.matches(step)
-    assert not p.matches(P.StepRecord(0, 0.01, 0, prefill=[], decode_kv=[256] * 3))
-    assert not p.matches(P.StepRecord(0, 0.01, 0, prefill=[(16, 0)], decode_kv=[256] * 4))
+    assert not p.matches(S.StepRecord(0, 0.01, 0, prefill=[], decode_kv=[256] * 3))
+    assert not p.matches(S.StepRecord(0, 0.01, 0, prefill=[(16, 0)], decode_kv=[256] * 4))
     mixed = P.GridPoint(prefill=128, batch=4, kv=256)
-    assert mixed.matches(P.StepRecord(0, 0.01, 0, prefill=[(128, 0)], decode_kv=[256] * 4))
+    assert mixed.matches(S.StepRecord(0, 0.01, 0, prefill=[(128, 0)], decode_kv=[256] * 4))
     cached = P.GridPoint(prefill=128, context=256)
-    assert cached.matches(P.StepRecord(0, 0.01, 0, prefill=[(128, 256)]))
-    assert not cached.matches(P.StepRecord(0, 0.01, 0, prefill=[(384, 0)]))   # a cache miss
+    assert cached.matches(S.StepRecord(0, 0.01, 0, prefill=[(128, 256)]))
+    assert not cached.matches(S.StepRecord(0, 0.01, 0, prefill=[(384, 0)]))   # a cache miss
 
 
 # -- fits and errors ----------------------------------------------------------------------------
