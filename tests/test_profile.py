@@ -111,6 +111,13 @@ def test_a_server_keeps_no_steps_in_memory_only_in_its_log(tmp_path, monkeypatch
     assert [s["prefill"] for s in steps] == [[[8, 8 * i]] for i in range(50)]
 
 
+def test_an_unwritable_step_log_is_one_line(tmp_path, monkeypatch):
+    from simulator.errors import ConfigError
+    monkeypatch.setenv(S.ENV_STEP_LOG, str(tmp_path / "missing" / "steps.jsonl"))
+    with pytest.raises(ConfigError, match=r"^SERVESIM_STEP_LOG=.*steps.jsonl: cannot open "):
+        TimedFake([])
+
+
 def test_read_step_log_names_the_bad_line(tmp_path):
     log = tmp_path / "steps.jsonl"
     log.write_text(json.dumps({"kind": "step", "start": 0}) + "\nnot json\n")

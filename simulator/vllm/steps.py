@@ -86,8 +86,12 @@ class StepTimingMixin:
         self.keep_step_records = False
         self.step_records: list[StepRecord] = []
         self._pending: StepRecord | None = None
+        self._model_t0 = 0.0
         path = os.environ.get(ENV_STEP_LOG)
-        self._log = open(path, "a", buffering=1) if path else None
+        try:
+            self._log = open(path, "a", buffering=1) if path else None   # a line per record
+        except OSError as e:
+            raise ConfigError(f"{ENV_STEP_LOG}={path}: cannot open ({e.strerror})") from None
         self._first_token_seen: set[str] = set()
 
     def _emit(self, kind: str, record: dict) -> None:
@@ -105,8 +109,9 @@ class StepTimingMixin:
         out = super().schedule(*args, **kwargs)
         if out.total_num_scheduled_tokens:
             prefill, decode_kv = batch_of(out.num_scheduled_tokens, self.requests)
-            self._pending = StepRecord(start=time.time(), model_s=time.perf_counter(),
-                                       schedule_s=time.perf_counter() - t0,
+            self._model_t0 = time.perf_counter()
+            self._pending = StepRecord(start=time.time(), model_s=0.0,
+                                       schedule_s=self._model_t0 - t0,
                                        prefill=prefill, decode_kv=decode_kv)
         return out
 
@@ -114,7 +119,7 @@ class StepTimingMixin:
         rec, self._pending = self._pending, None
         t0 = time.perf_counter()
         if rec is not None:
-            rec.model_s = t0 - rec.model_s
+            rec.model_s = t0 - self._model_t0
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         if rec is not None:
             rec.update_s = time.perf_counter() - t0
