@@ -77,6 +77,9 @@ class ReplicaLoop:
         self.iterations = 0
         self.preemptions = 0
         self.arrivals_done = False
+        # A live server's front end (HTTP, tokenisation, the hop to the engine core) holds each
+        # request this long before the engine sees it; latencies still count from arrival_s.
+        self.frontend_delay_s = 0.0
         self._idle: simpy.Event | None = None
 
     def run(self) -> EngineResult:
@@ -102,7 +105,7 @@ class ReplicaLoop:
     def _arrivals(self):
         env = self.env
         for r in self.requests:
-            delay = r.arrival_s - env.now
+            delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
             st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens,

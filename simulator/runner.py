@@ -122,6 +122,7 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     spec = build_replica(cfg, workload)
     policy = make_policy(cfg.policy, cfg.policy_params)
     engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
+    engine.frontend_delay_s = cfg.frontend_delay
     raw = engine.run()
     frame = requests_table(raw.states)
     run = SimulatedRun(
