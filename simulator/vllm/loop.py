@@ -92,7 +92,8 @@ def scheduler_options(policy: Policy, spec: ReplicaSpec) -> dict:
 def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: int,
                  max_num_seqs: int, max_num_batched_tokens: int, enable_chunked_prefill: bool,
                  long_prefill_token_threshold: int, reserve_full_prompt: bool = True,
-                 async_scheduling: bool = False):
+                 async_scheduling: bool = False, prefix_caching: bool = False,
+                 scheduling_policy: str = "fcfs"):
     from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
     model = ModelConfig(model=folder, skip_tokenizer_init=True, dtype="float16",
                         max_model_len=max_model_len)
@@ -102,11 +103,16 @@ def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: i
                             enable_chunked_prefill=enable_chunked_prefill,
                             long_prefill_token_threshold=long_prefill_token_threshold,
                             scheduler_reserve_full_isl=reserve_full_prompt,
-                            is_encoder_decoder=False, async_scheduling=async_scheduling)
-    cache = CacheConfig(block_size=block_size, enable_prefix_caching=False)
+                            is_encoder_decoder=False, async_scheduling=async_scheduling,
+                            policy=scheduling_policy)
+    cache = CacheConfig(block_size=block_size, enable_prefix_caching=prefix_caching)
     cache.num_gpu_blocks = num_blocks
-    return VllmConfig(scheduler_config=sched, model_config=model, cache_config=cache,
-                      device_config=DeviceConfig(device="cpu"))
+    config = VllmConfig(scheduler_config=sched, model_config=model, cache_config=cache,
+                        device_config=DeviceConfig(device="cpu"))
+    # The platform's resolution (vllm/platforms/cpu.py) turns async scheduling off on a CPU,
+    # for its executor; here only the scheduler runs, in the mode asked for.
+    config.scheduler_config.async_scheduling = async_scheduling
+    return config
 
 
 def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, scheduler_cls=None,
@@ -131,7 +137,9 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
                           spec.block_size, num_blocks, options["max_num_seqs"],
                           options["max_num_batched_tokens"], options["enable_chunked_prefill"],
                           options["long_prefill_token_threshold"],
-                          options.get("reserve_full_prompt", True), async_scheduling)
+                          options.get("reserve_full_prompt", True), async_scheduling,
+                          options.get("enable_prefix_caching", False),
+                          options.get("scheduling_policy", "fcfs"))
     # The scheduler only counts blocks: a one-element layer spec keeps the bookkeeping cheap.
     kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[
         KVCacheGroupSpec(["layer"], FullAttentionSpec(block_size=spec.block_size, num_kv_heads=1,
