@@ -41,8 +41,15 @@ def check_whole_prompt_budget(policy: str, budget: int, max_model_len: int) -> N
             f"({max_model_len}) without chunked prefill; raise the budget or lower max_model_len")
 
 
+def lowest_priority(running: list) -> RequestState:
+    """vLLM V1's choice under ``--scheduling-policy priority``: the largest priority value,
+    then the latest arrival (the first such in running order)."""
+    return max(running, key=lambda r: (r.priority, r.arrival_s))
+
+
 VICTIMS: dict[str, VictimPicker] = {"latest-admitted": latest_admitted,
-                                    "latest-arrival": latest_arrival}
+                                    "latest-arrival": latest_arrival,
+                                    "lowest-priority": lowest_priority}
 
 
 class StepPlan:
@@ -70,10 +77,12 @@ class StepPlan:
     def is_preempted(self, req: RequestState) -> bool:
         return id(req) in self._preempted_set
 
-    def _reserve(self, req: RequestState, n: int, keep_watermark: bool) -> bool:
-        # Called once per scheduled request per step: StepKV.need is inlined on purpose.
+    def _reserve(self, req: RequestState, n: int, keep_watermark: bool, cached: int = 0,
+                 shared_blocks: int = 0) -> bool:
+        # Called once per scheduled request per step: RequestState.blocks_to_take, inlined (a
+        # resident request has no prefix-cache hit: admit passes a waiting one's).
         kv = self.kv
-        need = -(-(req.computed + n) // kv.block_size) - req.kv_blocks
+        need = -(-(req.computed + cached + n) // kv.block_size) - req.kv_blocks - shared_blocks
         if need > 0:
             # The watermark guards admissions against imminent decode growth; with nothing else
             # resident there is nothing to guard, and waiving it keeps a large request from
@@ -115,8 +124,9 @@ class StepPlan:
             self._on_preempt(victim)
 
     def admit(self, req: RequestState, n: int, keep_watermark: bool = False) -> bool:
-        """Admit a waiting request with ``n`` prompt tokens if its blocks fit."""
-        if not self._reserve(req, n, keep_watermark):
+        """Admit a waiting request with ``n`` prompt tokens (after its prefix-cache hit) if its
+        blocks fit."""
+        if not self._reserve(req, n, keep_watermark, req.cached, req.cached_shared_blocks):
             return False
         self.running.append(req)
         return True
