@@ -13,8 +13,11 @@ in-flight tokens, the pitfall reported to cost large latency regressions, so it 
 How a decision is imposed, each step (vLLM keeps the last word on KV and budgets):
 
 1. Mirror: every vLLM request has a ``RequestState`` (computed = ``num_computed_tokens``,
-   generated = output tokens including in-flight placeholders, KV blocks from the KV manager);
-   ``view.resident`` is vLLM's running list, which is admission order.
+   generated = output tokens including in-flight placeholders, KV blocks from the KV manager,
+   its priority); ``view.resident`` is vLLM's running list, which is admission order. With
+   prefix caching on, each waiting request's hit is looked up as vLLM will at admission
+   (``cached`` tokens, ``cached_shared_blocks`` held by live requests), so the policy budgets
+   and allocates only the uncached part.
 2. The policy returns a ``Decision``. Rejections finish the request (``FINISHED_IGNORED``, the
    status vLLM gives prompts it cannot serve); preemptions go through vLLM's own
    ``_preempt_request`` (recompute: KV freed, request back to the front of the waiting queue).
@@ -28,11 +31,13 @@ How a decision is imposed, each step (vLLM keeps the last word on KV and budgets
    ``on_requeue``, so the policy's queues always match vLLM's. ``divergent_steps`` counts steps
    where vLLM's schedule differed from the plan.
 
-With the ``vllm-v1`` policy this reproduces the stock scheduler's schedule step for step (tested).
+With the ``vllm-v1`` policy this reproduces the stock scheduler's schedule step for step (tested,
+also with prefix caching and ``--scheduling-policy priority``). Speculative decoding is refused
+at start-up: vLLM schedules 1 + k tokens for a decode with k drafts, a policy plans one.
 Policy parameters named like vLLM's scheduler options (``max_num_batched_tokens``,
-``max_num_seqs``, ``enable_chunked_prefill``, ``long_prefill_token_threshold``, and
-``reserve_full_prompt`` for ``scheduler_reserve_full_isl``) default to the server's values, so
-``vllm-v1`` sees the same limits as the server it replaces.
+``max_num_seqs``, ``enable_chunked_prefill``, ``long_prefill_token_threshold``,
+``reserve_full_prompt`` for ``scheduler_reserve_full_isl``, and ``scheduling_policy``) default to
+the server's values, so ``vllm-v1`` sees the same limits as the server it replaces.
 
 Configuration, read when the scheduler first needs its policy: ``SERVESIM_POLICY`` (name),
 ``SERVESIM_POLICY_PARAMS`` (``k=v,k=v`` or a JSON object), ``SERVESIM_POLICY_SEED``,
