@@ -16,7 +16,7 @@ from scheduler.base import Policy, QueuedPolicy, make_policy, register  # noqa: 
 from scheduler.plan import StepPlan  # noqa: E402
 from simulator.cost.linear import LinearCost  # noqa: E402
 from tests.fluid_helpers import hint  # noqa: E402
-from tests.vllm_helpers import MODEL, OPTIONS, drive, spec  # noqa: E402
+from tests.vllm_helpers import MODEL, OPTIONS, drive, drive_pipelined, spec  # noqa: E402
 from traces.lengths import RequestType  # noqa: E402
 from simulator.vllm.loop import (build_scheduler, model_output,  # noqa: E402
                                    scheduler_options, vllm_request)
@@ -104,38 +104,11 @@ def test_a_policy_without_vllms_admission_gate_is_overruled_and_kept_in_step():
 def test_stock_async_scheduler_and_async_adapter_schedule_identically():
     """The async variant with two batches in flight (vLLM's default engine mode)."""
     reqs = workload(n=20, seed=3)
-
-    def pipelined(sched):
-        pending, steps, inflight = sorted(reqs, key=lambda r: r.arrival_s), [], []
-        for step in range(3000):
-            while pending and pending[0].arrival_s <= step:
-                sched.add_request(vllm_request(pending.pop(0)))
-            if not pending and not sched.has_unfinished_requests() and not inflight:
-                return steps
-            out = sched.schedule()
-            steps.append(dict(out.num_scheduled_tokens))
-            # Outputs are sampled when scheduled (placeholders), delivered one step later.
-            inflight.append((out, model_output_async(sched, out)))
-            while len(inflight) == 2 or (inflight and not out.num_scheduled_tokens):
-                sched.update_from_output(*inflight.pop(0))
-        raise AssertionError("unfinished")
-
     stock = build_scheduler(MODEL, spec(40), OPTIONS, scheduler_cls=AsyncScheduler,
                             async_scheduling=True)
     ours = adapter(make_policy("vllm-v1", {}), blocks=40, async_scheduling=True)
-    assert pipelined(stock) == pipelined(ours)
+    assert drive_pipelined(stock, reqs) == drive_pipelined(ours, reqs)
     assert not ours.requests
-
-
-def model_output_async(sched, out):
-    from vllm.v1.outputs import ModelRunnerOutput
-    ids = list(out.num_scheduled_tokens)
-    # A request samples when this chunk completes its known tokens (placeholders count as known).
-    sampled = [[17] if sched.requests[r].num_computed_tokens >= sched.requests[r].num_tokens
-               else [] for r in ids]
-    return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                             sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
-                             pooler_output=[])
 
 
 def test_sync_adapter_refuses_an_async_engine():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from scheduler.state import ReplicaSpec
 from simulator.hardware import model_spec
-from simulator.vllm.loop import model_output, vllm_request
+from simulator.vllm.loop import TOKEN_ID, model_output, vllm_request
 
 MODEL = model_spec("llama-2-7b")
 OPTIONS = {"max_num_seqs": 16, "max_num_batched_tokens": 256, "enable_chunked_prefill": True,
@@ -56,3 +56,33 @@ def drive(sched, requests, max_steps=5000, check=None, to_vllm=vllm_request):
     raise AssertionError(f"requests still unfinished after {max_steps} steps")
 
 
+
+
+def drive_pipelined(sched, requests, max_steps=3000, to_vllm=vllm_request):
+    """As ``drive``, with two batches in flight (async scheduling, vLLM's default engine mode):
+    a step's output is delivered after the next step is scheduled. Returns each step's
+    scheduled tokens."""
+    pending, steps, inflight = sorted(requests, key=lambda r: r.arrival_s), [], []
+    for step in range(max_steps):
+        while pending and pending[0].arrival_s <= step:
+            sched.add_request(to_vllm(pending.pop(0)))
+        if not pending and not sched.has_unfinished_requests() and not inflight:
+            return steps
+        out = sched.schedule()
+        steps.append(dict(out.num_scheduled_tokens))
+        # Outputs are sampled when scheduled (placeholders), delivered one step later.
+        inflight.append((out, model_output_async(sched, out)))
+        while len(inflight) == 2 or (inflight and not out.num_scheduled_tokens):
+            sched.update_from_output(*inflight.pop(0))
+    raise AssertionError(f"requests still unfinished after {max_steps} steps")
+
+
+def model_output_async(sched, out):
+    from vllm.v1.outputs import ModelRunnerOutput
+    ids = list(out.num_scheduled_tokens)
+    # A request samples when this chunk completes its known tokens (placeholders count as known).
+    sampled = [[TOKEN_ID] if sched.requests[r].num_computed_tokens >= sched.requests[r].num_tokens
+               else [] for r in ids]
+    return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
+                             sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
+                             pooler_output=[])
