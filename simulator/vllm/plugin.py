@@ -383,8 +383,9 @@ class PolicySchedulingMixin:
         request (``get_computed_blocks``: whole blocks, at most all tokens but the last). A hit
         block that live requests hold costs no free block; one only the cache holds (evictable,
         counted free) is taken from the free blocks on admission, as vLLM counts in
-        ``allocate_slots``. Hits made by blocks that requests admitted in the same step allocate
-        are not seen (vLLM finds them); vLLM's check then has the last word."""
+        ``allocate_slots``. What the step itself does to the cache is not seen (blocks that
+        earlier admissions allocate or adopt, cached blocks its allocations evict); vLLM's
+        check then has the last word."""
         manager = self.kv_cache_manager
         for r in self.waiting:
             st = self._states.get(r.request_id)
