@@ -61,13 +61,13 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('poisson-tight-kv', 'sarathi', ''):
         ('b84a85a9efc7775a', 'e552119e0800aa49', '2383f4878f77b8c1'),
     ('poisson-tight-kv', 'sjf', ''):
-        ('afd2a595e15cdbdd', 'b52a0f51659df8c0', '7b24361ee4981755'),
+        ('afd2a595e15cdbdd', 'b52a0f51659df8c0', '0b6f25979bbd1a0c'),
     ('poisson-tight-kv', 'static', ''):
         ('c57af643043b1c4a', 'f3268cf332569439', 'e9272898a2e6ca26'),
     ('poisson-tight-kv', 'vllm', ''):
         ('0adc52ec39ab6f77', '59b3665fbf12bb98', '35d22351f5de778e'),
     ('poisson-tight-kv', 'vllm-v1', ''):
-        ('552eb2482bc56297', 'f4a9df30224480af', '3c38f8c88e619d01'),
+        ('552eb2482bc56297', 'f4a9df30224480af', 'de87a274e9bc4473'),
     ('poisson-tight-kv', 'wait', ''):
         ('eb80364473bc7ce9', '1494f08d144b7578', 'ba62ad91ec02ddc7'),
     ('types-linear', 'mcsf', ''):
@@ -79,13 +79,13 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('types-linear', 'sarathi', ''):
         ('9e99b88f4ee0c677', '0ac934ed2978a7a3', 'be9e179d3cdd17bc'),
     ('types-linear', 'sjf', ''):
-        ('7bb12658b6376437', '4c9821ab5ca30d39', 'e85612aec74db3c1'),
+        ('7bb12658b6376437', '4c9821ab5ca30d39', '9be560f375861632'),
     ('types-linear', 'static', ''):
         ('2bee4ac48ddda54a', '7c13b40286252c58', '51b8927179f3651f'),
     ('types-linear', 'vllm', ''):
         ('5e08b04497618ec3', '4cadc58df03d0892', 'b4cf551f36d5bce8'),
     ('types-linear', 'vllm-v1', ''):
-        ('8b4fb4ad85abfe01', '4fd418a9a82c983a', 'f47809bc3f156607'),
+        ('8b4fb4ad85abfe01', '4fd418a9a82c983a', '8102916304e95187'),
     ('types-linear', 'wait', ''):
         ('7d0e7b9d90bda05a', '92ad196f2b121d57', '3087c267719e253b'),
     ('restart-gamma', 'mcsf', ''):
@@ -97,13 +97,13 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('restart-gamma', 'sarathi', ''):
         ('879b677fcb2fc835', 'bb178ae282b02ebd', 'c1d4c05a3f3c5e22'),
     ('restart-gamma', 'sjf', ''):
-        ('a284565f8cceba4d', 'a03ba6c44569eb22', 'bf1c002a9555d920'),
+        ('a284565f8cceba4d', 'a03ba6c44569eb22', '4849497cbbd4b45e'),
     ('restart-gamma', 'static', ''):
         ('12204a0d07f302b4', '359628542d8e72a9', 'a125b84d0db70a1b'),
     ('restart-gamma', 'vllm', ''):
         ('f916820bec428aff', '8084a681ac6b7660', '235a2e25fd33d65d'),
     ('restart-gamma', 'vllm-v1', ''):
-        ('6a6b58e74d14bda1', '3782a8ca1b93c804', '2f85ef8782e8b689'),
+        ('6a6b58e74d14bda1', '3782a8ca1b93c804', 'b5fb5bf3d5ad6c27'),
     ('restart-gamma', 'wait', ''):
         ('6c6d895647343d3a', '90c3ed6e2335608b', 'ef98843e245ab6ea'),
     ('poisson-tight-kv', 'wait', 'chunk_size=256'):
@@ -111,19 +111,19 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('poisson-tight-kv', 'nested-wait', 'segments=3'):
         ('60ebb7e959664daf', '4b92532db5ea7bf1', '76d2f3010809f13f'),
     ('poisson-tight-kv', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('737f1d01b2d90e3d', '9852a6ef3e59d6ed', '502be63e984802eb'),
+        ('737f1d01b2d90e3d', '9852a6ef3e59d6ed', '7087b944652441c4'),
     ('types-linear', 'wait', 'chunk_size=256'):
         ('815d800e9e4bdb09', '208e74118fca9786', '639bb7a901d3caea'),
     ('types-linear', 'nested-wait', 'segments=3'):
         ('6dbea09ffc18dd65', '8fec5a1279b7f343', '442bf39cb2bb9825'),
     ('types-linear', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('3594a600b694d029', 'adcdedb38e9ba20c', '28d942f5d296064b'),
+        ('3594a600b694d029', 'adcdedb38e9ba20c', 'e177e88e9f503c39'),
     ('restart-gamma', 'wait', 'chunk_size=256'):
         ('6c6d895647343d3a', '90c3ed6e2335608b', 'f864d7bfcb954532'),
     ('restart-gamma', 'nested-wait', 'segments=3'):
         ('eef1ea71e685ca60', 'cbfceaf907412ac7', '6e091d6047657c84'),
     ('restart-gamma', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('384e46728438da0e', '582130000e4e715e', '568349b0322eb1e0'),
+        ('384e46728438da0e', '582130000e4e715e', '8259031680752215'),
 }
 
 
