@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.base import make_policy, policy_names
+from scheduler.base import make_policy
+from tests.conftest import builtin_policy_names
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState
 from simulator.cost.linear import LinearCost
 from tests.fluid_helpers import hint
@@ -36,7 +37,7 @@ def decide(name: str, cached: int, shared: int):
     return req, policy.schedule(view)
 
 
-@pytest.mark.parametrize("name", policy_names())
+@pytest.mark.parametrize("name", builtin_policy_names())
 def test_a_cache_hit_is_admitted_by_its_uncached_tokens_and_blocks(name):
     req, decision = decide(name, CACHED, SHARED)
     assert decision.prefill == [(req, PROMPT - CACHED)]
