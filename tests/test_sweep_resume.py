@@ -11,7 +11,9 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
+from simulator.errors import ConfigError
 from simulator.sweep import comparable, load_spec, run_sweep
 from tests.conftest import ROOT
 
@@ -82,7 +84,9 @@ def test_changed_base_config_invalidates_done_points(tmp_path):
     again = run_sweep(load_spec(spec), tmp_path / "out", workers=1)
     assert (again.ran, again.skipped) == (0, 2)
     spec.write_text("base: {num_requests: 30, kv_capacity: 9000}\naxes: {seed: [0, 1]}\n")
-    changed = run_sweep(load_spec(spec), tmp_path / "out", workers=1)
+    with pytest.raises(ConfigError, match="holds another run"):
+        run_sweep(load_spec(spec), tmp_path / "out", workers=1)
+    changed = run_sweep(load_spec(spec), tmp_path / "out", workers=1, replace=True)
     assert (changed.ran, changed.skipped) == (2, 0)
     # The table holds the current spec's points only.
     assert len(changed.table) == 2 and (changed.table["kv_capacity_tokens"] == 9000 // 16 * 16).all()
