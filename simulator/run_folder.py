@@ -80,15 +80,16 @@ def previous_run(out: Path) -> list[Path]:
         except (OSError, ValueError, AttributeError):
             listed = []
         names |= {n for n in listed if _inside(n)} if isinstance(listed, list) else set()
-    found = {out / n for n in names if (out / n).is_file()}
-    found |= {p for p in out.glob(".*.tmp") if p.is_file()}
+    found = sorted(out / n for n in names if (out / n).is_file())
+    found += sorted(p for p in out.glob(".*.tmp") if p.is_file())
+    seen = set(found)
     for sub, endings in RUN_SUBFOLDERS.items():
         folder = out / sub
         if folder.is_dir() and not folder.is_symlink():
-            found |= {p for p in folder.iterdir() if p.is_file() and
-                      (p.name.endswith(endings) or (p.name.startswith(".") and
-                                                    p.name.endswith(".tmp")))}
-    return sorted(found)
+            found += sorted(p for p in folder.iterdir() if p not in seen and p.is_file() and
+                            (p.name.endswith(endings) or (p.name.startswith(".") and
+                                                          p.name.endswith(".tmp"))))
+    return found
 
 
 def clear(files: list[Path]) -> None:

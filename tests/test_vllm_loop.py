@@ -90,8 +90,9 @@ def test_requests_that_can_never_fit_are_rejected_at_arrival():
     raw = run(make_policy("vllm-v1"), reqs)
     status = [s.status.value for s in raw.states]
     assert status == ["finished", "rejected", "rejected"]
-    assert "max_model_len" in raw.states[1].reject_reason
-    assert "capacity is 3200" in raw.states[2].reject_reason
+    assert [s.reject_reason for s in raw.states[1:]] == ["over_max_model_len", "over_kv_capacity"]
+    assert "max_model_len" in raw.states[1].reject_detail
+    assert "capacity is 3200" in raw.states[2].reject_detail
 
 
 def test_vllm_limits_follow_the_policy_and_never_cut_an_unbudgeted_plan():
