@@ -243,6 +243,26 @@ def rejected_by_reason(frame: pd.DataFrame) -> dict:
     return {str(k): int(v) for k, v in sorted(codes.value_counts().items())}
 
 
+# A run that rejects more than this fraction of its requests says so (``rejection_notice``).
+REJECT_NOTICE_FRACTION = 0.05
+
+
+def rejection_notice(frame: pd.DataFrame) -> str | None:
+    """One line when more than REJECT_NOTICE_FRACTION of the requests were rejected: how many,
+    per reason code, each with the detail of its first request; else None."""
+    rejected = frame[frame["status"] == "rejected"]
+    if not len(frame) or len(rejected) <= REJECT_NOTICE_FRACTION * len(frame):
+        return None
+    groups = []
+    for code, count in rejected_by_reason(frame).items():
+        first = rejected[rejected["reject_reason"].fillna("unknown") == code].iloc[0]
+        detail = first.get("reject_detail")
+        groups.append(f"{code} {count}" + (f" (e.g. request {first['request_id']}: {detail})"
+                                           if isinstance(detail, str) and detail else ""))
+    return (f"{len(rejected)} of {len(frame)} requests ({len(rejected) / len(frame):.1%}) were "
+            f"rejected: " + "; ".join(groups))
+
+
 def summarize(frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,
               end_s: float | None = None) -> dict:
     """The summary metrics of a requests table, as a dict (``Summary.of(...).to_dict()``)."""

@@ -13,8 +13,10 @@ from rich.table import Table
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, nonempty_path, run_options
 from simulator.errors import ConfigError
+from simulator.metrics import rejection_notice
 from simulator.run_folder import prepare
 from simulator.runner import simulate, write_outputs
+from simulator.sweep.stability import overload_notice
 import simulator.vllm  # noqa: F401  (registers the engine "vllm")
 
 
@@ -76,6 +78,11 @@ def run(**opts):
         print_summary(result.summary, out)
         if cfg.out:
             out.print(f"wrote {', '.join(str(p) for p in paths)}")
+    if not opts["quiet"]:
+        for notice in (rejection_notice(result.requests),
+                       overload_notice(result.requests, result.timeline)):
+            if notice:
+                click.echo(f"servesim: warning: {notice}", err=True)
 
 
 def _fmt(v, digits=1):
