@@ -58,6 +58,7 @@ def test_killed_sweep_resumes_only_the_missing_points(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     before = finished(out)
     assert 3 <= len(before) < TOTAL, "kill the sweep midway"
+    assert not (out / "manifest.json").exists(), "a killed sweep must not look complete"
     mtimes = {name: (out / "points" / name).stat().st_mtime_ns for name in before}
 
     rerun = subprocess.run(sweep_cmd(spec, out, "-j", "2", "--json"), cwd=ROOT,
@@ -70,6 +71,8 @@ def test_killed_sweep_resumes_only_the_missing_points(tmp_path):
     # The points finished before the kill were not run again.
     assert {n: (out / "points" / n).stat().st_mtime_ns for n in before} == mtimes
     assert len(finished(out)) == TOTAL
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["status"], manifest["points"], manifest["ok"]) == ("complete", TOTAL, TOTAL)
 
     resumed = pd.read_parquet(out / "results.parquet")
     fresh = run_sweep(load_spec(spec), tmp_path / "fresh", workers=1).table
