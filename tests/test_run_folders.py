@@ -285,3 +285,28 @@ def test_a_sweep_folder_resumes_its_own_spec_and_refuses_another(capsys, tmp_pat
     code, _, err = run(capsys, "sweep", str(spec), "--out", str(tmp_path / "r"))
     assert code == 2
     one_error_line(err, "holds another run (config.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# servesim report
+
+
+def test_a_report_replaces_its_predecessor_and_never_lands_beside_another_run(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run(capsys, "run", *SMALL, "-q", "--plot", "--out", str(out))[0] == 0
+    (out / "figures" / "p99_vs_rate.png").write_bytes(b"a figure of an earlier report")
+    code, _, err = run(capsys, "report", str(out))
+    assert code == 0, err
+    # The run's figures redrawn in place, the earlier report's figure gone, the manifest true.
+    holds_exactly_its_run(out, {"report.md"})
+    elsewhere = tmp_path / "elsewhere"
+    assert run(capsys, "report", str(out), "--out", str(elsewhere))[0] == 0
+    before = snapshot(elsewhere)
+    code, _, err = run(capsys, "report", str(out), "--out", str(elsewhere))
+    assert code == 2
+    one_error_line(err, f"--out {elsewhere} holds another run", "--replace")
+    assert snapshot(elsewhere) == before
+    assert run(capsys, "report", str(out), "--out", str(elsewhere), "--replace")[0] == 0
+    (out / MANIFEST).unlink()        # as a killed run leaves it
+    code, _, err = run(capsys, "report", str(out))
+    assert code == 0 and "has no manifest.json: its run was killed" in err
