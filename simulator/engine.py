@@ -49,11 +49,11 @@ def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | 
     detail, or None."""
     total = st.prompt_tokens + st.output_tokens
     if total > spec.max_model_len:
-        return (OVER_MAX_MODEL_LEN, f"prompt + output = {total} tokens exceeds max_model_len "
-                                    f"{spec.max_model_len}")
+        return (OVER_MAX_MODEL_LEN,
+                (f"prompt + output = {total} tokens exceeds max_model_len {spec.max_model_len}"))
     if spec.blocks_for(st.max_kv_tokens) > spec.num_blocks:
-        return (OVER_KV_CAPACITY, f"needs {st.max_kv_tokens} KV tokens, capacity is "
-                                  f"{spec.kv_capacity_tokens}")
+        return (OVER_KV_CAPACITY,
+                f"needs {st.max_kv_tokens} KV tokens, capacity is {spec.kv_capacity_tokens}")
     return None
 
 

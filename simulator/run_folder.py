@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from simulator.errors import ConfigError
 from simulator.io import write_json
@@ -107,7 +107,7 @@ def clear(files: list[Path]) -> None:
             pass
 
 
-def write_manifest(out: Path, kind: str, files: list[str | Path], status: str = "complete",
+def write_manifest(out: Path, kind: str, files: Sequence[str | Path], status: str = "complete",
                    **info) -> Path:
     """The last file of a run: what wrote it, its status and its files (paths relative to
     ``out``)."""

@@ -12,7 +12,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from simulator.cli import main
 from simulator.run_folder import MANIFEST
@@ -149,7 +150,7 @@ KILL_POINTS = [(k, before) for k in range(1, 8) for before in (True, False)
 @pytest.mark.parametrize("kill_at, before", KILL_POINTS)
 def test_a_run_killed_in_its_write_phase_never_looks_complete(capsys, tmp_path, kill_at, before,
                                                               replace_first):
-    import matplotlib   # noqa: F401  (imported once here, not in every forked child)
+    import matplotlib  # noqa: F401  (imported once here, not in every forked child)
     out = tmp_path / "run"
     if replace_first:   # the killed run was replacing a complete one
         assert run(capsys, "run", *SMALL, "--seed", "9", "-q", "--out", str(out))[0] == 0

@@ -9,12 +9,18 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from simulator.cli import main
 from simulator.metrics import REJECT_NOTICE_FRACTION
-from simulator.sweep.stability import (DEFAULT_GROWTH_LIMIT, OVERLOAD_MIN_REQUESTS, Load,
-                                       overload_notice, run_load)
+from simulator.sweep.stability import (
+    DEFAULT_GROWTH_LIMIT,
+    OVERLOAD_MIN_REQUESTS,
+    Load,
+    overload_notice,
+    run_load,
+)
 
 MAX_MODEL_LEN = 4096     # llama-2-7b's, the default model
 KV = 2048                # --kv-capacity: a 3,000-token prompt fits max_model_len, not the cache
@@ -94,7 +100,7 @@ def test_the_rejection_notice_appears_iff_the_fraction_exceeds_the_threshold(
 
 
 def test_an_overloaded_run_says_so_once_with_its_figures(capsys):
-    code, out, err = run(capsys, "run", "--rate", "10")
+    code, _, err = run(capsys, "run", "--rate", "10")
     assert code == 0
     [line] = warnings_about(err, "overloaded")
     for words in ("offered 10.3 req/s", "served 3.73 req/s", "second half", "peak queue",

@@ -15,9 +15,9 @@ from simulator.compare import load_run, read_table, run_table
 from simulator.errors import ConfigError
 from simulator.io import write_text
 from simulator.metrics import TIMELINE_COLUMNS
-from simulator.run_folder import MANIFEST, clear, prepare
 from simulator.report import figures
 from simulator.report.figures import col
+from simulator.run_folder import MANIFEST, clear, prepare
 from simulator.sweep.fluid_bound import bounded_throughput
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 from simulator.sweep.store import RESULTS_FILE, ResultsStore

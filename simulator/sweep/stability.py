@@ -117,11 +117,11 @@ def overload_notice(requests: pd.DataFrame, timeline: pd.DataFrame | None = None
     if load is None or not load.overloaded:
         return None
     done = requests[requests["status"] == "completed"]
+    growth = (f"mean E2E latency of the second half of the arrivals {load.growth:.2f}x the "
+              f"first half's ({load.second_half_ms / 1e3:,.1f} s vs "
+              f"{load.first_half_ms / 1e3:,.1f} s; stable is at most {DEFAULT_GROWTH_LIMIT}x)")
     parts = [f"offered {load.offered_rate:.3g} req/s, served {load.served_rate:.3g} req/s",
-             f"mean E2E latency of the second half of the arrivals {load.growth:.2f}x the first "
-             f"half's ({load.second_half_ms / 1e3:,.1f} s vs {load.first_half_ms / 1e3:,.1f} s; "
-             f"stable is at most {DEFAULT_GROWTH_LIMIT}x)",
-             f"mean TTFT {done['ttft_ms'].mean() / 1e3:,.1f} s"]
+             growth, f"mean TTFT {done['ttft_ms'].mean() / 1e3:,.1f} s"]
     if timeline is not None and len(timeline):
         parts.append(f"peak queue {int(timeline['waiting'].max()):,} requests")
     return ("the replica is overloaded: " + "; ".join(parts) +
