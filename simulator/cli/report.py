@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from simulator.cli import cli
-from simulator.cli.options import Number
+from simulator.cli.options import Number, nonempty_path
 
 
 @cli.command("report")
 @click.argument("results_dir", type=click.Path(file_okay=False))
-@click.option("--out", "-o", type=click.Path(file_okay=False),
+@click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
               help="Folder for report.md and figures/. [RESULTS_DIR]")
 @click.option("--at-rate", type=Number(float, 0, 1e6, low_open=True),
               help="Rate of the latency CDFs and timelines (nearest grid value). [middle of grid]")
