@@ -286,6 +286,11 @@ def test_a_sweep_folder_resumes_its_own_spec_and_refuses_another(capsys, tmp_pat
     code, _, err = run(capsys, "sweep", str(spec), "--out", str(tmp_path / "r"))
     assert code == 2
     one_error_line(err, "holds another run (config.json")
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    code, _, err = run(capsys, "sweep", str(spec), "--out", str(blocker / "results"))
+    assert code == 2
+    one_error_line(err, "cannot write there")
 
 
 # ---------------------------------------------------------------------------------------------
