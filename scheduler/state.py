@@ -44,6 +44,7 @@ class RequestState:
         "computed", "generated", "kv_blocks", "status", "admitted_seq", "priority",
         "cached", "cached_shared_blocks",
         "first_scheduled_s", "first_token_s", "finished_s", "preemptions", "reject_reason",
+        "reject_detail",
         "_iteration",
     )
 
@@ -69,7 +70,8 @@ class RequestState:
         self.first_token_s: float | None = None
         self.finished_s: float | None = None
         self.preemptions = 0
-        self.reject_reason: str | None = None
+        self.reject_reason: str | None = None   # a code (simulator/metrics.py REJECT_CODES)
+        self.reject_detail: str | None = None   # the figures behind it, for a reader
         self._iteration = -1         # engine bookkeeping: last iteration it was scheduled in
 
     @property

@@ -28,11 +28,11 @@ from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, RequestState, Status
 from simulator.config import RunConfig
 from simulator.cost.base import BatchShape, CostModel
-from simulator.engine import ReplicaLoop
+from simulator.engine import ReplicaLoop, reject
 from simulator.errors import ConfigError, PolicyViolation
 from simulator.hardware import ModelSpec, model_spec
 from simulator.io import write_text
-from simulator.metrics import TimelineRow
+from simulator.metrics import BY_POLICY, TimelineRow
 from traces.request import Request
 from traces.workload import Workload
 
@@ -303,8 +303,8 @@ class VllmLoopEngine(ReplicaLoop):
                     if st.first_token_s is None:
                         st.first_token_s = now
                 if o.finish_reason is not None:
-                    if o.request_id in rejected:
-                        st.status, st.reject_reason = Status.REJECTED, rejected[o.request_id]
+                    if o.request_id in rejected:    # by the policy, through the plug-in
+                        reject(st, BY_POLICY, rejected[o.request_id])
                     else:
                         st.status, st.finished_s = Status.FINISHED, now
                         self.finished += 1
