@@ -61,13 +61,13 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('poisson-tight-kv', 'sarathi', ''):
         ('6f8bf8db009836b9', 'e552119e0800aa49', '732f28a45f07f3f7'),
     ('poisson-tight-kv', 'sjf', ''):
-        ('ebab9c211410ee6c', 'b52a0f51659df8c0', '97b8be27020e2eb7'),
+        ('ebab9c211410ee6c', 'b52a0f51659df8c0', 'e4f92bb451f3d00e'),
     ('poisson-tight-kv', 'static', ''):
         ('b2dcf9f2ab4e9703', 'f3268cf332569439', '235a2322b8425890'),
     ('poisson-tight-kv', 'vllm', ''):
         ('4d32dbfcb04f4f31', '59b3665fbf12bb98', '398f3be40c23c825'),
     ('poisson-tight-kv', 'vllm-v1', ''):
-        ('df2f8b81cf48e323', 'f4a9df30224480af', 'bbc0c946d0f0f582'),
+        ('df2f8b81cf48e323', 'f4a9df30224480af', '170df7b0214e75c7'),
     ('poisson-tight-kv', 'wait', ''):
         ('b6f339895567a0a4', '1494f08d144b7578', '8273412016f4e06d'),
     ('types-linear', 'mcsf', ''):
@@ -79,13 +79,13 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('types-linear', 'sarathi', ''):
         ('c5af0e95a0b87f0f', '0ac934ed2978a7a3', '49a61be8985123c3'),
     ('types-linear', 'sjf', ''):
-        ('85524f9eaf881fee', '4c9821ab5ca30d39', 'b25c1adcc3a8fec3'),
+        ('85524f9eaf881fee', '4c9821ab5ca30d39', '3eba8a6d7fdc73d6'),
     ('types-linear', 'static', ''):
         ('c6296979bbaec7a8', '7c13b40286252c58', '54d6ded49524111e'),
     ('types-linear', 'vllm', ''):
         ('68dadfc25a9e07a3', '4cadc58df03d0892', 'add6d8a55fa3d81a'),
     ('types-linear', 'vllm-v1', ''):
-        ('60b1a6927f4d4951', '4fd418a9a82c983a', 'ead64ef5b46f0cd4'),
+        ('60b1a6927f4d4951', '4fd418a9a82c983a', 'cc74c266f86a75c7'),
     ('types-linear', 'wait', ''):
         ('960dd9c957191764', '92ad196f2b121d57', 'e79ec209aaaba79e'),
     ('restart-gamma', 'mcsf', ''):
@@ -97,13 +97,13 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('restart-gamma', 'sarathi', ''):
         ('0fe0876042d9fa62', 'bb178ae282b02ebd', 'ac9e06ff395bd2cb'),
     ('restart-gamma', 'sjf', ''):
-        ('e92e20c7e71c6270', 'a03ba6c44569eb22', 'f375ada4e5ddd511'),
+        ('e92e20c7e71c6270', 'a03ba6c44569eb22', '4567de5191106860'),
     ('restart-gamma', 'static', ''):
         ('49900716705bb6d9', '359628542d8e72a9', 'ac5c16c0d6e288ee'),
     ('restart-gamma', 'vllm', ''):
         ('cbbd58b8536b70c2', '8084a681ac6b7660', '20eb89b02cfb887d'),
     ('restart-gamma', 'vllm-v1', ''):
-        ('f0877a2f74031766', '3782a8ca1b93c804', '7c01a70828a611fc'),
+        ('f0877a2f74031766', '3782a8ca1b93c804', '01cb95165bc0a8e1'),
     ('restart-gamma', 'wait', ''):
         ('ed13455882b339a4', '90c3ed6e2335608b', '4c6b45a75903076c'),
     ('poisson-tight-kv', 'wait', 'chunk_size=256'):
@@ -111,19 +111,19 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('poisson-tight-kv', 'nested-wait', 'segments=3'):
         ('883244e2017b37c0', '4b92532db5ea7bf1', '6202be0ec3156cdf'),
     ('poisson-tight-kv', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('b4b321f386e83cbe', '9852a6ef3e59d6ed', '83e78ed2b562332c'),
+        ('b4b321f386e83cbe', '9852a6ef3e59d6ed', 'daaf2057d16ddb9c'),
     ('types-linear', 'wait', 'chunk_size=256'):
         ('57a56880f1482f11', '208e74118fca9786', '3b2efeae0dbce9bb'),
     ('types-linear', 'nested-wait', 'segments=3'):
         ('9db5b543c61faf33', '8fec5a1279b7f343', '98db3632fbe0b0b9'),
     ('types-linear', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('2681297ec0eaa6fa', 'adcdedb38e9ba20c', '7ba7e25e98556140'),
+        ('2681297ec0eaa6fa', 'adcdedb38e9ba20c', '0358eba2dc135a4e'),
     ('restart-gamma', 'wait', 'chunk_size=256'):
         ('ed13455882b339a4', '90c3ed6e2335608b', 'd8f0ecd788d4d536'),
     ('restart-gamma', 'nested-wait', 'segments=3'):
         ('d9f12754973afb9c', 'cbfceaf907412ac7', 'b607c8001ff575d5'),
     ('restart-gamma', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('9ce5b412a3e79462', '582130000e4e715e', 'd0c79cfcc375895b'),
+        ('9ce5b412a3e79462', '582130000e4e715e', '85b35330410d70e5'),
 }
 
 
