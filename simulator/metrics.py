@@ -17,8 +17,8 @@ from scheduler.state import RequestState, Status
 
 REQUEST_COLUMNS = (
     "request_id", "label", "arrival_s", "prompt_tokens", "output_tokens", "status",
-    "reject_reason", "reject_detail", "first_scheduled_s", "first_token_s", "completion_s", "queue_ms", "ttft_ms",
-    "tpot_ms", "e2el_ms", "preemptions",
+    "reject_reason", "reject_detail", "first_scheduled_s", "first_token_s", "completion_s",
+    "queue_ms", "ttft_ms", "tpot_ms", "e2el_ms", "preemptions",
 )
 # Why a request was rejected: ``reject_reason`` holds one of these codes, ``reject_detail`` the
 # figures behind it (a live server's failures have the error's kind as code, the error as detail).
