@@ -311,7 +311,7 @@ class Server:
     def wait(self) -> int:
         return self.proc.wait()
 
-    def stop(self, grace_s: float = 20.0) -> None:
+    def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM to the whole group (vLLM shuts its engine down), SIGKILL to what is left."""
         if self.proc is None:
             return
