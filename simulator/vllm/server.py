@@ -113,8 +113,8 @@ def record_policy_events(policy, path: Path) -> None:
             return inner(req, *args, **kwargs)
         setattr(policy, name, hook)
 
-    # on_abort first: a policy's default on_abort calls on_finish, which then logs as well.
-    for name in ("on_abort", "on_arrival", "on_requeue", "on_finish"):
+    # The default on_abort ends in on_finish: an abort line is followed by a finish line.
+    for name in ("on_arrival", "on_requeue", "on_finish", "on_abort"):
         wrap(name)
 
 
