@@ -14,7 +14,7 @@ OpenAI server with the tiny random-weight Llama, ``--enforce-eager``), and measu
 - a client that disconnects mid-stream: the request leaves the policy (``on_abort``, seen in the
   ``--policy-events`` log) and the server goes on serving;
 - SIGTERM or SIGINT to ``servesim serve`` leaves no process of the server's group (no orphan
-  engine core).
+  engine core); a server that dies at start-up is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -322,3 +322,16 @@ def test_a_client_that_disconnects_leaves_the_policy_and_the_server_serves_on(se
                     "--prompt-len", "16", "--output-len", "10", "--seed", "4")
     assert_exact_outputs(records, 3)
     assert server.metric("vllm:num_requests_running") == 0
+
+
+def test_a_server_that_dies_at_start_up_is_one_line_exit_2(tiny_model, tmp_path):
+    """vLLM refuses a flag: servesim serve says so in one line with vLLM's own words."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator", "serve", "--log", str(tmp_path / "server.log"), "--",
+         str(tiny_model), "--enforce-eager", "--port", str(free_port()), "--no-such-flag"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=START_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("servesim: error: vLLM server exited with status 2 before it "
+                                  "was ready: ") and "--no-such-flag" in proc.stderr
