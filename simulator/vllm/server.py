@@ -279,7 +279,8 @@ class Server:
         self.proc = subprocess.Popen(
             self.cmd.argv, env={**os.environ, **self.cmd.env}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            bufsize=1, start_new_session=True)     # its own process group: killpg reaches all
+            bufsize=1, start_new_session=True,     # its own process group: killpg reaches all
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -331,6 +332,14 @@ class Server:
             pass
         if self._reader is not None:
             self._reader.join(timeout=5)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so the server never outlives it; vLLM then stops its engine."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
