@@ -8,6 +8,9 @@ anything an example writes, ``runs/`` or ``results/``, lands in the temporary fo
 is ``python -m simulator`` of this checkout. The examples are written with small sizes: the
 test changes nothing in them.
 
+A block that the text before it introduces with "Save this as `NAME`" is saved as NAME in that
+folder first, as a reader would (docs/writing-a-policy.md's policy module).
+
 Examples that cannot run here (a download, a GPU, a remote Ray cluster, a Hugging Face model
 name) are written in ```console blocks, which this test does not run.
 """
@@ -29,6 +32,7 @@ from tests.conftest import ON_CI, ROOT, SHARED
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
              ROOT / "experiments" / "README.md"]
 FENCE = re.compile(r"^\s*```(\S*)\s*$")
+SAVE_AS = re.compile(r"Save this as `([^`/]+)`:?\s*$")
 BLOCK_TIMEOUT_S = 120
 
 
@@ -38,6 +42,7 @@ class Block:
     line: int          # of the opening fence, 1-based
     lang: str
     text: str
+    save_as: str | None = None     # named by "Save this as `NAME`" just before the block
 
     def where(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
@@ -45,16 +50,20 @@ class Block:
 
 def code_blocks(path: Path) -> list[Block]:
     """The fenced blocks of a Markdown file, with their language tag."""
-    blocks, lang, start, body = [], None, 0, []
+    blocks, lang, start, body, prose = [], None, 0, [], ""
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         fence = FENCE.match(line)
         if lang is None and fence:
+            save = SAVE_AS.search(prose)
             lang, start, body = fence.group(1), number, []
         elif lang is not None and fence and not fence.group(1):
-            blocks.append(Block(path, start, lang, "\n".join(body) + "\n"))
-            lang = None
+            blocks.append(Block(path, start, lang, "\n".join(body) + "\n",
+                                save.group(1) if save else None))
+            lang, prose = None, ""
         elif lang is not None:
             body.append(line)
+        elif line.strip():
+            prose = line
     assert lang is None, f"{path.relative_to(ROOT)}:{start}: unclosed code block"
     return blocks
 
@@ -102,6 +111,15 @@ def run_block(block: Block, work: Path, env: dict[str, str]) -> None:
                     f"---\n{tail}", pytrace=False)
 
 
+def run_document(path: Path, work: Path, env: dict[str, str]) -> None:
+    """Save the files the text asks for, then run the bash blocks in order."""
+    for block in code_blocks(path):
+        if block.save_as:
+            (work / block.save_as).write_text(block.text)
+    for block in bash_blocks(path):
+        run_block(block, work, env)
+
+
 WITH_EXAMPLES = [p for p in DOCUMENTS if p.exists() and bash_blocks(p)]
 
 
@@ -112,9 +130,7 @@ def test_every_bash_example_runs(path, tmp_path):
         if ON_CI:
             pytest.fail(f"{SHARED} is missing: CI must provide ../shared")
         pytest.skip(f"{SHARED} not available")
-    work, env = workspace(tmp_path)
-    for block in blocks:
-        run_block(block, work, env)
+    run_document(path, *workspace(tmp_path))
 
 
 def test_the_readme_has_examples_to_run():
@@ -138,6 +154,18 @@ def test_code_blocks_reads_tags_and_bodies(tmp_path):
     assert [(b.line, b.lang) for b in blocks] == [(2, "bash"), (6, "console"), (9, "bash")]
     assert blocks[0].text == "echo one\n"
     assert [b.text for b in bash_blocks(doc)] == ["echo one\n", "  echo two\n"]
+    assert [b.save_as for b in blocks] == [None, None, None]
+
+
+def test_a_block_introduced_as_a_file_is_saved_before_the_examples_run(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("Save this as `greet.py`:\n\n```python\nprint('hi')\n```\n\nThen:\n\n"
+                   "```bash\npython greet.py | grep -x hi\n```\n")
+    saved, run = code_blocks(doc)
+    assert (saved.save_as, run.save_as) == ("greet.py", None)
+    work, env = workspace(tmp_path)
+    run_document(doc, work, env)
+    assert (work / "greet.py").read_text() == "print('hi')\n"
 
 
 def test_a_failing_example_names_its_place(tmp_path):
