@@ -146,6 +146,19 @@ def test_readme_setup_command_is_the_ci_command():
     assert command[0] in readme_lines
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("path", [p for p in DOCUMENTS if p.exists()],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_at_files_that_exist(path):
+    """A link moved with its text into docs/ or experiments/ still resolves from there."""
+    broken = [target for target in LINK.findall(path.read_text())
+              if not re.match(r"[a-z]+:|#", target)
+              and not (path.parent / target.split("#")[0]).exists()]
+    assert not broken, f"{path.relative_to(ROOT)}: links to missing files: {broken}"
+
+
 def test_code_blocks_reads_tags_and_bodies(tmp_path):
     doc = tmp_path / "x.md"
     doc.write_text("text\n```bash\necho one\n```\n\n```console\n$ x\n```\n  ```bash\n  echo two\n"
