@@ -20,9 +20,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -99,16 +101,20 @@ def workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def run_block(block: Block, work: Path, env: dict[str, str]) -> None:
+    # A session of its own, so a block that overruns is stopped with every process it started.
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block.text], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.text], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+        output, _ = proc.communicate(timeout=BLOCK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         pytest.fail(f"{block.where()}: still running after {BLOCK_TIMEOUT_S} s:\n{block.text}",
                     pytrace=False)
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr)[-3000:]
-        pytest.fail(f"{block.where()}: exit status {done.returncode}\n{block.text}\n--- output "
-                    f"---\n{tail}", pytrace=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{block.where()}: exit status {proc.returncode}\n{block.text}\n--- output "
+                    f"---\n{output[-3000:]}", pytrace=False)
 
 
 def run_document(path: Path, work: Path, env: dict[str, str]) -> None:
@@ -181,11 +187,30 @@ def test_a_block_introduced_as_a_file_is_saved_before_the_examples_run(tmp_path)
     assert (work / "greet.py").read_text() == "print('hi')\n"
 
 
+def test_an_overrunning_example_is_stopped_with_its_children(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "BLOCK_TIMEOUT_S", 1)
+    pid_file = tmp_path / "child.pid"
+    doc = tmp_path / "x.md"
+    doc.write_text(f"```bash\nsleep 60 & echo $! > {pid_file}\nwait\n```\n")
+    block = replace(bash_blocks(doc)[0], path=ROOT / "docs" / "x.md")
+    work, env = workspace(tmp_path)
+    with pytest.raises(pytest.fail.Exception, match="still running after 1 s"):
+        run_block(block, work, env)
+    child = int(pid_file.read_text())
+    for _ in range(100):            # killed; gone once its new parent has reaped it
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the block's child {child} outlived it")
+
+
 def test_a_failing_example_names_its_place(tmp_path):
     doc = tmp_path / "x.md"
     doc.write_text("```bash\ntrue\nfalse\necho never\n```\n")
-    block = bash_blocks(doc)[0]
-    object.__setattr__(block, "path", ROOT / "docs" / "x.md")    # where() is relative to ROOT
+    block = replace(bash_blocks(doc)[0], path=ROOT / "docs" / "x.md")   # where(): from ROOT
     work, env = workspace(tmp_path)
     with pytest.raises(pytest.fail.Exception, match=r"docs/x\.md:1: exit status 1"):
         run_block(block, work, env)
