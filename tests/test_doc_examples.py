@@ -191,7 +191,7 @@ def test_an_overrunning_example_is_stopped_with_its_children(tmp_path, monkeypat
     monkeypatch.setattr(sys.modules[__name__], "BLOCK_TIMEOUT_S", 1)
     pid_file = tmp_path / "child.pid"
     doc = tmp_path / "x.md"
-    doc.write_text(f"```bash\nsleep 60 & echo $! > {pid_file}\nwait\n```\n")
+    doc.write_text(f"```bash\nsleep 60 >/dev/null 2>&1 & echo $! > {pid_file}\nwait\n```\n")
     block = replace(bash_blocks(doc)[0], path=ROOT / "docs" / "x.md")
     work, env = workspace(tmp_path)
     with pytest.raises(pytest.fail.Exception, match="still running after 1 s"):
