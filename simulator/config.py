@@ -212,6 +212,10 @@ class RunConfig:
     preemption: str = run_field(
         "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
         "from its prompt (the fluid paper's model).", group="replica", choices=PREEMPTIONS)
+    frontend_delay: float = run_field(
+        0.0, "Seconds from a request's send to its arrival in the engine (a live server's HTTP "
+        "front end; experiments/sim_vs_real.py measures it); latencies count from the send.",
+        group="replica", low=0, high=60)
     # workload
     arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
     rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
