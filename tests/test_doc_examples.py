@@ -165,6 +165,16 @@ def test_relative_links_point_at_files_that_exist(path):
     assert not broken, f"{path.relative_to(ROOT)}: links to missing files: {broken}"
 
 
+def test_readme_lists_the_columns_the_tables_have():
+    from simulator.metrics import REQUEST_COLUMNS, TIMELINE_COLUMNS
+    text = (ROOT / "README.md").read_text()
+    for table, columns in (("requests.csv", REQUEST_COLUMNS), ("timeline.csv", TIMELINE_COLUMNS)):
+        bullet = re.search(rf"^- \*\*{re.escape(table)}\*\*(.*?)(?=^- |^$)", text, re.M | re.S)
+        assert bullet, f"README.md has no bullet for {table}"
+        listed = re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", bullet.group(1)))
+        assert tuple(listed) == tuple(columns), table
+
+
 def test_code_blocks_reads_tags_and_bodies(tmp_path):
     doc = tmp_path / "x.md"
     doc.write_text("text\n```bash\necho one\n```\n\n```console\n$ x\n```\n  ```bash\n  echo two\n"
