@@ -50,6 +50,9 @@ MAX_SCHEDULE_SEGMENTS = 1_000_000
 # for a growing share of the gaps (about half at cv 31.6) and the mean rate drifts; below 1e-3
 # they are deterministic arrivals (use those).
 CV_RANGE = (1e-3, 10.0)
+# A cluster is simulated replica by replica on one clock: thousands are far past any deployment
+# a single simulation can say something about.
+MAX_REPLICAS = 4096
 # Latency objectives in milliseconds: a year is past any objective.
 MAX_SLO_MS = 3.2e10
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
@@ -212,6 +215,15 @@ class RunConfig:
     preemption: str = run_field(
         "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
         "from its prompt (the fluid paper's model).", group="replica", choices=PREEMPTIONS)
+    # cluster (docs/clusters.md)
+    replicas: int = run_field(1, "Replicas, identical, behind one router.", group="cluster",
+                              low=1, high=MAX_REPLICAS)
+    router: str = run_field("round-robin", "Which replica an arrival goes to (see `servesim "
+                            "routers`); with replicas > 1.", group="cluster")
+    router_params: dict = run_field(
+        help="Router parameter, repeatable, e.g. -R d=3 for power-of-d.", group="cluster",
+        default_factory=dict, flags=("-R", "--router-param"), dest="router_param",
+        metavar="KEY=VALUE", from_cli=_pairs, check=_check_scalars)
     # workload
     arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
     rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
@@ -297,7 +309,21 @@ class RunConfig:
         self._validate_horizon()
         self._validate_model_len()
         self._validate_policy()
+        self._validate_cluster()
         return self
+
+    def _validate_cluster(self) -> None:
+        from scheduler.base import PolicyError
+        from scheduler.routers import make_router
+        if self.replicas > 1 and self.engine != "native":
+            raise ConfigError(f"replicas {self.replicas} needs engine native (a vLLM engine is "
+                              f"one replica)")
+        try:
+            params = make_router(self.router, self.router_params).params
+        except PolicyError as e:
+            raise ConfigError(str(e)) from None
+        self.router_params = {k.replace("-", "_"): getattr(params, k.replace("-", "_"))
+                              for k in self.router_params}
 
     def _validate_trace(self) -> None:
         if self.trace_start is not None and self.trace_end is not None and \
@@ -462,6 +488,10 @@ def check_given(cfg: RunConfig, given: set[str]) -> None:
             if name in given:
                 refuse(name, "does nothing with types (--type): each type fixes its own prompt, "
                              "output and rate; drop one of them")
+    if cfg.replicas == 1:
+        for name in ("router", "router_params"):
+            if name in given:
+                refuse(name, "does nothing with one replica: give replicas (--replicas N)")
     if "rate_schedule" in given and cfg.arrival != "piecewise":
         refuse("rate_schedule", f"applies to piecewise arrivals (--arrival piecewise), not "
                                 f"{cfg.arrival}")

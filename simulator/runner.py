@@ -3,6 +3,7 @@ summarise, and write the output folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from typing import Callable
 import pandas as pd
 
 from scheduler.base import make_policy
+from scheduler.routers import make_router
 from scheduler.state import ReplicaSpec, WorkloadHint
+from simulator.cluster import native_cluster
 from simulator.config import RunConfig, request_types
 from simulator.cost.base import CostModel
 from simulator.cost.factory import build_cost_model
@@ -21,7 +24,8 @@ from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
 from simulator.io import atomic_write, output_folder, write_json
-from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeline_table
+from simulator.metrics import (SLO, ClusterSummary, SimulatedRun, Summary,
+                               cluster_timeline_table, requests_table, timeline_table)
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, synthesize)
@@ -119,6 +123,8 @@ def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = No
 def simulate(cfg: RunConfig, workload: Workload | None = None,
              progress: Callable[[int, int], None] | None = None) -> RunResult:
     workload = workload if workload is not None else build_workload(cfg)
+    if cfg.replicas > 1:
+        return simulate_cluster(cfg, workload, progress)
     spec = build_replica(cfg, workload)
     policy = make_policy(cfg.policy, cfg.policy_params)
     engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
@@ -133,6 +139,40 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     record = Summary.of(frame, preemptions=raw.preemptions,
                         slo=SLO(**cfg.slo) if cfg.slo else None, source=run)
     timeline = timeline_table(raw.timeline) if raw.timeline is not None else None
+    return RunResult(cfg, frame, timeline, record)
+
+
+def simulate_cluster(cfg: RunConfig, workload: Workload,
+                     progress: Callable[[int, int], None] | None = None) -> RunResult:
+    """``cfg.replicas`` identical replicas behind ``cfg.router`` (simulator/cluster.py)."""
+    n = cfg.replicas
+    spec = build_replica(cfg, workload)
+    hint = spec.workload_hint
+    if hint is not None and hint.arrival_rate is not None:
+        # A policy plans for the load its replica sees: an even share of the arrivals.
+        spec = dataclasses.replace(spec, workload_hint=dataclasses.replace(
+            hint, arrival_rate=hint.arrival_rate / n))
+    policies = [make_policy(cfg.policy, cfg.policy_params) for _ in range(n)]
+    router = make_router(cfg.router, cfg.router_params)
+    raw = native_cluster(workload.requests(), router, policies, [spec] * n,
+                         record_timeline=cfg.timeline, preemption=cfg.preemption, seed=cfg.seed,
+                         progress=progress, total=len(workload)).run()
+    frame = requests_table(raw.states, raw.replica_of)
+    bs = spec.block_size
+    counters = [dict(preemptions=r.preemptions, iterations=r.iterations,
+                     kv_capacity_tokens=r.spec.kv_capacity_tokens,
+                     peak_kv_tokens=r.peak_kv_blocks * bs) for r in raw.replicas]
+    run = SimulatedRun(
+        policy=policies[0].describe(), model=cfg.model, gpu=cfg.gpu,
+        cost=spec.cost_model.describe(), kv_capacity_tokens=spec.kv_capacity_tokens,
+        block_size=bs, peak_kv_tokens=max(c["peak_kv_tokens"] for c in counters),
+        iterations=sum(c["iterations"] for c in counters), workload=workload.meta,
+        requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine)
+    record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in counters),
+                        slo=SLO(**cfg.slo) if cfg.slo else None, source=run,
+                        cluster=ClusterSummary.of(frame, router.describe(), counters))
+    timeline = cluster_timeline_table([r.timeline for r in raw.replicas]) if cfg.timeline \
+        else None
     return RunResult(cfg, frame, timeline, record)
 
 
