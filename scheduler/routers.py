@@ -126,7 +126,7 @@ def router_class(name: str) -> type[Router]:
 def make_router(name: str, params: dict[str, Any] | None = None) -> Router:
     """A registered router with ``params`` (strings from the command line are converted)."""
     cls = router_class(name)
-    return cls(parse_params(cls, params or {}))   # type: ignore[arg-type]
+    return cls(parse_params(cls, params or {}, "router"))   # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,210 @@
+"""A cluster of replicas behind a router (simulator/cluster.py, scheduler/routers.py).
+
+Closed forms first: random routing splits Poisson arrivals into N independent Poisson streams,
+so with batch size 1 and a constant iteration time D every replica is an M/D/1 queue of rate
+lambda / N (the method of tests/test_queueing.py: batch means pooled over seeds, a tolerance in
+standard errors); round-robin of deterministic arrivals gives replica i exactly the requests
+i, i + N, i + 2N, ... Where no closed form exists, dominance: load-aware routers beat random
+routing at high load on the same arrivals. Then invariants over random clusters and routers,
+and determinism.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from scheduler import routers
+from scheduler.routers import Router, make_router, register_router, router_names
+from simulator.config import RunConfig, build_config
+from simulator.errors import ConfigError, PolicyViolation
+from simulator.runner import simulate
+
+D = 0.1                  # seconds per iteration
+N = 4                    # replicas
+
+
+def md1_cluster(rho: float, router: str, seed: int, requests: int, **extra) -> RunConfig:
+    """N replicas, each running one request (prompt 1, output 1: one iteration of D) at a time,
+    fed Poisson arrivals at N rho / D: each replica at utilisation rho under even routing."""
+    return RunConfig(policy="vllm-v1", policy_params={"max_num_seqs": 1}, cost_model="linear",
+                     cost_params={"c0": D}, rate=N * rho / D, num_requests=requests,
+                     prompt_len="1", output_len="1", seed=seed, replicas=N, router=router,
+                     **extra).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed forms
+
+REQUESTS = 40_000        # per seed, over all replicas
+SEEDS = (0, 1, 2)
+WARMUP = 250             # requests dropped from the start of each replica (empty-system bias)
+BATCHES = 5              # batch means per replica per seed (about 1,950 requests each)
+Z = 4.0                  # tolerance in standard errors (two-sided p ~ 6e-5)
+
+
+def test_random_routing_of_poisson_arrivals_is_n_independent_md1_queues():
+    rho = 0.8
+    waits: dict[int, list] = {i: [] for i in range(N)}
+    shares = []
+    for seed in SEEDS:
+        result = simulate(md1_cluster(rho, "random", seed, REQUESTS))
+        req, tl = result.requests, result.timeline
+        assert (tl.prefill_requests + tl.decode_requests == 1).all()
+        assert np.allclose(tl.duration_s, D, rtol=0, atol=1e-15)
+        for i in range(N):
+            mine = req[req.replica == i].sort_values("arrival_s")
+            q = mine.queue_ms.to_numpy() / 1e3
+            waits[i].append(np.array([b.mean() for b in np.array_split(q[WARMUP:], BATCHES)]))
+            shares.append(len(mine) / REQUESTS)
+    # Thinning: each replica gets a binomial share 1/N of the arrivals.
+    assert np.allclose(shares, 1 / N, atol=Z * math.sqrt((1 / N) * (1 - 1 / N) / REQUESTS))
+
+    expected = rho * D / (2 * (1 - rho))         # Pollaczek-Khinchine, per replica
+    pooled = np.concatenate([np.concatenate(w) for w in waits.values()])
+    mean, se = pooled.mean(), pooled.std(ddof=1) / math.sqrt(len(pooled))
+    assert se < 0.05 * expected
+    assert abs(mean - expected) < Z * se, (mean, expected, se)
+    assert abs(mean - rho * D / (1 - rho)) > 3 * Z * se     # tells M/D/1 from M/M/1
+    for i, w in waits.items():                   # and every replica on its own
+        w = np.concatenate(w)
+        se_i = w.std(ddof=1) / math.sqrt(len(w))
+        assert abs(w.mean() - expected) < Z * se_i, (i, w.mean(), expected, se_i)
+
+
+def test_round_robin_of_deterministic_arrivals_gives_each_replica_every_nth_request():
+    n, requests = 3, 60
+    cfg = RunConfig(arrival="deterministic", rate=5.0, num_requests=requests, replicas=n,
+                    router="round-robin", prompt_len="64:512", output_len="4:64",
+                    seed=4).validate()
+    result = simulate(cfg)
+    req = result.requests.sort_values("arrival_s")
+    assert (req.replica.to_numpy() == np.arange(requests) % n).all()
+    for i in range(n):
+        ids = req[req.replica == i].request_id.to_numpy()
+        assert (np.diff(ids) == n).all() and ids[0] == i
+    cluster = result.summary["cluster"]
+    assert [r["requests"] for r in cluster["per_replica"]] == [requests // n] * n
+    assert cluster["requests_per_replica_cv"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Dominance: at high load, routers that look at the load beat a random choice
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_load_aware_routers_beat_random_at_high_load_md1(seed):
+    means = {r: simulate(md1_cluster(0.9, r, seed, 8_000)).record.latency["mean_e2el_ms"]
+             for r in ("random", "power-of-d", "least-outstanding", "jsq-tokens")}
+    for router in ("power-of-d", "least-outstanding", "jsq-tokens"):
+        assert means[router] < means["random"], means
+    # Power of two choices already takes most of the gain (Mitzenmacher): below half of random.
+    assert means["power-of-d"] < 0.5 * means["random"], means
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_load_aware_routers_beat_random_with_continuous_batching(seed):
+    def mean_e2el(router):
+        cfg = RunConfig(num_requests=1_500, rate=14.0, replicas=N, router=router,
+                        prompt_len="64:1024", output_len="16:256", kv_capacity=12_000,
+                        seed=seed).validate()
+        return simulate(cfg).record.latency["mean_e2el_ms"]
+    means = {r: mean_e2el(r) for r in ("random", "power-of-d", "least-outstanding", "least-kv")}
+    for router in ("power-of-d", "least-outstanding", "least-kv"):
+        assert means[router] < means["random"], means
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariants over random clusters and routers
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(replicas=hs.integers(2, 5), router=hs.sampled_from(router_names()),
+       policy=hs.sampled_from(["vllm-v1", "sarathi", "orca", "sjf", "wait"]),
+       preemption=hs.sampled_from(["recompute", "restart"]),
+       kv=hs.integers(600, 4_000), rate=hs.floats(2, 200), seed=hs.integers(0, 10_000))
+def test_cluster_invariants(replicas, router, policy, preemption, kv, rate, seed):
+    cfg = RunConfig(replicas=replicas, router=router, policy=policy, preemption=preemption,
+                    kv_capacity=kv, rate=rate, num_requests=80, prompt_len="8:700",
+                    output_len="1:200", seed=seed, cost_model="linear").validate()
+    result = simulate(cfg)                       # no stall: it returns
+    req, tl, summary = result.requests, result.timeline, result.summary
+    # Conservation of requests: each exactly once, on one replica, completed or rejected.
+    assert sorted(req.request_id) == list(range(80))
+    assert req.replica.between(0, replicas - 1).all()
+    assert set(req.status) <= {"completed", "rejected"}
+    per = summary["cluster"]["per_replica"]
+    assert sum(r["requests"] for r in per) == 80
+    assert sum(r["completed"] for r in per) == summary["completed"]
+    assert sum(r["rejected"] for r in per) == summary["rejected"]
+    assert summary["completed"] + summary["rejected"] == 80
+    # KV within each replica's capacity, at every iteration.
+    capacity = (kv // cfg.block_size) * cfg.block_size
+    assert (tl.kv_used_tokens <= capacity).all()
+    assert all(r["peak_kv_tokens"] <= r["kv_capacity_tokens"] == capacity for r in per)
+    # Conservation of tokens, per replica: every completed request computed its prompt and
+    # output - 1 tokens on its own replica (more when preempted work was recomputed).
+    done = req[req.status == "completed"]
+    for i in range(replicas):
+        mine_done = done[done.replica == i]
+        mine_tl = tl[tl.replica == i]
+        need = int((mine_done.prompt_tokens + mine_done.output_tokens - 1).sum())
+        computed = int(mine_tl.prefill_tokens.sum() + mine_tl.decode_requests.sum())
+        if per[i]["preemptions"] == 0:
+            assert computed == need, (i, computed, need)
+        else:
+            assert computed > need
+    # Latencies in causal order.
+    assert (done.first_token_s >= done.arrival_s).all()
+    assert (done.completion_s >= done.first_token_s).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism, and the front door
+
+
+@pytest.mark.parametrize("router", ["random", "power-of-d", "jsq-tokens"])
+def test_same_seed_same_tables(router):
+    def run(seed):
+        return simulate(RunConfig(replicas=3, router=router, num_requests=300, rate=12.0,
+                                  kv_capacity=20_000, seed=seed).validate())
+    a, b = run(7), run(7)
+    assert a.requests.equals(b.requests) and a.timeline.equals(b.timeline)
+    assert {k: v for k, v in a.summary.items() if "wall" not in k} == \
+        {k: v for k, v in b.summary.items() if "wall" not in k}
+    if router == "random":
+        assert not a.requests.replica.equals(run(8).requests.replica)
+
+
+def test_one_replica_keeps_the_single_replica_schema():
+    result = simulate(RunConfig(num_requests=20).validate())
+    assert "replica" not in result.requests.columns and "cluster" not in result.summary
+
+
+def test_router_and_parameters_are_checked_by_name():
+    with pytest.raises(ConfigError, match="unknown router 'nope'"):
+        build_config(overrides={"replicas": 2, "router": "nope"})
+    with pytest.raises(ConfigError, match="router power-of-d: parameter d must be >= 1"):
+        build_config(overrides={"replicas": 2, "router": "power-of-d",
+                                "router_params": {"d": "0"}})
+    with pytest.raises(ConfigError, match=r"router \(--router\) does nothing with one replica"):
+        build_config(overrides={"router": "random"})
+    assert make_router("power-of-d", {"d": "3"}).params.d == 3
+
+
+def test_a_router_naming_no_replica_is_a_violation(monkeypatch):
+    monkeypatch.setattr(routers, "_ROUTERS", dict(routers._ROUTERS))   # registered here only
+
+    @register_router
+    class Outside(Router):
+        name = "test-outside"
+
+        def route(self, req, replicas):
+            return len(replicas)
+
+    with pytest.raises(PolicyViolation, match="router test-outside .* returned 2 for request 0"):
+        simulate(RunConfig(replicas=2, router="test-outside", num_requests=5).validate())
