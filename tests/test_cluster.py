@@ -208,3 +208,41 @@ def test_a_router_naming_no_replica_is_a_violation(monkeypatch):
 
     with pytest.raises(PolicyViolation, match="router test-outside .* returned 2 for request 0"):
         simulate(RunConfig(replicas=2, router="test-outside", num_requests=5).validate())
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity: the smallest replica count
+
+
+def test_replica_search_finds_the_smallest_stable_count_of_deterministic_queues():
+    # Deterministic arrivals at 25 req/s dealt round-robin to N replicas that each serve one
+    # request per D = 0.1 s: replica i sees one arrival every N / 25 s, so it keeps up iff
+    # N / 25 >= D, i.e. N >= 2.5. With 3, no request waits (E2E exactly D); with 2, the queue
+    # grows without bound.
+    from simulator.sweep.capacity import replica_search
+    cfg = RunConfig(policy="vllm-v1", policy_params={"max_num_seqs": 1}, cost_model="linear",
+                    cost_params={"c0": D}, arrival="deterministic", rate=25.0, num_requests=600,
+                    prompt_len="1", output_len="1", replicas=8, router="round-robin",
+                    slo={"e2el_ms": 1.5 * D * 1e3}).validate()
+    for criterion in ("slo", "stable"):
+        r = replica_search(cfg, criterion=criterion, seeds=1, max_replicas=8, workers=1)
+        assert r.replicas == 3 and r.low.replicas == 2
+        assert [p.replicas for p in r.probes] == [1, 2, 4, 3]
+        assert r.high.runs[0]["mean_e2el_ms"] == pytest.approx(D * 1e3)
+        assert not r.low.stable
+    r = replica_search(cfg, criterion="stable", seeds=1, max_replicas=2, workers=1)
+    assert r.replicas is None and r.low.replicas == 2
+
+
+def test_capacity_command_searches_replicas(capsys):
+    from simulator.cli import main
+    args = ["capacity", "--search", "replicas", "--router", "round-robin", "--policy", "vllm-v1",
+            "-p", "max_num_seqs=1", "--cost-model", "linear", "--cost-param", f"c0={D}",
+            "--arrival", "deterministic", "--rate", "25", "-n", "400", "--prompt-len", "1",
+            "--output-len", "1", "--criterion", "stable", "--seeds", "1", "--workers", "1",
+            "--max-replicas", "8", "-q"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == \
+        "replicas for stable latency: 3 (passes at 3, fails at 2)"
+    assert main(args + ["--rate-max", "30"]) == 2
+    assert "--rate-min/--rate-max bound a rate search" in capsys.readouterr().err
