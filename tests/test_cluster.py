@@ -246,3 +246,19 @@ def test_capacity_command_searches_replicas(capsys):
         "replicas for stable latency: 3 (passes at 3, fails at 2)"
     assert main(args + ["--rate-max", "30"]) == 2
     assert "--rate-min/--rate-max bound a rate search" in capsys.readouterr().err
+
+
+def test_replicas_and_router_are_sweep_axes(tmp_path, capsys):
+    import pandas as pd
+
+    from simulator.cli import main
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: cl\nbase: {num_requests: 60, rate: 8}\n"
+                    "axes:\n  replicas: [2, 3]\n  router: [round-robin, power-of-d]\n")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "-j", "1"]) == 0
+    table = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert list(zip(table.replicas, table.router)) == [
+        (2, "round-robin"), (2, "power-of-d"), (3, "round-robin"), (3, "power-of-d")]
+    assert (table["cluster.replicas"] == table.replicas).all()
+    # 60 requests dealt in turn: exactly even over 2 and 3 replicas.
+    assert (table[table.router == "round-robin"]["cluster.requests_per_replica_cv"] == 0).all()
