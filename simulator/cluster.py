@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Sequence
 
 import simpy
 
+from scheduler.admission import Admission
 from scheduler.base import Policy
 from scheduler.routers import Router
 from scheduler.state import ReplicaSpec, RequestState, Status
@@ -65,8 +66,8 @@ class EngineLoad:
 
 @dataclass
 class ClusterResult:
-    """Every request's final state in arrival order with the replica that served it, and each
-    replica's own result (its timeline and counters)."""
+    """Every request's final state in arrival order with the replica that served it (-1:
+    refused at the front), and each replica's own result (its timeline and counters)."""
 
     states: list[RequestState]
     replica_of: list[int]
@@ -77,15 +78,16 @@ class ClusterResult:
 
 class Cluster:
     """Serves ``requests`` on replicas built by ``make_replica(index, env)`` (each an Engine on
-    the shared clock), routing every arrival with ``router``."""
+    the shared clock), routing every arrival ``admission`` lets in with ``router``."""
 
     def __init__(self, requests: Iterable[Request], router: Router,
                  make_replica: Callable[[int, simpy.Environment], Engine], num_replicas: int,
-                 *, seed: int = 0, progress: Callable[[int, int], None] | None = None,
-                 total: int | None = None):
+                 *, admission: Admission | None = None, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None, total: int | None = None):
         self.env = simpy.Environment()
         self.requests = requests
         self.router = router
+        self.admission = admission if admission is not None and admission.active else None
         self.engines = [make_replica(i, self.env) for i in range(num_replicas)]
         self.loads: Sequence[EngineLoad] = tuple(EngineLoad(i, e)
                                                  for i, e in enumerate(self.engines))
@@ -99,6 +101,8 @@ class Cluster:
         wall0 = time.perf_counter()
         env = self.env
         self.router.bind(len(self.engines), self.seed)
+        if self.admission is not None:
+            self.admission.bind()
         for e in self.engines:
             e._start()
         replicas = [env.process(e._replica()) for e in self.engines]
@@ -116,12 +120,23 @@ class Cluster:
 
     def _arrivals(self):
         env, router, loads, engines = self.env, self.router, self.loads, self.engines
+        admission = self.admission
         n = len(engines)
         states, replica_of = self.states, self.replica_of
         for r in self.requests:
             delay = r.arrival_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
+            if admission is not None:
+                reason = admission.refuse(env.now, loads)
+                if reason is not None:
+                    st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens,
+                                      r.output_tokens, r.label)
+                    st.status = Status.REJECTED
+                    st.reject_reason = reason
+                    states.append(st)
+                    replica_of.append(-1)
+                    continue
             i = router.route(r, loads)
             if not (isinstance(i, int) and 0 <= i < n):
                 raise PolicyViolation(f"router {router.name} at t={env.now:.6f}s returned "
@@ -137,10 +152,12 @@ class Cluster:
 def native_cluster(requests: Iterable[Request], router: Router,
                    policies: Sequence[Policy], specs: Sequence[ReplicaSpec], *,
                    record_timeline: bool = True, preemption: str = "recompute", seed: int = 0,
+                   admission: Admission | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    total: int | None = None) -> Cluster:
     """A cluster of servesim's own engines: replica i runs ``policies[i]`` on ``specs[i]``."""
     def make(i: int, env: simpy.Environment) -> Engine:
         return Engine((), policies[i], specs[i].cost_model, specs[i],
                       record_timeline=record_timeline, preemption=preemption, env=env)
-    return Cluster(requests, router, make, len(specs), seed=seed, progress=progress, total=total)
+    return Cluster(requests, router, make, len(specs), admission=admission, seed=seed,
+                   progress=progress, total=total)

@@ -224,6 +224,14 @@ class RunConfig:
         help="Router parameter, repeatable, e.g. -R d=3 for power-of-d.", group="cluster",
         default_factory=dict, flags=("-R", "--router-param"), dest="router_param",
         metavar="KEY=VALUE", from_cli=_pairs, check=_check_scalars)
+    admission_rate: float | None = run_field(
+        None, "Admission at the front: a token bucket letting in this many requests/s on "
+        "average.", group="cluster", low=0, low_open=True, high=MAX_RATE)
+    admission_burst: int = run_field(1, "Admission: the token bucket's size (requests let in at "
+                                     "once).", group="cluster", low=1, high=MAX_REQUESTS)
+    max_queue: int | None = run_field(
+        None, "Admission: refuse arrivals while this many requests wait across the replicas.",
+        group="cluster", low=0, high=MAX_REQUESTS)
     # workload
     arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
     rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
@@ -312,12 +320,25 @@ class RunConfig:
         self._validate_cluster()
         return self
 
+    @property
+    def admission(self) -> bool:
+        """Admission control at the front is on."""
+        return self.admission_rate is not None or self.max_queue is not None
+
+    @property
+    def clustered(self) -> bool:
+        """The run goes through the cluster (simulator/cluster.py): replicas, or admission."""
+        return self.replicas > 1 or self.admission
+
     def _validate_cluster(self) -> None:
         from scheduler.base import PolicyError
         from scheduler.routers import make_router
         if self.replicas > 1 and self.engine != "native":
             raise ConfigError(f"replicas {self.replicas} needs engine native (a vLLM engine is "
                               f"one replica)")
+        if self.admission and self.engine != "native":
+            raise ConfigError("admission control (admission_rate, max_queue) needs engine "
+                              "native")
         try:
             params = make_router(self.router, self.router_params).params
         except PolicyError as e:
@@ -488,6 +509,9 @@ def check_given(cfg: RunConfig, given: set[str]) -> None:
             if name in given:
                 refuse(name, "does nothing with types (--type): each type fixes its own prompt, "
                              "output and rate; drop one of them")
+    if "admission_burst" in given and cfg.admission_rate is None:
+        refuse("admission_burst", "sizes the token bucket of admission_rate "
+                                  "(--admission-rate): give it")
     if cfg.replicas == 1:
         for name in ("router", "router_params"):
             if name in given:

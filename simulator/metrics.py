@@ -186,13 +186,17 @@ class ReplicaSummary:
 class ClusterSummary:
     """What a cluster adds to its summary: the router, each replica, and the load balance as
     the coefficient of variation (population std / mean) of requests routed per replica: 0
-    when every replica got the same number."""
+    when every replica got the same number. With admission control, its settings and the
+    requests it refused (replica -1 in the table)."""
 
     router: dict
     replicas: tuple[ReplicaSummary, ...]
+    admission: dict | None = None
+    refused: int = 0
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, router: dict, counters: list[dict]) -> "ClusterSummary":
+    def of(cls, frame: pd.DataFrame, router: dict, counters: list[dict],
+           admission: dict | None = None) -> "ClusterSummary":
         """``frame`` holds a ``replica`` column; ``counters[i]`` replica i's preemptions,
         iterations, kv_capacity_tokens and peak_kv_tokens."""
         out = []
@@ -208,7 +212,8 @@ class ClusterSummary:
                 replica=i, requests=int(mine.sum()), completed=int(done.sum()),
                 rejected=int((mine & (status == "rejected")).sum()),
                 mean_ttft_ms=mean("ttft_ms"), mean_e2el_ms=mean("e2el_ms"), **c))
-        return cls(router=router, replicas=tuple(out))
+        return cls(router=router, replicas=tuple(out), admission=admission,
+                   refused=int((replica == -1).sum()))
 
     @property
     def requests_cv(self) -> float:
@@ -216,10 +221,13 @@ class ClusterSummary:
         return float(counts.std() / counts.mean()) if counts.mean() > 0 else math.nan
 
     def to_dict(self) -> dict:
-        return {"replicas": len(self.replicas), "router": self.router,
-                "requests_per_replica_cv": self.requests_cv,
-                "per_replica": [{f.name: getattr(r, f.name) for f in fields(r)}
-                                for r in self.replicas]}
+        out = {"replicas": len(self.replicas), "router": self.router,
+               "requests_per_replica_cv": self.requests_cv,
+               "per_replica": [{f.name: getattr(r, f.name) for f in fields(r)}
+                               for r in self.replicas]}
+        if self.admission is not None:
+            out["admission"] = {**self.admission, "refused": self.refused}
+        return out
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import pandas as pd
 
+from scheduler.admission import Admission
 from scheduler.base import make_policy
 from scheduler.routers import make_router
 from scheduler.state import ReplicaSpec, WorkloadHint
@@ -123,7 +124,7 @@ def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = No
 def simulate(cfg: RunConfig, workload: Workload | None = None,
              progress: Callable[[int, int], None] | None = None) -> RunResult:
     workload = workload if workload is not None else build_workload(cfg)
-    if cfg.replicas > 1:
+    if cfg.clustered:
         return simulate_cluster(cfg, workload, progress)
     spec = build_replica(cfg, workload)
     policy = make_policy(cfg.policy, cfg.policy_params)
@@ -144,7 +145,8 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
 
 def simulate_cluster(cfg: RunConfig, workload: Workload,
                      progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """``cfg.replicas`` identical replicas behind ``cfg.router`` (simulator/cluster.py)."""
+    """``cfg.replicas`` identical replicas behind ``cfg.router`` and admission control
+    (simulator/cluster.py)."""
     n = cfg.replicas
     spec = build_replica(cfg, workload)
     hint = spec.workload_hint
@@ -154,9 +156,10 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
             hint, arrival_rate=hint.arrival_rate / n))
     policies = [make_policy(cfg.policy, cfg.policy_params) for _ in range(n)]
     router = make_router(cfg.router, cfg.router_params)
+    admission = Admission(cfg.admission_rate, cfg.admission_burst, cfg.max_queue)
     raw = native_cluster(workload.requests(), router, policies, [spec] * n,
                          record_timeline=cfg.timeline, preemption=cfg.preemption, seed=cfg.seed,
-                         progress=progress, total=len(workload)).run()
+                         admission=admission, progress=progress, total=len(workload)).run()
     frame = requests_table(raw.states, raw.replica_of)
     bs = spec.block_size
     counters = [dict(preemptions=r.preemptions, iterations=r.iterations,
@@ -170,7 +173,9 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
         requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine)
     record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in counters),
                         slo=SLO(**cfg.slo) if cfg.slo else None, source=run,
-                        cluster=ClusterSummary.of(frame, router.describe(), counters))
+                        cluster=ClusterSummary.of(
+                            frame, router.describe(), counters,
+                            admission.describe() if admission.active else None))
     timeline = cluster_timeline_table([r.timeline for r in raw.replicas]) if cfg.timeline \
         else None
     return RunResult(cfg, frame, timeline, record)

@@ -262,3 +262,49 @@ def test_replicas_and_router_are_sweep_axes(tmp_path, capsys):
     assert (table["cluster.replicas"] == table.replicas).all()
     # 60 requests dealt in turn: exactly even over 2 and 3 replicas.
     assert (table[table.router == "round-robin"]["cluster.requests_per_replica_cv"] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission control at the front
+
+
+def test_token_bucket_admits_at_most_burst_plus_rate_times_any_window():
+    rate, burst = 4.0, 3
+    cfg = RunConfig(arrival="deterministic", rate=10.0, num_requests=300, replicas=2,
+                    router="round-robin", admission_rate=rate, admission_burst=burst,
+                    prompt_len="16", output_len="4").validate()
+    result = simulate(cfg)
+    req = result.requests
+    refused = req[req.replica == -1]
+    assert (refused.status == "rejected").all()
+    assert (refused.reject_reason == "admission: token bucket empty").all()
+    t = req[req.replica >= 0].arrival_s.to_numpy()
+    # The bucket's defining bound, over every window between two admitted arrivals ...
+    count = np.arange(len(t))[None, :] - np.arange(len(t))[:, None] + 1
+    window = t[None, :] - t[:, None]
+    upper = np.triu(np.ones_like(window, dtype=bool))
+    assert (count[upper] <= burst + rate * window[upper] + 1e-9).all()
+    # ... and arrivals faster than the bucket fill it to exactly that over the whole run.
+    span = req.arrival_s.max() - req.arrival_s.min()
+    assert abs(len(t) - (burst + rate * span)) <= 1
+    assert result.summary["cluster"]["admission"]["refused"] == len(refused)
+    assert result.summary["rejected"] == len(refused)
+    assert sum(r["requests"] for r in result.summary["cluster"]["per_replica"]) == len(t)
+
+
+def test_max_queue_bounds_the_waiting_requests():
+    cfg = RunConfig(policy="vllm-v1", policy_params={"max_num_seqs": 1}, cost_model="linear",
+                    cost_params={"c0": D}, rate=20.0, num_requests=400, prompt_len="1",
+                    output_len="1", max_queue=3, seed=2).validate()   # one replica, rho = 2
+    result = simulate(cfg)
+    req, tl = result.requests, result.timeline
+    # The timeline counts the waiting after the iteration took its request from the queue.
+    assert tl.waiting.max() == 3 - 1
+    refused = req[req.reject_reason == "admission: queue full"]
+    assert len(refused) > 0 and (refused.replica == -1).all()
+    # Served at most one per D with at most 3 ahead: no admitted request waits 4 D or more.
+    done = req[req.status == "completed"]
+    assert done.queue_ms.max() < 4 * D * 1e3
+    assert len(done) + len(refused) == 400
+    with pytest.raises(ConfigError, match="admission_burst .* sizes the token bucket"):
+        build_config(overrides={"admission_burst": 4})

@@ -115,6 +115,8 @@ def print_summary(s: dict, console: Console) -> None:
         c = s["cluster"]
         rows += [("replicas (router)", f"{c['replicas']} ({c['router']['router']})"),
                  ("requests per replica: CV", _fmt(c["requests_per_replica_cv"], 3))]
+        if "admission" in c:
+            rows.append(("refused at the front (admission)", _fmt(c["admission"]["refused"])))
     rows.append(("wall time (s)", _fmt(s.get("wall_s"), 2)))
     for r in rows:
         t2.add_row(*r)
