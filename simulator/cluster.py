@@ -151,13 +151,15 @@ class Cluster:
 
 def native_cluster(requests: Iterable[Request], router: Router,
                    policies: Sequence[Policy], specs: Sequence[ReplicaSpec], *,
-                   record_timeline: bool = True, preemption: str = "recompute", seed: int = 0,
-                   admission: Admission | None = None,
+                   record_timeline: bool = True, preemptions: Sequence[str] | None = None,
+                   seed: int = 0, admission: Admission | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    total: int | None = None) -> Cluster:
-    """A cluster of servesim's own engines: replica i runs ``policies[i]`` on ``specs[i]``."""
+    """A cluster of servesim's own engines: replica i runs ``policies[i]`` on ``specs[i]``
+    with preemption mode ``preemptions[i]`` (default: recompute)."""
     def make(i: int, env: simpy.Environment) -> Engine:
         return Engine((), policies[i], specs[i].cost_model, specs[i],
-                      record_timeline=record_timeline, preemption=preemption, env=env)
+                      record_timeline=record_timeline,
+                      preemption=preemptions[i] if preemptions else "recompute", env=env)
     return Cluster(requests, router, make, len(specs), admission=admission, seed=seed,
                    progress=progress, total=total)

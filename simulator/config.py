@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, UserError
 from simulator.fields import INT64_MAX, Declared, check_number, declared_fields, run_field
 
 ARRIVALS = ("poisson", "gamma", "deterministic", "piecewise")
@@ -101,6 +101,36 @@ def _check_schedule(value: list, where: str) -> list:
     if not any(r > 0 for _, r in value):
         raise ConfigError(f"{where} needs at least one segment with a positive rate")
     return value
+
+
+# Fields a replica group may set: what describes one replica and its policy. The served model
+# and the engine are the cluster's.
+GROUP_EXCLUDED = ("model", "engine")
+
+
+def _check_groups(value: list, where: str) -> list:
+    if not value:
+        raise ConfigError(f"{where} must list at least one group, like {{count: 2, gpu: h100}}")
+    out = []
+    for i, group in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(group, dict):
+            raise ConfigError(f"{at} must be a mapping like {{count: 2, gpu: h100}}, got "
+                              f"{group!r}")
+        fields = {str(k).replace("-", "_"): v for k, v in group.items()}
+        count = fields.pop("count", None)
+        check_number(count, f"{at}.count", int, 1, MAX_REPLICAS)
+        checked = {}
+        for name, v in fields.items():
+            f = FIELDS.get(name)
+            if f is None or f.group not in ("policy", "replica") or name in GROUP_EXCLUDED:
+                allowed = ", ".join(n for n, d in FIELDS.items() if d.group in
+                                    ("policy", "replica") and n not in GROUP_EXCLUDED)
+                raise ConfigError(f"{at}: {name!r} is not a replica field; allowed: count, "
+                                  f"{allowed}")
+            checked[name] = f.coerce(v, f"{at}.{name}")
+        out.append({"count": count, **checked})
+    return out
 
 
 def _check_slo(value: dict, where: str) -> dict:
@@ -224,6 +254,10 @@ class RunConfig:
         help="Router parameter, repeatable, e.g. -R d=3 for power-of-d.", group="cluster",
         default_factory=dict, flags=("-R", "--router-param"), dest="router_param",
         metavar="KEY=VALUE", from_cli=_pairs, check=_check_scalars)
+    groups: list | None = run_field(
+        None, "Replica groups that differ (a config-file list of {count: N, gpu: ..., policy: "
+        "..., ...}: replica and policy fields); replicas is their total count.",
+        group="cluster", flags=(), check=lambda v, where: _check_groups(v, where))
     admission_rate: float | None = run_field(
         None, "Admission at the front: a token bucket letting in this many requests/s on "
         "average.", group="cluster", low=0, low_open=True, high=MAX_RATE)
@@ -330,9 +364,34 @@ class RunConfig:
         """The run goes through the cluster (simulator/cluster.py): replicas, or admission."""
         return self.replicas > 1 or self.admission
 
+    def group_configs(self) -> list[tuple[int, "RunConfig"]]:
+        """(count, the run config of one replica of the group) for each replica group; without
+        groups, one group of ``replicas`` replicas of this config."""
+        if not self.groups:
+            return [(self.replicas, self)]
+        base = {**self.to_dict(), "groups": None, "replicas": 1, "router_params": {},
+                "admission_rate": None, "max_queue": None}
+        out = []
+        for i, group in enumerate(self.groups):
+            fields = {k: v for k, v in group.items() if k != "count"}
+            if "policy" in fields and "policy_params" not in fields:
+                fields["policy_params"] = {}     # another policy: the base's params are not its
+            try:
+                out.append((group["count"], RunConfig(**{**base, **fields}).validate()))
+            except UserError as e:     # a field's value, or the group's policy parameters
+                raise ConfigError(f"groups[{i}]: {e}") from None
+        return out
+
     def _validate_cluster(self) -> None:
         from scheduler.base import PolicyError
         from scheduler.routers import make_router
+        if self.groups:
+            total = sum(g["count"] for g in self.groups)
+            if self.replicas not in (1, total):
+                raise ConfigError(f"replicas {self.replicas} differs from the groups' total "
+                                  f"count {total}: give one of them")
+            self.replicas = total
+            self.group_configs()         # each group's fields together, as a replica's
         if self.replicas > 1 and self.engine != "native":
             raise ConfigError(f"replicas {self.replicas} needs engine native (a vLLM engine is "
                               f"one replica)")
@@ -512,7 +571,7 @@ def check_given(cfg: RunConfig, given: set[str]) -> None:
     if "admission_burst" in given and cfg.admission_rate is None:
         refuse("admission_burst", "sizes the token bucket of admission_rate "
                                   "(--admission-rate): give it")
-    if cfg.replicas == 1:
+    if cfg.replicas == 1 and not cfg.groups:
         for name in ("router", "router_params"):
             if name in given:
                 refuse(name, "does nothing with one replica: give replicas (--replicas N)")

@@ -171,6 +171,8 @@ class ReplicaSummary:
     """One replica of a cluster: what was routed to it and how it served it."""
 
     replica: int
+    gpu: str
+    policy: str
     requests: int
     completed: int
     rejected: int

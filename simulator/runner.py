@@ -145,30 +145,37 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
 
 def simulate_cluster(cfg: RunConfig, workload: Workload,
                      progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """``cfg.replicas`` identical replicas behind ``cfg.router`` and admission control
-    (simulator/cluster.py)."""
+    """``cfg.replicas`` replicas (identical, or in ``cfg.groups``) behind ``cfg.router`` and
+    admission control (simulator/cluster.py)."""
     n = cfg.replicas
-    spec = build_replica(cfg, workload)
-    hint = spec.workload_hint
-    if hint is not None and hint.arrival_rate is not None:
-        # A policy plans for the load its replica sees: an even share of the arrivals.
-        spec = dataclasses.replace(spec, workload_hint=dataclasses.replace(
-            hint, arrival_rate=hint.arrival_rate / n))
-    policies = [make_policy(cfg.policy, cfg.policy_params) for _ in range(n)]
+    specs, policies, names, preemptions = [], [], [], []
+    for count, group in cfg.group_configs():
+        spec = build_replica(group, workload)
+        hint = spec.workload_hint
+        if hint is not None and hint.arrival_rate is not None:
+            # A policy plans for the load its replica sees: an even share of the arrivals.
+            spec = dataclasses.replace(spec, workload_hint=dataclasses.replace(
+                hint, arrival_rate=hint.arrival_rate / n))
+        specs += [spec] * count
+        policies += [make_policy(group.policy, group.policy_params) for _ in range(count)]
+        names += [(group.gpu, group.policy)] * count
+        preemptions += [group.preemption] * count
     router = make_router(cfg.router, cfg.router_params)
     admission = Admission(cfg.admission_rate, cfg.admission_burst, cfg.max_queue)
-    raw = native_cluster(workload.requests(), router, policies, [spec] * n,
-                         record_timeline=cfg.timeline, preemption=cfg.preemption, seed=cfg.seed,
+    raw = native_cluster(workload.requests(), router, policies, specs,
+                         record_timeline=cfg.timeline, preemptions=preemptions, seed=cfg.seed,
                          admission=admission, progress=progress, total=len(workload)).run()
     frame = requests_table(raw.states, raw.replica_of)
-    bs = spec.block_size
-    counters = [dict(preemptions=r.preemptions, iterations=r.iterations,
+    counters = [dict(gpu=gpu, policy=policy, preemptions=r.preemptions, iterations=r.iterations,
                      kv_capacity_tokens=r.spec.kv_capacity_tokens,
-                     peak_kv_tokens=r.peak_kv_blocks * bs) for r in raw.replicas]
+                     peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size)
+                for (gpu, policy), r in zip(names, raw.replicas)]
+    # The top-level replica description is replica 0's (each replica's is in cluster.per_replica).
+    spec = specs[0]
     run = SimulatedRun(
-        policy=policies[0].describe(), model=cfg.model, gpu=cfg.gpu,
+        policy=policies[0].describe(), model=cfg.model, gpu=names[0][0],
         cost=spec.cost_model.describe(), kv_capacity_tokens=spec.kv_capacity_tokens,
-        block_size=bs, peak_kv_tokens=max(c["peak_kv_tokens"] for c in counters),
+        block_size=spec.block_size, peak_kv_tokens=max(c["peak_kv_tokens"] for c in counters),
         iterations=sum(c["iterations"] for c in counters), workload=workload.meta,
         requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine)
     record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in counters),

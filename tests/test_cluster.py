@@ -308,3 +308,39 @@ def test_max_queue_bounds_the_waiting_requests():
     assert len(done) + len(refused) == 400
     with pytest.raises(ConfigError, match="admission_burst .* sizes the token bucket"):
         build_config(overrides={"admission_burst": 4})
+
+
+# ---------------------------------------------------------------------------------------------
+# Replica groups that differ
+
+
+def test_groups_differ_in_cost_model_kv_and_policy():
+    # Deterministic arrivals every 0.5 s dealt in turn to a replica of iteration time 0.1 s and
+    # one of 0.3 s, one request at a time: nothing queues, so every request takes exactly its
+    # replica's iteration time.
+    groups = [{"count": 1, "cost_model": "linear", "cost_params": {"c0": 0.1},
+               "policy": "vllm-v1", "policy_params": {"max_num_seqs": 1}},
+              {"count": 1, "cost_model": "linear", "cost_params": {"c0": 0.3},
+               "policy": "orca", "policy_params": {"max_num_seqs": 1}, "kv_capacity": 4096}]
+    cfg = build_config({"groups": groups, "router": "round-robin", "arrival": "deterministic",
+                        "rate": 4.0, "num_requests": 40, "prompt_len": "1", "output_len": "1"})
+    assert cfg.replicas == 2
+    result = simulate(cfg)
+    req = result.requests
+    for replica, d in ((0, 0.1), (1, 0.3)):
+        assert np.allclose(req[req.replica == replica].e2el_ms, d * 1e3, rtol=1e-9)
+    per = result.summary["cluster"]["per_replica"]
+    assert [r["policy"] for r in per] == ["vllm-v1", "orca"]
+    assert per[1]["kv_capacity_tokens"] == 4096 and per[0]["kv_capacity_tokens"] != 4096
+
+
+def test_groups_are_checked_field_by_field():
+    with pytest.raises(ConfigError, match=r"groups\[0\]: 'rate' is not a replica field"):
+        build_config({"groups": [{"count": 1, "rate": 3}]})
+    with pytest.raises(ConfigError, match=r"groups\[1\].count must be an integer"):
+        build_config({"groups": [{"count": 1}, {"gpu": "h100-80gb"}]})
+    with pytest.raises(ConfigError, match="replicas 3 differs from the groups' total count 2"):
+        build_config({"groups": [{"count": 2}], "replicas": 3})
+    with pytest.raises(ConfigError, match=r"groups\[0\]: .*chunk_size"):
+        build_config({"groups": [{"count": 2, "policy": "orca",
+                                  "policy_params": {"chunk_size": 8}}]})

@@ -129,11 +129,11 @@ def print_replicas(per_replica: list[dict], console: Console) -> None:
     """A cluster's replicas, one row each."""
     from rich.table import Table
     t = Table(show_header=True, header_style="bold")
-    for col in ("replica", "requests", "completed", "rejected", "preemptions", "peak KV",
-                "mean TTFT (ms)", "mean E2E (ms)"):
+    for col in ("replica", "gpu", "policy", "requests", "completed", "rejected", "preemptions",
+                "peak KV", "mean TTFT (ms)", "mean E2E (ms)"):
         t.add_column(col, justify="right")
     for r in per_replica:
-        t.add_row(str(r["replica"]), _fmt(r["requests"]), _fmt(r["completed"]),
+        t.add_row(str(r["replica"]), r["gpu"], r["policy"], _fmt(r["requests"]), _fmt(r["completed"]),
                   _fmt(r["rejected"]), _fmt(r["preemptions"]), _fmt(r["peak_kv_tokens"]),
                   _fmt(r["mean_ttft_ms"]), _fmt(r["mean_e2el_ms"]))
     console.print(t)
