@@ -122,15 +122,24 @@ def test_load_aware_routers_beat_random_with_continuous_batching(seed):
 # Invariants over random clusters and routers
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+POLICIES = ["vllm-v1", "sarathi", "orca", "sjf", "wait"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(replicas=hs.integers(2, 5), router=hs.sampled_from(router_names()),
-       policy=hs.sampled_from(["vllm-v1", "sarathi", "orca", "sjf", "wait"]),
-       preemption=hs.sampled_from(["recompute", "restart"]),
-       kv=hs.integers(600, 4_000), rate=hs.floats(2, 200), seed=hs.integers(0, 10_000))
-def test_cluster_invariants(replicas, router, policy, preemption, kv, rate, seed):
-    cfg = RunConfig(replicas=replicas, router=router, policy=policy, preemption=preemption,
-                    kv_capacity=kv, rate=rate, num_requests=80, prompt_len="8:700",
-                    output_len="1:200", seed=seed, cost_model="linear").validate()
+       policy=hs.sampled_from(POLICIES), preemption=hs.sampled_from(["recompute", "restart"]),
+       kv=hs.integers(600, 4_000), rate=hs.floats(2, 200), seed=hs.integers(0, 10_000),
+       other=hs.none() | hs.tuples(hs.integers(300, 4_000), hs.sampled_from(POLICIES)))
+def test_cluster_invariants(replicas, router, policy, preemption, kv, rate, seed, other):
+    fields = dict(router=router, policy=policy, preemption=preemption, kv_capacity=kv,
+                  rate=rate, num_requests=80, prompt_len="8:700", output_len="1:200", seed=seed,
+                  cost_model="linear")
+    if other is None:
+        fields["replicas"] = replicas
+    else:   # a second group with another KV capacity (small ones reject) and policy
+        fields["groups"] = [{"count": replicas - 1},
+                            {"count": 1, "kv_capacity": other[0], "policy": other[1]}]
+    cfg = build_config(fields, refuse_unused=False)
     result = simulate(cfg)                       # no stall: it returns
     req, tl, summary = result.requests, result.timeline, result.summary
     # Conservation of requests: each exactly once, on one replica, completed or rejected.
@@ -138,14 +147,17 @@ def test_cluster_invariants(replicas, router, policy, preemption, kv, rate, seed
     assert req.replica.between(0, replicas - 1).all()
     assert set(req.status) <= {"completed", "rejected"}
     per = summary["cluster"]["per_replica"]
+    assert len(per) == replicas
     assert sum(r["requests"] for r in per) == 80
     assert sum(r["completed"] for r in per) == summary["completed"]
     assert sum(r["rejected"] for r in per) == summary["rejected"]
     assert summary["completed"] + summary["rejected"] == 80
     # KV within each replica's capacity, at every iteration.
-    capacity = (kv // cfg.block_size) * cfg.block_size
-    assert (tl.kv_used_tokens <= capacity).all()
-    assert all(r["peak_kv_tokens"] <= r["kv_capacity_tokens"] == capacity for r in per)
+    for i, r in enumerate(per):
+        want = kv if other is None or i < replicas - 1 else other[0]
+        assert r["kv_capacity_tokens"] == (want // cfg.block_size) * cfg.block_size
+        assert (tl[tl.replica == i].kv_used_tokens <= r["kv_capacity_tokens"]).all()
+        assert r["peak_kv_tokens"] <= r["kv_capacity_tokens"]
     # Conservation of tokens, per replica: every completed request computed its prompt and
     # output - 1 tokens on its own replica (more when preempted work was recomputed).
     done = req[req.status == "completed"]
