@@ -399,9 +399,12 @@ class RunConfig:
             raise ConfigError("admission control (admission_rate, max_queue) needs engine "
                               "native")
         try:
-            params = make_router(self.router, self.router_params).params
+            router = make_router(self.router, self.router_params)
+            if self.replicas > 1:     # (one replica routes nothing: a sweep may reach it)
+                router.bind(self.replicas, self.seed)   # refuses parameters unfit for the count
         except PolicyError as e:
             raise ConfigError(str(e)) from None
+        params = router.params
         self.router_params = {k.replace("-", "_"): getattr(params, k.replace("-", "_"))
                               for k in self.router_params}
 

@@ -205,6 +205,9 @@ def test_router_and_parameters_are_checked_by_name():
                                 "router_params": {"d": "0"}})
     with pytest.raises(ConfigError, match=r"router \(--router\) does nothing with one replica"):
         build_config(overrides={"router": "random"})
+    with pytest.raises(ConfigError, match="router power-of-d: parameter d=3 exceeds the 2 "):
+        build_config(overrides={"replicas": 2, "router": "power-of-d",
+                                "router_params": {"d": "3"}})
     assert make_router("power-of-d", {"d": "3"}).params.d == 3
 
 
