@@ -359,3 +359,13 @@ def test_groups_are_checked_field_by_field():
     with pytest.raises(ConfigError, match=r"groups\[0\]: .*chunk_size"):
         build_config({"groups": [{"count": 2, "policy": "orca",
                                   "policy_params": {"chunk_size": 8}}]})
+
+
+def test_report_draws_per_replica_load(tmp_path):
+    from simulator.report.build import run_figures
+    result = simulate(RunConfig(replicas=3, router="random", num_requests=120, rate=9.0,
+                                seed=1).validate())
+    paths = run_figures(result.requests, result.timeline, result.summary, tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == ["latency_cdf.png", "replicas.png"]
+    assert (tmp_path / "replicas.png").stat().st_size > 10_000
