@@ -21,7 +21,7 @@ class StepKV:
         self.watermark = watermark_blocks
 
     def need(self, req: RequestState, tokens: int) -> int:
-        return max(0, -(-(req.computed + tokens) // self.block_size) - req.kv_blocks)
+        return max(0, req.blocks_to_take(tokens, self.block_size))
 
     def release(self, req: RequestState) -> None:
         self.free += req.kv_blocks

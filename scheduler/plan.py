@@ -41,8 +41,15 @@ def check_whole_prompt_budget(policy: str, budget: int, max_model_len: int) -> N
             f"({max_model_len}) without chunked prefill; raise the budget or lower max_model_len")
 
 
+def lowest_priority(running: list) -> RequestState:
+    """vLLM V1's choice under ``--scheduling-policy priority``: the largest priority value,
+    then the latest arrival (the first such in running order)."""
+    return max(running, key=lambda r: (r.priority, r.arrival_s))
+
+
 VICTIMS: dict[str, VictimPicker] = {"latest-admitted": latest_admitted,
-                                    "latest-arrival": latest_arrival}
+                                    "latest-arrival": latest_arrival,
+                                    "lowest-priority": lowest_priority}
 
 
 class StepPlan:
@@ -83,12 +90,14 @@ class StepPlan:
     def is_preempted(self, req: RequestState) -> bool:
         return id(req) in self._preempted_set
 
-    def _reserve(self, req: RequestState, n: int, keep_watermark: bool) -> bool:
-        # Called once per scheduled request per step: StepKV.need is inlined on purpose.
+    def _reserve(self, req: RequestState, n: int, keep_watermark: bool, cached: int = 0,
+                 shared_blocks: int = 0) -> bool:
+        # Called once per scheduled request per step: RequestState.blocks_to_take, inlined (a
+        # resident request has no prefix-cache hit: admit passes a waiting one's).
         if id(req) in self._preempted_set:
             raise self._rescheduled(req)
         kv = self.kv
-        need = -(-(req.computed + n) // kv.block_size) - req.kv_blocks
+        need = -(-(req.computed + cached + n) // kv.block_size) - req.kv_blocks - shared_blocks
         if need > 0:
             # The watermark guards admissions against imminent decode growth; with nothing else
             # resident there is nothing to guard, and waiving it keeps a large request from
@@ -142,8 +151,8 @@ class StepPlan:
             self._on_preempt(victim)
 
     def admit(self, req: RequestState, n: int, keep_watermark: bool = False) -> bool:
-        """Admit a waiting request with ``n`` prompt tokens if its blocks fit (and, with
-        ``reserve_full_prompt``, the blocks of its whole prompt)."""
+        """Admit a waiting request with ``n`` prompt tokens (after its prefix-cache hit) if its
+        blocks fit (and, with ``reserve_full_prompt``, the blocks of its whole prompt)."""
         if req.status is not Status.WAITING:
             if self.is_preempted(req):
                 raise self._rescheduled(req)
@@ -153,7 +162,7 @@ class StepPlan:
         if self.reserve_full_prompt and n < req.remaining and \
                 self.kv.need(req, req.remaining) > self.kv.free:
             return False
-        if not self._reserve(req, n, keep_watermark):
+        if not self._reserve(req, n, keep_watermark, req.cached, req.cached_shared_blocks):
             return False
         self.running.append(req)
         return True
@@ -171,6 +180,10 @@ class StepPlan:
                 n = int(self.budget)   # finite, since n exceeds it
             if not self.schedule_resident(req, n):
                 break
+            if i >= len(running) or running[i] is not req:
+                # A victim that stood before req (a lowest-priority one, not the tail) was
+                # removed and req moved up: vLLM steps its index back the same way.
+                i = running.index(req)
             i += 1
 
     def admit_waiting(self, queue, tokens: Callable[[RequestState], int] | None = None, *,

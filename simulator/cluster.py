@@ -19,7 +19,7 @@ from scheduler.admission import Admission
 from scheduler.base import Policy
 from scheduler.routers import Router
 from scheduler.state import ReplicaSpec, RequestState, Status
-from simulator.engine import Engine, EngineResult
+from simulator.engine import Engine, EngineResult, reject
 from simulator.errors import PolicyViolation
 from traces.request import Request
 
@@ -128,12 +128,11 @@ class Cluster:
             if delay > 0:
                 yield env.timeout(delay)
             if admission is not None:
-                reason = admission.refuse(env.now, loads)
-                if reason is not None:
+                refusal = admission.refuse(env.now, loads)
+                if refusal is not None:
                     st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens,
                                       r.output_tokens, r.label)
-                    st.status = Status.REJECTED
-                    st.reject_reason = reason
+                    reject(st, *refusal)
                     states.append(st)
                     replica_of.append(-1)
                     continue

@@ -245,6 +245,10 @@ class RunConfig:
     preemption: str = run_field(
         "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
         "from its prompt (the fluid paper's model).", group="replica", choices=PREEMPTIONS)
+    frontend_delay: float = run_field(
+        0.0, "Seconds from a request's send to its arrival in the engine (a live server's HTTP "
+        "front end; experiments/sim_vs_real.py measures it); latencies count from the send.",
+        group="replica", low=0, high=60)
     # cluster (docs/clusters.md)
     replicas: int = run_field(1, "Replicas, identical, behind one router.", group="cluster",
                               low=1, high=MAX_REPLICAS)
@@ -395,6 +399,9 @@ class RunConfig:
         if self.replicas > 1 and self.engine != "native":
             raise ConfigError(f"replicas {self.replicas} needs engine native (a vLLM engine is "
                               f"one replica)")
+        if self.clustered and self.frontend_delay > 0:
+            raise ConfigError("frontend_delay applies to one replica without admission control "
+                              "(a cluster's router front end is not modelled as a delay)")
         if self.admission and self.engine != "native":
             raise ConfigError("admission control (admission_rate, max_queue) needs engine "
                               "native")

@@ -25,7 +25,7 @@ from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
-from simulator.metrics import TimelineRow
+from simulator.metrics import BY_POLICY, OVER_KV_CAPACITY, OVER_MAX_MODEL_LEN, TimelineRow
 from traces.request import Request
 from traces.workload import Workload
 
@@ -44,14 +44,23 @@ class EngineResult:
     extra: dict = field(default_factory=dict)
 
 
-def arrival_reject_reason(spec: ReplicaSpec, st: RequestState) -> str | None:
-    """Why a request can never be served on this replica (checked at arrival), or None."""
+def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | None:
+    """Why a request can never be served on this replica (checked at arrival): its code and
+    detail, or None."""
     total = st.prompt_tokens + st.output_tokens
     if total > spec.max_model_len:
-        return f"prompt + output = {total} tokens exceeds max_model_len {spec.max_model_len}"
+        return (OVER_MAX_MODEL_LEN,
+                (f"prompt + output = {total} tokens exceeds max_model_len {spec.max_model_len}"))
     if spec.blocks_for(st.max_kv_tokens) > spec.num_blocks:
-        return f"needs {st.max_kv_tokens} KV tokens, capacity is {spec.kv_capacity_tokens}"
+        return (OVER_KV_CAPACITY,
+                f"needs {st.max_kv_tokens} KV tokens, capacity is {spec.kv_capacity_tokens}")
     return None
+
+
+def reject(st: RequestState, code: str, detail: str | None) -> None:
+    """Mark a request rejected, with its code and detail."""
+    st.status = Status.REJECTED
+    st.reject_reason, st.reject_detail = code, detail
 
 
 class ReplicaLoop:
@@ -79,6 +88,9 @@ class ReplicaLoop:
         self.iterations = 0
         self.preemptions = 0
         self.arrivals_done = False
+        # A live server's front end (HTTP, tokenisation, the hop to the engine core) holds each
+        # request this long before the engine sees it; latencies still count from arrival_s.
+        self.frontend_delay_s = 0.0
         self._idle: simpy.Event | None = None
 
     def run(self) -> EngineResult:
@@ -104,7 +116,7 @@ class ReplicaLoop:
     def _arrivals(self):
         env = self.env
         for r in self.requests:
-            delay = r.arrival_s - env.now
+            delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
             self.arrive(r)
@@ -114,10 +126,9 @@ class ReplicaLoop:
         """``r`` arrives now: rejected if it can never fit, else handed to the scheduler."""
         st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.label)
         self.states.append(st)
-        reason = arrival_reject_reason(self.spec, st)
-        if reason is not None:
-            st.status = Status.REJECTED
-            st.reject_reason = reason
+        rejection = arrival_rejection(self.spec, st)
+        if rejection is not None:
+            reject(st, *rejection)
             return st
         self._accept(st, r)
         self._wake()
@@ -228,8 +239,7 @@ class Engine(ReplicaLoop):
             if st.status is not Status.WAITING:
                 raise PolicyViolation(f"policy {self.policy.name} rejected request "
                                       f"{st.request_id}, which is {st.status.value}")
-            st.status = Status.REJECTED
-            st.reject_reason = reason
+            reject(st, BY_POLICY, reason)
             self.view.num_waiting -= 1
             self.unfinished -= 1
 

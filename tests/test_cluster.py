@@ -292,7 +292,8 @@ def test_token_bucket_admits_at_most_burst_plus_rate_times_any_window():
     req = result.requests
     refused = req[req.replica == -1]
     assert (refused.status == "rejected").all()
-    assert (refused.reject_reason == "admission: token bucket empty").all()
+    assert (refused.reject_reason == "admission_token_bucket").all()
+    assert refused.reject_detail.str.contains(r"tokens left \(rate 4/s, burst 3\)").all()
     t = req[req.replica >= 0].arrival_s.to_numpy()
     # The bucket's defining bound, over every window between two admitted arrivals ...
     count = np.arange(len(t))[None, :] - np.arange(len(t))[:, None] + 1
@@ -315,7 +316,7 @@ def test_max_queue_bounds_the_waiting_requests():
     req, tl = result.requests, result.timeline
     # The timeline counts the waiting after the iteration took its request from the queue.
     assert tl.waiting.max() == 3 - 1
-    refused = req[req.reject_reason == "admission: queue full"]
+    refused = req[req.reject_reason == "admission_queue_full"]
     assert len(refused) > 0 and (refused.replica == -1).all()
     # Served at most one per D with at most 3 ahead: no admitted request waits 4 D or more.
     done = req[req.status == "completed"]

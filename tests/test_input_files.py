@@ -598,6 +598,8 @@ import json, os, sys
 sys.path.insert(0, {root!r})
 from simulator.cli import main
 import contextlib, io
+# The modules a run loads (the CLI imports them lazily): the base is the interpreter with them.
+import simulator.runner, traces.loaders.table  # noqa: E401
 base = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 err = io.StringIO()
 with contextlib.redirect_stderr(err):

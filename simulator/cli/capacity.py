@@ -12,7 +12,8 @@ from simulator.cli import cli, stdout_console
 from simulator.cli.options import Number, config_from_options, nonempty_path, run_options
 from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
-from simulator.io import output_folder, write_json
+from simulator.io import write_json
+from simulator.run_folder import clear, prepare, write_manifest
 from simulator.sweep.capacity import (CRITERIA, CapacityResult, Probe, ReplicaCountResult,
                                       capacity_search, replica_search)
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
@@ -48,7 +49,10 @@ if TYPE_CHECKING:
               help="With --search replicas: the most replicas probed.")
 @executor_options
 @click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
-              help="Folder for capacity.json (the search, every probe and its runs).")
+              help="Folder for capacity.json (the search, every probe and its runs) and, "
+              "last, manifest.json. It must hold no other run.")
+@click.option("--replace", is_flag=True,
+              help="Remove the run already in --out before writing this one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result line.")
 def capacity(**opts):
@@ -67,6 +71,10 @@ def capacity(**opts):
         raise ConfigError("give --slo ttft=MS,tpot=MS,e2el=MS (with --attainment), or "
                           "--criterion stable for the largest rate with bounded latency")
     from rich.console import Console
+    if opts["out"]:   # before searching: an unwritable or occupied folder fails at once
+        prepare(opts["out"], opts["replace"])
+    elif opts["replace"]:
+        raise ConfigError("--replace replaces the run in --out: give --out")
     console = Console(stderr=True)
     verbose = not (opts["quiet"] or opts["as_json"])
 
@@ -89,7 +97,8 @@ def capacity(**opts):
                                on_probe=on_probe)
         record = {**found.to_dict(), "config": cfg.to_dict()}
         if opts["out"]:
-            write_json(output_folder(opts["out"]) / "capacity.json", record)
+            write_record(opts["out"], opts["replace"], record, criterion=criterion,
+                         replicas=found.replicas)
         if opts["as_json"]:
             click.echo(json.dumps(record, indent=2, default=str))
         else:
@@ -102,13 +111,22 @@ def capacity(**opts):
                              address=opts["address"], on_probe=on_probe)
     record = {**result.to_dict(), "config": cfg.to_dict()}
     if opts["out"]:
-        write_json(output_folder(opts["out"]) / "capacity.json", record)
+        write_record(opts["out"], opts["replace"], record, criterion=criterion,
+                     capacity=result.capacity)
     if opts["as_json"]:
         click.echo(json.dumps(record, indent=2, default=str))
         return
     click.echo(result_line(result))
     if not opts["quiet"]:
         print_bracket(result, stdout_console())
+
+
+def write_record(out: str, replace: bool, record: dict, **info) -> None:
+    """capacity.json, then the manifest (last) in ``out``, replacing the run there."""
+    folder, previous = prepare(out, replace)
+    clear(previous)
+    write_json(folder / "capacity.json", record)
+    write_manifest(folder, "capacity", ["capacity.json"], **info)
 
 
 def replicas_line(r: ReplicaCountResult) -> str:

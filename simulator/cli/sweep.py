@@ -40,9 +40,12 @@ def axes_text(axes: dict) -> str:
               help="Results folder. [the spec's out:, else results/<spec name>]")
 @executor_options
 @click.option("--dry-run", is_flag=True, help="List the points and which are done; run nothing.")
+@click.option("--replace", is_flag=True,
+              help="Remove the results of another sweep (or run) in the folder first; the same "
+              "spec resumes without it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def sweep(spec_file, out, executor, workers, address, dry_run, as_json, quiet):
+def sweep(spec_file, out, executor, workers, address, dry_run, replace, as_json, quiet):
     """Run every point of a sweep spec (a base run config and axes); re-running resumes.
 
     Exit status: 0 when every point succeeded, 1 when some failed (each is recorded in the
@@ -66,7 +69,8 @@ def sweep(spec_file, out, executor, workers, address, dry_run, as_json, quiet):
     try:
         with reporter:
             result = run_sweep(spec, out, executor=executor, workers=workers, address=address,
-                               on_start=reporter.start, on_point=reporter.point)
+                               on_start=reporter.start, on_point=reporter.point,
+                               replace=replace)
     except SweepInterrupted as e:
         o = e.outcome
         console.print(f"interrupted: {o.skipped + o.ran} of {len(o.points)} points done, kept "

@@ -371,7 +371,8 @@ def to_states(requests: list[Request], records: list[Record]) -> list[RequestSta
                 st.status, st.finished_s = Status.FINISHED, rec.token_times[-1]
                 st.output_tokens = rec.streamed_tokens
             elif rec.error is not None:
-                st.status, st.reject_reason = Status.REJECTED, rec.error
+                st.status = Status.REJECTED
+                st.reject_reason, st.reject_detail = error_kind(rec.error), rec.error
         states.append(st)
     return states
 
