@@ -104,8 +104,8 @@ def _check_schedule(value: list, where: str) -> list:
 
 
 # Fields a replica group may set: what describes one replica and its policy. The served model
-# and the engine are the cluster's.
-GROUP_EXCLUDED = ("model", "engine")
+# and the engine are the cluster's; a front-end delay is not modelled in a cluster.
+GROUP_EXCLUDED = ("model", "engine", "frontend_delay")
 
 
 def _check_groups(value: list, where: str) -> list:

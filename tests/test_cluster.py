@@ -353,6 +353,10 @@ def test_groups_differ_in_cost_model_kv_and_policy():
 def test_groups_are_checked_field_by_field():
     with pytest.raises(ConfigError, match=r"groups\[0\]: 'rate' is not a replica field"):
         build_config({"groups": [{"count": 1, "rate": 3}]})
+    with pytest.raises(ConfigError, match=r"groups\[0\]: 'frontend_delay' is not a replica"):
+        build_config({"groups": [{"count": 2, "frontend_delay": 0.01}]})
+    with pytest.raises(ConfigError, match="frontend_delay applies to one replica"):
+        build_config({"replicas": 2, "frontend_delay": 0.01})
     with pytest.raises(ConfigError, match=r"groups\[1\].count must be an integer"):
         build_config({"groups": [{"count": 1}, {"gpu": "h100-80gb"}]})
     with pytest.raises(ConfigError, match="replicas 3 differs from the groups' total count 2"):
