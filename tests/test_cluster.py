@@ -192,6 +192,29 @@ def test_same_seed_same_tables(router):
         assert not a.requests.replica.equals(run(8).requests.replica)
 
 
+@pytest.mark.parametrize("fields", [
+    dict(num_requests=300, rate=30.0, prompt_len="32:512", output_len="8:256", kv_capacity=6144,
+         seed=3),
+    dict(num_requests=200, arrival="deterministic", rate=20.0, kv_capacity=8000,
+         policy="sarathi", preemption="restart")])
+def test_a_one_replica_cluster_is_the_single_replica_run(fields):
+    # Composing Engines on a shared clock changes nothing of a replica: one replica behind a
+    # router gives the single run's tables exactly (preemptions included).
+    from scheduler.base import make_policy
+    from simulator.cluster import native_cluster
+    from simulator.metrics import requests_table, timeline_table
+    from simulator.runner import build_replica, build_workload
+    cfg = RunConfig(**fields).validate()
+    single = simulate(cfg)
+    workload = build_workload(cfg)
+    raw = native_cluster(workload.requests(), make_router("round-robin"),
+                         [make_policy(cfg.policy, cfg.policy_params)],
+                         [build_replica(cfg, workload)], preemptions=[cfg.preemption]).run()
+    assert single.record.preemptions > 0
+    assert requests_table(raw.states).equals(single.requests)
+    assert timeline_table(raw.replicas[0].timeline).equals(single.timeline)
+
+
 def test_one_replica_keeps_the_single_replica_schema():
     result = simulate(RunConfig(num_requests=20).validate())
     assert "replica" not in result.requests.columns and "cluster" not in result.summary
