@@ -9,6 +9,7 @@ hands it over: from then on the request lives on that replica as in a single-rep
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -137,13 +138,16 @@ class Cluster:
                     replica_of.append(-1)
                     continue
             i = router.route(r, loads)
-            if not (isinstance(i, int) and 0 <= i < n):
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < n:
                 raise PolicyViolation(f"router {router.name} at t={env.now:.6f}s returned "
                                       f"{i!r} for request {r.request_id}; replicas are 0..{n - 1}")
+            i = int(i)
             st = engines[i].arrive(r)
             loads[i]._outstanding.append(st)
             states.append(st)
             replica_of.append(i)
+            if self.progress is not None and len(states) % 4096 == 0:
+                self.progress(sum(e.finished for e in engines), self.total or 0)
         for e in engines:
             e.end_arrivals()
 
