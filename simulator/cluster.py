@@ -57,12 +57,14 @@ class EngineLoad:
 
     @property
     def pending_tokens(self) -> int:
-        # Work left: the prompt (or recompute) tokens not in cache, and the outputs still to
-        # come; a request computes prompt + output - 1 tokens in all.
+        # Work left: the prompt (or recompute) tokens not in cache (computed, or a waiting
+        # request's prefix-cache hit), and the outputs still to come; a request computes
+        # prompt + output - 1 tokens in all.
         live = [st for st in self._outstanding
                 if st.status is Status.WAITING or st.status is Status.RESIDENT]
         self._outstanding = live
-        return sum(st.prompt_tokens + st.output_tokens - 1 - st.computed for st in live)
+        return sum(st.prompt_tokens + st.output_tokens - 1 - st.computed - st.cached
+                   for st in live)
 
 
 @dataclass
