@@ -397,3 +397,43 @@ def test_report_draws_per_replica_load(tmp_path):
     names = sorted(p.name for p in paths)
     assert names == ["latency_cdf.png", "replicas.png"]
     assert (tmp_path / "replicas.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# The routing rules on hand-made loads
+
+
+class _Load:
+    def __init__(self, index, outstanding=0, waiting=0, free=100, pending=0):
+        from scheduler.state import ReplicaSpec
+        self.index, self.outstanding, self.num_waiting = index, outstanding, waiting
+        self.num_resident = outstanding - waiting
+        self.free_blocks, self.pending_tokens = free, pending
+        self.spec = ReplicaSpec(num_blocks=100, block_size=16, max_model_len=4096)
+
+
+def _route(name, loads, params=None, times=1, seed=0):
+    from traces.request import Request
+    router = make_router(name, params)
+    router.bind(len(loads), seed)
+    return [router.route(Request(k, 0.0, 8, 8), loads) for k in range(times)]
+
+
+def test_routing_rules_on_hand_made_loads():
+    loads = [_Load(0, outstanding=3, waiting=1, free=10, pending=900),
+             _Load(1, outstanding=1, waiting=1, free=20, pending=5000),
+             _Load(2, outstanding=2, waiting=0, free=90, pending=50),
+             _Load(3, outstanding=1, waiting=0, free=40, pending=700)]
+    assert _route("round-robin", loads, times=6) == [0, 1, 2, 3, 0, 1]
+    # Fewest outstanding: replicas 1 and 3 tie; the tie goes to the first at or after a
+    # start that moves on by one each arrival (0 -> 1, 1 -> 1, 2 -> 3, 3 -> 3, 0 -> 1).
+    assert _route("least-outstanding", loads, times=5) == [1, 1, 3, 3, 1]
+    assert _route("least-kv", loads, times=3) == [2, 2, 2]          # 10% of its KV in use
+    assert _route("jsq-tokens", loads, times=3) == [2, 2, 2]        # 50 tokens pending
+    # d = N compares every replica: the global least outstanding (first sampled of a tie).
+    assert set(_route("power-of-d", loads, {"d": 4}, times=50)) == {1, 3}
+    # d = 1 is random routing; d = 2 never picks the most loaded replica.
+    assert set(_route("power-of-d", loads, {"d": 1}, times=200)) == {0, 1, 2, 3}
+    assert 0 not in _route("power-of-d", loads, {"d": 2}, times=200)
+    assert _route("random", loads, times=20, seed=5) == _route("random", loads, times=20, seed=5)
+    assert sorted(set(_route("random", loads, times=200))) == [0, 1, 2, 3]
