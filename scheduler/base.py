@@ -323,8 +323,9 @@ def param_docs(cls: type[Policy]) -> list[tuple[str, str, Any, str]]:
             for f in dataclasses.fields(cls.Params)]
 
 
-def parse_params(cls: type[Policy], raw: dict[str, Any]):
-    """Build ``cls.Params`` from a dict of values (strings from the CLI are converted)."""
+def parse_params(cls: type[Policy], raw: dict[str, Any], kind: str = "policy"):
+    """Build ``cls.Params`` from a dict of values (strings from the CLI are converted); errors
+    name the ``kind`` of class (a policy, or a router: scheduler/routers.py)."""
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
     hints = typing.get_type_hints(cls.Params)
     values = {}
@@ -332,8 +333,8 @@ def parse_params(cls: type[Policy], raw: dict[str, Any]):
         k = key.replace("-", "_")
         if k not in fields:
             allowed = ", ".join(fields) or "none"
-            raise PolicyError(f"policy {cls.name}: unknown parameter {key!r}; allowed: {allowed}")
-        values[k] = _convert(cls.name, k, value, hints[k], fields[k].metadata)
+            raise PolicyError(f"{kind} {cls.name}: unknown parameter {key!r}; allowed: {allowed}")
+        values[k] = _convert(f"{kind} {cls.name}", k, value, hints[k], fields[k].metadata)
     return cls.Params(**values)
 
 
@@ -344,8 +345,8 @@ def _type_name(tp) -> str:
     return f"{name} (optional)" if type(None) in typing.get_args(tp) else name
 
 
-def _convert(policy: str, name: str, value, tp, meta):
-    where = f"policy {policy}: parameter {name}"
+def _convert(owner: str, name: str, value, tp, meta):
+    where = f"{owner}: parameter {name}"
     out: Any
     args = typing.get_args(tp)
     optional = type(None) in args

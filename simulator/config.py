@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from simulator.errors import ConfigError
+from simulator.errors import ConfigError, UserError
 from simulator.fields import INT64_MAX, Declared, check_number, declared_fields, run_field
 
 ARRIVALS = ("poisson", "gamma", "deterministic", "piecewise")
@@ -50,6 +50,9 @@ MAX_SCHEDULE_SEGMENTS = 1_000_000
 # for a growing share of the gaps (about half at cv 31.6) and the mean rate drifts; below 1e-3
 # they are deterministic arrivals (use those).
 CV_RANGE = (1e-3, 10.0)
+# A cluster is simulated replica by replica on one clock: thousands are far past any deployment
+# a single simulation can say something about.
+MAX_REPLICAS = 4096
 # Latency objectives in milliseconds: a year is past any objective.
 MAX_SLO_MS = 3.2e10
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
@@ -98,6 +101,36 @@ def _check_schedule(value: list, where: str) -> list:
     if not any(r > 0 for _, r in value):
         raise ConfigError(f"{where} needs at least one segment with a positive rate")
     return value
+
+
+# Fields a replica group may set: what describes one replica and its policy. The served model
+# and the engine are the cluster's; a front-end delay is not modelled in a cluster.
+GROUP_EXCLUDED = ("model", "engine", "frontend_delay")
+
+
+def _check_groups(value: list, where: str) -> list:
+    if not value:
+        raise ConfigError(f"{where} must list at least one group, like {{count: 2, gpu: h100}}")
+    out = []
+    for i, group in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(group, dict):
+            raise ConfigError(f"{at} must be a mapping like {{count: 2, gpu: h100}}, got "
+                              f"{group!r}")
+        fields = {str(k).replace("-", "_"): v for k, v in group.items()}
+        count = fields.pop("count", None)
+        check_number(count, f"{at}.count", int, 1, MAX_REPLICAS)
+        checked = {}
+        for name, v in fields.items():
+            f = FIELDS.get(name)
+            if f is None or f.group not in ("policy", "replica") or name in GROUP_EXCLUDED:
+                allowed = ", ".join(n for n, d in FIELDS.items() if d.group in
+                                    ("policy", "replica") and n not in GROUP_EXCLUDED)
+                raise ConfigError(f"{at}: {name!r} is not a replica field; allowed: count, "
+                                  f"{allowed}")
+            checked[name] = f.coerce(v, f"{at}.{name}")
+        out.append({"count": count, **checked})
+    return out
 
 
 def _check_slo(value: dict, where: str) -> dict:
@@ -216,6 +249,27 @@ class RunConfig:
         0.0, "Seconds from a request's send to its arrival in the engine (a live server's HTTP "
         "front end; experiments/sim_vs_real.py measures it); latencies count from the send.",
         group="replica", low=0, high=60)
+    # cluster (docs/clusters.md)
+    replicas: int = run_field(1, "Replicas, identical, behind one router.", group="cluster",
+                              low=1, high=MAX_REPLICAS)
+    router: str = run_field("round-robin", "Which replica an arrival goes to (see `servesim "
+                            "routers`); with replicas > 1.", group="cluster")
+    router_params: dict = run_field(
+        help="Router parameter, repeatable, e.g. -R d=3 for power-of-d.", group="cluster",
+        default_factory=dict, flags=("-R", "--router-param"), dest="router_param",
+        metavar="KEY=VALUE", from_cli=_pairs, check=_check_scalars)
+    groups: list | None = run_field(
+        None, "Replica groups that differ (a config-file list of {count: N, gpu: ..., policy: "
+        "..., ...}: replica and policy fields); replicas is their total count.",
+        group="cluster", flags=(), check=lambda v, where: _check_groups(v, where))
+    admission_rate: float | None = run_field(
+        None, "Admission at the front: a token bucket letting in this many requests/s on "
+        "average.", group="cluster", low=0, low_open=True, high=MAX_RATE)
+    admission_burst: int = run_field(1, "Admission: the token bucket's size (requests let in at "
+                                     "once).", group="cluster", low=1, high=MAX_REQUESTS)
+    max_queue: int | None = run_field(
+        None, "Admission: refuse arrivals while this many requests wait across the replicas.",
+        group="cluster", low=0, high=MAX_REQUESTS)
     # workload
     arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
     rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
@@ -301,7 +355,65 @@ class RunConfig:
         self._validate_horizon()
         self._validate_model_len()
         self._validate_policy()
+        self._validate_cluster()
         return self
+
+    @property
+    def admission(self) -> bool:
+        """Admission control at the front is on."""
+        return self.admission_rate is not None or self.max_queue is not None
+
+    @property
+    def clustered(self) -> bool:
+        """The run goes through the cluster (simulator/cluster.py): replicas, or admission."""
+        return self.replicas > 1 or self.admission
+
+    def group_configs(self) -> list[tuple[int, "RunConfig"]]:
+        """(count, the run config of one replica of the group) for each replica group; without
+        groups, one group of ``replicas`` replicas of this config."""
+        if not self.groups:
+            return [(self.replicas, self)]
+        base = {**self.to_dict(), "groups": None, "replicas": 1, "router_params": {},
+                "admission_rate": None, "max_queue": None}
+        out = []
+        for i, group in enumerate(self.groups):
+            fields = {k: v for k, v in group.items() if k != "count"}
+            if "policy" in fields and "policy_params" not in fields:
+                fields["policy_params"] = {}     # another policy: the base's params are not its
+            try:
+                out.append((group["count"], RunConfig(**{**base, **fields}).validate()))
+            except UserError as e:     # a field's value, or the group's policy parameters
+                raise ConfigError(f"groups[{i}]: {e}") from None
+        return out
+
+    def _validate_cluster(self) -> None:
+        from scheduler.base import PolicyError
+        from scheduler.routers import make_router
+        if self.groups:
+            total = sum(g["count"] for g in self.groups)
+            if self.replicas not in (1, total):
+                raise ConfigError(f"replicas {self.replicas} differs from the groups' total "
+                                  f"count {total}: give one of them")
+            self.replicas = total
+            self.group_configs()         # each group's fields together, as a replica's
+        if self.replicas > 1 and self.engine != "native":
+            raise ConfigError(f"replicas {self.replicas} needs engine native (a vLLM engine is "
+                              f"one replica)")
+        if self.clustered and self.frontend_delay > 0:
+            raise ConfigError("frontend_delay applies to one replica without admission control "
+                              "(a cluster's router front end is not modelled as a delay)")
+        if self.admission and self.engine != "native":
+            raise ConfigError("admission control (admission_rate, max_queue) needs engine "
+                              "native")
+        try:
+            router = make_router(self.router, self.router_params)
+            if self.replicas > 1:     # (one replica routes nothing: a sweep may reach it)
+                router.bind(self.replicas, self.seed)   # refuses parameters unfit for the count
+        except PolicyError as e:
+            raise ConfigError(str(e)) from None
+        params = router.params
+        self.router_params = {k.replace("-", "_"): getattr(params, k.replace("-", "_"))
+                              for k in self.router_params}
 
     def _validate_trace(self) -> None:
         if self.trace_start is not None and self.trace_end is not None and \
@@ -466,6 +578,13 @@ def check_given(cfg: RunConfig, given: set[str]) -> None:
             if name in given:
                 refuse(name, "does nothing with types (--type): each type fixes its own prompt, "
                              "output and rate; drop one of them")
+    if "admission_burst" in given and cfg.admission_rate is None:
+        refuse("admission_burst", "sizes the token bucket of admission_rate "
+                                  "(--admission-rate): give it")
+    if cfg.replicas == 1 and not cfg.groups:
+        for name in ("router", "router_params"):
+            if name in given:
+                refuse(name, "does nothing with one replica: give replicas (--replicas N)")
     if "rate_schedule" in given and cfg.arrival != "piecewise":
         refuse("rate_schedule", f"applies to piecewise arrivals (--arrival piecewise), not "
                                 f"{cfg.arrival}")

@@ -72,8 +72,10 @@ class ReplicaLoop:
 
     def __init__(self, requests: Iterable[Request], cost_model: CostModel, spec: ReplicaSpec, *,
                  record_timeline: bool = True,
-                 progress: Callable[[int, int], None] | None = None, total: int | None = None):
-        self.env = simpy.Environment()
+                 progress: Callable[[int, int], None] | None = None, total: int | None = None,
+                 env: simpy.Environment | None = None):
+        # A cluster (simulator/cluster.py) passes its one clock to every replica.
+        self.env = env if env is not None else simpy.Environment()
         self.requests = requests
         self.cost_model = cost_model
         self.spec = spec
@@ -117,15 +119,23 @@ class ReplicaLoop:
             delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens,
-                              r.label)
-            self.states.append(st)
-            rejection = arrival_rejection(self.spec, st)
-            if rejection is not None:
-                reject(st, *rejection)
-                continue
-            self._accept(st, r)
-            self._wake()
+            self.arrive(r)
+        self.end_arrivals()
+
+    def arrive(self, r: Request) -> RequestState:
+        """``r`` arrives now: rejected if it can never fit, else handed to the scheduler."""
+        st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.label)
+        self.states.append(st)
+        rejection = arrival_rejection(self.spec, st)
+        if rejection is not None:
+            reject(st, *rejection)
+            return st
+        self._accept(st, r)
+        self._wake()
+        return st
+
+    def end_arrivals(self) -> None:
+        """No request will arrive any more."""
         self.arrivals_done = True
         self._close_arrivals()
         self._wake()
@@ -172,7 +182,7 @@ class Engine(ReplicaLoop):
     def __init__(self, requests: Iterable[Request], policy: Policy, cost_model: CostModel,
                  spec: ReplicaSpec, *, record_timeline: bool = True,
                  progress: Callable[[int, int], None] | None = None, total: int | None = None,
-                 preemption: str = "recompute"):
+                 preemption: str = "recompute", env: simpy.Environment | None = None):
         if preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be one of {PREEMPTIONS}, got {preemption!r}")
         # "recompute" (vLLM): a preempted request keeps its generated tokens and recomputes
@@ -180,7 +190,7 @@ class Engine(ReplicaLoop):
         # starts over from its prompt.
         self.restart = preemption == "restart"
         super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
-                         progress=progress, total=total)
+                         progress=progress, total=total, env=env)
         self.policy = policy
         self.view = ReplicaView(spec)
         self.resident: dict[int, RequestState] = {}

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from scheduler.admission import QUEUE_FULL, TOKEN_BUCKET_EMPTY  # admission at the front
 from scheduler.state import RequestState, Status
 
 REQUEST_COLUMNS = (
@@ -25,17 +26,19 @@ REQUEST_COLUMNS = (
 OVER_MAX_MODEL_LEN = "over_max_model_len"     # prompt + output longer than max_model_len
 OVER_KV_CAPACITY = "over_kv_capacity"         # its peak KV exceeds the whole cache
 BY_POLICY = "rejected_by_policy"              # the policy's Decision.reject (detail: its reason)
-REJECT_CODES = (OVER_MAX_MODEL_LEN, OVER_KV_CAPACITY, BY_POLICY)
+REJECT_CODES = (OVER_MAX_MODEL_LEN, OVER_KV_CAPACITY, BY_POLICY, TOKEN_BUCKET_EMPTY, QUEUE_FULL)
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
 LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms")
 PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
 
 
-def requests_table(states: list[RequestState]) -> pd.DataFrame:
+def requests_table(states: list[RequestState], replica_of: list[int] | None = None
+                   ) -> pd.DataFrame:
     """One row per request. Times are seconds from the workload start; latencies milliseconds.
 
     TPOT follows vLLM bench: (e2e latency - TTFT) / (output tokens - 1), undefined for 1-token
-    outputs. ``status`` is completed, rejected or unfinished.
+    outputs. ``status`` is completed, rejected or unfinished. A cluster's table has a
+    ``replica`` column after ``request_id`` (``replica_of``: the replica of each state).
     """
     n = len(states)
     nan = float("nan")
@@ -74,6 +77,8 @@ def requests_table(states: list[RequestState]) -> pd.DataFrame:
         "e2el_ms": e2el,
         "preemptions": np.array([s.preemptions for s in states], dtype=np.int64),
     }, index=pd.RangeIndex(n))
+    if replica_of is not None:
+        frame.insert(1, "replica", np.array(replica_of, dtype=np.int64))
     return frame
 
 
@@ -170,6 +175,72 @@ class LiveRun:
 
 
 @dataclass(frozen=True)
+class ReplicaSummary:
+    """One replica of a cluster: what was routed to it and how it served it."""
+
+    replica: int
+    gpu: str
+    policy: str
+    requests: int
+    completed: int
+    rejected: int
+    preemptions: int
+    iterations: int
+    kv_capacity_tokens: int
+    peak_kv_tokens: int
+    mean_ttft_ms: float | None
+    mean_e2el_ms: float | None
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    """What a cluster adds to its summary: the router, each replica, and the load balance as
+    the coefficient of variation (population std / mean) of requests routed per replica: 0
+    when every replica got the same number. With admission control, its settings and the
+    requests it refused (replica -1 in the table)."""
+
+    router: dict
+    replicas: tuple[ReplicaSummary, ...]
+    admission: dict | None = None
+    refused: int = 0
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, router: dict, counters: list[dict],
+           admission: dict | None = None) -> "ClusterSummary":
+        """``frame`` holds a ``replica`` column; ``counters[i]`` replica i's preemptions,
+        iterations, kv_capacity_tokens and peak_kv_tokens."""
+        out = []
+        replica = frame["replica"].to_numpy()
+        status = frame["status"].to_numpy()
+        for i, c in enumerate(counters):
+            mine = replica == i
+            done = mine & (status == "completed")
+
+            def mean(col):
+                return float(frame[col].to_numpy()[done].mean()) if done.any() else None
+            out.append(ReplicaSummary(
+                replica=i, requests=int(mine.sum()), completed=int(done.sum()),
+                rejected=int((mine & (status == "rejected")).sum()),
+                mean_ttft_ms=mean("ttft_ms"), mean_e2el_ms=mean("e2el_ms"), **c))
+        return cls(router=router, replicas=tuple(out), admission=admission,
+                   refused=int((replica == -1).sum()))
+
+    @property
+    def requests_cv(self) -> float:
+        counts = np.array([r.requests for r in self.replicas], dtype=float)
+        return float(counts.std() / counts.mean()) if counts.mean() > 0 else math.nan
+
+    def to_dict(self) -> dict:
+        out = {"replicas": len(self.replicas), "router": self.router,
+               "requests_per_replica_cv": self.requests_cv,
+               "per_replica": [{f.name: getattr(r, f.name) for f in fields(r)}
+                               for r in self.replicas]}
+        if self.admission is not None:
+            out["admission"] = {**self.admission, "refused": self.refused}
+        return out
+
+
+@dataclass(frozen=True)
 class Summary:
     """A run's summary, one record whatever produced it (vLLM-bench key names).
 
@@ -193,11 +264,12 @@ class Summary:
     latency: dict
     goodput: tuple[float, float, dict] | None = None
     source: SimulatedRun | LiveRun | None = None
+    cluster: ClusterSummary | None = None        # a run of more than one replica
 
     @classmethod
     def of(cls, frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,
-           end_s: float | None = None, source: SimulatedRun | LiveRun | None = None
-           ) -> "Summary":
+           end_s: float | None = None, source: SimulatedRun | LiveRun | None = None,
+           cluster: ClusterSummary | None = None) -> "Summary":
         done = frame[frame["status"] == "completed"]
         start = float(frame["arrival_s"].min()) if len(frame) else 0.0
         last = float(done["completion_s"].max()) if len(done) else start
@@ -223,17 +295,19 @@ class Summary:
             total_input_tokens=in_tokens, total_output_tokens=out_tokens,
             request_throughput=per_s(len(done)), output_throughput=per_s(out_tokens),
             total_token_throughput=per_s(in_tokens + out_tokens),
-            latency=latency, goodput=goodput, source=source)
+            latency=latency, goodput=goodput, source=source, cluster=cluster)
 
     def to_dict(self) -> dict:
         """The record as ``summary.json`` holds it."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("latency", "goodput", "source")}
+               if f.name not in ("latency", "goodput", "source", "cluster")}
         out.update(self.latency)
         if self.goodput is not None:
             out["request_goodput"], out["slo_attainment"], out["slo"] = self.goodput
         if self.source is not None:
             out.update(self.source.to_dict())
+        if self.cluster is not None:
+            out["cluster"] = self.cluster.to_dict()
         return out
 
 
@@ -289,3 +363,13 @@ TIMELINE_COLUMNS = TimelineRow._fields
 
 def timeline_table(rows: list[TimelineRow] | None) -> pd.DataFrame:
     return pd.DataFrame(rows or [], columns=list(TIMELINE_COLUMNS))
+
+
+def cluster_timeline_table(per_replica: list[list[TimelineRow]]) -> pd.DataFrame:
+    """The replicas' timelines one after another, each row with its ``replica`` first."""
+    frames = []
+    for i, rows in enumerate(per_replica):
+        frame = timeline_table(rows)
+        frame.insert(0, "replica", np.full(len(frame), i, dtype=np.int64))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

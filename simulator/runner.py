@@ -3,6 +3,7 @@ summarise, and write the output folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ from typing import Callable
 
 import pandas as pd
 
+from scheduler.admission import Admission
 from scheduler.base import make_policy
+from scheduler.routers import make_router
 from scheduler.state import ReplicaSpec, WorkloadHint
+from simulator.cluster import native_cluster
 from simulator.config import RunConfig, request_types
 from simulator.cost.base import CostModel
 from simulator.cost.factory import build_cost_model
@@ -21,7 +25,8 @@ from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
 from simulator.io import atomic_write, write_json
-from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeline_table
+from simulator.metrics import (SLO, ClusterSummary, SimulatedRun, Summary,
+                               cluster_timeline_table, requests_table, timeline_table)
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from simulator.run_folder import clear, prepare, write_manifest
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
@@ -120,6 +125,8 @@ def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = No
 def simulate(cfg: RunConfig, workload: Workload | None = None,
              progress: Callable[[int, int], None] | None = None) -> RunResult:
     workload = workload if workload is not None else build_workload(cfg)
+    if cfg.clustered:
+        return simulate_cluster(cfg, workload, progress)
     spec = build_replica(cfg, workload)
     policy = make_policy(cfg.policy, cfg.policy_params)
     engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
@@ -135,6 +142,51 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     record = Summary.of(frame, preemptions=raw.preemptions,
                         slo=SLO(**cfg.slo) if cfg.slo else None, source=run)
     timeline = timeline_table(raw.timeline) if raw.timeline is not None else None
+    return RunResult(cfg, frame, timeline, record)
+
+
+def simulate_cluster(cfg: RunConfig, workload: Workload,
+                     progress: Callable[[int, int], None] | None = None) -> RunResult:
+    """``cfg.replicas`` replicas (identical, or in ``cfg.groups``) behind ``cfg.router`` and
+    admission control (simulator/cluster.py)."""
+    n = cfg.replicas
+    specs, policies, names, preemptions = [], [], [], []
+    for count, group in cfg.group_configs():
+        spec = build_replica(group, workload)
+        hint = spec.workload_hint
+        if hint is not None and hint.arrival_rate is not None:
+            # A policy plans for the load its replica sees: an even share of the arrivals.
+            spec = dataclasses.replace(spec, workload_hint=dataclasses.replace(
+                hint, arrival_rate=hint.arrival_rate / n))
+        specs += [spec] * count
+        policies += [make_policy(group.policy, group.policy_params) for _ in range(count)]
+        names += [(group.gpu, group.policy)] * count
+        preemptions += [group.preemption] * count
+    router = make_router(cfg.router, cfg.router_params)
+    admission = Admission(cfg.admission_rate, cfg.admission_burst, cfg.max_queue)
+    raw = native_cluster(workload.requests(), router, policies, specs,
+                         record_timeline=cfg.timeline, preemptions=preemptions, seed=cfg.seed,
+                         admission=admission, progress=progress, total=len(workload)).run()
+    frame = requests_table(raw.states, raw.replica_of)
+    counters = [dict(gpu=gpu, policy=policy, preemptions=r.preemptions, iterations=r.iterations,
+                     kv_capacity_tokens=r.spec.kv_capacity_tokens,
+                     peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size)
+                for (gpu, policy), r in zip(names, raw.replicas)]
+    # The top-level replica description is replica 0's (each replica's is in cluster.per_replica).
+    spec = specs[0]
+    run = SimulatedRun(
+        policy=policies[0].describe(), model=cfg.model, gpu=names[0][0],
+        cost=spec.cost_model.describe(), kv_capacity_tokens=spec.kv_capacity_tokens,
+        block_size=spec.block_size, peak_kv_tokens=max(c["peak_kv_tokens"] for c in counters),
+        iterations=sum(c["iterations"] for c in counters), workload=workload.meta,
+        requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine)
+    record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in counters),
+                        slo=SLO(**cfg.slo) if cfg.slo else None, source=run,
+                        cluster=ClusterSummary.of(
+                            frame, router.describe(), counters,
+                            admission.describe() if admission.active else None))
+    timeline = cluster_timeline_table([r.timeline for r in raw.replicas]) if cfg.timeline \
+        else None
     return RunResult(cfg, frame, timeline, record)
 
 

@@ -98,7 +98,7 @@ def test_flags_config_keys_and_sweep_fields_come_from_the_declarations():
     assert set(WORKLOAD_FIELDS) < set(FIELDS)
     assert {FIELDS[n].group for n in WORKLOAD_FIELDS} == {"workload", "trace"}
     assert set(REPLICA_FLAGS) == {f.dest for f in FIELDS.values()
-                                  if f.flags and f.group in ("policy", "replica")}
+                                  if f.flags and f.group in ("policy", "replica", "cluster")}
     # Every field is a config-file key, and its default passes its own check.
     assert check_fields(RunConfig().to_dict(), "test") == RunConfig().to_dict()
     assert build_config(RunConfig().to_dict(), refuse_unused=False) == RunConfig()

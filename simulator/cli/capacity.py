@@ -14,7 +14,8 @@ from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
 from simulator.io import write_json
 from simulator.run_folder import clear, prepare, write_manifest
-from simulator.sweep.capacity import CRITERIA, CapacityResult, Probe, capacity_search
+from simulator.sweep.capacity import (CRITERIA, CapacityResult, Probe, ReplicaCountResult,
+                                      capacity_search, replica_search)
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 
 if TYPE_CHECKING:
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 @click.option("--growth-limit", type=Number(float, 1, 1e6, low_open=True),
               default=DEFAULT_GROWTH_LIMIT, show_default=True,
               help="Stable when second-half / first-half mean E2E latency is at most this.")
+@click.option("--search", type=click.Choice(("rate", "replicas")), default="rate",
+              show_default=True,
+              help="rate: the largest rate; replicas: the smallest replica count (behind "
+                   "--router) meeting the criterion at --rate.")
+@click.option("--max-replicas", type=Number(int, 1, 4096), default=64, show_default=True,
+              help="With --search replicas: the most replicas probed.")
 @executor_options
 @click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
               help="Folder for capacity.json (the search, every probe and its runs) and, "
@@ -56,7 +63,9 @@ def capacity(**opts):
     stable when the mean E2E latency of the second half of the arrivals is at most
     --growth-limit times that of the first half (so the horizon, -n or --duration, matters).
     """
-    cfg = config_from_options(opts)
+    by_replicas = opts["search"] == "replicas"
+    # A replica search sets the count itself (the router applies at every count probed).
+    cfg = config_from_options(opts, {"replicas": opts["max_replicas"]} if by_replicas else None)
     criterion = opts["criterion"] or ("slo" if cfg.slo else None)
     if criterion is None:
         raise ConfigError("give --slo ttft=MS,tpot=MS,e2el=MS (with --attainment), or "
@@ -72,10 +81,29 @@ def capacity(**opts):
     def on_probe(p: Probe):
         if verbose:
             att = "" if p.attainment is None else f", attainment {p.attainment:.3f}"
-            console.print(f"rate {p.rate:.4g} req/s: {'pass' if p.passed else 'fail'} "
+            at = f"{p.replicas} replicas" if by_replicas else f"rate {p.rate:.4g} req/s"
+            console.print(f"{at}: {'pass' if p.passed else 'fail'} "
                           f"(growth {p.growth:.2f}{att}, mean E2E {p.mean('mean_e2el_ms'):,.0f} ms)",
                           highlight=False)
 
+    if by_replicas:
+        if opts["rate_min"] or opts["rate_max"]:
+            raise ConfigError("--rate-min/--rate-max bound a rate search; a replica search "
+                              "runs at --rate (give --search rate to search the rate)")
+        found = replica_search(cfg, criterion=criterion, attainment=opts["attainment"],
+                               seeds=opts["seeds"], max_replicas=opts["max_replicas"],
+                               growth_limit=opts["growth_limit"], executor=opts["executor"],
+                               workers=opts["workers"], address=opts["address"],
+                               on_probe=on_probe)
+        record = {**found.to_dict(), "config": cfg.to_dict()}
+        if opts["out"]:
+            write_record(opts["out"], opts["replace"], record, criterion=criterion,
+                         replicas=found.replicas)
+        if opts["as_json"]:
+            click.echo(json.dumps(record, indent=2, default=str))
+        else:
+            click.echo(replicas_line(found))
+        return
     result = capacity_search(cfg, criterion=criterion, attainment=opts["attainment"],
                              seeds=opts["seeds"], tol=opts["tol"], rate_min=opts["rate_min"],
                              rate_max=opts["rate_max"], growth_limit=opts["growth_limit"],
@@ -83,17 +111,30 @@ def capacity(**opts):
                              address=opts["address"], on_probe=on_probe)
     record = {**result.to_dict(), "config": cfg.to_dict()}
     if opts["out"]:
-        folder, previous = prepare(opts["out"], opts["replace"])
-        clear(previous)
-        write_json(folder / "capacity.json", record)
-        write_manifest(folder, "capacity", ["capacity.json"], criterion=criterion,
-                       capacity=result.capacity)
+        write_record(opts["out"], opts["replace"], record, criterion=criterion,
+                     capacity=result.capacity)
     if opts["as_json"]:
         click.echo(json.dumps(record, indent=2, default=str))
         return
     click.echo(result_line(result))
     if not opts["quiet"]:
         print_bracket(result, stdout_console())
+
+
+def write_record(out: str, replace: bool, record: dict, **info) -> None:
+    """capacity.json, then the manifest (last) in ``out``, replacing the run there."""
+    folder, previous = prepare(out, replace)
+    clear(previous)
+    write_json(folder / "capacity.json", record)
+    write_manifest(folder, "capacity", ["capacity.json"], **info)
+
+
+def replicas_line(r: ReplicaCountResult) -> str:
+    what = "SLO replicas" if r.criterion == "slo" else "replicas for stable latency"
+    if r.replicas is None:
+        return f"{what}: more than {r.max_replicas} (the most probed fails)"
+    below = f", fails at {r.low.replicas}" if r.low is not None else ""
+    return f"{what}: {r.replicas} (passes at {r.replicas}{below})"
 
 
 def result_line(r: CapacityResult) -> str:

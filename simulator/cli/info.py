@@ -36,6 +36,22 @@ def policies(show_params, names):
 
 
 @cli.command()
+def routers():
+    """List the routers a cluster (--replicas N --router NAME) can use, with parameters."""
+    from rich.table import Table
+
+    from scheduler.routers import router_class, router_names
+    table = Table(show_header=True, header_style="bold")
+    for col in ("router", "description", "parameters (-R KEY=VALUE)"):
+        table.add_column(col)
+    for name in router_names():
+        cls = router_class(name)
+        params = "; ".join(f"{p} ({t}, default {d!r}): {h}" for p, t, d, h in param_docs(cls))
+        table.add_row(name, cls.summary, params or "-")
+    stdout_console().print(table)
+
+
+@cli.command()
 def presets():
     """List model and GPU presets and the default KV capacity of each pair."""
     from rich.table import Table

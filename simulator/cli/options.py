@@ -13,8 +13,8 @@ from simulator.config import FIELDS, build_config, load_config_file
 from simulator.errors import ConfigError
 from simulator.fields import Declared
 
-# The groups of fields that describe the simulated replica and its policy, not the workload.
-REPLICA_GROUPS = ("policy", "replica")
+# The groups of fields that describe the simulated replicas and their policy, not the workload.
+REPLICA_GROUPS = ("policy", "replica", "cluster")
 
 
 class FieldValue(click.ParamType):

@@ -132,7 +132,29 @@ def print_summary(s: dict, console: Console) -> None:
     if "slo_attainment" in s:
         rows += [("SLO attainment", _fmt(s["slo_attainment"], 3)),
                  ("goodput (req/s)", _fmt(s["request_goodput"], 3))]
+    if "cluster" in s:
+        c = s["cluster"]
+        rows += [("replicas (router)", f"{c['replicas']} ({c['router']['router']})"),
+                 ("requests per replica: CV", _fmt(c["requests_per_replica_cv"], 3))]
+        if "admission" in c:
+            rows.append(("refused at the front (admission)", _fmt(c["admission"]["refused"])))
     rows.append(("wall time (s)", _fmt(s.get("wall_s"), 2)))
     for r in rows:
         t2.add_row(*r)
     console.print(t2)
+    if "cluster" in s:
+        print_replicas(s["cluster"]["per_replica"], console)
+
+
+def print_replicas(per_replica: list[dict], console: Console) -> None:
+    """A cluster's replicas, one row each."""
+    from rich.table import Table
+    t = Table(show_header=True, header_style="bold")
+    for col in ("replica", "gpu", "policy", "requests", "completed", "rejected", "preemptions",
+                "peak KV", "mean TTFT (ms)", "mean E2E (ms)"):
+        t.add_column(col, justify="right")
+    for r in per_replica:
+        t.add_row(str(r["replica"]), r["gpu"], r["policy"], _fmt(r["requests"]), _fmt(r["completed"]),
+                  _fmt(r["rejected"]), _fmt(r["preemptions"]), _fmt(r["peak_kv_tokens"]),
+                  _fmt(r["mean_ttft_ms"]), _fmt(r["mean_e2el_ms"]))
+    console.print(t)

@@ -78,7 +78,12 @@ def run_figures(requests: pd.DataFrame | None, timeline: pd.DataFrame | None, su
     """The single-run figures: timeline of queue, batch and KV; TTFT and E2E CDFs."""
     title = _run_title(summary)
     paths = []
-    if timeline is not None and len(timeline):
+    cluster = summary.get("cluster")
+    if timeline is not None and len(timeline) and cluster:
+        paths.append(figures.save(figures.replica_load(
+            timeline, [r["kv_capacity_tokens"] for r in cluster["per_replica"]], title),
+            fig_dir / "replicas.png"))
+    elif timeline is not None and len(timeline):
         paths.append(figures.save(figures.run_timeline(timeline, summary.get("kv_capacity_tokens"),
                                                        title), fig_dir / "timeline.png"))
     if requests is not None and len(requests):

@@ -162,7 +162,10 @@ def run_timeline(timeline: pd.DataFrame, kv_capacity: int | None, title: str) ->
 
     The batch size is drawn as a time-average over BATCH_BINS bins: policies that alternate
     prefill-only and decode iterations (vLLM V0) would otherwise fill the panel with spikes.
+    A cluster's timeline (a ``replica`` column) is drawn per replica (``replica_load``).
     """
+    if "replica" in timeline.columns:
+        return replica_load(timeline, None, title)
     t = timeline.assign(batch=timeline["prefill_requests"] + timeline["decode_requests"])
     state, binned = _binned(t, ["waiting", "kv_used_tokens"], MAX_TIMELINE_POINTS)
     batch, batch_binned = _binned(t, ["batch", "decode_requests"], BATCH_BINS)
@@ -185,6 +188,43 @@ def run_timeline(timeline: pd.DataFrame, kv_capacity: int | None, title: str) ->
     else:
         kv.plot(state["start_s"], used, color="tab:purple", drawstyle="steps-post")
         kv.set_ylabel("KV cache used\n(tokens)")
+    kv.set_xlabel("simulated time (s)")
+    fig.suptitle(title + (f" (time-averages over {MAX_TIMELINE_POINTS} bins)" if binned else ""))
+    return fig
+
+
+@_styled
+def replica_load(timeline: pd.DataFrame, kv_capacities: list[int] | None, title: str) -> Figure:
+    """A cluster's load per replica: the iterations' share of simulated time each replica was
+    busy, its queue length and its KV usage over simulated time (``kv_capacities``: each
+    replica's, for a percentage; None: tokens). One line per replica."""
+    fig, axes = _new(3, 1, (10, 8))
+    busy, q, kv = axes[:, 0]
+    span = timeline["start_s"].max() + timeline["duration_s"].max() - timeline["start_s"].min()
+    replicas = sorted(timeline["replica"].unique())
+    per = {r: timeline[timeline["replica"] == r] for r in replicas}
+    share = [per[r]["duration_s"].sum() / span if span > 0 else 0.0 for r in replicas]
+    busy.bar([str(r) for r in replicas], [100 * x for x in share], color="tab:blue")
+    busy.set_xlabel("replica")
+    busy.set_ylabel("busy (% of\nsimulated time)")
+    binned = False
+    for r in replicas:
+        state, b = _binned(per[r], ["waiting", "kv_used_tokens"], MAX_TIMELINE_POINTS)
+        binned |= b
+        q.plot(state["start_s"], state["waiting"], drawstyle="steps-post", linewidth=1,
+               label=f"replica {r}")
+        used = state["kv_used_tokens"]
+        if kv_capacities:
+            kv.plot(state["start_s"], 100 * used / kv_capacities[r], drawstyle="steps-post",
+                    linewidth=1)
+        else:
+            kv.plot(state["start_s"], used, drawstyle="steps-post", linewidth=1)
+    q.set_ylabel("queue length\n(waiting requests)")
+    if len(replicas) <= 16:
+        q.legend(loc="best", fontsize=7, ncol=4)
+    kv.set_ylabel("KV cache used\n(% of capacity)" if kv_capacities else "KV cache used\n(tokens)")
+    if kv_capacities:
+        kv.set_ylim(0, 105)
     kv.set_xlabel("simulated time (s)")
     fig.suptitle(title + (f" (time-averages over {MAX_TIMELINE_POINTS} bins)" if binned else ""))
     return fig

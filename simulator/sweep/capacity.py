@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from simulator.config import RunConfig
+from simulator.config import MAX_REPLICAS, RunConfig
 from simulator.errors import ConfigError, PolicyViolation
 from simulator.sweep.executors import make_executor
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT, pooled_growth
@@ -42,15 +42,19 @@ class Probe:
     growth: float
     attainment: float | None
     runs: list[dict] = field(default_factory=list)   # one summary (scalars) per seed
+    replicas: int | None = None                      # the replica count probed (replica search)
 
     def mean(self, key: str) -> float:
         values = [r[key] for r in self.runs if isinstance(r.get(key), (int, float))]
         return sum(values) / len(values) if values else math.nan
 
     def to_dict(self) -> dict:
-        return {"rate": self.rate, "passed": self.passed, "stable": self.stable,
-                "latency_growth": self.growth, "slo_attainment": self.attainment,
-                "runs": self.runs}
+        out = {"rate": self.rate, "passed": self.passed, "stable": self.stable,
+               "latency_growth": self.growth, "slo_attainment": self.attainment,
+               "runs": self.runs}
+        if self.replicas is not None:
+            out = {"replicas": self.replicas, **out}
+        return out
 
 
 @dataclass
@@ -143,6 +147,80 @@ def capacity_search(cfg: RunConfig, *, criterion: str = "slo", attainment: float
     return result(low, high)
 
 
+@dataclass
+class ReplicaCountResult:
+    """The smallest replica count that passes at the config's rate (None: not even
+    ``max_replicas``), with the probes that bracket it: ``low`` the largest count that fails,
+    ``high`` the smallest that passes."""
+
+    criterion: str
+    replicas: int | None
+    low: Probe | None
+    high: Probe | None
+    probes: list[Probe]
+    max_replicas: int
+    target: float | None
+    growth_limit: float
+    seeds: list[int]
+
+    def to_dict(self) -> dict:
+        return {"search": "replicas", "criterion": self.criterion, "replicas": self.replicas,
+                "max_replicas": self.max_replicas, "attainment_target": self.target,
+                "growth_limit": self.growth_limit, "seeds": self.seeds,
+                "low": self.low.to_dict() if self.low else None,
+                "high": self.high.to_dict() if self.high else None,
+                "probes": [p.to_dict() for p in sorted(self.probes, key=lambda p: p.replicas)]}
+
+
+def replica_search(cfg: RunConfig, *, criterion: str = "slo", attainment: float = 0.9,
+                   seeds: int = 3, max_replicas: int = 64,
+                   growth_limit: float = DEFAULT_GROWTH_LIMIT, executor: str = "local",
+                   workers: int | None = None, address: str | None = None,
+                   on_probe: Callable[[Probe], None] | None = None) -> ReplicaCountResult:
+    """The smallest number of replicas (behind ``cfg.router``) meeting the criterion at the
+    config's own arrival rate: doubling from 1 to the first count that passes, then bisection
+    between it and the last that failed. Assumes more replicas never fail where fewer pass (true
+    of the load-aware routers on average; the same seeds at every count keep it close)."""
+    import dataclasses
+    _check(cfg, criterion, attainment, seeds, 0.5, None, None, growth_limit)
+    if not (isinstance(max_replicas, int) and 1 <= max_replicas <= MAX_REPLICAS):
+        raise ConfigError(f"--max-replicas must be an integer in [1, {MAX_REPLICAS}], got "
+                          f"{max_replicas!r}")
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    probes: list[Probe] = []
+    with make_executor(executor, workers, address) as ex:
+        def probe(n: int) -> Probe:
+            p = _probe(ex, dataclasses.replace(cfg, replicas=n).validate(), None, seed_list,
+                       criterion, attainment, growth_limit)
+            p.replicas = n
+            probes.append(p)
+            if on_probe:
+                on_probe(p)
+            return p
+
+        low: Probe | None = None
+        high: Probe | None = None
+        n = 1
+        while high is None:
+            p = probe(n)
+            if p.passed:
+                high = p
+            else:
+                low = p
+                if n == max_replicas:
+                    break
+                n = min(2 * n, max_replicas)
+        while high is not None and low is not None and high.replicas - low.replicas > 1:
+            p = probe((low.replicas + high.replicas) // 2)
+            if p.passed:
+                high = p
+            else:
+                low = p
+    return ReplicaCountResult(criterion, high.replicas if high else None, low, high, probes,
+                              max_replicas, attainment if criterion == "slo" else None,
+                              growth_limit, seed_list)
+
+
 def _check(cfg, criterion, attainment, seeds, tol, rate_min, rate_max, growth_limit) -> None:
     if criterion not in CRITERIA:
         raise ConfigError(f"--criterion must be one of: {', '.join(CRITERIA)}; got {criterion!r}")
@@ -164,16 +242,18 @@ def _check(cfg, criterion, attainment, seeds, tol, rate_min, rate_max, growth_li
         raise ConfigError(f"--rate-min {rate_min} must be below --rate-max {rate_max}")
 
 
-def _probe(ex, cfg: RunConfig, rate: float, seeds: list[int], criterion: str,
+def _probe(ex, cfg: RunConfig, rate: float | None, seeds: list[int], criterion: str,
            target: float, growth_limit: float) -> Probe:
+    """Every seed at ``rate`` (None: the config's own arrivals), judged by ``criterion``."""
     from simulator.sweep.points import at_rate
     from simulator.sweep.store import WALL_TIME_COLUMNS
     from simulator.sweep.worker import PointTask
     tasks = []
     for i, seed in enumerate(seeds):
-        c = at_rate(cfg, rate)
+        c = at_rate(cfg, rate) if rate is not None else cfg
         c = RunConfig(**{**c.to_dict(), "seed": seed, "timeline": False, "out": None})
-        tasks.append(PointTask(i, f"rate{rate:g}-seed{seed}", c.to_dict()))
+        name = f"rate{rate:g}" if rate is not None else f"replicas{cfg.replicas}"
+        tasks.append(PointTask(i, f"{name}-seed{seed}", c.to_dict()))
     by_seed: dict[int, dict] = {}
     for outcome in ex.map_unordered(tasks):
         seed = seeds[outcome.index]
@@ -181,7 +261,8 @@ def _probe(ex, cfg: RunConfig, rate: float, seeds: list[int], criterion: str,
             # Bad input (a trace that does not load, an unknown policy parameter) stays a user
             # error (exit 2); anything else is a simulation error (exit 3).
             error = ConfigError if outcome.user_error else PolicyViolation
-            raise error(f"capacity: the run at rate {rate:g} req/s, seed {seed} failed: "
+            at = f"rate {rate:g} req/s" if rate is not None else f"{cfg.replicas} replicas"
+            raise error(f"capacity: the run at {at}, seed {seed} failed: "
                         f"{outcome.error}")
         by_seed[seed] = {"seed": seed, **{k: v for k, v in outcome.summary.items()
                                           if isinstance(v, SCALARS) and k not in WALL_TIME_COLUMNS}}
@@ -196,4 +277,5 @@ def _probe(ex, cfg: RunConfig, rate: float, seeds: list[int], criterion: str,
         met = sum(r["slo_attainment"] * n for r, n in zip(runs, counts))
         attainment = met / sum(counts) if sum(counts) else math.nan
     passed = stable and (criterion == "stable" or attainment >= target)
-    return Probe(rate, passed, stable, growth, attainment, runs)
+    return Probe(rate if rate is not None else base_rate(cfg), passed, stable, growth,
+                 attainment, runs)

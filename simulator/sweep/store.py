@@ -39,7 +39,7 @@ RESULTS_FILE = "results.parquet"
 # columns for speed studies; drop them (comparable()) before comparing tables for equality.
 WALL_TIME_COLUMNS = ("wall_s", "sim_requests_per_wall_s", "cpu_s")
 # Nested summary entries flattened into "group.key" columns.
-NESTED = ("policy", "cost", "workload", "slo", "fluid")
+NESTED = ("policy", "cost", "workload", "slo", "fluid", "cluster")
 
 
 POINT_SUFFIXES = (".json", ".requests.parquet", ".timeline.parquet")

@@ -1,0 +1,113 @@
+"""Replicas needed to serve the Azure conversation trace at 1x-4x its rate under an SLO.
+
+    python experiments/cluster_replicas.py --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv
+    python experiments/cluster_replicas.py --quick      # 1x and 2x, 1,000 requests
+
+For each speed-up of the trace's own arrivals (its recorded times replayed k times faster),
+each router and each batching policy, ``servesim capacity --search replicas`` finds the smallest
+number of llama-2-7b / a100-80gb replicas (roofline cost) whose SLO attainment is at least 90%
+with stable latency. Prompts are cut to the 4,096-token context (truncate). Writes
+experiments/results/cluster_replicas.{csv,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from experiments.bench_speed import AZURE_CONV  # noqa: E402
+from simulator.config import build_config  # noqa: E402
+from simulator.sweep.capacity import replica_search  # noqa: E402
+
+ROUTERS = ("round-robin", "power-of-d", "least-outstanding")
+POLICIES = ("vllm-v1", "sarathi")
+SPEEDUPS = (1, 2, 3, 4)
+SLO = {"ttft_ms": 1000.0, "tpot_ms": 100.0}
+ATTAINMENT = 0.9
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", type=Path, default=AZURE_CONV)
+    ap.add_argument("--requests", type=int, default=4000, help="the trace's first N requests")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rewrite the Markdown from the CSV already in --out")
+    args = ap.parse_args(argv)
+    if args.tables_only:
+        import pandas as pd
+        name = "cluster_replicas_quick" if args.quick else "cluster_replicas"
+        write_markdown(pd.read_csv(args.out / f"{name}.csv"), args.out / f"{name}.md",
+                       1000 if args.quick else args.requests, args.seeds)
+        return 0
+    if not args.trace.is_file():
+        print(f"cluster_replicas: {args.trace} not found (give --trace)", file=sys.stderr)
+        return 2
+    speedups = SPEEDUPS[:2] if args.quick else SPEEDUPS
+    n = 1000 if args.quick else args.requests
+    rows = []
+    for k in speedups:
+        for policy in POLICIES:
+            for router in ROUTERS:
+                cfg = build_config({"trace": str(args.trace), "truncate": True,
+                                    "num_requests": n, "speedup": float(k), "policy": policy,
+                                    "router": router, "replicas": 64, "slo": SLO,
+                                    "timeline": False})
+                r = replica_search(cfg, criterion="slo", attainment=ATTAINMENT,
+                                   seeds=args.seeds, max_replicas=64, workers=args.workers)
+                rows.append({"speedup": k, "policy": policy, "router": router,
+                             "replicas": r.replicas,
+                             "attainment": r.high.attainment if r.high else None,
+                             "attainment_one_fewer": r.low.attainment if r.low else None})
+                print(rows[-1], flush=True)
+    import pandas as pd
+    table = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "cluster_replicas_quick" if args.quick else "cluster_replicas"
+    table.to_csv(args.out / f"{name}.csv", index=False)
+    write_markdown(table, args.out / f"{name}.md", n, args.seeds)
+    return 0
+
+
+def write_markdown(table, path: Path, n: int, seeds: int) -> None:
+    """The replica counts, and the attainment at that count and at one fewer, as tables."""
+    combos = [(p, r) for p in POLICIES for r in ROUTERS]
+    head = ["| speed-up | " + " | ".join(f"{p} / {r}" for p, r in combos) + " |",
+            "|---:|" + "---:|" * len(combos)]
+
+    def cells(k, show):
+        out = []
+        for p, r in combos:
+            row = table[(table.speedup == k) & (table.policy == p) & (table.router == r)]
+            out.append(show(row.iloc[0]) if len(row) else "-")
+        return f"| {k}x | " + " | ".join(out) + " |"
+
+    def count(row):
+        return "> 64" if row.replicas != row.replicas else str(int(row.replicas))
+
+    def attainment(row):
+        low = row.attainment_one_fewer
+        return f"{row.attainment:.3f}" + ("" if low != low else f" ({low:.3f})")
+
+    speedups = sorted(table.speedup.unique())
+    text = [f"# Replicas for the Azure conversation trace (first {n:,} requests)", "",
+            f"Smallest replica count with SLO attainment >= {ATTAINMENT:g} (TTFT <= "
+            f"{SLO['ttft_ms']:g} ms, TPOT <= {SLO['tpot_ms']:g} ms) and stable latency, "
+            f"{seeds} seeds pooled; llama-2-7b / a100-80gb, roofline; the trace's own arrival "
+            f"times replayed k times faster. Generated by experiments/cluster_replicas.py.", "",
+            *head, *(cells(k, count) for k in speedups), "",
+            "SLO attainment at that count (in brackets: with one replica fewer):", "",
+            *head, *(cells(k, attainment) for k in speedups), ""]
+    path.write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
