@@ -21,10 +21,11 @@ class StepKV:
         self.watermark = watermark_blocks
 
     def need(self, req: RequestState, tokens: int) -> int:
-        return max(0, -(-(req.computed + tokens) // self.block_size) - req.kv_blocks)
+        return max(0, req.blocks_to_take(tokens, self.block_size))
 
     def release(self, req: RequestState) -> None:
-        self.free += req.kv_blocks
+        # A block another live request holds stays in use (a prefix-cache block counts once).
+        self.free += req.kv_blocks - req.shared_blocks
 
 
 def watermark_blocks(num_blocks: int, fraction: float) -> int:

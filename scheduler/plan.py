@@ -82,12 +82,14 @@ class StepPlan:
     def is_preempted(self, req: RequestState) -> bool:
         return id(req) in self._preempted_set
 
-    def _reserve(self, req: RequestState, n: int, keep_watermark: bool) -> bool:
-        # Called once per scheduled request per step: StepKV.need is inlined on purpose.
+    def _reserve(self, req: RequestState, n: int, keep_watermark: bool, cached: int = 0,
+                 shared_blocks: int = 0) -> bool:
+        # Called once per scheduled request per step: RequestState.blocks_to_take, inlined (a
+        # resident request has no prefix-cache hit: admit passes a waiting one's).
         if id(req) in self._preempted_set:
             raise self._rescheduled(req)
         kv = self.kv
-        need = -(-(req.computed + n) // kv.block_size) - req.kv_blocks
+        need = -(-(req.computed + cached + n) // kv.block_size) - req.kv_blocks - shared_blocks
         if need > 0:
             # The watermark guards admissions against imminent decode growth; with nothing else
             # resident there is nothing to guard, and waiving it keeps a large request from
@@ -152,7 +154,7 @@ class StepPlan:
         if self.reserve_full_prompt and n < req.remaining and \
                 self.kv.need(req, req.remaining) > self.kv.free:
             return False
-        if not self._reserve(req, n, keep_watermark):
+        if not self._reserve(req, n, keep_watermark, req.cached, req.cached_shared_blocks):
             return False
         self.running.append(req)
         return True

@@ -11,6 +11,14 @@ iteration emits the first token (TTFT), each decode computes one token and emits
 request runs ``output_tokens`` iterations after its prompt is in cache. A preempted request loses
 its KV (``computed = 0``) but keeps its generated tokens, and recomputes prompt + generated tokens
 as one longer prefill (vLLM's recompute preemption).
+
+With a prefix cache, a waiting request may find the KV of its first ``cached`` tokens already in
+cache (blocks that a running or finished request computed): admitted, it adopts those blocks
+instead of computing them, so its ``remaining`` (what budgets count) and the blocks it takes
+(``StepKV.need``) are those of the uncached part only. The engine fills ``cached`` and
+``cached_shared_blocks`` before each ``schedule`` call; a policy only reads them. A resident
+request's ``shared_blocks`` are blocks other live requests hold too: preempting it frees the
+rest (``StepKV.release``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ class RequestState:
     __slots__ = (
         "request_id", "arrival_s", "prompt_tokens", "output_tokens", "label",
         "computed", "generated", "kv_blocks", "status", "admitted_seq",
+        "cached", "cached_shared_blocks", "shared_blocks",
         "first_scheduled_s", "first_token_s", "finished_s", "preemptions", "reject_reason",
         "_iteration",
     )
@@ -49,6 +58,12 @@ class RequestState:
         self.kv_blocks = 0           # KV blocks held
         self.status = Status.WAITING
         self.admitted_seq = -1       # order of the latest admission (larger = more recent)
+        # Prefix-cache hit of a waiting request: tokens whose KV is cached, and how many of the
+        # blocks holding them other live requests hold (those cost no free block; an evictable
+        # cached block counts as free and is taken). Both 0 while the request holds KV.
+        self.cached = 0
+        self.cached_shared_blocks = 0
+        self.shared_blocks = 0       # resident: blocks it holds that other live requests hold
         self.first_scheduled_s: float | None = None
         self.first_token_s: float | None = None
         self.finished_s: float | None = None
@@ -62,8 +77,15 @@ class RequestState:
 
     @property
     def remaining(self) -> int:
-        """Tokens to compute before the next output token is sampled (1 while decoding)."""
-        return self.prompt_tokens + self.generated - self.computed
+        """Tokens to compute before the next output token is sampled (1 while decoding): a
+        waiting request's prefix-cache hit is not computed again."""
+        return self.prompt_tokens + self.generated - self.computed - self.cached
+
+    def blocks_to_take(self, tokens: int, block_size: int) -> int:
+        """Free KV blocks computing ``tokens`` more tokens takes (with a prefix-cache hit, the
+        hit's blocks that no live request holds are taken too: vLLM's count)."""
+        return -(-(self.computed + self.cached + tokens) // block_size) - self.kv_blocks - \
+            self.cached_shared_blocks
 
     @property
     def is_prefill(self) -> bool:

@@ -208,6 +208,10 @@ class RunConfig:
     allow_long_max_model_len: bool = run_field(
         False, "Allow max_model_len beyond the model's context (as vLLM's "
         "VLLM_ALLOW_LONG_MAX_MODEL_LEN).", group="replica")
+    prefix_caching: bool | None = run_field(
+        None, "Automatic prefix caching, as vLLM's (default: on when the workload's requests "
+        "share prefixes: a trace's hash_ids, a system prompt, sessions; docs/prefix-caching.md).",
+        group="replica", flags=("--prefix-caching", "--no-prefix-caching"))
     preemption: str = run_field(
         "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
         "from its prompt (the fluid paper's model).", group="replica", choices=PREEMPTIONS)

@@ -25,11 +25,14 @@ LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms")
 PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
 
 
-def requests_table(states: list[RequestState]) -> pd.DataFrame:
+def requests_table(states: list[RequestState],
+                   cached_prompt_tokens: dict[int, int] | None = None) -> pd.DataFrame:
     """One row per request. Times are seconds from the workload start; latencies milliseconds.
 
     TPOT follows vLLM bench: (e2e latency - TTFT) / (output tokens - 1), undefined for 1-token
-    outputs. ``status`` is completed, rejected or unfinished.
+    outputs. ``status`` is completed, rejected or unfinished. With prefix caching on,
+    ``cached_prompt_tokens`` (by request id) adds the column of prompt tokens found cached at
+    the request's first admission (vLLM's ``num_cached_tokens``; 0 if never admitted).
     """
     n = len(states)
     nan = float("nan")
@@ -67,6 +70,9 @@ def requests_table(states: list[RequestState]) -> pd.DataFrame:
         "e2el_ms": e2el,
         "preemptions": np.array([s.preemptions for s in states], dtype=np.int64),
     }, index=pd.RangeIndex(n))
+    if cached_prompt_tokens is not None:
+        frame["cached_prompt_tokens"] = np.array(
+            [cached_prompt_tokens.get(s.request_id, 0) for s in states], dtype=np.int64)
     return frame
 
 
@@ -125,6 +131,7 @@ class SimulatedRun:
     wall_s: float
     engine: str
     engine_stats: dict = field(default_factory=dict)   # the engine's own counters (vLLM's)
+    prefix_cache: dict | None = None   # with prefix caching on: PrefixCacheStats.to_dict()
 
     def to_dict(self) -> dict:
         out = {"policy": self.policy, "model": self.model, "gpu": self.gpu, "cost": self.cost,
@@ -134,6 +141,8 @@ class SimulatedRun:
                "wall_s": self.wall_s,
                "sim_requests_per_wall_s": self.requests / self.wall_s if self.wall_s > 0 else None,
                "engine": self.engine}
+        if self.prefix_cache is not None:
+            out.update(self.prefix_cache)
         if self.engine_stats:         # under the engine's name: {"vllm": {"version": ...}}
             out[self.engine] = self.engine_stats
         return out
@@ -252,5 +261,11 @@ class TimelineRow(NamedTuple):
 TIMELINE_COLUMNS = TimelineRow._fields
 
 
-def timeline_table(rows: list[TimelineRow] | None) -> pd.DataFrame:
-    return pd.DataFrame(rows or [], columns=list(TIMELINE_COLUMNS))
+def timeline_table(rows: list[TimelineRow] | None,
+                   cached_blocks: list[int] | None = None) -> pd.DataFrame:
+    """The timeline; with prefix caching on, ``cached_blocks`` adds the column of blocks that
+    hold a cached prefix (held or evictable) after each iteration's allocation."""
+    frame = pd.DataFrame(rows or [], columns=list(TIMELINE_COLUMNS))
+    if cached_blocks is not None:
+        frame["cached_blocks"] = np.asarray(cached_blocks, dtype=np.int64)
+    return frame

@@ -122,16 +122,18 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     policy = make_policy(cfg.policy, cfg.policy_params)
     engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
     raw = engine.run()
-    frame = requests_table(raw.states)
+    cache = raw.prefix_cache
+    frame = requests_table(raw.states, cache.cached_prompt_tokens if cache else None)
     run = SimulatedRun(
         policy=policy.describe(), model=cfg.model, gpu=cfg.gpu, cost=spec.cost_model.describe(),
         kv_capacity_tokens=spec.kv_capacity_tokens, block_size=spec.block_size,
         peak_kv_tokens=raw.peak_kv_blocks * spec.block_size, iterations=raw.iterations,
         workload=workload.meta, requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s,
-        engine=cfg.engine, engine_stats=raw.extra)
+        engine=cfg.engine, engine_stats=raw.extra, prefix_cache=cache.stats if cache else None)
     record = Summary.of(frame, preemptions=raw.preemptions,
                         slo=SLO(**cfg.slo) if cfg.slo else None, source=run)
-    timeline = timeline_table(raw.timeline) if raw.timeline is not None else None
+    timeline = timeline_table(raw.timeline, cache.cached_blocks if cache else None) \
+        if raw.timeline is not None else None
     return RunResult(cfg, frame, timeline, record)
 
 

@@ -61,7 +61,7 @@ class VllmV1(QueuedPolicy):
     def wanted(self, req) -> int:
         """Tokens ``req`` would compute now, before the step budget: all it has left, capped by
         long_prefill_token_threshold."""
-        n = req.prompt_tokens + req.generated - req.computed
+        n = req.prompt_tokens + req.generated - req.computed - req.cached   # remaining, inlined
         t = self.params.long_prefill_token_threshold
         return t if 0 < t < n else n
 
