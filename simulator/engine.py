@@ -197,7 +197,7 @@ class Engine(ReplicaLoop):
         # Prefix caching (simulator/prefix_cache.py): the block pool, each live request's block
         # hashes, the waiting requests (their hits are looked up before each schedule call).
         self.pool = BlockPool(spec.num_blocks, spec.block_size) if prefix_caching else None
-        self._blocks: dict[int, RequestBlocks] = {}
+        self.request_blocks: dict[int, RequestBlocks] = {}
         self._waiting: dict[int, RequestState] = {}
         self.cached_prompt_tokens: dict[int, int] = {}
         self.cached_blocks: list[int] = []
@@ -209,7 +209,7 @@ class Engine(ReplicaLoop):
         self.unfinished += 1
         self.view.num_waiting += 1
         if self.pool is not None:
-            self._blocks[st.request_id] = RequestBlocks(r.prefix, r.request_id, r.prompt_tokens,
+            self.request_blocks[st.request_id] = RequestBlocks(r.prefix, r.request_id, r.prompt_tokens,
                                                         self.spec.block_size)
             self._enter_waiting(st)
         self.policy.on_arrival(st)
@@ -221,13 +221,17 @@ class Engine(ReplicaLoop):
                                  self.pool.stats.to_dict())
 
     # -- prefix caching ------------------------------------------------------------------------
+    def waiting_states(self):
+        """The waiting requests (with prefix caching on; their hits as last looked up)."""
+        return self._waiting.values()
+
     def _enter_waiting(self, st: RequestState) -> None:
         self._waiting[st.request_id] = st
-        self._blocks[st.request_id].watch = None
+        self.request_blocks[st.request_id].watch = None
 
     def _leave_waiting(self, st: RequestState) -> None:
         del self._waiting[st.request_id]
-        b = self._blocks[st.request_id]
+        b = self.request_blocks[st.request_id]
         if b.hit:
             self.pool.want(b.hashes, b.hit, 0)
             b.hit = 0
@@ -241,7 +245,7 @@ class Engine(ReplicaLoop):
         pool = self.pool
         dirty = pool.dirty
         bs = self.spec.block_size
-        blocks = self._blocks
+        blocks = self.request_blocks
         for st in self._waiting.values():
             b = blocks[st.request_id]
             if b.watch is not None and dirty.isdisjoint(b.watch):
@@ -270,7 +274,7 @@ class Engine(ReplicaLoop):
     def _admit_hit(self, st: RequestState) -> None:
         """A waiting request is admitted: it holds the cached blocks of its hit."""
         pool = self.pool
-        b = self._blocks[st.request_id]
+        b = self.request_blocks[st.request_id]
         hit = b.hit
         del self._waiting[st.request_id]
         pool.take_hit(b.hashes, hit)
@@ -289,7 +293,7 @@ class Engine(ReplicaLoop):
 
     def _register_full_blocks(self, st: RequestState, tokens: int) -> None:
         """The blocks of ``st`` full once its first ``tokens`` tokens are computed are cached."""
-        b = self._blocks[st.request_id]
+        b = self.request_blocks[st.request_id]
         full = tokens // self.spec.block_size
         if full > b.registered:
             hashes = b.upto(full)
@@ -303,7 +307,7 @@ class Engine(ReplicaLoop):
         if self.pool is None:
             self.free_blocks += st.kv_blocks
         else:
-            b = self._blocks[st.request_id]
+            b = self.request_blocks[st.request_id]
             self.pool.release(b.hashes, b.registered, st.kv_blocks - b.registered)
             b.registered = 0
             st.shared_blocks = 0
@@ -358,7 +362,7 @@ class Engine(ReplicaLoop):
             self.unfinished -= 1
             if self.pool is not None:
                 self._leave_waiting(st)
-                del self._blocks[st.request_id]
+                del self.request_blocks[st.request_id]
 
     def _apply_preemptions(self, victims) -> None:
         for st in victims:
@@ -497,7 +501,7 @@ class Engine(ReplicaLoop):
         st.finished_s = now
         self._free_kv(st)
         if self.pool is not None:
-            del self._blocks[st.request_id]
+            del self.request_blocks[st.request_id]
         del self.resident[st.request_id]
         self.unfinished -= 1
         self.finished += 1
