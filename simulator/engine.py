@@ -199,6 +199,10 @@ class Engine(ReplicaLoop):
         self.pool = BlockPool(spec.num_blocks, spec.block_size) if prefix_caching else None
         self.request_blocks: dict[int, RequestBlocks] = {}
         self._waiting: dict[int, RequestState] = {}
+        # Waiting requests by the blocks at the boundaries of their last look-up, and those not
+        # looked up yet: only they need a look-up before the next schedule call.
+        self._watchers: dict[int, set[int]] = {}
+        self._unlooked: set[int] = set()
         self.cached_prompt_tokens: dict[int, int] = {}
         self.cached_blocks: list[int] = []
 
@@ -227,15 +231,36 @@ class Engine(ReplicaLoop):
 
     def _enter_waiting(self, st: RequestState) -> None:
         self._waiting[st.request_id] = st
-        self.request_blocks[st.request_id].watch = None
+        self._unlooked.add(st.request_id)
 
     def _leave_waiting(self, st: RequestState) -> None:
-        del self._waiting[st.request_id]
-        b = self.request_blocks[st.request_id]
+        """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
+        rid = st.request_id
+        del self._waiting[rid]
+        self._unlooked.discard(rid)
+        b = self.request_blocks[rid]
+        self._watch(rid, b, None)
         if b.hit:
             self.pool.want(b.hashes, b.hit, 0)
             b.hit = 0
         st.cached = st.cached_shared_blocks = 0
+
+    def _watch(self, rid: int, b: RequestBlocks, boundaries: tuple | None) -> None:
+        """Index a waiting request by the blocks at its look-up's boundaries (None: by none)."""
+        watchers = self._watchers
+        for h in b.watch or ():
+            ids = watchers[h]
+            ids.discard(rid)
+            if not ids:
+                del watchers[h]
+        watch = None if boundaries is None else frozenset(boundaries).difference((None,))
+        b.watch = watch
+        for h in watch or ():
+            ids = watchers.get(h)
+            if ids is None:
+                watchers[h] = {rid}
+            else:
+                ids.add(rid)
 
     def _look_up_prefixes(self) -> None:
         """Fill what policies read of the cache: each waiting request's hit (``cached``,
@@ -246,10 +271,14 @@ class Engine(ReplicaLoop):
         dirty = pool.dirty
         bs = self.spec.block_size
         blocks = self.request_blocks
-        for st in self._waiting.values():
-            b = blocks[st.request_id]
-            if b.watch is not None and dirty.isdisjoint(b.watch):
-                continue
+        stale = self._unlooked
+        watchers = self._watchers
+        for h in dirty.intersection(watchers.keys()):
+            stale.update(watchers[h])
+        waiting = self._waiting
+        for rid in stale:
+            st = waiting[rid]
+            b = blocks[rid]
             limit = (st.prompt_tokens + st.generated - 1) // bs
             hashes = b.upto(limit)
             hit = pool.hit_blocks(hashes, limit)
@@ -259,15 +288,17 @@ class Engine(ReplicaLoop):
             held = pool.held_blocks(hashes, hit)
             st.cached = hit * bs
             st.cached_shared_blocks = held
-            b.watch = _boundaries(hashes, hit, limit) + _boundaries(hashes, held, hit)
+            self._watch(rid, b, _boundaries(hashes, hit, limit) + _boundaries(hashes, held, hit))
+        stale.clear()
         # After the waiting requests: what they want counts in a resident's shared blocks.
         for st in self.resident.values():
             b = blocks[st.request_id]
-            if b.watch is not None and b.watch[0] == b.registered and dirty.isdisjoint(b.watch):
+            w = b.shared_watch
+            if w is not None and w[0] == b.registered and dirty.isdisjoint(w):
                 continue
             shared = pool.shared_blocks(b.hashes, b.registered) if b.registered else 0
             st.shared_blocks = shared
-            b.watch = (b.registered,) + _boundaries(b.hashes, shared, b.registered)
+            b.shared_watch = (b.registered,) + _boundaries(b.hashes, shared, b.registered)
         dirty.clear()
         self.free_blocks = pool.free_blocks
 
@@ -276,11 +307,14 @@ class Engine(ReplicaLoop):
         pool = self.pool
         b = self.request_blocks[st.request_id]
         hit = b.hit
-        del self._waiting[st.request_id]
+        rid = st.request_id
+        del self._waiting[rid]
+        self._unlooked.discard(rid)
+        self._watch(rid, b, None)
         pool.take_hit(b.hashes, hit)
         b.hit = 0
         b.registered = hit
-        b.watch = None
+        b.shared_watch = None
         st.kv_blocks = hit
         st.computed = hit * self.spec.block_size
         stats = pool.stats
@@ -296,10 +330,7 @@ class Engine(ReplicaLoop):
         b = self.request_blocks[st.request_id]
         full = tokens // self.spec.block_size
         if full > b.registered:
-            hashes = b.upto(full)
-            register = self.pool.register
-            for i in range(b.registered, full):
-                register(hashes[i])
+            self.pool.register(b.upto(full), b.registered, full)
             b.registered = full
 
     def _free_kv(self, st: RequestState) -> None:

@@ -46,12 +46,15 @@ from traces.request import ANSWER_OF, PROMPT_OF, TokenRuns
 ROOT_HASH = 0     # the parent hash of a request's first block (vLLM's NONE_HASH)
 
 
+BATCH = 256       # hashes generated at most at once inside one run (the output run is endless)
+
+
 def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
-                 block_size: int) -> Iterator[int]:
-    """The chained hashes of a request's full blocks 0, 1, 2, ... (endless: output tokens
-    follow the prompt). Each hashes (parent hash, then per run the block overlaps: namespace,
-    key, offset in the run, tokens taken); ``hash`` of a tuple of ints is the same in every
-    process."""
+                 block_size: int) -> Iterator[list[int]]:
+    """The chained hashes of a request's full blocks 0, 1, 2, ..., a list at a time (endless:
+    output tokens follow the prompt). Each hashes (parent hash, then per run the block
+    overlaps: namespace, key, offset in the run, tokens taken); ``hash`` of a tuple of ints is
+    the same in every process."""
     runs = list(prefix.runs) if prefix is not None else []
     own = prompt_tokens - sum(n for _, _, n in runs)
     if own > 0:
@@ -62,10 +65,14 @@ def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
     ns, key, n = runs[0]
     while True:
         # Whole blocks inside the current run: the common case, one small tuple each.
-        while n - off >= block_size:
-            h = hash((h, ns, key, off, block_size))
-            off += block_size
-            yield h
+        if n - off >= block_size:
+            batch = []
+            for _ in range(min((n - off) // block_size, BATCH)):
+                h = hash((h, ns, key, off, block_size))
+                off += block_size
+                batch.append(h)
+            yield batch
+            continue
         piece: list[int] = [h]
         need = block_size
         while need:
@@ -79,14 +86,14 @@ def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                 ns, key, n = runs[i]
                 off = 0
         h = hash(tuple(piece))
-        yield h
+        yield [h]
 
 
 class RequestBlocks:
     """One request's block hashes, generated as far as they are needed; how many of its
     blocks (its first ``registered``) are cached blocks it holds; while it waits, its hit."""
 
-    __slots__ = ("hashes", "_more", "registered", "hit", "watch")
+    __slots__ = ("hashes", "_more", "registered", "hit", "watch", "shared_watch")
 
     def __init__(self, prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                  block_size: int):
@@ -97,13 +104,13 @@ class RequestBlocks:
         # The blocks at the boundaries of its last lookup (None: look up): the answer can only
         # have changed if one of them did (see BlockPool.dirty).
         self.watch: tuple | None = None
+        self.shared_watch: tuple | None = None     # the same for a resident's shared_blocks
 
     def upto(self, blocks: int) -> list[int]:
         """The hashes list, holding at least its first ``blocks`` hashes."""
         hashes = self.hashes
-        if len(hashes) < blocks:
-            more = self._more
-            hashes.extend(next(more) for _ in range(blocks - len(hashes)))
+        while len(hashes) < blocks:
+            hashes.extend(next(self._more))
         return hashes
 
 
@@ -251,34 +258,52 @@ class BlockPool:
             self.plain_free = plain - blocks
             return
         self.plain_free = 0
-        evictable, dirty = self.evictable, self.dirty
+        evict, mark = self.evictable.popitem, self.dirty.add
         for _ in range(blocks - plain):
-            dirty.add(evictable.popitem(last=False)[0])
+            mark(evict(False)[0])
         self.stats.evictions += blocks - plain
 
-    def register(self, h: int) -> None:
-        """A block a request holds (taken by ``allocate``) became full with hash ``h``: it is
-        cached from now on; if ``h`` is cached already, the request adopts that block and its
-        own copy goes back to the free blocks."""
-        refs = self.refs
-        held = refs.get(h)
-        if held is not None:
-            refs[h] = held + 1
-            self.plain_free += 1
-            if held + self.wanted.get(h, 0) == 1:
-                self.dirty.add(h)
+    def register(self, hashes: list[int], start: int, end: int) -> None:
+        """Blocks ``start`` to ``end`` of a request (taken by ``allocate``) became full: they
+        are cached from now on; a block whose hash is cached already is adopted instead, and
+        the request's own copy goes back to the free blocks."""
+        new = hashes[start:end]
+        refs, evictable = self.refs, self.evictable
+        if refs.keys().isdisjoint(new) and evictable.keys().isdisjoint(new):
+            refs.update(dict.fromkeys(new, 1))      # the common case: none cached yet
+            self.dirty.update(new)
             return
-        self.dirty.add(h)
-        if h in self.evictable:
-            del self.evictable[h]
-            self.plain_free += 1
-        refs[h] = 1
+        wanted, dirty = self.wanted, self.dirty
+        adopted = 0
+        for h in new:
+            held = refs.get(h)
+            if held is not None:
+                refs[h] = held + 1
+                adopted += 1
+                if held == 1 and h not in wanted:
+                    dirty.add(h)
+                continue
+            dirty.add(h)
+            if h in evictable:
+                del evictable[h]
+                adopted += 1
+            refs[h] = 1
+        self.plain_free += adopted
 
     def release(self, hashes: list[int], registered: int, plain: int) -> None:
         """A request frees its blocks: ``plain`` uncached ones (to the head of the free queue)
         and its ``registered`` cached ones, last first, to the tail of those evictable."""
         self.plain_free += plain
         refs, evictable, wanted, dirty = self.refs, self.evictable, self.wanted, self.dirty
+        mine = hashes[:registered]
+        if mine and max(map(refs.__getitem__, mine)) == 1 and wanted.keys().isdisjoint(mine):
+            # The common case: blocks only this request holds and nobody wants, all evictable.
+            for h in mine:
+                del refs[h]
+            mine.reverse()
+            evictable.update(dict.fromkeys(mine))
+            dirty.update(mine)
+            return
         for i in range(registered - 1, -1, -1):
             h = hashes[i]
             held = refs[h] - 1
