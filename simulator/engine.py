@@ -91,6 +91,10 @@ class ReplicaLoop:
         self.preemptions = 0
         self.arrivals_done = False
         self._idle: simpy.Event | None = None
+        # Closed-loop session turns, by the request they follow, until that one ends.
+        self._followers: dict[int, Request] = {}
+        self._listed = False           # the workload's requests have all been read
+        self._to_follow = 0            # turns that have not arrived yet
 
     def run(self) -> EngineResult:
         wall0 = time.perf_counter()
@@ -119,22 +123,50 @@ class ReplicaLoop:
     def _arrivals(self):
         env = self.env
         for r in self.requests:
+            if r.follows is not None:      # arrives when the turn it follows ends
+                self._followers[r.follows] = r
+                self._to_follow += 1
+                continue
             delay = r.arrival_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens,
-                              r.label)
-            self.states.append(st)
-            reason = arrival_reject_reason(self.spec, st)
-            if reason is not None:
-                st.status = Status.REJECTED
-                st.reject_reason = reason
-                continue
-            self._accept(st, r)
-            self._wake()
-        self.arrivals_done = True
-        self._close_arrivals()
+            self._arrive(r)
+        self._listed = True
+        self._maybe_close_arrivals()
+
+    def _arrive(self, r: Request) -> None:
+        now = self.env.now
+        st = RequestState(r.request_id, now if r.follows is not None else r.arrival_s,
+                          r.prompt_tokens, r.output_tokens, r.label)
+        self.states.append(st)
+        reason = arrival_reject_reason(self.spec, st)
+        if reason is not None:
+            st.status = Status.REJECTED
+            st.reject_reason = reason
+            self._ended(st)
+            return
+        self._accept(st, r)
         self._wake()
+
+    def _ended(self, st: RequestState) -> None:
+        """``st`` completed or was rejected: the session turn that follows it, if any, arrives
+        its think time later."""
+        r = self._followers.pop(st.request_id, None)
+        if r is not None:
+            self.env.process(self._follow(r))
+
+    def _follow(self, r: Request):
+        if r.think_s > 0:
+            yield self.env.timeout(r.think_s)
+        self._to_follow -= 1
+        self._arrive(r)
+        self._maybe_close_arrivals()
+
+    def _maybe_close_arrivals(self) -> None:
+        if self._listed and self._to_follow == 0 and not self.arrivals_done:
+            self.arrivals_done = True
+            self._close_arrivals()
+            self._wake()
 
     def _accept(self, st: RequestState, r: Request) -> None:
         raise NotImplementedError
@@ -391,6 +423,7 @@ class Engine(ReplicaLoop):
             st.reject_reason = reason
             self.view.num_waiting -= 1
             self.unfinished -= 1
+            self._ended(st)
             if self.pool is not None:
                 self._leave_waiting(st)
                 del self.request_blocks[st.request_id]
@@ -537,6 +570,8 @@ class Engine(ReplicaLoop):
         self.unfinished -= 1
         self.finished += 1
         self.policy.on_finish(st)
+        if self._followers:
+            self._ended(st)
 
 
 def _boundaries(hashes: list[int], k: int, limit: int) -> tuple:

@@ -25,6 +25,7 @@ from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeli
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, synthesize)
+from traces.sessions import synthesize_sessions, system_prompt
 from traces.transforms import truncate
 
 
@@ -73,9 +74,17 @@ def build_workload(cfg: RunConfig) -> Workload:
                 parse_length(cfg.prompt_len, "prompt_len"),
                 parse_length(cfg.output_len, "output_len"))
             rate = cfg.rate
-        workload = length_filters(
-            synthesize(build_arrival(cfg, rate), lengths, cfg.seed,
-                       num_requests=cfg.requests_or_default, duration_s=cfg.duration), cfg)
+        if cfg.session_turns > 1:
+            workload = synthesize_sessions(build_arrival(cfg, rate), lengths, cfg.seed,
+                                           cfg.requests_or_default, cfg.session_turns,
+                                           cfg.think_time)
+        else:
+            workload = synthesize(build_arrival(cfg, rate), lengths, cfg.seed,
+                                  num_requests=cfg.requests_or_default, duration_s=cfg.duration)
+        workload = length_filters(workload, cfg)
+        if cfg.system_prompt_len:
+            workload = system_prompt(workload, cfg.system_prompt_len, cfg.system_prompt_share,
+                                     cfg.seed)
     if cfg.truncate:
         workload = truncate(workload, cfg.max_model_len or model_spec(cfg.model).max_model_len)
     return workload

@@ -168,3 +168,48 @@ def test_prefix_caching_flags():
                            (["--no-prefix-caching"], False)):
         cmd.main(args, standalone_mode=False)
         assert seen["cfg"].prefix_caching is expected
+
+
+def test_session_turns_arrive_after_the_previous_answer_plus_think_time():
+    """Closed loop: every later turn arrives exactly its think time after the previous turn of
+    its session completed (never before), its prompt is the previous prompt + answer + a new
+    message, and (nothing evicted) it finds exactly the previous turn's full blocks cached: the
+    whole blocks of its prompt + answer - 1 tokens, the KV the previous turn computed."""
+    cfg = RunConfig(num_requests=120, session_turns=4, think_time=1.5, rate=2.0,
+                    prompt_len="32:200", output_len="8:100", seed=4).validate()
+    workload = build_workload(cfg)
+    result = simulate_run(cfg, workload)
+    frame = result.requests.set_index("request_id")
+    table = workload.frame.set_index("request_id")
+    assert (frame["status"] == "completed").all()
+    later = table[table["think_s"] > 0]
+    assert len(later) == 90 and table["think_s"].groupby(table["session_id"]).first().eq(0).all()
+    for rid, row in later.iterrows():
+        prev = rid - 1                  # turns of a session are consecutive request ids
+        assert table.loc[prev, "session_id"] == row["session_id"]
+        assert frame.loc[rid, "arrival_s"] == pytest.approx(
+            frame.loc[prev, "completion_s"] + row["think_s"], abs=1e-9)
+        assert frame.loc[rid, "arrival_s"] >= frame.loc[prev, "completion_s"]
+        assert row["prompt_tokens"] > table.loc[prev, "prompt_tokens"] + \
+            table.loc[prev, "output_tokens"]
+        computed_before = table.loc[prev, "prompt_tokens"] + table.loc[prev, "output_tokens"] - 1
+        assert frame.loc[rid, "cached_prompt_tokens"] == computed_before // 16 * 16
+    assert result.summary["prefix_cache_evictions"] == 0
+
+
+def test_system_prompt_hit_rate_equals_its_closed_form():
+    """A 300-token system prompt on a seeded 60% of the requests, one request at a time and no
+    eviction: every carrier after the first finds floor(300 / 16) blocks cached, nobody else
+    anything."""
+    cfg = RunConfig(num_requests=100, system_prompt_len=300, system_prompt_share=0.6,
+                    arrival="deterministic", rate=0.01, kv_capacity=1 << 20,
+                    seed=2).validate()
+    workload = build_workload(cfg)
+    carriers = (workload.frame["system_prompt_tokens"] > 0).to_numpy()
+    assert 40 < carriers.sum() < 80
+    expected = [300 // 16 * 16 if c else 0 for c in carriers]
+    expected[int(carriers.argmax())] = 0              # the first carrier computes it
+    result = simulate_run(cfg, workload)
+    assert result.requests["cached_prompt_tokens"].tolist() == expected
+    assert result.summary["prefix_cache_hit_rate"] == pytest.approx(
+        sum(expected) / workload.frame["prompt_tokens"].sum())

@@ -35,6 +35,8 @@ class Request:
     and ``output_tokens`` the number of tokens the request will generate (ignore-EOS semantics, as in
     ``vllm bench serve``). ``label`` names the request's class or type when the workload has them.
     ``prefix`` says which of its prompt tokens other requests share (None: none are shared).
+    A session's later turn ``follows`` its previous turn (a request id): it arrives ``think_s``
+    seconds after that one ends (closed loop), whatever ``arrival_s`` says.
     """
 
     request_id: int
@@ -43,3 +45,5 @@ class Request:
     output_tokens: int
     label: str | None = None
     prefix: TokenRuns | None = None
+    follows: int | None = None
+    think_s: float = 0.0

@@ -18,13 +18,15 @@ COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "label")
 # Independent random streams of one seed, by purpose: changing how lengths are drawn never moves
 # the arrival times, and a trace replayed with generated arrivals gets the same times as a
 # synthetic workload of the same seed.
-STREAMS = ("arrivals", "lengths", "jitter", "sessions")
+STREAMS = ("arrivals", "lengths", "jitter", "sessions", "system_prompt")
 # Extra columns that say which prompt tokens requests share (``Workload.prefix_columns``):
 # Mooncake's hash_ids (one per 512 prompt tokens), a synthetic shared system prompt's tokens at
 # the head of the prompt (0: none), and the session a request is a turn of (-1: none; a turn's
 # prompt repeats the session's previous prompt and answer, rows in turn order).
 HASH_IDS, SYSTEM_PROMPT_TOKENS, SESSION = "hash_ids", "system_prompt_tokens", "session_id"
 PREFIX_COLUMNS = (HASH_IDS, SYSTEM_PROMPT_TOKENS, SESSION)
+# A session turn's think time: it arrives this long after the previous turn completes.
+THINK_S = "think_s"
 MOONCAKE_BLOCK_TOKENS = 512
 
 
@@ -67,9 +69,23 @@ class Workload:
         rows = zip(f["request_id"].to_numpy(), f["arrival_s"].to_numpy(),
                    f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy(), labels)
         prefixes = self._prefixes() if self.prefix_columns else None
+        follows = self._follows() if SESSION in f else None
         for rid, t, p, o, lab in rows:
+            after, think = next(follows) if follows is not None else (None, 0.0)
             yield Request(int(rid), float(t), int(p), int(o), None if lab is None else str(lab),
-                          None if prefixes is None else next(prefixes))
+                          None if prefixes is None else next(prefixes), after, think)
+
+    def _follows(self) -> Iterator[tuple[int | None, float]]:
+        """Per request, the previous turn of its session (None: none) and its think time."""
+        f = self.frame
+        think = f[THINK_S].to_numpy() if THINK_S in f else np.zeros(len(f))
+        last: dict[int, int] = {}
+        for rid, session, t in zip(f["request_id"].to_numpy(), f[SESSION].to_numpy(), think):
+            session = int(session)
+            previous = last.get(session) if session >= 0 else None
+            if session >= 0:
+                last[session] = int(rid)
+            yield previous, float(t)
 
     def _prefixes(self) -> Iterator[TokenRuns]:
         """Each request's ``TokenRuns``, in table order, from its prefix columns."""
