@@ -151,7 +151,7 @@ def test_prefix_caching_defaults_to_on_only_with_prefix_identity():
     synthetic = simulate_run(RunConfig(num_requests=20).validate())
     assert "prefix_cache_hits" not in synthetic.summary
     forced = simulate_run(RunConfig(num_requests=20, prefix_caching=True).validate())
-    assert forced.summary["prefix_cache_hits"] == 0     # nothing shared, nothing hit
+    assert forced.summary["prefix_cache_hits"] == 0     # nothing shared, no preemption
     assert forced.requests.drop(columns="cached_prompt_tokens").equals(synthetic.requests)
 
 
