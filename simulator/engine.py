@@ -326,8 +326,14 @@ class Engine(ReplicaLoop):
         for st in self.resident.values():
             b = blocks[st.request_id]
             w = b.shared_watch
-            if w is not None and w[0] == b.registered and dirty.isdisjoint(w):
-                continue
+            if w is not None and dirty.isdisjoint(w):
+                if w[0] == b.registered:
+                    continue
+                if st.shared_blocks < w[0]:
+                    # Blocks it cached since are held by fewer requests than the block at its
+                    # boundary, which is not shared: the count stands.
+                    b.shared_watch = (b.registered,) + w[1:]
+                    continue
             shared = pool.shared_blocks(b.hashes, b.registered) if b.registered else 0
             st.shared_blocks = shared
             b.shared_watch = (b.registered,) + _boundaries(b.hashes, shared, b.registered)

@@ -52,9 +52,10 @@ BATCH = 256       # hashes generated at most at once inside one run (the output 
 def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                  block_size: int) -> Iterator[list[int]]:
     """The chained hashes of a request's full blocks 0, 1, 2, ..., a list at a time (endless:
-    output tokens follow the prompt). Each hashes (parent hash, then per run the block
-    overlaps: namespace, key, offset in the run, tokens taken); ``hash`` of a tuple of ints is
-    the same in every process."""
+    output tokens follow the prompt). A block across runs hashes its parent's hash and, per run
+    it overlaps, namespace, key, offset in the run and tokens taken; blocks inside one run hash
+    the hash before them, the run and the offset. ``hash`` of a tuple of ints is the same in
+    every process."""
     runs = list(prefix.runs) if prefix is not None else []
     own = prompt_tokens - sum(n for _, _, n in runs)
     if own > 0:
@@ -64,13 +65,15 @@ def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
     i, off = 0, 0
     ns, key, n = runs[0]
     while True:
-        # Whole blocks inside the current run: the common case, one small tuple each.
+        # Whole blocks inside the current run, the common case: each hashes the hash before
+        # them (which stands for everything earlier) and its offset, which together fix its
+        # whole prefix as a per-block chain would.
         if n - off >= block_size:
-            batch = []
-            for _ in range(min((n - off) // block_size, BATCH)):
-                h = hash((h, ns, key, off, block_size))
-                off += block_size
-                batch.append(h)
+            end = off + min((n - off) // block_size, BATCH) * block_size
+            base = h
+            batch = [hash((base, ns, key, o)) for o in range(off, end, block_size)]
+            off = end
+            h = batch[-1]
             yield batch
             continue
         piece: list[int] = [h]
