@@ -37,7 +37,9 @@ found by bisection.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from itertools import repeat, starmap
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -261,9 +263,9 @@ class BlockPool:
             self.plain_free = plain - blocks
             return
         self.plain_free = 0
-        evict, mark = self.evictable.popitem, self.dirty.add
-        for _ in range(blocks - plain):
-            mark(evict(False)[0])
+        # popitem(last=False), blocks - plain times, in C: the head of the LRU queue first.
+        evicted = starmap(self.evictable.popitem, repeat((False,), blocks - plain))
+        self.dirty.update(map(itemgetter(0), evicted))
         self.stats.evictions += blocks - plain
 
     def register(self, hashes: list[int], start: int, end: int) -> None:
@@ -301,8 +303,7 @@ class BlockPool:
         mine = hashes[:registered]
         if mine and max(map(refs.__getitem__, mine)) == 1 and wanted.keys().isdisjoint(mine):
             # The common case: blocks only this request holds and nobody wants, all evictable.
-            for h in mine:
-                del refs[h]
+            deque(map(refs.__delitem__, mine), maxlen=0)     # del refs[h] for each, in C
             mine.reverse()
             evictable.update(dict.fromkeys(mine))
             dirty.update(mine)
