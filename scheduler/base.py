@@ -53,10 +53,10 @@ class Policy(abc.ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    spec: ReplicaSpec           # the replica, set by bind() before any other call
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
-        self.spec: ReplicaSpec | None = None
 
     def bind(self, spec: ReplicaSpec) -> None:
         self.spec = spec
@@ -101,22 +101,44 @@ class Policy(abc.ABC):
         return {"policy": self.name, **dataclasses.asdict(self.params)}
 
 
-def victim_error(policy: Policy, decision: Decision) -> tuple[RequestState, str] | None:
-    """(request, what is wrong) when a decision's preemption victim is also scheduled in it, or
-    was not put back in the policy's queue; None when the victims are in order. Scheduled in the
-    same decision, an engine would re-admit a victim as a fresh prefill while the policy still
+# --------------------------------------------------------------------------------------------
+# What every engine checks as it asks a policy and applies the answer (the simulator's engine,
+# and the vLLM adapter): a mistake is named at the step it happens, with the policy and the time.
+
+
+def violation(policy: Policy, now: float, req: RequestState, what: str) -> PolicyViolation:
+    return PolicyViolation(f"policy {policy.name} at t={now:.6f}s: request {req.request_id} "
+                           f"{what} ({req!r})")
+
+
+def decide(policy: Policy, view: ReplicaView) -> Decision:
+    """``policy.schedule(view)``; a rule a StepPlan helper refused, or an answer that is not a
+    Decision, is a PolicyViolation naming the policy and the time."""
+    try:
+        decision = policy.schedule(view)
+    except PolicyViolation as e:
+        raise PolicyViolation(f"policy {policy.name} at t={view.now:.6f}s: {e}") from None
+    if not isinstance(decision, Decision):
+        raise PolicyViolation(f"policy {policy.name} at t={view.now:.6f}s: schedule returned "
+                              f"{type(decision).__name__} {decision!r:.60}, not a Decision")
+    return decision
+
+
+def check_victims(policy: Policy, decision: Decision, now: float) -> None:
+    """Each preempted request must wait in the policy's queue for a later step. Scheduled in
+    the same decision, an engine would re-admit it as a fresh prefill while the policy still
     queues it; not requeued, it would never run again. Either way the run would fail much
-    later, naming another request: each engine checks this as it applies a decision."""
+    later, naming another request. Checked once the preemptions are applied."""
     victims = {id(st) for st in decision.preempt}
     for st in [r for r, _ in decision.prefill] + list(decision.decode):
         if id(st) in victims:
-            return st, ("was preempted and scheduled in the same decision (a preempted request "
-                        "waits for a later step)")
+            raise violation(policy, now, st, "was preempted and scheduled in the same decision "
+                                             "(a preempted request waits for a later step)")
     for st in decision.preempt:
         if policy.is_queued(st) is False:
-            return st, ("was preempted but the policy did not put it back in its waiting queue "
-                        "(it would never run again; StepPlan(on_preempt=...) requeues victims)")
-    return None
+            raise violation(policy, now, st, "was preempted but the policy did not put it back "
+                                             "in its waiting queue (it would never run again; "
+                                             "StepPlan(on_preempt=...) requeues victims)")
 
 
 class QueuedPolicy(Policy):
@@ -324,6 +346,7 @@ def _type_name(tp) -> str:
 
 def _convert(policy: str, name: str, value, tp, meta):
     where = f"policy {policy}: parameter {name}"
+    out: Any
     args = typing.get_args(tp)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), tp) if args else tp

@@ -28,8 +28,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
 CONVENTIONS = ("engine", "paper")
 
 
@@ -356,6 +354,7 @@ def nested_plan(types: Sequence[FluidType], d0: float, d1: float, *, tl: float |
     """
     segs = nested_segments(types, convention)
     capped = False
+    n: tuple[float, ...] | None
     if thresholds is not None:
         if len(thresholds) != len(segs):
             raise ValueError(f"need {len(segs)} segment thresholds, got {len(thresholds)}")
@@ -447,6 +446,9 @@ def types_from_lengths(prompts, outputs, total_rate: float, segments: int,
     memory bounds that hold for every member) or ``"mean"`` (the group's mean prompt and output:
     the fluid equilibrium of the mixture).
     """
+    # NumPy only here: the rest is arithmetic, and servesim imports this module at start-up
+    # (for CLUSTERINGS and CONVENTIONS).
+    import numpy as np
     p = np.asarray(prompts, dtype=float)
     o = np.asarray(outputs, dtype=float)
     if len(o) == 0 or len(p) != len(o):

@@ -41,8 +41,15 @@ def check_whole_prompt_budget(policy: str, budget: int, max_model_len: int) -> N
             f"({max_model_len}) without chunked prefill; raise the budget or lower max_model_len")
 
 
+def lowest_priority(running: list) -> RequestState:
+    """vLLM V1's choice under ``--scheduling-policy priority``: the largest priority value,
+    then the latest arrival (the first such in running order)."""
+    return max(running, key=lambda r: (r.priority, r.arrival_s))
+
+
 VICTIMS: dict[str, VictimPicker] = {"latest-admitted": latest_admitted,
-                                    "latest-arrival": latest_arrival}
+                                    "latest-arrival": latest_arrival,
+                                    "lowest-priority": lowest_priority}
 
 
 class StepPlan:
@@ -60,14 +67,15 @@ class StepPlan:
     its blocks fit turns it off.
     """
 
-    __slots__ = ("kv", "budget", "tokens", "taken", "running", "preempted", "rejected",
-                 "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
+    __slots__ = ("kv", "token_budget", "budget", "tokens", "taken", "running", "preempted",
+                 "rejected", "reserve_full_prompt", "_on_preempt", "_pick_victim", "_preempted_set")
 
     def __init__(self, view: ReplicaView, token_budget: float, *, watermark_blocks: int = 0,
                  pick_victim: VictimPicker = latest_admitted,
                  on_preempt: Callable[[RequestState], None] | None = None,
                  reserve_full_prompt: bool = True):
         self.kv = StepKV(view, watermark_blocks)
+        self.token_budget = token_budget
         self.budget = token_budget
         self.tokens: dict[RequestState, int] = {}   # scheduled tokens, in scheduling order
         self.taken: dict[RequestState, int] = {}    # blocks reserved this step per request
@@ -143,8 +151,8 @@ class StepPlan:
             self._on_preempt(victim)
 
     def admit(self, req: RequestState, n: int, keep_watermark: bool = False) -> bool:
-        """Admit a waiting request with ``n`` prompt tokens if its blocks fit (and, with
-        ``reserve_full_prompt``, the blocks of its whole prompt)."""
+        """Admit a waiting request with ``n`` prompt tokens (after its prefix-cache hit) if its
+        blocks fit (and, with ``reserve_full_prompt``, the blocks of its whole prompt)."""
         if req.status is not Status.WAITING:
             if self.is_preempted(req):
                 raise self._rescheduled(req)
@@ -169,9 +177,13 @@ class StepPlan:
             req = running[i]
             n = req.remaining if tokens is None else tokens(req)
             if n > self.budget:
-                n = self.budget
+                n = int(self.budget)   # finite, since n exceeds it
             if not self.schedule_resident(req, n):
                 break
+            if i >= len(running) or running[i] is not req:
+                # A victim that stood before req (a lowest-priority one, not the tail) was
+                # removed and req moved up: vLLM steps its index back the same way.
+                i = running.index(req)
             i += 1
 
     def admit_waiting(self, queue, tokens: Callable[[RequestState], int] | None = None, *,
@@ -191,8 +203,13 @@ class StepPlan:
             n = req.remaining if tokens is None else tokens(req)
             if n > self.budget:
                 if whole:
+                    if n > self.token_budget:   # it would wait for ever: the run would stall
+                        raise PolicyViolation(
+                            f"request {req.request_id} needs {n} tokens in one step, more than "
+                            f"the step budget {self.token_budget}: it can never be admitted "
+                            f"whole (check_whole_prompt_budget refuses such a budget at bind)")
                     break
-                n = self.budget
+                n = int(self.budget)   # finite, since n exceeds it
             if not self.admit(req, n, keep_watermark):
                 break
             queue.pop()

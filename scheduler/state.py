@@ -17,15 +17,18 @@ cache (blocks that a running or finished request computed): admitted, it adopts 
 instead of computing them, so its ``remaining`` (what budgets count) and the blocks it takes
 (``StepKV.need``) are those of the uncached part only. The engine fills ``cached`` and
 ``cached_shared_blocks`` before each ``schedule`` call; a policy only reads them. A resident
-request's ``shared_blocks`` are blocks other live requests hold too: preempting it frees the
-rest (``StepKV.release``).
+request's ``shared_blocks`` are blocks another live request holds too (or, in the simulator, a
+waiting request's hit covers): preempting it frees the rest (``StepKV.release``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+
+if TYPE_CHECKING:   # the simulator builds the spec; a policy only reads the cost model
+    from simulator.cost.base import CostModel
 
 
 class Status(str, Enum):
@@ -40,9 +43,10 @@ class RequestState:
 
     __slots__ = (
         "request_id", "arrival_s", "prompt_tokens", "output_tokens", "label",
-        "computed", "generated", "kv_blocks", "status", "admitted_seq",
+        "computed", "generated", "kv_blocks", "status", "admitted_seq", "priority",
         "cached", "cached_shared_blocks", "shared_blocks",
         "first_scheduled_s", "first_token_s", "finished_s", "preemptions", "reject_reason",
+        "reject_detail",
         "_iteration",
     )
 
@@ -58,6 +62,7 @@ class RequestState:
         self.kv_blocks = 0           # KV blocks held
         self.status = Status.WAITING
         self.admitted_seq = -1       # order of the latest admission (larger = more recent)
+        self.priority = 0            # vLLM's request priority: smaller is served first
         # Prefix-cache hit of a waiting request: tokens whose KV is cached, and how many of the
         # blocks holding them other live requests hold (those cost no free block; an evictable
         # cached block counts as free and is taken). Both 0 while the request holds KV.
@@ -68,7 +73,8 @@ class RequestState:
         self.first_token_s: float | None = None
         self.finished_s: float | None = None
         self.preemptions = 0
-        self.reject_reason: str | None = None
+        self.reject_reason: str | None = None   # a code (simulator/metrics.py REJECT_CODES)
+        self.reject_detail: str | None = None   # the figures behind it, for a reader
         self._iteration = -1         # engine bookkeeping: last iteration it was scheduled in
 
     @property
@@ -172,7 +178,7 @@ class ReplicaSpec:
     num_blocks: int
     block_size: int
     max_model_len: int
-    cost_model: Any = None          # the run's cost model (for policies that plan with it)
+    cost_model: CostModel | None = None   # the run's cost model (for policies that plan with it)
     workload_hint: WorkloadHint | None = None   # the expected workload, when described
     seed: int = 0
 

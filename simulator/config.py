@@ -11,6 +11,7 @@ nothing are refused with one line naming the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass
@@ -215,6 +216,10 @@ class RunConfig:
     preemption: str = run_field(
         "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
         "from its prompt (the fluid paper's model).", group="replica", choices=PREEMPTIONS)
+    frontend_delay: float = run_field(
+        0.0, "Seconds from a request's send to its arrival in the engine (a live server's HTTP "
+        "front end; experiments/sim_vs_real.py measures it); latencies count from the send.",
+        group="replica", low=0, high=60)
     # workload
     arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
     rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
@@ -422,7 +427,7 @@ class RunConfig:
         for key in self.policy_params:
             name = key.replace("-", "_")
             value = getattr(params, name)
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 check_number(value, f"policy {self.policy}: parameter {name}")
             typed[name] = list(value) if isinstance(value, tuple) else value
         self.policy_params = typed
@@ -588,6 +593,7 @@ def _unique_json_keys(pairs: list) -> dict:
     return out
 
 
+@functools.cache
 def _unique_key_loader():
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
     silently). Keys merged in with ``<<`` may be overridden, as YAML defines."""

@@ -19,13 +19,13 @@ from typing import Callable, Iterable
 
 import simpy
 
-from scheduler.base import Policy, victim_error
-from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
+from scheduler.base import Policy, check_victims, decide, violation
+from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
 from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
-from simulator.metrics import TimelineRow
+from simulator.metrics import BY_POLICY, OVER_KV_CAPACITY, OVER_MAX_MODEL_LEN, TimelineRow
 from simulator.prefix_cache import BlockPool, RequestBlocks
 from traces.request import Request
 from traces.workload import Workload
@@ -57,14 +57,23 @@ class PrefixCacheReport:
     stats: dict
 
 
-def arrival_reject_reason(spec: ReplicaSpec, st: RequestState) -> str | None:
-    """Why a request can never be served on this replica (checked at arrival), or None."""
+def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | None:
+    """Why a request can never be served on this replica (checked at arrival): its code and
+    detail, or None."""
     total = st.prompt_tokens + st.output_tokens
     if total > spec.max_model_len:
-        return f"prompt + output = {total} tokens exceeds max_model_len {spec.max_model_len}"
+        return (OVER_MAX_MODEL_LEN,
+                (f"prompt + output = {total} tokens exceeds max_model_len {spec.max_model_len}"))
     if spec.blocks_for(st.max_kv_tokens) > spec.num_blocks:
-        return f"needs {st.max_kv_tokens} KV tokens, capacity is {spec.kv_capacity_tokens}"
+        return (OVER_KV_CAPACITY,
+                f"needs {st.max_kv_tokens} KV tokens, capacity is {spec.kv_capacity_tokens}")
     return None
+
+
+def reject(st: RequestState, code: str, detail: str | None) -> None:
+    """Mark a request rejected, with its code and detail."""
+    st.status = Status.REJECTED
+    st.reject_reason, st.reject_detail = code, detail
 
 
 class ReplicaLoop:
@@ -90,6 +99,9 @@ class ReplicaLoop:
         self.iterations = 0
         self.preemptions = 0
         self.arrivals_done = False
+        # A live server's front end (HTTP, tokenisation, the hop to the engine core) holds each
+        # request this long before the engine sees it; latencies still count from arrival_s.
+        self.frontend_delay_s = 0.0
         self._idle: simpy.Event | None = None
         # Closed-loop session turns, by the request they follow, until that one ends.
         self._followers: dict[int, Request] = {}
@@ -127,22 +139,19 @@ class ReplicaLoop:
                 self._followers[r.follows] = r
                 self._to_follow += 1
                 continue
-            delay = r.arrival_s - env.now
+            delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            self._arrive(r)
+            self._arrive(r, r.arrival_s)
         self._listed = True
         self._maybe_close_arrivals()
 
-    def _arrive(self, r: Request) -> None:
-        now = self.env.now
-        st = RequestState(r.request_id, now if r.follows is not None else r.arrival_s,
-                          r.prompt_tokens, r.output_tokens, r.label)
+    def _arrive(self, r: Request, arrival_s: float) -> None:
+        st = RequestState(r.request_id, arrival_s, r.prompt_tokens, r.output_tokens, r.label)
         self.states.append(st)
-        reason = arrival_reject_reason(self.spec, st)
-        if reason is not None:
-            st.status = Status.REJECTED
-            st.reject_reason = reason
+        rejection = arrival_rejection(self.spec, st)
+        if rejection is not None:
+            reject(st, *rejection)
             self._ended(st)
             return
         self._accept(st, r)
@@ -156,10 +165,13 @@ class ReplicaLoop:
             self.env.process(self._follow(r))
 
     def _follow(self, r: Request):
-        if r.think_s > 0:
-            yield self.env.timeout(r.think_s)
+        # The client sends the turn a think time after the answer; the engine sees it after
+        # the front end's delay, as every arrival.
+        arrival_s = self.env.now + r.think_s
+        if r.think_s + self.frontend_delay_s > 0:
+            yield self.env.timeout(r.think_s + self.frontend_delay_s)
         self._to_follow -= 1
-        self._arrive(r)
+        self._arrive(r, arrival_s)
         self._maybe_close_arrivals()
 
     def _maybe_close_arrivals(self) -> None:
@@ -394,20 +406,12 @@ class Engine(ReplicaLoop):
             if self.pool is not None:
                 self._look_up_prefixes()
             view.free_blocks = self.free_blocks
-            try:
-                d = policy.schedule(view)
-            except PolicyViolation as e:   # raised by a StepPlan helper: say who and when
-                raise PolicyViolation(f"policy {policy.name} at t={env.now:.6f}s: {e}") from None
-            if not isinstance(d, Decision):
-                raise PolicyViolation(f"policy {policy.name} at t={env.now:.6f}s: schedule "
-                                      f"returned {type(d).__name__} {d!r:.60}, not a Decision")
+            d = decide(policy, view)
             if d.reject:
                 self._apply_rejects(d.reject)
             if d.preempt:
                 self._apply_preemptions(d.preempt)
-                wrong = victim_error(policy, d)
-                if wrong is not None:
-                    raise self._violation(*wrong)
+                check_victims(policy, d, env.now)
             if not (d.prefill or d.decode):
                 if view.arrivals_done and self.unfinished == 0:
                     return
@@ -425,8 +429,7 @@ class Engine(ReplicaLoop):
             if st.status is not Status.WAITING:
                 raise PolicyViolation(f"policy {self.policy.name} rejected request "
                                       f"{st.request_id}, which is {st.status.value}")
-            st.status = Status.REJECTED
-            st.reject_reason = reason
+            reject(st, BY_POLICY, reason)
             self.view.num_waiting -= 1
             self.unfinished -= 1
             self._ended(st)
@@ -452,8 +455,7 @@ class Engine(ReplicaLoop):
                 self._enter_waiting(st)
 
     def _violation(self, st: RequestState, what: str) -> PolicyViolation:
-        return PolicyViolation(f"policy {self.policy.name} at t={self.env.now:.6f}s: request "
-                               f"{st.request_id} {what} ({st!r})")
+        return violation(self.policy, self.env.now, st, what)
 
     def _start_iteration(self, d) -> float:
         """Validate the batch, admit new requests, allocate KV; return the iteration's duration."""

@@ -17,9 +17,15 @@ from scheduler.state import RequestState, Status
 
 REQUEST_COLUMNS = (
     "request_id", "label", "arrival_s", "prompt_tokens", "output_tokens", "status",
-    "reject_reason", "first_scheduled_s", "first_token_s", "completion_s", "queue_ms", "ttft_ms",
-    "tpot_ms", "e2el_ms", "preemptions",
+    "reject_reason", "reject_detail", "first_scheduled_s", "first_token_s", "completion_s",
+    "queue_ms", "ttft_ms", "tpot_ms", "e2el_ms", "preemptions",
 )
+# Why a request was rejected: ``reject_reason`` holds one of these codes, ``reject_detail`` the
+# figures behind it (a live server's failures have the error's kind as code, the error as detail).
+OVER_MAX_MODEL_LEN = "over_max_model_len"     # prompt + output longer than max_model_len
+OVER_KV_CAPACITY = "over_kv_capacity"         # its peak KV exceeds the whole cache
+BY_POLICY = "rejected_by_policy"              # the policy's Decision.reject (detail: its reason)
+REJECT_CODES = (OVER_MAX_MODEL_LEN, OVER_KV_CAPACITY, BY_POLICY)
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
 LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms")
 PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
@@ -61,6 +67,7 @@ def requests_table(states: list[RequestState],
         "output_tokens": out,
         "status": status,
         "reject_reason": pd.Series([s.reject_reason for s in states], dtype=object),
+        "reject_detail": pd.Series([s.reject_detail for s in states], dtype=object),
         "first_scheduled_s": first_sched,
         "first_token_s": first_tok,
         "completion_s": done,
@@ -183,6 +190,7 @@ class Summary:
 
     completed: int
     rejected: int
+    rejected_by_reason: dict      # reject code -> requests, in code order
     unfinished: int
     preemptions: int
     duration_s: float
@@ -218,6 +226,7 @@ class Summary:
         return cls(
             completed=int(len(done)),
             rejected=int((frame["status"] == "rejected").sum()),
+            rejected_by_reason=rejected_by_reason(frame),
             unfinished=int((frame["status"] == "unfinished").sum()),
             preemptions=int(preemptions), duration_s=duration,
             total_input_tokens=in_tokens, total_output_tokens=out_tokens,
@@ -235,6 +244,32 @@ class Summary:
         if self.source is not None:
             out.update(self.source.to_dict())
         return out
+
+
+def rejected_by_reason(frame: pd.DataFrame) -> dict:
+    """How many requests were rejected for each reason code (codes sorted, for determinism)."""
+    codes = frame.loc[frame["status"] == "rejected", "reject_reason"].fillna("unknown")
+    return {str(k): int(v) for k, v in sorted(codes.value_counts().items())}
+
+
+# A run that rejects more than this fraction of its requests says so (``rejection_notice``).
+REJECT_NOTICE_FRACTION = 0.05
+
+
+def rejection_notice(frame: pd.DataFrame) -> str | None:
+    """One line when more than REJECT_NOTICE_FRACTION of the requests were rejected: how many,
+    per reason code, each with the detail of its first request; else None."""
+    rejected = frame[frame["status"] == "rejected"]
+    if not len(frame) or len(rejected) <= REJECT_NOTICE_FRACTION * len(frame):
+        return None
+    groups = []
+    for code, count in rejected_by_reason(frame).items():
+        first = rejected[rejected["reject_reason"].fillna("unknown") == code].iloc[0]
+        detail = first.get("reject_detail")
+        groups.append(f"{code} {count}" + (f" (e.g. request {first['request_id']}: {detail})"
+                                           if isinstance(detail, str) and detail else ""))
+    return (f"{len(rejected)} of {len(frame)} requests ({len(rejected) / len(frame):.1%}) were "
+            f"rejected: " + "; ".join(groups))
 
 
 def summarize(frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,

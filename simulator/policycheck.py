@@ -36,6 +36,7 @@ from scheduler.state import Decision, ReplicaSpec, RequestState, Status
 from simulator.cost.base import CostModel
 from simulator.cost.linear import LinearCost
 from simulator.engine import Engine, EngineResult
+from traces.errors import SimulationError
 from traces.request import SYSTEM_PROMPT, Request, TokenRuns
 
 MAX_MODEL_LEN = 160
@@ -44,8 +45,9 @@ MAX_MODEL_LEN = 160
 CHECK_COST = LinearCost(c0=0.01, c_prefill=1e-4, c_decode=1e-3, c_kv=1e-5)
 
 
-class InvariantError(AssertionError):
-    """A run broke an invariant; the message names the request or the counter."""
+class InvariantError(SimulationError):
+    """A run broke an invariant (a bug in the policy); the message names the request or the
+    counter."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,11 +20,13 @@ from simulator.cost.linear import fit_cost
 from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
-from simulator.io import atomic_write, output_folder, write_json
+from simulator.io import atomic_write, write_json
 from simulator.metrics import SLO, SimulatedRun, Summary, requests_table, timeline_table
 from simulator.replay import length_filters, lengths_from_file, trace_workload
+from simulator.run_folder import clear, prepare, write_manifest
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, synthesize)
+from traces.lengths import RequestType
 from traces.sessions import synthesize_sessions, system_prompt
 from traces.transforms import truncate
 
@@ -130,6 +132,7 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     spec = build_replica(cfg, workload)
     policy = make_policy(cfg.policy, cfg.policy_params)
     engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
+    engine.frontend_delay_s = cfg.frontend_delay
     raw = engine.run()
     cache = raw.prefix_cache
     frame = requests_table(raw.states, cache.cached_prompt_tokens if cache else None)
@@ -146,9 +149,15 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     return RunResult(cfg, frame, timeline, record)
 
 
-def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv") -> list[Path]:
-    """summary.json, requests.csv (or .parquet), timeline.csv, config.json in ``out_dir``."""
-    out = output_folder(out_dir)
+def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv", *,
+                  replace: bool = False,
+                  figures: Callable[[Path], list[Path]] | None = None) -> list[Path]:
+    """summary.json, requests.csv (or .parquet), timeline.csv, config.json, the figures
+    ``figures(out)`` draws, then manifest.json (last) in ``out_dir``, which holds this run only
+    (simulator/run_folder.py: a folder holding another run is refused unless ``replace``, which
+    removes that run's files first). Returns the run's files, the manifest last."""
+    out, previous = prepare(out_dir, replace)
+    clear(previous)
     written = []
     p = out / "summary.json"
     write_json(p, result.summary)
@@ -167,4 +176,10 @@ def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str =
     p = out / "config.json"
     write_json(p, result.config.to_dict())
     written.append(p)
+    if figures is not None:
+        written += figures(out)
+    s = result.record
+    written.append(write_manifest(out, "run", written, seed=result.config.seed,
+                                  requests=s.completed + s.rejected + s.unfinished,
+                                  completed=s.completed, rejected=s.rejected))
     return written

@@ -41,3 +41,11 @@ def require_vllm():
             pytest.fail(f"{msg}: CI must install the vllm extra", pytrace=False)
         pytest.skip(msg, allow_module_level=True)
     return vllm
+
+
+def builtin_policy_names() -> list[str]:
+    """The policies servesim ships (scheduler/policies/), without the test policies that other
+    test modules register while pytest collects them (their order would otherwise decide which
+    policies a parametrized test covers)."""
+    from scheduler.base import policy_class, policy_names
+    return [n for n in policy_names() if policy_class(n).__module__.startswith("scheduler.policies")]

@@ -177,9 +177,13 @@ def test_errors_are_recorded_per_request_and_the_run_goes_on(stub, tmp_path):
     frame = pd.read_csv(tmp_path / "requests.csv").set_index("request_id")
     assert list(frame["status"]) == ["completed", "failed", "failed", "completed", "failed",
                                      "completed"]
-    assert frame.loc[1, "reject_reason"].startswith("HTTP 500")
-    assert "dropped" in frame.loc[2, "reject_reason"] or "Payload" in frame.loc[2, "reject_reason"]
-    assert frame.loc[4, "reject_reason"].startswith("timeout")
+    # The error's kind is the code (as the summary's errors count it), the error the detail.
+    assert frame.loc[1, "reject_reason"] == "HTTP 500"
+    assert frame.loc[1, "reject_detail"].startswith("HTTP 500")
+    assert "dropped" in frame.loc[2, "reject_detail"] or "Payload" in frame.loc[2, "reject_detail"]
+    assert frame.loc[4, "reject_reason"] == "timeout"
+    assert frame.loc[4, "reject_detail"].startswith("timeout")
+    assert dict(frame["reject_reason"].value_counts()) == summary["errors"]
     assert frame.loc[3, "ttft_ms"] >= SLOW_TTFT_S * 1e3 - 1      # the slow first token
     assert frame.loc[3, "ttft_ms"] < SLOW_TTFT_S * 1e3 + 60
     assert summary["failed"] == 3 and summary["completed"] == 3
@@ -326,7 +330,8 @@ def test_malformed_streams_fail_their_request_and_the_run_goes_on(stub, tmp_path
     _, records, summary = replay(stub, reqs, tmp_path)
     frame = pd.read_csv(tmp_path / "requests.csv").set_index("request_id")
     assert list(frame["status"]) == ["completed"] + ["failed"] * 5 + ["completed"] * 2
-    reasons = frame["reject_reason"]
+    assert set(frame["reject_reason"].dropna()) == {"malformed", "stream"}
+    reasons = frame["reject_detail"]
     assert reasons[1] == "malformed stream: a data line is JSON list, not an object"
     assert reasons[2] == "malformed stream: choices is str, not a list"
     assert reasons[3].startswith("malformed stream: a line longer than the HTTP client's limit")

@@ -92,7 +92,7 @@ def test_capacity_cli_reports_the_bracket(capsys):
 
 @pytest.mark.parametrize("args, words", [
     (["--rate", "5"], "give --slo"),
-    (["--slo", "ttft=100", "--attainment", "1.5"], "--attainment must be in (0, 1]"),
+    (["--slo", "ttft=100", "--attainment", "1.5"], "--attainment must be a positive number up to 1"),
     (["--criterion", "stable", "--rate-min", "5", "--rate-max", "2"], "must be below"),
     (["--criterion", "stable", "--seeds", "0"], "--seeds must be"),
     (["--criterion", "stable", "--arrival", "piecewise", "--rate-schedule", "10:1"],

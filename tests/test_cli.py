@@ -181,7 +181,7 @@ def test_outputs_csv_and_parquet(capsys, tmp_path):
     assert config["num_requests"] == 40
 
     code, _, err = run(capsys, "run", *SMALL, "--out", str(out_dir), "--requests-format",
-                       "parquet", "--no-timeline")
+                       "parquet", "--no-timeline", "--replace")
     assert code == 0, err
     parquet = pd.read_parquet(out_dir / "requests.parquet")
     pd.testing.assert_frame_equal(parquet[["request_id", "arrival_s", "ttft_ms", "e2el_ms"]],
@@ -196,7 +196,7 @@ def test_failed_run_keeps_earlier_outputs(capsys, tmp_path):
     assert run(capsys, "run", *SMALL, "--out", str(out_dir), "--policy", "nope")[0] == 2
     assert (out_dir / "summary.json").read_text() == before
     assert sorted(p.name for p in out_dir.iterdir()) == \
-        ["config.json", "requests.csv", "summary.json", "timeline.csv"]
+        ["config.json", "manifest.json", "requests.csv", "summary.json", "timeline.csv"]
 
 
 def test_policies_and_presets_list_everything(capsys):

@@ -31,8 +31,9 @@ def test_impossible_requests_are_rejected_at_arrival_and_never_disturb_the_other
     mixed = simulate(requests(*base, *impossible), **kw).requests
     rejected = mixed[mixed.status == "rejected"]
     assert len(rejected) == 2
-    reasons = rejected.reject_reason.tolist()
-    assert "max_model_len 4096" in reasons[0] and "capacity is 1024" in reasons[1]
+    assert rejected.reject_reason.tolist() == ["over_max_model_len", "over_kv_capacity"]
+    details = rejected.reject_detail.tolist()
+    assert "max_model_len 4096" in details[0] and "capacity is 1024" in details[1]
     assert rejected.first_scheduled_s.isna().all()
     served = mixed[mixed.status == "completed"].reset_index(drop=True)
     cols = ["arrival_s", "first_token_s", "completion_s"]

@@ -11,6 +11,7 @@ import pytest
 from scheduler.base import PolicyError
 from simulator.cli import cli, main
 from simulator.errors import ConfigError, PolicyViolation, SimulationStalled
+from tests.conftest import ROOT
 from traces.errors import ServesimError, SimulationError, UserError, WorkloadError
 
 
@@ -19,7 +20,9 @@ def defined_exceptions() -> set[type]:
     carries the saved outcome of an interrupted sweep, is control flow, not an error)."""
     found = set()
     for package in ("scheduler", "simulator", "traces"):
-        path = importlib.import_module(package).__path__
+        # This tree's folder only: simulator/ is a namespace package, which would also list
+        # the modules of any other checkout on sys.path.
+        path = [str(ROOT / package)]
         for info in pkgutil.walk_packages(path, package + "."):
             if info.name.endswith("__main__"):
                 continue

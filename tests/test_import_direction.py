@@ -1,14 +1,17 @@
-"""Every import points down the rooms of docs/architecture.md, even inside a function.
+"""Every import points down the rooms of docs/architecture.md, even inside a function, and no
+import cycle exists.
 
 A module may import from its own room or from rooms below it, never from a room above. Imports
 are read with ``ast`` from the source (module level, inside functions and methods, relative
 imports resolved, ``importlib.import_module("...")`` with a literal name); only imports under
-``if TYPE_CHECKING:`` are exempt, since they never run.
+``if TYPE_CHECKING:`` are exempt, since they never run. Rooms in order rule out cycles between
+rooms; inside a room, the modules imported at import time form no cycle either.
 """
 
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 import textwrap
@@ -56,8 +59,10 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imports(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
-    """(line, imported module) for every import that can run, at any depth."""
+def imports(source: str, module: str, is_package: bool = False,
+            at_import: bool = False) -> list[tuple[int, str]]:
+    """(line, imported module) for every import that can run, at any depth; ``at_import``:
+    only those that run when the module is imported (not inside a function)."""
     found: list[tuple[int, str]] = []
     package = module if is_package else module.rpartition(".")[0]
 
@@ -65,6 +70,8 @@ def imports(source: str, module: str, is_package: bool = False) -> list[tuple[in
         if isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.orelse:
                 visit(child)
+            return
+        if at_import and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             return
         if isinstance(node, ast.Import):
             found.extend((node.lineno, a.name) for a in node.names)
@@ -76,9 +83,9 @@ def imports(source: str, module: str, is_package: bool = False) -> list[tuple[in
             else:
                 target = node.module or ""
             found.append((node.lineno, target))
-            # ``from simulator import vllm`` imports the module simulator.vllm
-            found.extend((node.lineno, f"{target}.{a.name}") for a in node.names
-                         if room_of(f"{target}.{a.name}") != room_of(target))
+            # ``from simulator import vllm`` imports the module simulator.vllm (a name that is
+            # not a module is listed too: harmless, it is in the room of ``target``)
+            found.extend((node.lineno, f"{target}.{a.name}") for a in node.names)
         elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)) \
                 and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module" \
                 and node.args and isinstance(node.args[0], ast.Constant) \
@@ -100,10 +107,12 @@ def violations(root: Path) -> list[str]:
             if here is None:
                 continue
             top_room = ROOMS[here][0].split("/")[0]
+            reported = set()       # one violation per import statement
             for line, target in imports(path.read_text(), module, path.name == "__init__.py"):
                 there = room_of(target)
                 where = f"{path.relative_to(root)}:{line}"
-                if there is not None and there < here:
+                if there is not None and there < here and where not in reported:
+                    reported.add(where)
                     out.append(f"{where}: {module} (room {ROOMS[here][0]}) imports {target} "
                                f"(room {ROOMS[there][0]}, above it)")
                 banned = FORBIDDEN.get(top_room, ())
@@ -112,6 +121,24 @@ def violations(root: Path) -> list[str]:
                 if target.split(".")[0] in ("tests", "experiments"):
                     out.append(f"{where}: {module} imports {target} (not part of the package)")
     return out
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """Each module -> the package modules it imports when it is imported."""
+    paths = {module_name(p, root): p for package in PACKAGES
+             for p in sorted((root / package).rglob("*.py"))}
+    return {m: {t for _, t in imports(p.read_text(), m, p.name == "__init__.py", at_import=True)
+                if t in paths and t != m}
+            for m, p in paths.items()}
+
+
+def test_no_import_cycle():
+    """Within a room too: a module never needs, while it is being imported, a module that
+    needs it (graphlib names the cycle)."""
+    try:
+        list(graphlib.TopologicalSorter(module_graph(ROOT)).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
 
 
 def test_every_import_points_down_the_rooms():
@@ -164,6 +191,21 @@ def test_the_check_finds_an_import_inside_a_function_and_spares_type_checking(tm
     assert "simulator/vllm/__init__.py:1" in text and "simulator.cli" in text
     assert "fine.py" not in text and "simulator/cli/__init__.py" not in text
     assert len(found) == 5, text
+
+
+def test_the_cycle_check_finds_a_cycle_at_import_but_not_inside_a_function(tmp_path):
+    root = _tree(tmp_path, {
+        "traces/a.py": "from traces import b\n",
+        "traces/b.py": "import traces.a\n",
+        "traces/c.py": "def late():\n    import traces.d\n",
+        "traces/d.py": "import traces.c\n",
+    })
+    graph = module_graph(root)
+    assert graph["traces.a"] == {"traces.b"} and graph["traces.c"] == set()
+    with pytest.raises(graphlib.CycleError):
+        list(graphlib.TopologicalSorter(graph).static_order())
+    del graph["traces.a"], graph["traces.b"]
+    list(graphlib.TopologicalSorter(graph).static_order())
 
 
 @pytest.mark.parametrize("statement, loaded", [

@@ -3,8 +3,10 @@ duplicate keys, through ``servesim run --config`` and the vLLM plug-in's
 ``SERVESIM_POLICY_CONFIG``) and traces (random bytes, other encodings, tables with one bad cell,
 duplicate columns, damaged Parquet and gzip, special files). Every case must end with exit
 status 2 and exactly one stderr line that names the file (and its line and column where the
-problem has one), never a traceback or a warning beside it. Reading garbage stays in bounded
-memory (the slow tests at the end).
+problem has one), never a traceback or a warning beside it. Where a value is not refused its
+reading is defined and checked against the closed form (token counts and times inside the
+bounds are read exactly; zoned and naive date-times). Reading garbage stays in bounded memory
+(the slow tests at the end).
 
 ``CASES`` counts the examples tried and the clean refusals per class; run with ``-s`` to see
 them (``SERVESIM_EXAMPLES=N`` draws N examples per class instead of the default).
@@ -32,7 +34,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from simulator.cli import MAX_ERROR_CHARS, cli, main
-from simulator.config import FIELDS, MAX_CONFIG_DEPTH, parse_mapping_text
+from simulator.config import FIELDS, MAX_CONFIG_DEPTH, load_config_file, parse_mapping_text
 from simulator.errors import ConfigError
 from simulator.vllm.plugin import ENV_CONFIG, load_plugin_config
 from traces.errors import WorkloadError
@@ -68,6 +70,7 @@ def refused(case: str, result: tuple[int, str, str], *fragments: str) -> str:
     rc, out, err = result
     lines = err.splitlines()
     assert rc == 2, (rc, err)
+    assert out == "", out
     assert len(lines) == 1 and lines[0].startswith("servesim: error: "), err
     assert len(lines[0]) <= MAX_ERROR_CHARS + 40, len(lines[0])
     for fragment in fragments:
@@ -222,6 +225,46 @@ def test_duplicate_config_keys_are_refused(case):
         plugin_refuses("plug-in: duplicates", path)
 
 
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+MAPPINGS = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) |
+                        st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
+
+
+@PROPERTY
+@given(st.dictionaries(KEYS, MAPPINGS, min_size=1, max_size=5), st.text(min_size=1, max_size=8),
+       st.sampled_from([".yaml", ".json"]))
+def test_random_mapping_with_an_unknown_key_is_refused(mapping, unknown, suffix):
+    """Random nested mappings (any depth up to the limit, any values) with one key that is no
+    field: refused with one line naming the file, whatever else they hold."""
+    assume(unknown.replace("-", "_") not in FIELDS)
+    mapping = {**mapping, unknown: 1}
+    import yaml
+    text = yaml.safe_dump(mapping) if suffix == ".yaml" else json.dumps(mapping)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = config_file(tmp, suffix, text)
+        plugin_refuses("plug-in: random mapping", path)
+        if suffix == ".yaml":
+            refused("config: random mapping", cli_run("run", "--config", str(path)), str(path))
+
+
+@PROPERTY
+@given(st.text(max_size=400), st.sampled_from([".yaml", ".toml"]))
+def test_random_text_config_is_refused_or_read(text, suffix):
+    """Random UTF-8 text: either a mapping the reader returns (then checked field by field) or
+    one line naming the file; never a traceback."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = config_file(tmp, suffix, text)
+        CASES["config: random text", "tried"] += 1
+        try:
+            values = load_config_file(path)
+        except ConfigError as e:
+            assert "\n" not in str(e) and str(path) in str(e), str(e)
+            CASES["config: random text", "clean"] += 1
+            return
+        assert isinstance(values, dict) and set(values) <= set(FIELDS)
+        CASES["config: random text", "clean"] += 1
+
+
 @PROPERTY
 @given(st.one_of(duplicate_keys(), deeply_nested()))
 def test_mapping_text_from_the_environment_is_checked_like_a_file(case):
@@ -248,6 +291,15 @@ def test_trace_of_random_bytes_is_refused(data, head, name):
         path = Path(tmp) / name
         path.write_bytes(head + data)
         refused("trace: bytes", cli_run("trace", "stats", str(path)), str(path))
+
+
+@PROPERTY
+@given(st.text(max_size=2000), st.sampled_from(["t.csv", "t.jsonl"]))
+def test_trace_of_random_text_is_refused(text, name):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        refused("trace: text", cli_run("trace", "stats", str(path)), str(path))
 
 
 BURST_HEADER = "Timestamp,Model,Request tokens,Response tokens\n"
@@ -339,17 +391,82 @@ def write_table(path: Path, container: str, table: dict, compress: bool) -> Path
 @PROPERTY
 @given(table_with_a_bad_cell())
 def test_trace_table_with_a_bad_cell_names_its_line_and_column(case):
-    fmt, container, compress, table, row, column, bad = case
+    _fmt, container, compress, table, row, column, _bad = case
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"t.{container}{'.gz' if compress else ''}"
         try:
             write_table(path, container, table, compress)
-        except Exception:        # pyarrow cannot store the value in a typed column
+        except (ValueError, TypeError, OverflowError, NotImplementedError):
+            # pyarrow cannot store the value in a typed column
             assume(False)
         place = f"row {row + 1}" if container == "parquet" else \
             f"line {row + (2 if container == 'csv' else 1)}"
         refused(f"trace: bad cell ({container})", cli_run("trace", "stats", str(path)),
                 f"{path} {place}, column {column!r}")
+
+
+@PROPERTY
+@given(st.integers(1, 2 ** 70) | st.floats(1, 1e300), st.floats(0, 1e300),
+       st.sampled_from(["csv", "jsonl"]))
+def test_token_counts_and_times_are_read_exactly_or_refused(tokens, time, container):
+    """A value inside the bounds is read exactly (never wrapped, rounded or absorbed); one
+    outside is refused naming its line and column."""
+    table = {"arrived_at": [0.0, time], "num_prefill_tokens": [5, tokens],
+             "num_decode_tokens": [3, 3]}
+    whole = float(tokens).is_integer()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_table(Path(tmp) / f"t.{container}", container, table, False)
+        result = cli_run("trace", "stats", str(path), "--json")
+        bad = ["arrived_at"] * (time > MAX_SECONDS) + \
+            ["num_prefill_tokens"] * (tokens > MAX_TOKENS or not whole)
+        if bad:       # the format reads its token columns first: the first bad one is named
+            message = refused("trace: value bounds", result,
+                              f"{path} line {3 if container == 'csv' else 2}, column ")
+            assert f"column {bad[-1]!r}" in message, message
+        else:
+            CASES["trace: value bounds", "tried"] += 1
+            from traces.loaders import read_trace
+            w = read_trace(path)
+            assert result[0] == 0, result
+            assert w.frame["prompt_tokens"].tolist() == [5, int(tokens)]
+            assert w.frame["arrival_s"].tolist() == [0.0, time]
+            CASES["trace: value bounds", "clean"] += 1
+
+
+ZONES = ["", "Z", "+00:00", "-00:00", "+02:00", "-05:30", "+0100"]
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.integers(0, 10 ** 6), st.sampled_from(ZONES)), min_size=1,
+                max_size=8))
+def test_time_zones_are_converted_or_a_mix_refused(rows):
+    """Zoned times are converted to UTC, times without a zone are read as UTC; the two mix only
+    when every zone is UTC. Arrivals are the UTC instants from the earliest one."""
+    base = pd.Timestamp("2024-05-10 00:00:00", tz="UTC")
+    def offset_s(zone):
+        if zone in ("", "Z"):
+            return 0
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        return sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    text = "TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
+        f"{(base + pd.Timedelta(seconds=t)).strftime('%Y-%m-%d %H:%M:%S')}{z},1,1\n"
+        for t, z in rows)
+    naive = any(z == "" for _, z in rows)
+    offsets = any(offset_s(z) != 0 for _, z in rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.csv"
+        path.write_text(text)
+        if naive and offsets:
+            refused("trace: time zones", cli_run("trace", "stats", str(path)),
+                    f"{path} line", "mix a time without a zone and one with a non-UTC offset")
+            return
+        CASES["trace: time zones", "tried"] += 1
+        from traces.loaders import read_trace
+        instants = sorted(t - offset_s(z) for t, z in rows)
+        w = read_trace(path)
+        assert w.frame["arrival_s"].tolist() == [float(t - instants[0]) for t in instants]
+        CASES["trace: time zones", "clean"] += 1
 
 
 @PROPERTY
@@ -475,12 +592,14 @@ def test_a_warning_never_stands_beside_the_error_line(warn_then, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bounded memory: garbage of a gigabyte is refused in a few blocks of memory
+# Bounded memory: garbage of any size is refused in a few blocks of memory
 MEASURE = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 from simulator.cli import main
 import contextlib, io
+# The modules a run loads (the CLI imports them lazily): the base is the interpreter with them.
+import simulator.runner, traces.loaders.table  # noqa: E401
 base = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 err = io.StringIO()
 with contextlib.redirect_stderr(err):
@@ -495,20 +614,26 @@ BOUND_MIB = 1024            # the stated bound (docs/traces.md); measured: ~120 
 
 def measure(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, "-c", MEASURE.format(root=str(ROOT), args=args)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
-def write_gigabyte_inputs(tmp: Path) -> dict[str, Path]:
+def write_garbage_inputs(tmp: Path) -> dict[str, Path]:
     files = {}
     files["nul"] = tmp / "nul.csv"            # 1 GiB of NUL bytes (sparse: instant)
     with open(files["nul"], "wb") as f:
         f.truncate(1 << 30)
-    files["one line"] = tmp / "line.csv"      # 1 GiB without a newline
+    # Dense files of 256 MiB (disk and time): refused at 4 MiB, as a gigabyte would be.
+    files["one line"] = tmp / "line.csv"      # 256 MiB without a newline
     with open(files["one line"], "wb") as f:
-        for _ in range(1024):
+        for _ in range(256):
             f.write(b"a" * (1 << 20))
+    files["quoted field over lines"] = tmp / "quoted.csv"     # 256 MiB inside one CSV field
+    with open(files["quoted field over lines"], "wb") as f:
+        f.write(b"arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,\"")
+        for _ in range(256):
+            f.write(b"7\n" * (1 << 19))
     files["200 MB field"] = tmp / "field.jsonl"
     with open(files["200 MB field"], "wb") as f:
         f.write(b'{"timestamp": 0, "input_length": 5, "output_length": 2}\n'
@@ -521,9 +646,10 @@ def write_gigabyte_inputs(tmp: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_gigabyte_garbage_is_refused_in_bounded_memory(tmp_path):
-    for name, path in write_gigabyte_inputs(tmp_path).items():
+def test_garbage_is_refused_in_bounded_memory(tmp_path):
+    for name, path in write_garbage_inputs(tmp_path).items():
         r = measure(["trace", "stats", str(path)])
+        path.unlink()            # pytest keeps the folders of recent runs: not these files
         CASES["bounded memory", "tried"] += 1
         assert r["rc"] == 2 and len(r["err"].splitlines()) == 1, (name, r)
         assert str(path) in r["err"] and len(r["err"]) < MAX_ERROR_CHARS + 40, (name, r)

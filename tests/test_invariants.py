@@ -1,7 +1,8 @@
 """Invariants every registered policy keeps on random workloads (property-based), checked by the
 checker policy authors run on their own classes (simulator/policycheck.py).
 
-Iterates ``policy_names()``, so a policy registered later is covered without touching this file.
+Iterates the built-in policies (``builtin_policy_names``), so a policy added to
+scheduler/policies is covered without touching this file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 import pytest
 
 from scheduler import QueuedPolicy, StepPlan
-from scheduler.base import policy_names
+from tests.conftest import builtin_policy_names
 from simulator.errors import PolicyViolation, SimulationStalled
 from simulator.policycheck import InvariantError, check_policy
 
@@ -25,8 +26,8 @@ VARIANTS = {
     "sjf": [{"predictor": "noisy", "max_num_batched_tokens": 40}],
     "orca": [{"max_num_seqs": 2}],
 }
-CASES = [(name, None) for name in policy_names()] + \
-    [(name, v) for name, vs in VARIANTS.items() if name in policy_names() for v in vs]
+CASES = [(name, None) for name in builtin_policy_names()] + \
+    [(name, v) for name, vs in VARIANTS.items() if name in builtin_policy_names() for v in vs]
 # Reserving a request's peak KV at admission makes preemption impossible; the recompute
 # policies must meet it on these workloads (their KV is barely above the largest request).
 NEVER_PREEMPT = {"orca", "static"}

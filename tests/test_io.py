@@ -32,7 +32,7 @@ def test_run_outputs_get_the_umask_permissions(tmp_path, umask_022):
     for fmt in ("csv", "parquet"):
         written = write_outputs(result, tmp_path / fmt, requests_format=fmt)
         assert {p.name for p in written} == {"summary.json", f"requests.{fmt}", "timeline.csv",
-                                             "config.json"}
+                                             "config.json", "manifest.json"}
         assert {p.name: mode(p) for p in written} == {p.name: 0o644 for p in written}
         assert sorted(os.listdir(tmp_path / fmt)) == sorted(p.name for p in written)
 

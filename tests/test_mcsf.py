@@ -2,7 +2,6 @@
 future-peak memory check, stop vs skip at the first misfit, and predicted lengths."""
 
 import numpy as np
-import pytest
 
 from experiments.paper.hindsight import (Job, brute_force_total_latency, mcsf_total_latency,
                                          optimal_total_latency, random_instance)
@@ -67,7 +66,9 @@ def test_stop_versus_skip_at_the_first_misfit():
     reqs = [Request(0, 0.0, 6, 4), Request(1, 0.5, 6, 1), Request(2, 0.5, 1, 2)]
     stop = run(reqs, "mcsf", {"on_misfit": "stop"}, cost=LinearCost(c0=1.0), kv_tokens=10)
     skip = run(reqs, "mcsf", {"on_misfit": "skip"}, cost=LinearCost(c0=1.0), kv_tokens=10)
-    first = lambda r: dict(zip(r.requests["request_id"], r.requests["first_scheduled_s"]))
+
+    def first(r):
+        return dict(zip(r.requests["request_id"], r.requests["first_scheduled_s"]))
     assert first(stop)[2] == first(stop)[1] == 4.0  # stop: r2 waits behind r1 until r0 ends
     assert first(skip)[2] == 1.0 < first(skip)[1]  # skip: r2 starts at round 1
     for r in (stop, skip):

@@ -7,7 +7,7 @@ import pytest
 from scheduler.fluid import from_request_types, nested_buffer, nested_plan
 from simulator.cost.linear import LinearCost
 from tests.fluid_helpers import hint, run, typed_requests
-from traces import Fixed, IndependentLengths, Poisson, Uniform, synthesize
+from traces import IndependentLengths, Poisson, Uniform, synthesize
 from traces.lengths import RequestType
 from traces.request import Request
 

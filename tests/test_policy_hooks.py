@@ -71,7 +71,7 @@ def test_wait_requeues_at_the_front_of_the_requests_own_gate():
 def test_wait_abort_leaves_every_structure_and_the_threshold_count():
     wait = bound("wait", {"thresholds": "2,2", "patience": 100.0}, TYPES)
     gate_a, gate_b = wait.gates
-    a0, b1, a2 = arrive(wait, 0, 2, "a"), arrive(wait, 1, 5, "b"), arrive(wait, 2, 2, "a")
+    _, b1, a2 = arrive(wait, 0, 2, "a"), arrive(wait, 1, 5, "b"), arrive(wait, 2, 2, "a")
     wait.on_abort(a2)                                   # waiting: out of gate a's entry
     assert ids(gate_a.queue) == [0] and 2 not in wait._gate_of
     assert step(wait) == []                             # gate a holds 1 < 2 again: closed

@@ -267,6 +267,18 @@ def test_a_class_runs_by_path_in_run_and_is_named_by_it(module_dir, tmp_path, ca
     assert make_policy("kit_policies:Fcfs", {"budget": "64"}).params.budget == 64
 
 
+def test_a_sweep_runs_a_class_by_path_beside_a_builtin(module_dir, tmp_path):
+    sys.path.insert(0, str(module_dir))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: kit\nbase: {num_requests: 20, kv_capacity: 4000}\n"
+                    "axes: {policy: ['kit_policies:Fcfs', vllm-v1]}\n")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "res"), "-j", "1"]) == 0
+    import pandas as pd
+    table = pd.read_parquet(tmp_path / "res" / "results.parquet")
+    assert sorted(table.policy) == ["kit_policies:Fcfs", "vllm-v1"]
+    assert (table.completed == 20).all()
+
+
 def test_a_module_in_the_current_folder_is_found_as_python_m_would(module_dir, monkeypatch):
     monkeypatch.chdir(module_dir)
     sys.path[:] = [p for p in sys.path if p not in ("", str(module_dir))]
@@ -396,3 +408,8 @@ def test_admit_waiting_respects_the_cap_the_budget_and_whole_prompts():
     waiting.append(RequestState(3, 0.0, 5, 4))
     plan = StepPlan(view_of([], spec_blocks), 1000)
     assert plan.admit_waiting(waiting, max_running=1) == 1 and len(waiting) == 1
+    # A prompt larger than the whole step budget could never be admitted whole: said at once.
+    waiting.append(RequestState(4, 0.0, 40, 4))
+    with pytest.raises(PolicyViolation, match="request 3 needs 5 tokens in one step, more than "
+                                              "the step budget 4"):
+        StepPlan(view_of([], spec_blocks), 4).admit_waiting(waiting, whole=True)

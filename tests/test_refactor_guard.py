@@ -53,77 +53,77 @@ def digests(workload: str, policy: str, params: str) -> tuple[str, str, str]:
 
 EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('poisson-tight-kv', 'mcsf', ''):
-        ('4c9207a769b1d828', '3a884268923b3c33', '343e73795fd9abb1'),
+        ('0b10b74a36bcc57f', '3a884268923b3c33', '0f228a71bc83847c'),
     ('poisson-tight-kv', 'nested-wait', ''):
-        ('e414a933dbe2c428', 'de2e4ec0f95f15f3', 'bef7ebb4e78247fd'),
+        ('d814af83d7969e9d', 'de2e4ec0f95f15f3', '0379a95b944e5890'),
     ('poisson-tight-kv', 'orca', ''):
-        ('bbee1449c185ff7e', '4faa981fc4e8de59', 'c141f967cd0d6beb'),
+        ('30035dc9e29aea25', '4faa981fc4e8de59', '0fcf63f9f11d28d6'),
     ('poisson-tight-kv', 'sarathi', ''):
-        ('b84a85a9efc7775a', 'e552119e0800aa49', '2383f4878f77b8c1'),
+        ('6f8bf8db009836b9', 'e552119e0800aa49', '732f28a45f07f3f7'),
     ('poisson-tight-kv', 'sjf', ''):
-        ('afd2a595e15cdbdd', 'b52a0f51659df8c0', '7b24361ee4981755'),
+        ('ebab9c211410ee6c', 'b52a0f51659df8c0', 'e4f92bb451f3d00e'),
     ('poisson-tight-kv', 'static', ''):
-        ('c57af643043b1c4a', 'f3268cf332569439', 'e9272898a2e6ca26'),
+        ('b2dcf9f2ab4e9703', 'f3268cf332569439', '235a2322b8425890'),
     ('poisson-tight-kv', 'vllm', ''):
-        ('0adc52ec39ab6f77', '59b3665fbf12bb98', '35d22351f5de778e'),
+        ('4d32dbfcb04f4f31', '59b3665fbf12bb98', '398f3be40c23c825'),
     ('poisson-tight-kv', 'vllm-v1', ''):
-        ('552eb2482bc56297', 'f4a9df30224480af', '3c38f8c88e619d01'),
+        ('df2f8b81cf48e323', 'f4a9df30224480af', '170df7b0214e75c7'),
     ('poisson-tight-kv', 'wait', ''):
-        ('eb80364473bc7ce9', '1494f08d144b7578', 'ba62ad91ec02ddc7'),
+        ('b6f339895567a0a4', '1494f08d144b7578', '8273412016f4e06d'),
     ('types-linear', 'mcsf', ''):
-        ('7effac9fd4394f2f', 'eaca222bc9a6ff63', '2f876e9368b39275'),
+        ('44ac1d7caef9bbef', 'eaca222bc9a6ff63', '8eab9e0282f8a7b9'),
     ('types-linear', 'nested-wait', ''):
-        ('dca24bc92fe8502d', 'c7c1a9de56d3178c', 'c493544f17afd15d'),
+        ('b8676bf940624ec1', 'c7c1a9de56d3178c', '504b752738becd98'),
     ('types-linear', 'orca', ''):
-        ('cee89a264c663480', '62ddfc0744ac83f6', 'ef80c3d53e040c70'),
+        ('00b0707fd09394de', '62ddfc0744ac83f6', '5ba0d3afbf5603f5'),
     ('types-linear', 'sarathi', ''):
-        ('9e99b88f4ee0c677', '0ac934ed2978a7a3', 'be9e179d3cdd17bc'),
+        ('c5af0e95a0b87f0f', '0ac934ed2978a7a3', '49a61be8985123c3'),
     ('types-linear', 'sjf', ''):
-        ('7bb12658b6376437', '4c9821ab5ca30d39', 'e85612aec74db3c1'),
+        ('85524f9eaf881fee', '4c9821ab5ca30d39', '3eba8a6d7fdc73d6'),
     ('types-linear', 'static', ''):
-        ('2bee4ac48ddda54a', '7c13b40286252c58', '51b8927179f3651f'),
+        ('c6296979bbaec7a8', '7c13b40286252c58', '54d6ded49524111e'),
     ('types-linear', 'vllm', ''):
-        ('5e08b04497618ec3', '4cadc58df03d0892', 'b4cf551f36d5bce8'),
+        ('68dadfc25a9e07a3', '4cadc58df03d0892', 'add6d8a55fa3d81a'),
     ('types-linear', 'vllm-v1', ''):
-        ('8b4fb4ad85abfe01', '4fd418a9a82c983a', 'f47809bc3f156607'),
+        ('60b1a6927f4d4951', '4fd418a9a82c983a', 'cc74c266f86a75c7'),
     ('types-linear', 'wait', ''):
-        ('7d0e7b9d90bda05a', '92ad196f2b121d57', '3087c267719e253b'),
+        ('960dd9c957191764', '92ad196f2b121d57', 'e79ec209aaaba79e'),
     ('restart-gamma', 'mcsf', ''):
-        ('92fc0360759c9260', 'c625c54dd984281d', '926b0103f5ae58fb'),
+        ('5d1886a21f783bd9', 'c625c54dd984281d', 'be49f4703a7c0eab'),
     ('restart-gamma', 'nested-wait', ''):
-        ('a91e0235083e3da4', '0932ac65806c0c60', '7b841a0b6247e119'),
+        ('98b83928a43b0ab7', '0932ac65806c0c60', 'e863857c1ec972e2'),
     ('restart-gamma', 'orca', ''):
-        ('04d164184bda3b7c', 'b54367b1df32099b', 'bf3643c0e901fd90'),
+        ('84adc8213ba7fd7c', 'b54367b1df32099b', '776645dfd0b100e4'),
     ('restart-gamma', 'sarathi', ''):
-        ('879b677fcb2fc835', 'bb178ae282b02ebd', 'c1d4c05a3f3c5e22'),
+        ('0fe0876042d9fa62', 'bb178ae282b02ebd', 'ac9e06ff395bd2cb'),
     ('restart-gamma', 'sjf', ''):
-        ('a284565f8cceba4d', 'a03ba6c44569eb22', 'bf1c002a9555d920'),
+        ('e92e20c7e71c6270', 'a03ba6c44569eb22', '4567de5191106860'),
     ('restart-gamma', 'static', ''):
-        ('12204a0d07f302b4', '359628542d8e72a9', 'a125b84d0db70a1b'),
+        ('49900716705bb6d9', '359628542d8e72a9', 'ac5c16c0d6e288ee'),
     ('restart-gamma', 'vllm', ''):
-        ('f916820bec428aff', '8084a681ac6b7660', '235a2e25fd33d65d'),
+        ('cbbd58b8536b70c2', '8084a681ac6b7660', '20eb89b02cfb887d'),
     ('restart-gamma', 'vllm-v1', ''):
-        ('6a6b58e74d14bda1', '3782a8ca1b93c804', '2f85ef8782e8b689'),
+        ('f0877a2f74031766', '3782a8ca1b93c804', '01cb95165bc0a8e1'),
     ('restart-gamma', 'wait', ''):
-        ('6c6d895647343d3a', '90c3ed6e2335608b', 'ef98843e245ab6ea'),
+        ('ed13455882b339a4', '90c3ed6e2335608b', '4c6b45a75903076c'),
     ('poisson-tight-kv', 'wait', 'chunk_size=256'):
-        ('993ae7aa84c715a0', 'de873ff904f8ec39', '3d27beea61ac848f'),
+        ('85f03d6dc648825e', 'de873ff904f8ec39', '9425a47bd04d49e5'),
     ('poisson-tight-kv', 'nested-wait', 'segments=3'):
-        ('60ebb7e959664daf', '4b92532db5ea7bf1', '76d2f3010809f13f'),
+        ('883244e2017b37c0', '4b92532db5ea7bf1', '6202be0ec3156cdf'),
     ('poisson-tight-kv', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('737f1d01b2d90e3d', '9852a6ef3e59d6ed', '502be63e984802eb'),
+        ('b4b321f386e83cbe', '9852a6ef3e59d6ed', 'daaf2057d16ddb9c'),
     ('types-linear', 'wait', 'chunk_size=256'):
-        ('815d800e9e4bdb09', '208e74118fca9786', '639bb7a901d3caea'),
+        ('57a56880f1482f11', '208e74118fca9786', '3b2efeae0dbce9bb'),
     ('types-linear', 'nested-wait', 'segments=3'):
-        ('6dbea09ffc18dd65', '8fec5a1279b7f343', '442bf39cb2bb9825'),
+        ('9db5b543c61faf33', '8fec5a1279b7f343', '98db3632fbe0b0b9'),
     ('types-linear', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('3594a600b694d029', 'adcdedb38e9ba20c', '28d942f5d296064b'),
+        ('2681297ec0eaa6fa', 'adcdedb38e9ba20c', '0358eba2dc135a4e'),
     ('restart-gamma', 'wait', 'chunk_size=256'):
-        ('6c6d895647343d3a', '90c3ed6e2335608b', 'f864d7bfcb954532'),
+        ('ed13455882b339a4', '90c3ed6e2335608b', 'd8f0ecd788d4d536'),
     ('restart-gamma', 'nested-wait', 'segments=3'):
-        ('eef1ea71e685ca60', 'cbfceaf907412ac7', '6e091d6047657c84'),
+        ('d9f12754973afb9c', 'cbfceaf907412ac7', 'b607c8001ff575d5'),
     ('restart-gamma', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('384e46728438da0e', '582130000e4e715e', '568349b0322eb1e0'),
+        ('9ce5b412a3e79462', '582130000e4e715e', '85b35330410d70e5'),
 }
 
 

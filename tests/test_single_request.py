@@ -128,3 +128,30 @@ def test_profile_cost():
     path = require_shared("profiles", "a100", "llama-2-7b", "mlp.csv")
     first, done = expected_times(ProfileCost(path, LLAMA, A100), 128)
     check(run_alone("sarathi", {"chunk_size": 128}, "profile", {"path": str(path)}), first, done)
+
+
+@pytest.mark.parametrize("engine", ["native", "vllm"])
+def test_frontend_delay_adds_to_ttft_and_latency_not_to_tpot(engine):
+    """The request reaches the engine frontend_delay after its arrival; TTFT and e2e latency
+    count from the arrival (as a client measures them), TPOT is unchanged."""
+    if engine == "vllm":
+        from conftest import require_vllm
+        require_vllm()
+    w = Workload.from_requests([Request(0, ARRIVAL, PROMPT, OUTPUT)])
+    rows = []
+    for delay in (0.0, 0.0375):
+        cfg = RunConfig(cost_model="linear", cost_params=LINEAR, engine=engine,
+                        frontend_delay=delay).validate()
+        rows.append(simulate(cfg, w).requests.iloc[0])
+    ttft, latency = linear_closed_form()
+    assert rows[0].ttft_ms == pytest.approx(ttft * 1e3, rel=1e-12)
+    assert rows[1].ttft_ms == pytest.approx((ttft + 0.0375) * 1e3, rel=1e-12)
+    assert rows[1].e2el_ms == pytest.approx(rows[0].e2el_ms + 37.5, rel=1e-12)
+    assert rows[1].tpot_ms == pytest.approx(rows[0].tpot_ms, rel=1e-12)
+
+
+@pytest.mark.parametrize("value", [-0.01, float("nan"), True])
+def test_frontend_delay_must_be_non_negative_seconds(value):
+    from simulator.errors import ConfigError
+    with pytest.raises(ConfigError, match="^frontend_delay.* must be a"):
+        RunConfig(frontend_delay=value).validate()

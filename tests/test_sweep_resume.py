@@ -11,7 +11,9 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
+from simulator.errors import ConfigError
 from simulator.sweep import comparable, load_spec, run_sweep
 from tests.conftest import ROOT
 
@@ -56,6 +58,7 @@ def test_killed_sweep_resumes_only_the_missing_points(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     before = finished(out)
     assert 3 <= len(before) < TOTAL, "kill the sweep midway"
+    assert not (out / "manifest.json").exists(), "a killed sweep must not look complete"
     mtimes = {name: (out / "points" / name).stat().st_mtime_ns for name in before}
 
     rerun = subprocess.run(sweep_cmd(spec, out, "-j", "2", "--json"), cwd=ROOT,
@@ -68,6 +71,8 @@ def test_killed_sweep_resumes_only_the_missing_points(tmp_path):
     # The points finished before the kill were not run again.
     assert {n: (out / "points" / n).stat().st_mtime_ns for n in before} == mtimes
     assert len(finished(out)) == TOTAL
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["status"], manifest["points"], manifest["ok"]) == ("complete", TOTAL, TOTAL)
 
     resumed = pd.read_parquet(out / "results.parquet")
     fresh = run_sweep(load_spec(spec), tmp_path / "fresh", workers=1).table
@@ -82,7 +87,9 @@ def test_changed_base_config_invalidates_done_points(tmp_path):
     again = run_sweep(load_spec(spec), tmp_path / "out", workers=1)
     assert (again.ran, again.skipped) == (0, 2)
     spec.write_text("base: {num_requests: 30, kv_capacity: 9000}\naxes: {seed: [0, 1]}\n")
-    changed = run_sweep(load_spec(spec), tmp_path / "out", workers=1)
+    with pytest.raises(ConfigError, match="holds another run"):
+        run_sweep(load_spec(spec), tmp_path / "out", workers=1)
+    changed = run_sweep(load_spec(spec), tmp_path / "out", workers=1, replace=True)
     assert (changed.ran, changed.skipped) == (2, 0)
     # The table holds the current spec's points only.
     assert len(changed.table) == 2 and (changed.table["kv_capacity_tokens"] == 9000 // 16 * 16).all()

@@ -6,8 +6,6 @@ update_from_output) and checks what reached vLLM's own queues and KV cache manag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from tests.conftest import require_vllm
@@ -16,26 +14,16 @@ require_vllm()
 
 from scheduler.base import Policy, QueuedPolicy, make_policy, register  # noqa: E402
 from scheduler.plan import StepPlan  # noqa: E402
-from scheduler.state import ReplicaSpec  # noqa: E402
 from simulator.cost.linear import LinearCost  # noqa: E402
-from simulator.hardware import model_spec  # noqa: E402
 from tests.fluid_helpers import hint, with_cost  # noqa: E402
+from tests.vllm_helpers import MODEL, OPTIONS, drive, drive_pipelined, spec  # noqa: E402
 from traces.lengths import RequestType  # noqa: E402
 from simulator.vllm.loop import (build_scheduler, model_output,  # noqa: E402
-                                   scheduler_options, vllm_request)
+                                   vllm_request)
 from traces.request import Request  # noqa: E402
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 from vllm.v1.request import RequestStatus  # noqa: E402
-
-MODEL = model_spec("llama-2-7b")
-OPTIONS = {"max_num_seqs": 16, "max_num_batched_tokens": 256, "enable_chunked_prefill": True,
-           "long_prefill_token_threshold": 0}
-
-
-def spec(num_blocks=60, block_size=16, max_model_len=4096):
-    return ReplicaSpec(num_blocks=num_blocks, block_size=block_size, max_model_len=max_model_len)
-
 
 COST = LinearCost.paper(0.01, 1e-5)     # what the fluid policies plan with
 
@@ -52,43 +40,6 @@ def workload(n=24, seed=1):
     rng = np.random.default_rng(seed)
     return [Request(i, float(i // 3), int(rng.integers(8, 200)), int(rng.integers(2, 40)))
             for i in range(n)]
-
-
-@dataclass
-class Step:
-    tokens: dict
-    preempted: set
-    new: list
-
-
-def drive(sched, requests, max_steps=5000, check=None):
-    """Add request i at step floor(arrival); run until all finish. Returns the step records.
-    The adapter's clock is the step number (the arrival times' unit); as in a live server,
-    ``arrivals_done`` is never set."""
-    pending = sorted(requests, key=lambda r: r.arrival_s)
-    steps = []
-    capacity = sched.kv_cache_manager.block_pool.num_gpu_blocks - 1
-    now = [0.0]
-    sched.clock = lambda: now[0]
-    for step in range(max_steps):
-        now[0] = float(step)
-        while pending and pending[0].arrival_s <= step:
-            sched.add_request(vllm_request(pending.pop(0)))
-        if not pending and not sched.has_unfinished_requests():
-            return steps
-        out = sched.schedule()
-        held = sum(len(sched.kv_cache_manager.coordinator.get_blocks(r.request_id)[0])
-                   for r in sched.requests.values())
-        assert held <= capacity, f"KV over-allocated at step {step}: {held} > {capacity}"
-        for r in sched.running:     # every computed token has its KV slot
-            blocks = len(sched.kv_cache_manager.coordinator.get_blocks(r.request_id)[0])
-            assert blocks * 16 >= r.num_computed_tokens
-        if check is not None:
-            check(step, out)
-        steps.append(Step(dict(out.num_scheduled_tokens), set(out.preempted_req_ids),
-                          [r.req_id for r in out.scheduled_new_reqs]))
-        sched.update_from_output(out, model_output(out, sched.requests))
-    raise AssertionError(f"requests still unfinished after {max_steps} steps")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,38 +104,11 @@ def test_a_policy_without_vllms_admission_gate_is_overruled_and_kept_in_step():
 def test_stock_async_scheduler_and_async_adapter_schedule_identically():
     """The async variant with two batches in flight (vLLM's default engine mode)."""
     reqs = workload(n=20, seed=3)
-
-    def pipelined(sched):
-        pending, steps, inflight = sorted(reqs, key=lambda r: r.arrival_s), [], []
-        for step in range(3000):
-            while pending and pending[0].arrival_s <= step:
-                sched.add_request(vllm_request(pending.pop(0)))
-            if not pending and not sched.has_unfinished_requests() and not inflight:
-                return steps
-            out = sched.schedule()
-            steps.append(dict(out.num_scheduled_tokens))
-            # Outputs are sampled when scheduled (placeholders), delivered one step later.
-            inflight.append((out, model_output_async(sched, out)))
-            while len(inflight) == 2 or (inflight and not out.num_scheduled_tokens):
-                sched.update_from_output(*inflight.pop(0))
-        raise AssertionError("unfinished")
-
     stock = build_scheduler(MODEL, spec(40), OPTIONS, scheduler_cls=AsyncScheduler,
                             async_scheduling=True)
     ours = adapter(make_policy("vllm-v1", {}), blocks=40, async_scheduling=True)
-    assert pipelined(stock) == pipelined(ours)
+    assert drive_pipelined(stock, reqs) == drive_pipelined(ours, reqs)
     assert not ours.requests
-
-
-def model_output_async(sched, out):
-    from vllm.v1.outputs import ModelRunnerOutput
-    ids = list(out.num_scheduled_tokens)
-    # A request samples when this chunk completes its known tokens (placeholders count as known).
-    sampled = [[17] if sched.requests[r].num_computed_tokens >= sched.requests[r].num_tokens
-               else [] for r in ids]
-    return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                             sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
-                             pooler_output=[])
 
 
 def test_sync_adapter_refuses_an_async_engine():

@@ -90,8 +90,46 @@ def test_requests_that_can_never_fit_are_rejected_at_arrival():
     raw = run(make_policy("vllm-v1"), reqs)
     status = [s.status.value for s in raw.states]
     assert status == ["finished", "rejected", "rejected"]
-    assert "max_model_len" in raw.states[1].reject_reason
-    assert "capacity is 3200" in raw.states[2].reject_reason
+    assert [s.reject_reason for s in raw.states[1:]] == ["over_max_model_len", "over_kv_capacity"]
+    assert "max_model_len" in raw.states[1].reject_detail
+    assert "capacity is 3200" in raw.states[2].reject_detail
+
+
+@register
+class RejectOver64(QueuedPolicy):
+    """FCFS, but rejects prompts over 64 tokens (a policy's own rejection)."""
+    name = "test-reject-over-64"
+
+    def schedule(self, view):
+        plan = StepPlan(view, float("inf"))
+        for req in plan.running:
+            plan.schedule_resident(req, req.remaining)
+        while self.waiting:
+            req = self.waiting.peek()
+            if req.prompt_tokens > 64:
+                plan.rejected.append((self.waiting.pop(), "prompt exceeds 64 tokens"))
+            elif plan.admit(req, req.remaining):
+                self.waiting.pop()
+            else:
+                break
+        return plan.decision()
+
+
+def test_a_policys_rejections_have_one_code_in_both_engines():
+    """Native engine and vLLM in the loop: the code rejected_by_policy, the policy's reason as
+    the detail, the arrival check's codes beside it, the summary counting each."""
+    from simulator.metrics import Summary, requests_table
+    reqs = [Request(0, 0.0, 16, 2), Request(1, 0.0, 100, 2), Request(2, 0.01, 4000, 200),
+            Request(3, 0.02, 30, 2)]
+    for engine in (Engine(reqs, make_policy("test-reject-over-64"), COST, SPEC),
+                   VllmLoopEngine(reqs, make_policy("test-reject-over-64"), COST, SPEC,
+                                  model_spec("llama-2-7b"))):
+        frame = requests_table(engine.run().states)
+        assert list(frame["status"]) == ["completed", "rejected", "rejected", "completed"]
+        assert list(frame["reject_reason"][1:3]) == ["rejected_by_policy", "over_max_model_len"]
+        assert frame["reject_detail"][1] == "prompt exceeds 64 tokens"
+        assert Summary.of(frame).rejected_by_reason == {"over_max_model_len": 1,
+                                                        "rejected_by_policy": 1}
 
 
 def test_vllm_limits_follow_the_policy_and_never_cut_an_unbudgeted_plan():

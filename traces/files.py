@@ -20,6 +20,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 BLOCK = 1 << 20
 MAX_LINE_BYTES = 4 << 20     # a vllm-custom prompt of ~1M tokens; any other record is < 1 KiB
 MAX_EXPANSION = 100          # decompressed / compressed bytes: the reference traces gzip 2-4 fold
@@ -115,44 +117,48 @@ def scan_text(path: Path, error: type[Exception], what: str = "text",
     path, shown = Path(path), name or str(path)
     compressed = path.stat().st_size
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    size = lines = run = 0            # run: bytes of the current line so far
+    size = lines = run = 0            # run: bytes of the current record so far
+    record_line = 1                   # the line it starts on
     first_offset, first_line = -1, 0
+    quoted = odd = False              # CSV quoting applies; a quoted field is open
     try:
         with (open_binary(path) if decompress else open(path, "rb")) as f:
             while block := f.read(BLOCK):
-                def line_at(i: int) -> int:          # 1-based line of the block's byte i
-                    return lines + block.count(b"\n", 0, i) + 1
-
                 if size == 0 and block[:2] in (b"\xff\xfe", b"\xfe\xff"):
                     raise error(f"{shown}: UTF-16 text (byte-order mark); save it as UTF-8")
                 nul = block.find(b"\x00")
                 if nul >= 0:
-                    raise error(f"{shown} line {line_at(nul)}: a NUL byte: binary data, not "
+                    line = lines + block.count(b"\n", 0, nul) + 1
+                    raise error(f"{shown} line {line}: a NUL byte: binary data, not "
                                 f"{what} (UTF-16 text? save it as UTF-8)")
                 pending = len(decoder.getstate()[0])
                 try:
                     decoder.decode(block)
                 except UnicodeDecodeError as e:
                     at = max(0, e.start - pending)
-                    raise error(f"{shown} line {line_at(at)}: not UTF-8 text (byte "
+                    line = lines + block.count(b"\n", 0, at) + 1
+                    raise error(f"{shown} line {line}: not UTF-8 text (byte "
                                 f"0x{block[at]:02x}: {e.reason}); save it as UTF-8")
                 if first_offset < 0:
                     start = 3 if size == 0 and block.startswith(codecs.BOM_UTF8) else 0
                     rest = block[start:].lstrip(_BLANK)
                     if rest:
                         at = len(block) - len(rest)
-                        first_offset, first_line = size + at, line_at(at)
-                # A block (1 MiB) is shorter than the line limit: only a line that runs on
+                        first_offset = size + at
+                        first_line = lines + block.count(b"\n", 0, at) + 1
+                        quoted = block[at] != ord("{")     # CSV (or garbage), not JSON
+                # A block (1 MiB) is shorter than the record limit: only a record that runs on
                 # from earlier blocks can pass it.
-                first_newline = block.find(b"\n")
-                if first_newline >= 0:
-                    if run + first_newline > MAX_LINE_BYTES:
-                        raise error(_long_line(shown, lines + 1))
-                    run = len(block) - block.rfind(b"\n") - 1
+                first_end, last_end, odd = _record_ends(block, odd, quoted)
+                if first_end >= 0:
+                    if run + first_end > MAX_LINE_BYTES:
+                        raise error(_long_record(shown, record_line, odd))
+                    run = len(block) - last_end - 1
+                    record_line = lines + block.count(b"\n", 0, last_end) + 2
                 else:
                     run += len(block)
                     if run > MAX_LINE_BYTES:
-                        raise error(_long_line(shown, lines + 1))
+                        raise error(_long_record(shown, record_line, odd))
                 lines += block.count(b"\n")
                 size += len(block)
                 if size > 64 * BLOCK and size > MAX_EXPANSION * compressed:
@@ -168,9 +174,26 @@ def scan_text(path: Path, error: type[Exception], what: str = "text",
     return TextScan(size, lines + (run > 0), first_offset, first_line)
 
 
-def _long_line(shown: str, line: int) -> str:
-    return (f"{shown} line {line}: longer than {MAX_LINE_BYTES >> 20} MiB (a record of a trace "
-            f"or a config is far shorter; is this the right file?)")
+def _record_ends(block: bytes, odd: bool, quoted: bool) -> tuple[int, int, bool]:
+    """Offsets of the first and the last newline in ``block`` that end a record (-1: none),
+    and whether a quoted field is open at its end (``odd``: open at its start). Without CSV
+    quoting every newline ends a record; with it, a newline inside a quoted field does not
+    (a field may run over lines, and must not run past the limit either)."""
+    if not quoted or (not odd and b'"' not in block):
+        return block.find(b"\n"), block.rfind(b"\n"), odd
+    if b'"' not in block:                 # inside a quoted field throughout
+        return -1, -1, odd
+    data = np.frombuffer(block, dtype=np.uint8)
+    quotes, newlines = np.flatnonzero(data == ord('"')), np.flatnonzero(data == ord("\n"))
+    ends = newlines[(np.searchsorted(quotes, newlines) + odd) % 2 == 0]
+    odd = bool((len(quotes) + odd) % 2)
+    return (int(ends[0]), int(ends[-1]), odd) if len(ends) else (-1, -1, odd)
+
+
+def _long_record(shown: str, line: int, in_quotes: bool) -> str:
+    why = "a quoted field opened here and not closed?" if in_quotes else \
+        "a line of a trace or a config is far shorter; is this the right file?"
+    return f"{shown} line {line}: a record longer than {MAX_LINE_BYTES >> 20} MiB ({why})"
 
 
 def read_text(path: Path, error: type[Exception], what: str, limit: int) -> str:

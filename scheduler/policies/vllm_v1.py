@@ -1,6 +1,6 @@
 """vLLM V1's default scheduler: one token budget per step, running requests first, chunked prefill.
 
-Mirrors ``vllm/v1/core/sched/scheduler.py`` (FCFS policy, no prefix caching, no speculation):
+Mirrors ``vllm/v1/core/sched/scheduler.py`` (either ``--scheduling-policy``; no speculation):
 1. Running requests in running order each get min(remaining, budget) tokens; when KV blocks run
    short, the tail of the running list is preempted (recompute) and put at the front of the
    waiting queue, until the request fits or is itself the victim (then the step stops here).
@@ -10,6 +10,13 @@ Mirrors ``vllm/v1/core/sched/scheduler.py`` (FCFS policy, no prefix caching, no 
    0.32 (``scheduler_reserve_full_isl``), a request is admitted only when KV for its whole prompt
    (or recompute) is free, so a long prompt is not started in chunks that later force
    preemptions.
+
+``scheduling_policy`` is vLLM's: ``fcfs`` queues by arrival (a preempted request goes back to the
+front) and preempts the tail of the running list; ``priority`` queues by (priority, arrival, id)
+(``vllm/v1/core/sched/request_queue.py``; a preempted request competes on its key again) and
+preempts the running request with the largest (priority, arrival). A prefix-cache hit is
+adopted, not computed: budgets and the full-prompt gate count the uncached tokens
+(``RequestState.remaining``) and the blocks vLLM would take (``RequestState.blocks_to_take``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from dataclasses import dataclass
 
 from scheduler.base import QueuedPolicy, param, register
 from scheduler.plan import VICTIMS, StepPlan, check_whole_prompt_budget
+from scheduler.queues import PriorityQueue
+
+SCHEDULING_POLICIES = ("fcfs", "priority")
+# vLLM's victim for each scheduling policy (vllm/v1/core/sched/scheduler.py, schedule()).
+VLLM_VICTIM = {"fcfs": "latest-admitted", "priority": "lowest-priority"}
 
 
 @dataclass
@@ -29,8 +41,13 @@ class VllmV1Params:
     enable_chunked_prefill: bool = param(True, "split prompts across steps to fit the budget")
     long_prefill_token_threshold: int = param(
         0, "cap on one request's prefill chunk per step (0 = no cap)", minimum=0)
-    victim: str = param("latest-admitted", "which running request is preempted on a KV shortage",
-                        choices=tuple(VICTIMS))
+    scheduling_policy: str = param(
+        "fcfs", "vLLM's --scheduling-policy: waiting order by arrival (fcfs) or by request "
+                "priority, smaller first, then arrival (priority)", choices=SCHEDULING_POLICIES)
+    victim: str = param("auto", "which running request is preempted on a KV shortage (auto: "
+                                "vLLM's for the scheduling policy, latest-admitted under fcfs, "
+                                "lowest-priority under priority)",
+                        choices=("auto",) + tuple(VICTIMS))
     reserve_full_prompt: bool = param(
         True, "admit a waiting request only if KV for its whole prompt (or recompute) is free, "
               "not just its first chunk (vLLM 0.32's scheduler_reserve_full_isl, on by default)")
@@ -47,10 +64,17 @@ class VllmV1(QueuedPolicy):
         p = self.params
         if not p.enable_chunked_prefill:
             check_whole_prompt_budget(self.name, p.max_num_batched_tokens, spec.max_model_len)
+        self.pick_victim = VICTIMS[VLLM_VICTIM[p.scheduling_policy] if p.victim == "auto"
+                                   else p.victim]
+
+    def make_queue(self):
+        if self.params.scheduling_policy == "priority":
+            return PriorityQueue(key=lambda r: (r.priority, r.arrival_s, r.request_id))
+        return super().make_queue()
 
     def schedule(self, view):
         p = self.params
-        plan = StepPlan(view, p.max_num_batched_tokens, pick_victim=VICTIMS[p.victim],
+        plan = StepPlan(view, p.max_num_batched_tokens, pick_victim=self.pick_victim,
                         on_preempt=self.requeue_preempted,
                         reserve_full_prompt=p.reserve_full_prompt)
         self.schedule_running(plan)
@@ -59,8 +83,8 @@ class VllmV1(QueuedPolicy):
         return plan.decision()
 
     def wanted(self, req) -> int:
-        """Tokens ``req`` would compute now, before the step budget: all it has left, capped by
-        long_prefill_token_threshold."""
+        """Tokens ``req`` would compute now, before the step budget: all it has left (its
+        uncached part), capped by long_prefill_token_threshold."""
         n = req.prompt_tokens + req.generated - req.computed - req.cached   # remaining, inlined
         t = self.params.long_prefill_token_threshold
         return t if 0 < t < n else n

@@ -146,6 +146,7 @@ class ThresholdPolicy(Policy):
 
     prefix_rule = False          # Nested WAIT (whole prompts): run segments 1..k only
     evict_boundary_first = False
+    _at_boundary: dict[int, tuple[int, float]]   # Nested WAIT: request -> (segment, since when)
 
     # -- set-up -------------------------------------------------------------------------------
     def bind(self, spec):

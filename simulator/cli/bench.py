@@ -8,8 +8,6 @@ or a ``vllm bench serve`` result file) side by side.
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
 
 import click
 from rich.table import Table

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.console import Console
-from rich.table import Table
 
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import Number, config_from_options, nonempty_path, run_options
 from simulator.cli.sweep import executor_options
 from simulator.errors import ConfigError
-from simulator.io import output_folder, write_json
+from simulator.io import write_json
+from simulator.run_folder import clear, prepare, write_manifest
 from simulator.sweep.capacity import CRITERIA, CapacityResult, Probe, capacity_search
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @cli.command()
@@ -38,7 +42,10 @@ from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
               help="Stable when second-half / first-half mean E2E latency is at most this.")
 @executor_options
 @click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
-              help="Folder for capacity.json (the search, every probe and its runs).")
+              help="Folder for capacity.json (the search, every probe and its runs) and, "
+              "last, manifest.json. It must hold no other run.")
+@click.option("--replace", is_flag=True,
+              help="Remove the run already in --out before writing this one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the result line.")
 def capacity(**opts):
@@ -54,6 +61,11 @@ def capacity(**opts):
     if criterion is None:
         raise ConfigError("give --slo ttft=MS,tpot=MS,e2el=MS (with --attainment), or "
                           "--criterion stable for the largest rate with bounded latency")
+    from rich.console import Console
+    if opts["out"]:   # before searching: an unwritable or occupied folder fails at once
+        prepare(opts["out"], opts["replace"])
+    elif opts["replace"]:
+        raise ConfigError("--replace replaces the run in --out: give --out")
     console = Console(stderr=True)
     verbose = not (opts["quiet"] or opts["as_json"])
 
@@ -71,7 +83,11 @@ def capacity(**opts):
                              address=opts["address"], on_probe=on_probe)
     record = {**result.to_dict(), "config": cfg.to_dict()}
     if opts["out"]:
-        write_json(output_folder(opts["out"]) / "capacity.json", record)
+        folder, previous = prepare(opts["out"], opts["replace"])
+        clear(previous)
+        write_json(folder / "capacity.json", record)
+        write_manifest(folder, "capacity", ["capacity.json"], criterion=criterion,
+                       capacity=result.capacity)
     if opts["as_json"]:
         click.echo(json.dumps(record, indent=2, default=str))
         return
@@ -92,6 +108,7 @@ def result_line(r: CapacityResult) -> str:
 
 def print_bracket(r: CapacityResult, console: Console) -> None:
     """The bracketing runs, one row per seed."""
+    from rich.table import Table
     t = Table(title="bracketing runs (rates in req/s, latencies in ms)", title_justify="left")
     for col in ("rate", "result", "seed", "attain", "growth", "TTFT", "p99 TTFT", "E2E",
                 "p99 E2E", "thru"):

@@ -20,14 +20,14 @@ def check(policy, policy_param, examples, seed):
 
     Exit status 0 when they hold; 1 with the failure and the smallest workload found."""
     from simulator.config import parse_pairs
-    from simulator.policycheck import InvariantError, check_policy
-    from simulator.errors import PolicyViolation, SimulationStalled
+    from simulator.policycheck import check_policy
+    from traces.errors import SimulationError
     params = parse_pairs(policy_param, "--policy-param")
     try:
         report = check_policy(policy, params, max_examples=examples, seed=seed)
     except ImportError as e:
         raise click.ClickException(str(e))
-    except (InvariantError, PolicyViolation, SimulationStalled) as e:
+    except SimulationError as e:    # a broken invariant, a refused decision, a stall
         click.echo(f"servesim: check failed: {e}", err=True)
         for note in getattr(e, "__notes__", ()):
             click.echo(note, err=True)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.console import Console
-from rich.table import Table
 
 from scheduler.fluid import CLUSTERINGS, CONVENTIONS
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import Number, config_from_options, run_options
-from simulator.fluid_report import fluid_report
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @cli.command()
@@ -31,6 +33,7 @@ from simulator.fluid_report import fluid_report
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def fluid(**opts):
     """Fluid equilibrium, throughput bound and stable region of a workload (flags as in run)."""
+    from simulator.fluid_report import fluid_report
     cfg = config_from_options(opts)
     report = fluid_report(cfg, opts["d0"], opts["d1"], opts["segments"], opts["clustering"],
                           opts["convention"], opts["slack"])
@@ -54,6 +57,7 @@ def print_report(r: dict, console: Console) -> None:
     console.print(f"[bold]fluid model[/] ({r['convention']} stages): tau = d0 + d1 x KV with "
                   f"d0 = {r['d0'] * 1e3:.4g} ms, d1 = {r['d1'] * 1e6:.4g} us/token ({src}); "
                   f"KV capacity C = {r['capacity']:,} tokens")
+    from rich.table import Table
     t = Table(show_header=True, header_style="bold")
     for col in ("type", "prompt", "output", "rate (req/s)", "work w (KV tok)", "n* per stage",
                 "WAIT n"):

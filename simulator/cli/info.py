@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from scheduler.base import param_docs, plugin_errors, policy_class, policy_names
 from simulator.cli import cli, stdout_console
@@ -15,6 +14,7 @@ from simulator.hardware import GPUS, MODELS, kv_capacity_tokens
 @click.argument("names", nargs=-1)
 def policies(show_params, names):
     """List batching policies (with --params or NAMES: their parameters)."""
+    from rich.table import Table
     console = stdout_console()
     table = Table(show_header=True, header_style="bold")
     table.add_column("policy")
@@ -38,6 +38,7 @@ def policies(show_params, names):
 @cli.command()
 def presets():
     """List model and GPU presets and the default KV capacity of each pair."""
+    from rich.table import Table
     console = stdout_console()
     t = Table(title="models")
     for col in ("model", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "params",

@@ -4,18 +4,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from scheduler.base import make_policy
-from simulator.cli import cli, stdout_console
-from simulator.cli.options import config_from_options, option_fields, workload_options
+from simulator.cli import cli
+from simulator.cli.options import option_fields, workload_options
 from simulator.errors import ConfigError
 
 def check_plugin(cfg) -> None:

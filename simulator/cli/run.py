@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, nonempty_path, run_options
 from simulator.errors import ConfigError
-from simulator.runner import simulate, write_outputs
-import simulator.vllm  # noqa: F401  (registers the engine "vllm")
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @cli.command()
 @run_options
 @click.option("--out", "-o", type=click.Path(file_okay=False), callback=nonempty_path,
-              help="Folder for summary.json, requests.csv, timeline.csv, config.json.")
+              help="Folder for summary.json, requests.csv, timeline.csv, config.json, the "
+              "figures and, last, manifest.json. It must hold no other run.")
+@click.option("--replace", is_flag=True,
+              help="Remove the run already in --out (the files its manifest lists, and "
+              "servesim's own files) before writing this one; other files are left alone.")
 @click.option("--requests-format", type=click.Choice(["csv", "parquet"]), default="csv",
               show_default=True, help="File format of the per-request table.")
 @click.option("--no-timeline", is_flag=True, help="Do not record the per-iteration timeline.")
@@ -29,10 +33,21 @@ import simulator.vllm  # noqa: F401  (registers the engine "vllm")
               "latency CDFs as PNGs in OUT/figures (./servesim-figures without --out).")
 def run(**opts):
     """Simulate a policy on a workload (no flags: the built-in default workload)."""
+    from rich.console import Console
+
+    import simulator.vllm  # noqa: F401  (registers the engine "vllm")
+    from simulator.metrics import rejection_notice
+    from simulator.run_folder import prepare
+    from simulator.runner import simulate, write_outputs
+    from simulator.sweep.stability import overload_notice
     extra = {"out": opts["out"], "timeline": False if opts["no_timeline"] else None}
     cfg = config_from_options(opts, extra)
     if opts["plot"] and opts["no_timeline"]:
         raise ConfigError("--plot draws the timeline: drop --no-timeline")
+    if cfg.out:   # before simulating: an unwritable or occupied folder fails at once
+        prepare(cfg.out, opts["replace"])
+    elif opts["replace"]:
+        raise ConfigError("--replace replaces the run in --out: give --out")
     console = Console(stderr=True)
     if opts["quiet"] or not console.is_terminal:
         result = simulate(cfg)
@@ -48,11 +63,15 @@ def run(**opts):
     if not opts["quiet"]:
         for message in result.summary["workload"].get("warnings", []):
             click.echo(f"servesim: warning: {message}", err=True)
-    if cfg.out:
-        paths = write_outputs(result, cfg.out, opts["requests_format"])
+    figures = None
     if opts["plot"]:
         from simulator.report.build import plot_run
-        for p in plot_run(result, cfg.out):
+        figures = functools.partial(plot_run, result)
+    if cfg.out:
+        paths = write_outputs(result, cfg.out, opts["requests_format"],
+                              replace=opts["replace"], figures=figures)
+    elif figures is not None:
+        for p in figures(None):
             if not opts["quiet"]:
                 console.print(f"wrote {p}", highlight=False)
     if opts["as_json"]:
@@ -62,6 +81,11 @@ def run(**opts):
         print_summary(result.summary, out)
         if cfg.out:
             out.print(f"wrote {', '.join(str(p) for p in paths)}")
+    if not opts["quiet"]:
+        for notice in (rejection_notice(result.requests),
+                       overload_notice(result.requests, result.timeline)):
+            if notice:
+                click.echo(f"servesim: warning: {notice}", err=True)
 
 
 def _fmt(v, digits=1):
@@ -84,6 +108,7 @@ def print_summary(s: dict, console: Console) -> None:
     for t in w.get("transforms", []):
         console.print(f"  {t['op']}: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in t.items()
                                                   if k != "op"))
+    from rich.table import Table
     t = Table(show_header=True, header_style="bold")
     t.add_column("metric")
     for col in ("mean", "median", "p90", "p99"):

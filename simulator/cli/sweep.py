@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.console import Console
 
 from simulator.cli import cli
 from simulator.cli.options import Number, nonempty_path
-from simulator.sweep import SweepInterrupted, expand_points, load_spec, results_dir_for, run_sweep
 from simulator.sweep.executors import EXECUTORS
-from simulator.sweep.store import RESULTS_FILE, ResultsStore
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def executor_options(f):
@@ -38,14 +40,22 @@ def axes_text(axes: dict) -> str:
               help="Results folder. [the spec's out:, else results/<spec name>]")
 @executor_options
 @click.option("--dry-run", is_flag=True, help="List the points and which are done; run nothing.")
+@click.option("--replace", is_flag=True,
+              help="Remove the results of another sweep (or run) in the folder first; the same "
+              "spec resumes without it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def sweep(spec_file, out, executor, workers, address, dry_run, as_json, quiet):
+def sweep(spec_file, out, executor, workers, address, dry_run, replace, as_json, quiet):
     """Run every point of a sweep spec (a base run config and axes); re-running resumes.
 
     Exit status: 0 when every point succeeded, 1 when some failed (each is recorded in the
     table with its error), 2 for a bad spec, 130 when interrupted (finished points are kept).
     """
+    from rich.console import Console
+
+    from simulator.sweep import (SweepInterrupted, expand_points, load_spec, results_dir_for,
+                                 run_sweep)
+    from simulator.sweep.store import RESULTS_FILE, ResultsStore
     spec = load_spec(spec_file)
     console = Console(stderr=True)
     if dry_run:
@@ -59,7 +69,8 @@ def sweep(spec_file, out, executor, workers, address, dry_run, as_json, quiet):
     try:
         with reporter:
             result = run_sweep(spec, out, executor=executor, workers=workers, address=address,
-                               on_start=reporter.start, on_point=reporter.point)
+                               on_start=reporter.start, on_point=reporter.point,
+                               replace=replace)
     except SweepInterrupted as e:
         o = e.outcome
         console.print(f"interrupted: {o.skipped + o.ran} of {len(o.points)} points done, kept "

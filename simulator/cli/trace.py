@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import Number
 from simulator.config import parse_pairs
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -61,6 +63,7 @@ def _print_stats(s: dict, console: Console) -> None:
         console.print(f"span {_num(s['span_s'])} s ({s['span_s'] / 60:.1f} min), mean rate "
                       f"{_num(s['mean_rate'], 3)} req/s, inter-arrival CV "
                       f"{_num(s['interarrival_cv'], 2)}, longest gap {_num(s['max_gap_s'])} s")
+    from rich.table import Table
     t = Table(show_header=True, header_style="bold")
     for col in ("tokens", "mean", "median", "p90", "p99", "max"):
         t.add_column(col, justify="right" if col != "tokens" else "left")
@@ -82,6 +85,8 @@ def _print_stats(s: dict, console: Console) -> None:
 @trace.command()
 def formats():
     """The trace formats, their identifying columns and options."""
+    from rich.table import Table
+
     from traces.loaders import FORMATS
     console = stdout_console()
     t = Table(show_header=True, header_style="bold")
@@ -105,6 +110,8 @@ def fetch(name, dest, url, force):
 
     Without NAME: list the known datasets.
     """
+    from rich.table import Table
+
     from traces.fetch import DATASETS, default_cache, fetch as fetch_dataset
     console = stdout_console()
     if name is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 from simulator.cost.base import CostModel
 from simulator.cost.linear import TERMS, LinearCost, fit_linear, representative_batches

@@ -129,9 +129,11 @@ class LinearFit:
 
 
 def fit_linear(model: CostModel, batches: list[BatchShape] | None = None,
-               terms: tuple[str, ...] = TERMS) -> LinearFit:
+               terms: tuple[str, ...] = TERMS, relative: bool = False) -> LinearFit:
     """Least-squares linear coefficients (only ``terms``; the others stay 0) for ``model``,
-    constrained to be >= 0 (scipy-free: non-negative least squares by active-set elimination)."""
+    constrained to be >= 0 (scipy-free: non-negative least squares by active-set elimination).
+    ``relative`` minimises relative instead of absolute errors (each batch weighted by 1 /
+    its time), so short steps count as much as long ones."""
     unknown = [t for t in terms if t not in TERMS]
     if unknown or not terms:
         raise ConfigError(f"fit_linear terms must be among {TERMS}, got {terms}")
@@ -139,9 +141,10 @@ def fit_linear(model: CostModel, batches: list[BatchShape] | None = None,
     cols = [TERMS.index(t) for t in terms]
     X = np.array([[_features(b)[i] for i in cols] for b in batches], dtype=float)
     y = np.array([model.iteration_time(b) for b in batches], dtype=float)
+    w = 1.0 / y if relative else np.ones_like(y)
     active = list(range(len(cols)))
     while True:
-        coef_a, *_ = np.linalg.lstsq(X[:, active], y, rcond=None)
+        coef_a, *_ = np.linalg.lstsq(X[:, active] * w[:, None], y * w, rcond=None)
         if (coef_a >= 0).all() or len(active) == 1:
             break
         active.pop(int(np.argmin(coef_a)))   # drop the most negative term and refit

@@ -17,6 +17,7 @@ from simulator.io import write_text
 from simulator.metrics import TIMELINE_COLUMNS
 from simulator.report import figures
 from simulator.report.figures import col
+from simulator.run_folder import MANIFEST, clear, prepare
 from simulator.sweep.fluid_bound import bounded_throughput
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT
 from simulator.sweep.store import RESULTS_FILE, ResultsStore
@@ -36,15 +37,39 @@ class Report:
 
 
 def report(path: str | Path, out: str | Path | None = None, at_rate: float | None = None,
-           x: str | None = None) -> Report:
-    """A sweep's results folder (results.parquet) or a run's output folder (summary.json)."""
+           x: str | None = None, replace: bool = False) -> Report:
+    """A sweep's results folder (results.parquet) or a run's output folder (summary.json).
+
+    The report goes into its run's own folder, where it replaces the previous report (the
+    run's own figures, which its manifest lists, are redrawn in place), or into a folder that
+    holds no other run or report unless ``replace``: never beside another run's files. What the
+    previous report had and this one does not redraw is removed once this one is written."""
     p = Path(path)
-    if (p / RESULTS_FILE).is_file():
-        return sweep_report(p, out, at_rate, x)
-    if (p / "summary.json").is_file():
-        return run_report(p, out)
-    raise ConfigError(f"{p}: neither a sweep results folder ({RESULTS_FILE}) nor a run output "
-                      f"folder (summary.json)")
+    sweep = (p / RESULTS_FILE).is_file()
+    if not sweep and not (p / "summary.json").is_file():
+        raise ConfigError(f"{p}: neither a sweep results folder ({RESULTS_FILE}) nor a run "
+                          f"output folder (summary.json)")
+    out_dir = Path(out) if out else p
+    previous = previous_report(p) if out_dir.resolve() == p.resolve() else \
+        prepare(out_dir, replace)[1]
+    result = sweep_report(p, out, at_rate, x) if sweep else run_report(p, out)
+    written = {f.resolve() for f in (result.markdown, *result.figures)}
+    clear([f for f in previous if f.resolve() not in written])
+    if not (p / MANIFEST).is_file():
+        result.notes.append(f"{p} has no {MANIFEST}: its run was killed or is still being "
+                            f"written, so the report may show part of it")
+    return result
+
+
+def previous_report(folder: Path) -> list[Path]:
+    """The report files in a run's folder: report.md and the figures its manifest does not
+    list as the run's own."""
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        listed = set()
+    return [f for f in (folder / REPORT_FILE, *sorted((folder / FIGURES).glob("*.png")))
+            if f.is_file() and f.relative_to(folder).as_posix() not in listed]
 
 
 # ---- one run ------------------------------------------------------------------------------

@@ -23,12 +23,11 @@ from typing import Callable
 
 from simulator.config import RunConfig
 from simulator.errors import ConfigError, PolicyViolation
-from simulator.runner import request_types
 from simulator.sweep.executors import make_executor
-from simulator.sweep.points import at_rate
 from simulator.sweep.stability import DEFAULT_GROWTH_LIMIT, pooled_growth
-from simulator.sweep.store import WALL_TIME_COLUMNS
-from simulator.sweep.worker import PointTask
+
+# The runs' modules (the simulator, pandas) are imported inside the functions that run points:
+# the command line imports this module for CRITERIA when it lists its options.
 
 CRITERIA = ("slo", "stable")
 MAX_DOUBLINGS = 16        # 65536x the start rate: past that there is no capacity to find
@@ -78,6 +77,7 @@ class CapacityResult:
 
 
 def base_rate(cfg: RunConfig) -> float:
+    from simulator.runner import request_types
     types = request_types(cfg)
     return sum(t.rate for t in types) if types else cfg.rate
 
@@ -88,6 +88,7 @@ def capacity_search(cfg: RunConfig, *, criterion: str = "slo", attainment: float
                     executor: str = "local", workers: int | None = None,
                     address: str | None = None,
                     on_probe: Callable[[Probe], None] | None = None) -> CapacityResult:
+    from simulator.sweep.points import at_rate
     _check(cfg, criterion, attainment, seeds, tol, rate_min, rate_max, growth_limit)
     seed_list = [cfg.seed + i for i in range(seeds)]
     cfg = at_rate(cfg, base_rate(cfg))   # fails early (piecewise arrivals) before any run
@@ -165,6 +166,9 @@ def _check(cfg, criterion, attainment, seeds, tol, rate_min, rate_max, growth_li
 
 def _probe(ex, cfg: RunConfig, rate: float, seeds: list[int], criterion: str,
            target: float, growth_limit: float) -> Probe:
+    from simulator.sweep.points import at_rate
+    from simulator.sweep.store import WALL_TIME_COLUMNS
+    from simulator.sweep.worker import PointTask
     tasks = []
     for i, seed in enumerate(seeds):
         c = at_rate(cfg, rate)

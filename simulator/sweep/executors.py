@@ -7,18 +7,21 @@ configuration, seed included.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
 import signal
 import socket
 import sys
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from simulator.errors import ConfigError
-from simulator.sweep.worker import PointOutcome, PointTask, run_point
+
+# Process pools, and the worker (the simulator, pandas), are imported when points run, not with
+# this module: servesim imports it at start-up for EXECUTORS.
+if TYPE_CHECKING:
+    import concurrent.futures as cf
+
+    from simulator.sweep.worker import PointOutcome, PointTask
 
 EXECUTORS = ("local", "ray")
 ROOT = Path(__file__).resolve().parents[2]   # the folder holding scheduler/, simulator/, traces/
@@ -50,6 +53,7 @@ def _ignore_sigint() -> None:
 
 
 def _died(task: PointTask, why: str) -> PointOutcome:
+    from simulator.sweep.worker import PointOutcome
     return PointOutcome(task.index, task.key, "failed", error=why)
 
 
@@ -75,6 +79,8 @@ class LocalExecutor:
             self._pool = None
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
+        import concurrent.futures as cf
+        import multiprocessing
         # forkserver: workers fork from a clean server that has already imported the simulator
         # (fast start, and no fork of this process's threads, e.g. the progress bar's).
         if sys.platform.startswith("linux"):
@@ -85,6 +91,10 @@ class LocalExecutor:
         return cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_ignore_sigint)
 
     def map_unordered(self, tasks: Iterable[PointTask]) -> Iterator[PointOutcome]:
+        import concurrent.futures as cf
+        from concurrent.futures.process import BrokenProcessPool
+
+        from simulator.sweep.worker import run_point
         if self.workers == 1:
             for task in tasks:
                 yield run_point(task)
@@ -169,6 +179,7 @@ class RayExecutor:
             except ConnectionError as e:
                 raise ConfigError(f"--address {self.address}: cannot connect to Ray: {e}")
             self._started = True
+        from simulator.sweep.worker import run_point
         self._remote = ray.remote(num_cpus=1)(run_point)
         return self
 

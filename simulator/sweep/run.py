@@ -42,10 +42,11 @@ def results_dir_for(spec: SweepSpec, out: str | Path | None) -> Path:
 def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, executor: str = "local",
               workers: int | None = None, address: str | None = None,
               on_point: Callable[[Point, PointOutcome, SweepProgress], None] | None = None,
-              on_start: Callable[[SweepProgress, str], None] | None = None) -> SweepOutcome:
+              on_start: Callable[[SweepProgress, str], None] | None = None,
+              replace: bool = False) -> SweepOutcome:
     points = expand_points(spec)
     store = ResultsStore(results_dir_for(spec, out))
-    store.prepare()
+    store.prepare(spec.raw, replace)
     todo = [p for p in points if not store.is_done(p, spec.save_requests, spec.save_timeline)]
     progress = SweepProgress(total=len(points), skipped=len(points) - len(todo))
     by_index = {p.index: p for p in points}
@@ -71,6 +72,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, executor: str =
     # Written on success and on Ctrl-C alike: the table holds every point finished so far.
     table = store.table(points, [a.name for a in spec.axes])
     store.write_table(table)
+    store.finish(points, "interrupted" if interrupted else "complete", ex.describe())
     result = SweepOutcome(store.root, table, points, progress.done, progress.skipped,
                           progress.failed, interrupted)
     if interrupted:

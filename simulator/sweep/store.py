@@ -6,11 +6,17 @@
       points/KEY.requests.parquet     its per-request table (save: requests)
       points/KEY.timeline.parquet     its iteration timeline (save: timeline)
       results.parquet                 the tidy table: one row per point of the spec
+      manifest.json                   last: the sweep's status and files (simulator/run_folder.py)
 
 A point's JSON is written last and atomically, so its presence means the point is complete: a
 sweep killed at any moment loses only the points in flight, and a re-run skips the rest. The
 tidy table is always rebuilt from the point files (never from in-memory results), so a resumed
 sweep's table is identical to an uninterrupted one's.
+
+The folder holds one sweep (simulator/run_folder.py): re-running the same spec resumes it, a
+different spec (another grid or base, ``same_sweep``) is refused unless asked to replace the
+sweep there, and another command's run is refused likewise. The manifest is removed when a run
+starts and written when it ends, so a folder without one holds a sweep still running or killed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from simulator import run_folder
 from simulator.errors import ConfigError
 from simulator.io import atomic_write, write_json
 from simulator.sweep.points import Point
@@ -35,16 +42,43 @@ WALL_TIME_COLUMNS = ("wall_s", "sim_requests_per_wall_s", "cpu_s")
 NESTED = ("policy", "cost", "workload", "slo", "fluid")
 
 
+POINT_SUFFIXES = (".json", ".requests.parquet", ".timeline.parquet")
+# What a spec may change and still be the same sweep: where it is written, which tables it keeps
+# (a point missing a table it now wants is simply re-run).
+OUTPUT_KEYS = ("out", "save")
+
+
+def same_sweep(a: dict, b: dict) -> bool:
+    """Two specs describe the same sweep: equal but for their output keys."""
+    def core(raw: dict) -> str:
+        return json.dumps({k: v for k, v in raw.items() if k not in OUTPUT_KEYS},
+                          sort_keys=True, default=str)
+    return isinstance(a, dict) and isinstance(b, dict) and core(a) == core(b)
+
+
 class ResultsStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.points_dir = self.root / "points"
 
-    def prepare(self) -> None:
+    def prepare(self, spec_raw: dict, replace: bool = False) -> None:
+        """Make the folder this sweep's: resume the same sweep, refuse another run there
+        unless ``replace`` (then remove its files first)."""
+        _, previous = run_folder.prepare(self.root, replace,
+                                         resumes=lambda out: self.holds(spec_raw))
+        run_folder.clear(previous)
         try:
             self.points_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"out: cannot create results folder {self.root}: {e.strerror}")
+
+    def holds(self, spec_raw: dict) -> bool:
+        """The folder holds the sweep of this spec (as its sweep.json records it)."""
+        try:
+            recorded = json.loads((self.root / "sweep.json").read_text())["spec"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return same_sweep(recorded, spec_raw)
 
     # ---- one point ----------------------------------------------------------------------
     def _path(self, key: str, suffix: str) -> Path:
@@ -90,6 +124,16 @@ class ResultsStore:
         manifest = {"spec": spec_raw, "executor": executor,
                     "points": [{"index": p.index, "key": p.key, "axes": p.axes} for p in points]}
         write_json(self.root / "sweep.json", manifest, indent=1)
+
+    def finish(self, points: list[Point], status: str, executor: str) -> None:
+        """The manifest, last: every file of the sweep, and whether it ran to the end."""
+        files = ["sweep.json", RESULTS_FILE]
+        for p in points:
+            files += [f"points/{p.key}{suffix}" for suffix in POINT_SUFFIXES
+                      if self._path(p.key, suffix).exists()]
+        done = sum(1 for p in points if (self.load_point(p.key) or {}).get("status") == "ok")
+        run_folder.write_manifest(self.root, "sweep", files, status=status, executor=executor,
+                                  points=len(points), ok=done)
 
     def table(self, points: list[Point], axis_names: list[str]) -> pd.DataFrame:
         """One row per point of ``points`` that has a record, in grid order."""

@@ -33,6 +33,7 @@ import pandas as pd
 from scheduler.state import RequestState, Status
 from simulator.errors import ConfigError
 from simulator.metrics import SLO, LiveRun, Summary, requests_table
+from traces.errors import ServesimError
 from traces.request import Request
 
 RECORDS = "records.jsonl"
@@ -125,7 +126,7 @@ class Record:
             self.usage_output_tokens != self.streamed_tokens
 
 
-class MalformedStream(ValueError):
+class MalformedStream(ServesimError, ValueError):
     """A stream the client cannot read as OpenAI completion events."""
 
 
@@ -370,7 +371,8 @@ def to_states(requests: list[Request], records: list[Record]) -> list[RequestSta
                 st.status, st.finished_s = Status.FINISHED, rec.token_times[-1]
                 st.output_tokens = rec.streamed_tokens
             elif rec.error is not None:
-                st.status, st.reject_reason = Status.REJECTED, rec.error
+                st.status = Status.REJECTED
+                st.reject_reason, st.reject_detail = error_kind(rec.error), rec.error
         states.append(st)
     return states
 

@@ -28,11 +28,11 @@ from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, RequestState, Status
 from simulator.config import RunConfig
 from simulator.cost.base import BatchShape, CostModel
-from simulator.engine import ReplicaLoop
+from simulator.engine import ReplicaLoop, reject
 from simulator.errors import ConfigError, PolicyViolation
 from simulator.hardware import ModelSpec, model_spec
 from simulator.io import write_text
-from simulator.metrics import TimelineRow
+from simulator.metrics import BY_POLICY, TimelineRow
 from traces.request import Request
 from traces.workload import Workload
 
@@ -91,28 +91,46 @@ def scheduler_options(policy: Policy, spec: ReplicaSpec) -> dict:
             "enable_chunked_prefill": bool(getattr(p, "enable_chunked_prefill", True)),
             "long_prefill_token_threshold": 0,   # chunk sizes are the policy's
             # vLLM's own full-prompt admission gate: as the policy models it, else vLLM's default
-            "reserve_full_prompt": bool(getattr(p, "reserve_full_prompt", True))}
+            "reserve_full_prompt": bool(getattr(p, "reserve_full_prompt", True)),
+            # vLLM's queue order and victim rule, as the policy models them
+            "scheduling_policy": str(getattr(p, "scheduling_policy", "fcfs"))}
 
 
 @lru_cache(maxsize=8)
 def _vllm_config(folder: str, max_model_len: int, block_size: int, num_blocks: int,
                  max_num_seqs: int, max_num_batched_tokens: int, enable_chunked_prefill: bool,
                  long_prefill_token_threshold: int, reserve_full_prompt: bool = True,
-                 async_scheduling: bool = False):
-    from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
+                 async_scheduling: bool = False, prefix_caching: bool = False,
+                 scheduling_policy: str = "fcfs", speculative_tokens: int = 0):
+    from vllm.config import (CacheConfig, DeviceConfig, ModelConfig, ParallelConfig,
+                             SchedulerConfig, SpeculativeConfig, VllmConfig)
     model = ModelConfig(model=folder, skip_tokenizer_init=True, dtype="float16",
                         max_model_len=max_model_len)
+    parallel = ParallelConfig()
+    # n-gram drafting needs no draft model: the cheapest speculative config to build (its GPU
+    # variant is the one vLLM accepts with async scheduling).
+    speculative = SpeculativeConfig(
+        method="ngram_gpu" if async_scheduling else "ngram",
+        num_speculative_tokens=speculative_tokens, prompt_lookup_min=1,
+        prompt_lookup_max=3, target_model_config=model, target_parallel_config=parallel) \
+        if speculative_tokens else None
     sched = SchedulerConfig(max_num_seqs=max_num_seqs,
                             max_num_batched_tokens=max_num_batched_tokens,
                             max_model_len=max_model_len,
                             enable_chunked_prefill=enable_chunked_prefill,
                             long_prefill_token_threshold=long_prefill_token_threshold,
                             scheduler_reserve_full_isl=reserve_full_prompt,
-                            is_encoder_decoder=False, async_scheduling=async_scheduling)
-    cache = CacheConfig(block_size=block_size, enable_prefix_caching=False)
+                            is_encoder_decoder=False, async_scheduling=async_scheduling,
+                            policy=scheduling_policy)
+    cache = CacheConfig(block_size=block_size, enable_prefix_caching=prefix_caching)
     cache.num_gpu_blocks = num_blocks
-    return VllmConfig(scheduler_config=sched, model_config=model, cache_config=cache,
-                      device_config=DeviceConfig(device="cpu"))
+    config = VllmConfig(scheduler_config=sched, model_config=model, cache_config=cache,
+                        device_config=DeviceConfig(device="cpu"), parallel_config=parallel,
+                        speculative_config=speculative)
+    # The platform's resolution (vllm/platforms/cpu.py) turns async scheduling off on a CPU,
+    # for its executor; here only the scheduler runs, in the mode asked for.
+    config.scheduler_config.async_scheduling = async_scheduling
+    return config
 
 
 def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, scheduler_cls=None,
@@ -120,7 +138,9 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
     """vLLM's V1 scheduler on the CPU with ``spec.num_blocks`` usable KV blocks.
 
     ``scheduler_cls`` defaults to the servesim adapter for the chosen scheduling mode; pass
-    vLLM's own ``Scheduler`` or ``AsyncScheduler`` for the stock scheduler.
+    vLLM's own ``Scheduler`` or ``AsyncScheduler`` for the stock scheduler. ``options`` are
+    ``scheduler_options``' keys, and optionally ``enable_prefix_caching`` (off unless given: the
+    loop's fabricated prompts are all one token), ``num_speculative_tokens`` (n-gram drafting).
     """
     import torch
     from vllm.v1.core.sched.output import SchedulerOutput  # noqa: F401  (fail early if broken)
@@ -137,7 +157,10 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
                           spec.block_size, num_blocks, options["max_num_seqs"],
                           options["max_num_batched_tokens"], options["enable_chunked_prefill"],
                           options["long_prefill_token_threshold"],
-                          options.get("reserve_full_prompt", True), async_scheduling)
+                          options.get("reserve_full_prompt", True), async_scheduling,
+                          options.get("enable_prefix_caching", False),
+                          options.get("scheduling_policy", "fcfs"),
+                          options.get("num_speculative_tokens", 0))
     # The scheduler only counts blocks: a one-element layer spec keeps the bookkeeping cheap.
     kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[
         KVCacheGroupSpec(["layer"], FullAttentionSpec(block_size=spec.block_size, num_kv_heads=1,
@@ -280,8 +303,8 @@ class VllmLoopEngine(ReplicaLoop):
                     if st.first_token_s is None:
                         st.first_token_s = now
                 if o.finish_reason is not None:
-                    if o.request_id in rejected:
-                        st.status, st.reject_reason = Status.REJECTED, rejected[o.request_id]
+                    if o.request_id in rejected:    # by the policy, through the plug-in
+                        reject(st, BY_POLICY, rejected[o.request_id])
                     else:
                         st.status, st.finished_s = Status.FINISHED, now
                         self.finished += 1

@@ -119,3 +119,21 @@ def config_model(name: str, folder: Path, max_model_len: int | None = None) -> P
     (folder / "config.json").write_text(text + "\n")
     write_tokenizer(folder, spec.vocab_size, max(spec.max_model_len, max_model_len or 0))
     return folder
+
+
+def spec_of_folder(folder: str | Path) -> ModelSpec:
+    """The ``ModelSpec`` of a Llama-architecture model folder (its ``config.json``)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"model folder {folder} has no config.json (make one with "
+                          f"`servesim model tiny DIR`)")
+    try:
+        c = json.loads(path.read_text())
+        heads = c["num_attention_heads"]
+        return ModelSpec(Path(folder).name, num_layers=c["num_hidden_layers"],
+                         hidden_size=c["hidden_size"], num_heads=heads,
+                         num_kv_heads=c.get("num_key_value_heads", heads),
+                         intermediate_size=c["intermediate_size"], vocab_size=c["vocab_size"],
+                         max_model_len=c["max_position_embeddings"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a Llama config.json ({type(e).__name__}: {e})") from None

@@ -13,8 +13,11 @@ in-flight tokens, the pitfall reported to cost large latency regressions, so it 
 How a decision is imposed, each step (vLLM keeps the last word on KV and budgets):
 
 1. Mirror: every vLLM request has a ``RequestState`` (computed = ``num_computed_tokens``,
-   generated = output tokens including in-flight placeholders, KV blocks from the KV manager);
-   ``view.resident`` is vLLM's running list, which is admission order.
+   generated = output tokens including in-flight placeholders, KV blocks from the KV manager,
+   its priority); ``view.resident`` is vLLM's running list, which is admission order. With
+   prefix caching on, each waiting request's hit is looked up as vLLM will at admission
+   (``cached`` tokens, ``cached_shared_blocks`` held by live requests), so the policy budgets
+   and allocates only the uncached part.
 2. The policy returns a ``Decision``. Rejections finish the request (``FINISHED_IGNORED``, the
    status vLLM gives prompts it cannot serve); preemptions go through vLLM's own
    ``_preempt_request`` (recompute: KV freed, request back to the front of the waiting queue).
@@ -28,11 +31,13 @@ How a decision is imposed, each step (vLLM keeps the last word on KV and budgets
    ``on_requeue``, so the policy's queues always match vLLM's. ``divergent_steps`` counts steps
    where vLLM's schedule differed from the plan.
 
-With the ``vllm-v1`` policy this reproduces the stock scheduler's schedule step for step (tested).
+With the ``vllm-v1`` policy this reproduces the stock scheduler's schedule step for step (tested,
+also with prefix caching and ``--scheduling-policy priority``). Speculative decoding is refused
+at start-up: vLLM schedules 1 + k tokens for a decode with k drafts, a policy plans one.
 Policy parameters named like vLLM's scheduler options (``max_num_batched_tokens``,
-``max_num_seqs``, ``enable_chunked_prefill``, ``long_prefill_token_threshold``, and
-``reserve_full_prompt`` for ``scheduler_reserve_full_isl``) default to the server's values, so
-``vllm-v1`` sees the same limits as the server it replaces.
+``max_num_seqs``, ``enable_chunked_prefill``, ``long_prefill_token_threshold``,
+``reserve_full_prompt`` for ``scheduler_reserve_full_isl``, and ``scheduling_policy``) default to
+the server's values, so ``vllm-v1`` sees the same limits as the server it replaces.
 
 Configuration, read when the scheduler first needs its policy: ``SERVESIM_POLICY`` (name),
 ``SERVESIM_POLICY_PARAMS`` (``k=v,k=v`` or a JSON object), ``SERVESIM_POLICY_SEED``,
@@ -61,7 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from scheduler.base import Policy, PolicyError, make_policy, policy_class
+from scheduler.base import (Policy, PolicyError, check_victims, decide, make_policy,
+                            policy_class)
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status, WorkloadHint
 
 ENV_POLICY = "SERVESIM_POLICY"
@@ -73,7 +79,7 @@ DEFAULT_POLICY = "vllm-v1"
 POLICY_KEYS = ("policy", "policy_params", "seed")
 # Policy parameters that mean the same as a vLLM SchedulerConfig field of the same name.
 MIRRORED_PARAMS = ("max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill",
-                   "long_prefill_token_threshold", "reserve_full_prompt")
+                   "long_prefill_token_threshold", "reserve_full_prompt", "scheduling_policy")
 SCHEDULER_CLASSES = ("ServesimScheduler", "ServesimAsyncScheduler")
 
 
@@ -241,9 +247,21 @@ class PolicySchedulingMixin:
         # Free blocks before any request: the KV capacity the policy plans with (vLLM's block
         # pool keeps one null block out of the count).
         self._capacity_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        self._check_speculative()
         self._check_async_mode()
 
     # -- configuration ---------------------------------------------------------------------------
+    def _check_speculative(self) -> None:
+        # vLLM schedules 1 + k tokens for a decode carrying k draft tokens (and reserves draft
+        # slots in its budgets); a policy plans one token per decode, so the drafts would be
+        # cut away without a word. Refused instead.
+        spec = self.vllm_config.speculative_config
+        if spec is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not support speculative decoding (--speculative-config"
+                f" method {spec.method!r}, {spec.num_speculative_tokens} draft tokens): servesim "
+                f"policies plan one token per decode; serve without --speculative-config")
+
     def _check_async_mode(self) -> None:
         engine_async = bool(self.vllm_config.scheduler_config.async_scheduling)
         if engine_async != self._servesim_async:
@@ -260,7 +278,8 @@ class PolicySchedulingMixin:
                 "max_num_seqs": self.max_num_running_reqs,
                 "enable_chunked_prefill": bool(sc.enable_chunked_prefill),
                 "long_prefill_token_threshold": int(sc.long_prefill_token_threshold),
-                "reserve_full_prompt": bool(self.scheduler_reserve_full_isl)}
+                "reserve_full_prompt": bool(self.scheduler_reserve_full_isl),
+                "scheduling_policy": str(self.policy.value)}
 
     def configure(self, policy: Policy, *, cost_model=None, workload_hint=None,
                   seed: int = 0) -> None:
@@ -294,6 +313,7 @@ class PolicySchedulingMixin:
         rid = request.request_id
         st = RequestState(self._new_state_id(rid), request.arrival_time, request.num_prompt_tokens,
                           request.max_tokens)
+        st.priority = request.priority
         self._states[rid] = st
         self._rid_of[id(st)] = rid
         policy.on_arrival(st)
@@ -340,6 +360,7 @@ class PolicySchedulingMixin:
             st.computed = r.num_computed_tokens
             st.generated = r.num_output_tokens + r.num_output_placeholders
             st.kv_blocks = len(blocks_of(r.request_id)[0])
+            st.cached = st.cached_shared_blocks = 0
             st.status = Status.RESIDENT
             if st.generated >= st.output_tokens:
                 continue      # its last token is in flight (async): nothing left to schedule
@@ -349,6 +370,8 @@ class PolicySchedulingMixin:
             r, st = self.requests.get(rid), self._states.get(rid)
             if r is not None and st is not None:
                 st.generated = r.num_output_tokens
+        if self.kv_cache_manager.enable_caching:
+            self._sync_prefix_hits()
         view.now = self.clock()
         view.resident = resident
         view.free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
@@ -356,13 +379,32 @@ class PolicySchedulingMixin:
         view.arrivals_done = self.arrivals_done
         return view
 
+    def _sync_prefix_hits(self) -> None:
+        """Each waiting request's prefix-cache hit, as vLLM will look it up when it admits the
+        request (``get_computed_blocks``: whole blocks, at most all tokens but the last). A hit
+        block that live requests hold costs no free block; one only the cache holds (evictable,
+        counted free) is taken from the free blocks on admission, as vLLM counts in
+        ``allocate_slots``. What the step itself does to the cache is not seen (blocks that
+        earlier admissions allocate or adopt, cached blocks its allocations evict); vLLM's
+        check then has the last word."""
+        manager = self.kv_cache_manager
+        for r in self.waiting:
+            st = self._states.get(r.request_id)
+            if st is None:
+                continue
+            if r.num_computed_tokens:      # holds KV already (a remote KV load): no lookup
+                st.cached = st.cached_shared_blocks = 0
+                continue
+            blocks, st.cached, _ = manager.get_computed_blocks(r)
+            st.cached_shared_blocks = sum(1 for b in blocks.blocks[0] if b.ref_cnt > 0)
+
     def _request_of(self, st: RequestState) -> str | None:
         return self._rid_of.get(id(st))
 
     def schedule(self, *args, **kwargs):
         policy = self._policy()
         view = self._sync_view()
-        decision = policy.schedule(view)
+        decision = decide(policy, view)
         self.wake_at = decision.wake_at
         stats = self.servesim_stats
         stats.steps += 1
@@ -387,6 +429,8 @@ class PolicySchedulingMixin:
             self._preempt_request(req, stamp)
             self._mark_preempted(st, req)
             stats.policy_preemptions += 1
+        if decision.preempt:
+            check_victims(policy, decision, view.now)
 
         plan: dict[str, int] = {}
         admits = []
@@ -430,6 +474,7 @@ class PolicySchedulingMixin:
         st.status = Status.WAITING
         st.computed = 0
         st.kv_blocks = 0
+        st.cached = st.cached_shared_blocks = 0   # looked up again before the next decision
         st.generated = req.num_output_tokens
         st.preemptions = req.num_preemptions
 

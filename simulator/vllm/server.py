@@ -262,8 +262,9 @@ def is_ready(cmd: ServerCommand) -> bool:
         return False
 
 
-class _Stop(Exception):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT."""
+class _Stop(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT (control flow, so
+    a BaseException as KeyboardInterrupt is)."""
 
 
 class Server:

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from traces.arrivals import ArrivalProcess
 from traces.errors import WorkloadError
+from traces.files import shorten
 from traces.lengths import EmpiricalLengths
 from traces.loaders import azure, burstgpt, generic, mooncake, vidur, vllm_bench
 from traces.loaders.base import TraceFormat, finish
-from traces.loaders.table import peek_columns, read_table, require_columns, sniff_container
+from traces.loaders.table import (one_read, peek_columns, read_table, require_columns,
+                                  sniff_container)
 from traces.transforms import generate_arrivals, jitter
 from traces.workload import Workload
 
@@ -50,7 +52,7 @@ def detect_format(path: str | Path, columns: list[str] | None = None,
                    key=lambda f: len(set(f.columns) & present) / len(f.columns))
         if len(set(near.columns) & present) >= len(near.columns) / 2:
             require_columns(path, columns, near.columns, near.name, sniff_container(path))
-        shown = ", ".join(map(repr, columns[:8])) + (", ..." if len(columns) > 8 else "")
+        shown = ", ".join(map(shorten, columns[:8])) + (", ..." if len(columns) > 8 else "")
         raise WorkloadError(
             f"{path}: cannot tell the trace format from its columns ({shown}); give --format "
             f"({', '.join(FORMATS)}), or map columns with -T prompt=COL -T output=COL "
@@ -63,15 +65,16 @@ def read_trace(path: str | Path, format: str | None = None, options: dict | None
     """A trace file as a Workload; for a length-only file the arrival times are NaN and
     ``meta['arrival'] == 'none'`` (``load_trace`` pairs it with an arrival process)."""
     path = Path(path)
-    container = sniff_container(path)
-    columns = peek_columns(path, container)
-    fmt = trace_format(format) if format else detect_format(path, columns, options)
-    opts = fmt.check_options(options)
-    required, optional = fmt.needed_columns(opts)
-    require_columns(path, columns, required, fmt.name, container)
-    table = read_table(path, container, [*required, *(c for c in optional if c in columns)],
-                       fmt.categorical)
-    workload = finish(table, fmt, fmt.parse(table, opts, seed), opts, strict)
+    with one_read():
+        container = sniff_container(path)
+        columns = peek_columns(path, container)
+        fmt = trace_format(format) if format else detect_format(path, columns, options)
+        opts = fmt.check_options(options)
+        required, optional = fmt.needed_columns(opts)
+        require_columns(path, columns, required, fmt.name, container)
+        table = read_table(path, container, [*required, *(c for c in optional if c in columns)],
+                           fmt.categorical)
+        workload = finish(table, fmt, fmt.parse(table, opts, seed), opts, strict)
     workload.meta["container"] = container
     if opts.get("jitter"):
         workload = jitter(workload, opts["jitter"], seed)

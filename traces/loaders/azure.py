@@ -12,8 +12,8 @@ from traces.loaders.table import RawTable, datetimes_seconds, tokens
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     arrival, origin = datetimes_seconds(table, "TIMESTAMP")
-    return Parsed(arrival,
-                  tokens(table, "ContextTokens"), tokens(table, "GeneratedTokens"), meta={"start_time": origin})
+    return Parsed(arrival, tokens(table, "ContextTokens"), tokens(table, "GeneratedTokens"),
+                  meta={"start_time": origin})
 
 
 FORMAT = TraceFormat(

@@ -1,17 +1,21 @@
 """Reading a trace file into a raw table, whatever its container (CSV, JSON Lines, Parquet, each
-optionally gzip-compressed), and turning its columns into checked numbers.
+optionally gzip-compressed), and turning its columns into checked values.
 
-Every problem is reported as one line naming the file, the line (row for Parquet) and the
-column, as a ``WorkloadError``. Nothing is read partially: a truncated gzip stream, a row with
-too many fields or a line that is not JSON stops the load instead of yielding fewer requests.
+A text file first passes the block scan of ``traces.files`` (UTF-8, no NUL bytes, bounded
+lines, no decompression bomb), so no parser ever holds garbage. The column readers at the end
+(``tokens``, ``seconds``, ``datetimes_seconds``, ``int_lists``) are the one validation layer
+of trace values: every format reads its columns through them. Every problem is reported as
+one line naming the file, the line (row for Parquet) and the column, as a ``WorkloadError``.
+Nothing is read partially: a truncated gzip stream, a row with too many fields or a line that
+is not JSON stops the load instead of yielding fewer requests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import difflib
-import functools
 import gzip
 import hashlib
 import io
@@ -25,9 +29,8 @@ import numpy as np
 import pandas as pd
 
 from traces.errors import WorkloadError
-from traces.files import (BLOCK, GZIP_ERRORS, MAX_EXPANSION, TextScan, file_problem,
-                          cut, gzip_failure, is_gzip, open_binary, read_head, scan_text,
-                          shorten)
+from traces.files import (BLOCK, GZIP_ERRORS, MAX_EXPANSION, TextScan, cut, file_problem,
+                          gzip_failure, is_gzip, open_binary, read_head, scan_text, shorten)
 
 PARQUET_MAGIC = b"PAR1"
 CONTAINERS = ("csv", "jsonl", "parquet")
@@ -47,15 +50,28 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+_SCANS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("trace_scans", default=None)
+
+
+@contextlib.contextmanager
+def one_read():
+    """Within this context each file is block-scanned once: the header, record and line-number
+    readers share the scan (``read_trace`` reads a file inside one)."""
+    token = _SCANS.set({} if _SCANS.get() is None else _SCANS.get())
+    try:
+        yield
+    finally:
+        _SCANS.reset(token)
+
+
 def _scan(path: Path) -> TextScan:
-    """The block scan of a text trace (``traces.files.scan_text``), once per file version."""
-    st = path.stat()
-    return _scan_version(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _scan_version(path: str, inode: int, size: int, mtime_ns: int) -> TextScan:
-    return scan_text(Path(path), WorkloadError, "a CSV or JSON Lines trace")
+    """The block scan of a text trace (``traces.files.scan_text``)."""
+    scans = _SCANS.get()
+    if scans is None:
+        return scan_text(path, WorkloadError, "a CSV or JSON Lines trace")
+    if str(path) not in scans:
+        scans[str(path)] = scan_text(path, WorkloadError, "a CSV or JSON Lines trace")
+    return scans[str(path)]
 
 
 def _first_lines(path: Path, count: int) -> list[tuple[int, str]]:
@@ -155,7 +171,7 @@ def _check_header(where: str, names: list[str]) -> list[str]:
     return names
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(WorkloadError):
     pass
 
 
@@ -172,20 +188,21 @@ _JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 def _json_record(path: Path, number: int, text: str) -> dict:
     """One JSON Lines record: an object whose keys are unique."""
-    where = f"{path} line {number}"
     try:
         record = _JSON.decode(text)
     except json.JSONDecodeError as e:
-        raise WorkloadError(f"{where}: not valid JSON ({e.msg}, column {e.colno})")
+        problem = f"not valid JSON ({e.msg}, column {e.colno})"
     except _DuplicateKey as e:
-        raise WorkloadError(f"{where}: key {shorten(e.args[0])} appears twice in one record")
+        problem = f"key {shorten(e.args[0])} appears twice in one record"
     except RecursionError:
-        raise WorkloadError(f"{where}: JSON nested too deeply")
+        problem = "JSON nested too deeply"
     except ValueError as e:   # e.g. an integer of more than 4300 digits
-        raise WorkloadError(f"{where}: not valid JSON ({shorten(str(e))})")
-    if not isinstance(record, dict):
-        raise WorkloadError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
+        problem = f"not valid JSON ({cut(str(e), 80)})"
+    else:
+        if type(record) is dict:
+            return record
+        problem = f"expected a JSON object, got {type(record).__name__}"
+    raise WorkloadError(f"{path} line {number}: {problem}")
 
 
 @dataclass
@@ -227,7 +244,7 @@ def require_columns(path: Path, found: list[str], required: tuple[str, ...], fmt
             where = str(path) if container == "parquet" else \
                 f"{path} line {_nth_nonblank_line(path, 1)}"
             raise WorkloadError(f"{where}: missing column {col!r} for format {fmt}{hint}; "
-                                f"found columns: {', '.join(map(repr, found)) or 'none'}")
+                                f"found columns: {cut(', '.join(map(shorten, found))) or 'none'}")
 
 
 def read_table(path: Path, container: str, columns: list[str],
@@ -318,8 +335,7 @@ def _numbers(table: RawTable, column: str, *, integer: bool, per_second: float =
             bad |= values != np.floor(values)
     if bad.any():
         i = int(np.argmax(bad))
-        _bad(table, i, column, _problem(series.iloc[i], values[i], integer,
-                                        typed=table.container != "csv"))
+        _bad(table, i, column, _problem(series.iloc[i], values[i], integer, table.container))
     return values
 
 
@@ -366,14 +382,17 @@ def _missing(raw) -> bool:
         (isinstance(raw, str) and not raw.strip())
 
 
-def _problem(raw, value: float, integer: bool, typed: bool) -> str:
+_AS_TEXT = {"jsonl": " (a number written as text: drop the quotes)",
+            "parquet": " (a number stored as text: store the column as numbers)"}
+
+
+def _problem(raw, value: float, integer: bool, container: str) -> str:
     """What is wrong with one cell (``value``: its float, scaled to seconds for times)."""
     if _missing(raw):
         return "missing value"
     if np.isnan(value):
-        quoted = typed and isinstance(raw, str) and _looks_numeric(raw)
-        return f"expected a number, got {show(raw)}" + \
-            (" (a number written as text: drop the quotes)" if quoted else "")
+        as_text = container in _AS_TEXT and isinstance(raw, str) and _looks_numeric(raw)
+        return f"expected a number, got {show(raw)}" + (_AS_TEXT[container] if as_text else "")
     if not np.isfinite(value):
         return f"not a finite number: {show(raw)}"
     if value < 0:
