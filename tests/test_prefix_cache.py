@@ -12,7 +12,7 @@ from scheduler import QueuedPolicy
 from scheduler.state import Decision
 from simulator.cli.options import config_from_options, run_options
 from simulator.config import RunConfig
-from simulator.errors import PolicyViolation
+from simulator.errors import ConfigError, PolicyViolation
 from simulator.policycheck import check_outcome, simulate
 from simulator.runner import build_workload, simulate as simulate_run
 from traces.request import SYSTEM_PROMPT, Request, TokenRuns
@@ -213,3 +213,10 @@ def test_system_prompt_hit_rate_equals_its_closed_form():
     assert result.requests["cached_prompt_tokens"].tolist() == expected
     assert result.summary["prefix_cache_hit_rate"] == pytest.approx(
         sum(expected) / workload.frame["prompt_tokens"].sum())
+
+
+def test_prefix_caching_with_vllm_in_the_loop_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="prefix_caching with engine vllm"):
+        RunConfig(engine="vllm", prefix_caching=True).validate()
+    with pytest.raises(ConfigError, match="session_turns"):
+        RunConfig(trace="x.jsonl", session_turns=3).validate()
