@@ -257,8 +257,8 @@ class Engine(ReplicaLoop):
         self.unfinished += 1
         self.view.num_waiting += 1
         if self.pool is not None:
-            self.request_blocks[st.request_id] = RequestBlocks(r.prefix, r.request_id, r.prompt_tokens,
-                                                        self.spec.block_size)
+            self.request_blocks[st.request_id] = RequestBlocks(
+                r.prefix, r.request_id, r.prompt_tokens, self.spec.block_size)
             self._enter_waiting(st)
         self.policy.on_arrival(st)
 

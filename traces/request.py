@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 # Namespaces of a token run's content key (``TokenRuns``): what made the tokens. Integers, so
 # that block hashes built from them are the same in every process (Python randomises str hashes).
-MOONCAKE_BLOCK = 0     # a Mooncake hash_id: one 512-token block of a prompt, chained by construction
+MOONCAKE_BLOCK = 0     # a Mooncake hash_id: one 512-token block of a prompt (chained)
 SYSTEM_PROMPT = 1      # a synthetic system prompt shared by the requests that carry it
 PROMPT_OF = 2          # request N's own prompt tokens (those no run covers): key N
 ANSWER_OF = 3          # request N's output tokens: key N (a session's next turn repeats them)
