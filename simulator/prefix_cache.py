@@ -300,15 +300,16 @@ class BlockPool:
         and its ``registered`` cached ones, last first, to the tail of those evictable."""
         self.plain_free += plain
         refs, evictable, wanted, dirty = self.refs, self.evictable, self.wanted, self.dirty
-        mine = hashes[:registered]
-        if mine and max(map(refs.__getitem__, mine)) == 1 and wanted.keys().isdisjoint(mine):
-            # The common case: blocks only this request holds and nobody wants, all evictable.
-            deque(map(refs.__delitem__, mine), maxlen=0)     # del refs[h] for each, in C
+        # Past its first ``shared`` blocks, nobody else holds or wants them (a prefix: see
+        # shared_blocks): those go to the free queue at once, in C loops.
+        shared = self.shared_blocks(hashes, registered)
+        mine = hashes[shared:registered]
+        if mine:
+            deque(map(refs.__delitem__, mine), maxlen=0)     # del refs[h] for each
             mine.reverse()
             evictable.update(dict.fromkeys(mine))
             dirty.update(mine)
-            return
-        for i in range(registered - 1, -1, -1):
+        for i in range(shared - 1, -1, -1):
             h = hashes[i]
             held = refs[h] - 1
             if held:
