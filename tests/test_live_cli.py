@@ -62,6 +62,8 @@ def test_serve_rejects_bad_policy_owned_flags_and_no_model(capsys):
     assert "no model to serve" in capsys.readouterr().err
     assert main(["serve", "--dry-run", "--", "m", "--port", "http"]) == 2
     assert "--port must be an integer, got 'http'" in capsys.readouterr().err
+    assert main(["serve", "--log", "/nonexistent/x.log", "--dry-run", "--", "m"]) == 2
+    assert "--log /nonexistent/x.log: its folder does not exist" in capsys.readouterr().err
 
 
 def test_server_log_names_the_root_cause_in_one_line():

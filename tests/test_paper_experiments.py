@@ -2,6 +2,8 @@
 table and plot; and the --cost option (the paper's own linear cost) moves the grids with the
 fluid limit and writes to its own folder."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -25,6 +27,27 @@ def test_quick_experiments_write_their_outputs(tmp_path, capsys):
     assert set(exp3["policy"]) == {"vllm", "sarathi", "wait", "vllm (restart)"}
 
 
+def test_quick_runs_without_out_never_write_over_the_committed_results(tmp_path, monkeypatch,
+                                                                     capsys):
+    results = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", results)
+    monkeypatch.setattr(common.tempfile, "tempdir", str(tmp_path))
+    for cost in ("roofline", "paper-linear"):
+        out = common.parse_args("x", ["--quick", "--cost", cost]).out
+        assert out.parent == tmp_path and out.name.startswith("servesim-quick-")
+    assert "--quick without --out: writing to" in capsys.readouterr().err
+    assert common.parse_args("x", ["--quick", "--out", "here"]).out.name == "here"
+    seen = []
+    monkeypatch.setattr(exp1_single_type, "main", lambda argv: seen.append(argv))
+    for mod in ("exp1b_baseline_budgets", "exp2_two_types", "exp3_long_decode",
+                "exp4_mixed_lengths"):
+        monkeypatch.setattr(getattr(run_all, mod), "main", lambda argv: seen.append(argv))
+    run_all.main(["--quick", "--jobs", "1"])
+    folders = {argv[argv.index("--out") + 1] for argv in seen}
+    assert len(seen) == 5 and len(folders) == 1       # every experiment into one folder
+    assert Path(folders.pop()).parent == tmp_path and not results.exists()
+
+
 def test_paper_linear_cost_is_the_papers_fit_per_iteration():
     eq, fit = common.fluid_for_types(["p512d20:1"], "paper-linear")
     assert fit.source == "exact"
@@ -41,10 +64,9 @@ def test_non_default_cost_follows_its_fluid_limit_into_its_own_folder(tmp_path, 
     assert common.parse_args("x", []).out == common.RESULTS
     assert common.parse_args("x", ["--cost", "paper-linear"]).out == \
         common.RESULTS / "paper-linear"
-    monkeypatch.setattr(common, "RESULTS", tmp_path)
-    exp1_single_type.main(["--quick", "--seeds", "0", "--jobs", "1", "--cost", "paper-linear"])
     out = tmp_path / "paper-linear"
-    assert not (tmp_path / "exp1.csv").exists()
+    exp1_single_type.main(["--quick", "--seeds", "0", "--jobs", "1", "--cost", "paper-linear",
+                           "--out", str(out)])
     runs = pd.read_csv(out / "exp1_runs.csv")
     assert (runs["unfinished"] == 0).all()
     # The quick grid 12, 20, 24 req/s sits at fractions of the roofline limit; under the paper's

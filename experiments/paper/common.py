@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -279,10 +281,21 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def quick_folder() -> Path:
+    """A new temporary folder for a --quick run without --out: a smoke run's tiny grid never
+    overwrites the committed results."""
+    out = Path(tempfile.mkdtemp(prefix="servesim-quick-"))
+    print(f"--quick without --out: writing to {out}", file=sys.stderr)
+    return out
+
+
 def parse_args(doc: str, argv=None) -> argparse.Namespace:
-    """The experiment flags; results of a non-default cost go to their own folder."""
+    """The experiment flags; results of a non-default cost go to their own folder, those of a
+    --quick run to a temporary one."""
     args = arg_parser(doc.split("\n\n")[0]).parse_args(argv)
-    if args.out is None:
+    if args.out is None and args.quick:
+        args.out = quick_folder()
+    elif args.out is None:
         args.out = RESULTS if args.cost == DEFAULT_COST else RESULTS / args.cost
     return args
 

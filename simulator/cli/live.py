@@ -67,6 +67,9 @@ def serve(sync, ready_timeout_s, log_path, events_path, dry_run, vllm_args, **op
     from simulator.vllm.server import ENV_EVENTS, serve as run_server
     cfg = plugin_config(*option_fields(opts))
     cmd = serve_command(cfg, list(vllm_args), sync)
+    for flag, path in (("--log", log_path), ("--policy-events", events_path)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise ConfigError(f"{flag} {path}: its folder does not exist")
     if events_path:
         cmd.env[ENV_EVENTS] = str(Path(events_path).resolve())
     click.echo(cmd.shell_line())

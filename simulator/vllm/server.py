@@ -113,8 +113,8 @@ def record_policy_events(policy, path: Path) -> None:
             return inner(req, *args, **kwargs)
         setattr(policy, name, hook)
 
-    # on_abort first: a policy's default on_abort calls on_finish, which then logs as well.
-    for name in ("on_abort", "on_arrival", "on_requeue", "on_finish"):
+    # The default on_abort ends in on_finish: an abort line is followed by a finish line.
+    for name in ("on_arrival", "on_requeue", "on_finish", "on_abort"):
         wrap(name)
 
 
@@ -280,7 +280,8 @@ class Server:
         self.proc = subprocess.Popen(
             self.cmd.argv, env={**os.environ, **self.cmd.env}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            bufsize=1, start_new_session=True)     # its own process group: killpg reaches all
+            bufsize=1, start_new_session=True,     # its own process group: killpg reaches all
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -312,7 +313,7 @@ class Server:
     def wait(self) -> int:
         return self.proc.wait()
 
-    def stop(self, grace_s: float = 20.0) -> None:
+    def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM to the whole group (vLLM shuts its engine down), SIGKILL to what is left."""
         if self.proc is None:
             return
@@ -332,6 +333,14 @@ class Server:
             pass
         if self._reader is not None:
             self._reader.join(timeout=5)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so the server never outlives it; vLLM then stops its engine."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
