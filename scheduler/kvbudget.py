@@ -24,7 +24,8 @@ class StepKV:
         return max(0, req.blocks_to_take(tokens, self.block_size))
 
     def release(self, req: RequestState) -> None:
-        self.free += req.kv_blocks
+        # A block another live request holds stays in use (a prefix-cache block counts once).
+        self.free += req.kv_blocks - req.shared_blocks
 
 
 def watermark_blocks(num_blocks: int, fraction: float) -> int:

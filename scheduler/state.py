@@ -16,7 +16,9 @@ With a prefix cache, a waiting request may find the KV of its first ``cached`` t
 cache (blocks that a running or finished request computed): admitted, it adopts those blocks
 instead of computing them, so its ``remaining`` (what budgets count) and the blocks it takes
 (``StepKV.need``) are those of the uncached part only. The engine fills ``cached`` and
-``cached_shared_blocks`` before each ``schedule`` call; a policy only reads them.
+``cached_shared_blocks`` before each ``schedule`` call; a policy only reads them. A resident
+request's ``shared_blocks`` are blocks another live request holds too (or, in the simulator, a
+waiting request's hit covers): preempting it frees the rest (``StepKV.release``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class RequestState:
     __slots__ = (
         "request_id", "arrival_s", "prompt_tokens", "output_tokens", "label",
         "computed", "generated", "kv_blocks", "status", "admitted_seq", "priority",
-        "cached", "cached_shared_blocks",
+        "cached", "cached_shared_blocks", "shared_blocks",
         "first_scheduled_s", "first_token_s", "finished_s", "preemptions", "reject_reason",
         "reject_detail",
         "_iteration",
@@ -66,6 +68,7 @@ class RequestState:
         # cached block counts as free and is taken). Both 0 while the request holds KV.
         self.cached = 0
         self.cached_shared_blocks = 0
+        self.shared_blocks = 0       # resident: blocks it holds that other live requests hold
         self.first_scheduled_s: float | None = None
         self.first_token_s: float | None = None
         self.finished_s: float | None = None

@@ -242,6 +242,10 @@ class RunConfig:
     allow_long_max_model_len: bool = run_field(
         False, "Allow max_model_len beyond the model's context (as vLLM's "
         "VLLM_ALLOW_LONG_MAX_MODEL_LEN).", group="replica")
+    prefix_caching: bool | None = run_field(
+        None, "Automatic prefix caching, as vLLM's (default: on when the workload's requests "
+        "share prefixes: a trace's hash_ids, a system prompt, sessions; docs/prefix-caching.md).",
+        group="replica", flags=("--prefix-caching", "--no-prefix-caching"))
     preemption: str = run_field(
         "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
         "from its prompt (the fluid paper's model).", group="replica", choices=PREEMPTIONS)
@@ -294,6 +298,20 @@ class RunConfig:
         None, "A request type of the paper's model (prompt, output, rate); repeatable.",
         group="workload", flags=("--type",), metavar="p512d20:RATE", from_cli=_as_list,
         check=_check_types)
+    system_prompt_len: int = run_field(
+        0, "Tokens of a shared system prompt ahead of each prompt that carries it (0: none; "
+        "synthetic workloads).", group="workload", low=0, high=MAX_TOKENS)
+    system_prompt_share: float = run_field(
+        1.0, "Fraction of requests that carry the system prompt (seeded).", group="workload",
+        low=0, high=1)
+    session_turns: int = run_field(
+        1, "Turns per multi-turn session: turn k's prompt is the previous prompt + answer + a "
+        "new message (1: no sessions; synthetic workloads).", group="workload", low=1,
+        high=10_000)
+    think_time: float = run_field(
+        0.0, "Sessions: mean think time, seconds (exponential, seeded) between a turn's answer "
+        "and the next turn's arrival (closed loop).", group="workload", low=0,
+        high=MAX_SIM_SECONDS)
     seed: int = run_field(0, "Seed for every random choice.", group="run", low=0,
                           high=INT64_MAX)
     # trace replay (docs/traces.md); with a trace, num_requests keeps its first N requests
@@ -349,6 +367,20 @@ class RunConfig:
             raise ConfigError("preemption restart needs engine native (vLLM always recomputes)")
         if self.num_requests is not None and self.duration is not None:
             raise ConfigError("give num_requests or duration, not both")
+        if (self.system_prompt_len or self.session_turns > 1) and self.trace:
+            raise ConfigError("system_prompt_len and session_turns describe synthetic workloads; "
+                              "a trace carries its own sharing (hash_ids)")
+        if self.engine == "vllm" and self.prefix_caching:
+            raise ConfigError("prefix_caching with engine vllm is not modelled yet (the loop's "
+                              "prompts carry no token ids that reproduce shared prefixes); use "
+                              "engine native")
+        if self.session_turns > 1 and self.duration is not None:
+            raise ConfigError("session_turns needs num_requests (sessions of turns), not duration")
+        if self.session_turns > 1 and self.engine == "vllm":
+            raise ConfigError("session_turns (closed-loop sessions) needs engine native")
+        if self.session_turns > 1 and self.types:
+            raise ConfigError("session_turns draws messages from prompt_len/output_len, not "
+                              "from types")
         if self.arrival == "piecewise" and not self.rate_schedule:
             raise ConfigError("arrival piecewise needs rate_schedule: [[duration_s, rate], ...]")
         self._validate_trace()

@@ -26,6 +26,7 @@ from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
 from simulator.metrics import BY_POLICY, OVER_KV_CAPACITY, OVER_MAX_MODEL_LEN, TimelineRow
+from simulator.prefix_cache import BlockPool, RequestBlocks
 from traces.request import Request
 from traces.workload import Workload
 
@@ -42,6 +43,18 @@ class EngineResult:
     spec: ReplicaSpec
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    prefix_cache: PrefixCacheReport | None = None   # with prefix caching on
+
+
+@dataclass
+class PrefixCacheReport:
+    """What prefix caching did in a run: each request's prompt tokens found cached at its first
+    admission (by request id), the cached blocks after each iteration's allocation (the
+    timeline's ``cached_blocks``), and the pool's counters (``PrefixCacheStats.to_dict``)."""
+
+    cached_prompt_tokens: dict[int, int]
+    cached_blocks: list[int]
+    stats: dict
 
 
 def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | None:
@@ -92,6 +105,10 @@ class ReplicaLoop:
         # request this long before the engine sees it; latencies still count from arrival_s.
         self.frontend_delay_s = 0.0
         self._idle: simpy.Event | None = None
+        # Closed-loop session turns, by the request they follow, until that one ends.
+        self._followers: dict[int, Request] = {}
+        self._listed = False           # the workload's requests have all been read
+        self._to_follow = 0            # turns that have not arrived yet
 
     def run(self) -> EngineResult:
         wall0 = time.perf_counter()
@@ -105,10 +122,14 @@ class ReplicaLoop:
             self.progress(self.finished, self.total or 0)
         return EngineResult(self.states, self.timeline, self.env.now, self.iterations,
                             self.preemptions, self.peak_used_blocks, self.spec,
-                            wall_s=time.perf_counter() - wall0, extra=self._extra())
+                            wall_s=time.perf_counter() - wall0, extra=self._extra(),
+                            prefix_cache=self._prefix_cache_report())
 
     def _start(self) -> None:
         pass
+
+    def _prefix_cache_report(self) -> PrefixCacheReport | None:
+        return None
 
     def _extra(self) -> dict:
         return {}
@@ -116,29 +137,60 @@ class ReplicaLoop:
     def _arrivals(self):
         env = self.env
         for r in self.requests:
+            if r.follows is not None:      # arrives when the turn it follows ends
+                self._followers[r.follows] = r
+                self._to_follow += 1
+                continue
             delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
             self.arrive(r)
         self.end_arrivals()
 
-    def arrive(self, r: Request) -> RequestState:
-        """``r`` arrives now: rejected if it can never fit, else handed to the scheduler."""
-        st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.label)
+    def arrive(self, r: Request, arrival_s: float | None = None) -> RequestState:
+        """``r`` arrives now (at ``arrival_s``, a session turn's send time, else its own):
+        rejected if it can never fit, else handed to the scheduler."""
+        st = RequestState(r.request_id, r.arrival_s if arrival_s is None else arrival_s,
+                          r.prompt_tokens, r.output_tokens, r.label)
         self.states.append(st)
         rejection = arrival_rejection(self.spec, st)
         if rejection is not None:
             reject(st, *rejection)
+            self._ended(st)
             return st
         self._accept(st, r)
         self._wake()
         return st
 
     def end_arrivals(self) -> None:
-        """No request will arrive any more."""
-        self.arrivals_done = True
-        self._close_arrivals()
+        """No request of the workload's list will arrive any more (session turns that follow
+        one may still: arrivals close when the last of them has arrived)."""
+        self._listed = True
+        self._maybe_close_arrivals()
         self._wake()
+
+    def _ended(self, st: RequestState) -> None:
+        """``st`` completed or was rejected: the session turn that follows it, if any, arrives
+        its think time later."""
+        r = self._followers.pop(st.request_id, None)
+        if r is not None:
+            self.env.process(self._follow(r))
+
+    def _follow(self, r: Request):
+        # The client sends the turn a think time after the answer; the engine sees it after
+        # the front end's delay, as every arrival.
+        arrival_s = self.env.now + r.think_s
+        if r.think_s + self.frontend_delay_s > 0:
+            yield self.env.timeout(r.think_s + self.frontend_delay_s)
+        self._to_follow -= 1
+        self.arrive(r, arrival_s)
+        self._maybe_close_arrivals()
+
+    def _maybe_close_arrivals(self) -> None:
+        if self._listed and self._to_follow == 0 and not self.arrivals_done:
+            self.arrivals_done = True
+            self._close_arrivals()
+            self._wake()
 
     def _accept(self, st: RequestState, r: Request) -> None:
         raise NotImplementedError
@@ -182,7 +234,8 @@ class Engine(ReplicaLoop):
     def __init__(self, requests: Iterable[Request], policy: Policy, cost_model: CostModel,
                  spec: ReplicaSpec, *, record_timeline: bool = True,
                  progress: Callable[[int, int], None] | None = None, total: int | None = None,
-                 preemption: str = "recompute", env: simpy.Environment | None = None):
+                 preemption: str = "recompute", prefix_caching: bool = False,
+                 env: simpy.Environment | None = None):
         if preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be one of {PREEMPTIONS}, got {preemption!r}")
         # "recompute" (vLLM): a preempted request keeps its generated tokens and recomputes
@@ -198,6 +251,17 @@ class Engine(ReplicaLoop):
         self.free_blocks = spec.num_blocks
         self.unfinished = 0
         self._admissions = 0
+        # Prefix caching (simulator/prefix_cache.py): the block pool, each live request's block
+        # hashes, the waiting requests (their hits are looked up before each schedule call).
+        self.pool = BlockPool(spec.num_blocks, spec.block_size) if prefix_caching else None
+        self.request_blocks: dict[int, RequestBlocks] = {}
+        self._waiting: dict[int, RequestState] = {}
+        # Waiting requests by the blocks at the boundaries of their last look-up, and those not
+        # looked up yet: only they need a look-up before the next schedule call.
+        self._watchers: dict[int, set[int]] = {}
+        self._unlooked: set[int] = set()
+        self.cached_prompt_tokens: dict[int, int] = {}
+        self.cached_blocks: list[int] = []
 
     def _start(self) -> None:
         self.policy.bind(self.spec)
@@ -205,7 +269,144 @@ class Engine(ReplicaLoop):
     def _accept(self, st: RequestState, r: Request) -> None:
         self.unfinished += 1
         self.view.num_waiting += 1
+        if self.pool is not None:
+            self.request_blocks[st.request_id] = RequestBlocks(
+                r.prefix, r.request_id, r.prompt_tokens, self.spec.block_size)
+            self._enter_waiting(st)
         self.policy.on_arrival(st)
+
+    def _prefix_cache_report(self) -> PrefixCacheReport | None:
+        if self.pool is None:
+            return None
+        return PrefixCacheReport(self.cached_prompt_tokens, self.cached_blocks,
+                                 self.pool.stats.to_dict())
+
+    # -- prefix caching ------------------------------------------------------------------------
+    def waiting_states(self):
+        """The waiting requests (with prefix caching on; their hits as last looked up)."""
+        return self._waiting.values()
+
+    def _enter_waiting(self, st: RequestState) -> None:
+        self._waiting[st.request_id] = st
+        self._unlooked.add(st.request_id)
+
+    def _leave_waiting(self, st: RequestState) -> None:
+        """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
+        rid = st.request_id
+        del self._waiting[rid]
+        self._unlooked.discard(rid)
+        b = self.request_blocks[rid]
+        self._watch(rid, b, None)
+        if b.hit:
+            self.pool.want(b.hashes, b.hit, 0)
+            b.hit = 0
+        st.cached = st.cached_shared_blocks = 0
+
+    def _watch(self, rid: int, b: RequestBlocks, boundaries: tuple | None) -> None:
+        """Index a waiting request by the blocks at its look-up's boundaries (None: by none)."""
+        watchers = self._watchers
+        for h in b.watch or ():
+            ids = watchers[h]
+            ids.discard(rid)
+            if not ids:
+                del watchers[h]
+        watch = None if boundaries is None else frozenset(boundaries).difference((None,))
+        b.watch = watch
+        for h in watch or ():
+            ids = watchers.get(h)
+            if ids is None:
+                watchers[h] = {rid}
+            else:
+                ids.add(rid)
+
+    def _look_up_prefixes(self) -> None:
+        """Fill what policies read of the cache: each waiting request's hit (``cached``,
+        ``cached_shared_blocks``) and each resident one's ``shared_blocks``. Along a request's
+        chain each is a prefix (simulator/prefix_cache.py), so it can only have changed if a
+        block at its boundary changed since the last look-up: only those are looked up."""
+        pool = self.pool
+        dirty = pool.dirty
+        bs = self.spec.block_size
+        blocks = self.request_blocks
+        stale = self._unlooked
+        watchers = self._watchers
+        for h in dirty.intersection(watchers.keys()):
+            stale.update(watchers[h])
+        waiting = self._waiting
+        for rid in stale:
+            st = waiting[rid]
+            b = blocks[rid]
+            limit = (st.prompt_tokens + st.generated - 1) // bs
+            hashes = b.upto(limit)
+            hit = pool.hit_blocks(hashes, limit)
+            if hit != b.hit:
+                pool.want(hashes, b.hit, hit)
+                b.hit = hit
+            held = pool.held_blocks(hashes, hit)
+            st.cached = hit * bs
+            st.cached_shared_blocks = held
+            self._watch(rid, b, _boundaries(hashes, hit, limit) + _boundaries(hashes, held, hit))
+        stale.clear()
+        # After the waiting requests: what they want counts in a resident's shared blocks.
+        for st in self.resident.values():
+            b = blocks[st.request_id]
+            w = b.shared_watch
+            if w is not None and dirty.isdisjoint(w):
+                if w[0] == b.registered:
+                    continue
+                if st.shared_blocks < w[0]:
+                    # Blocks it cached since are held by fewer requests than the block at its
+                    # boundary, which is not shared: the count stands.
+                    b.shared_watch = (b.registered,) + w[1:]
+                    continue
+            shared = pool.shared_blocks(b.hashes, b.registered) if b.registered else 0
+            st.shared_blocks = shared
+            b.shared_watch = (b.registered,) + _boundaries(b.hashes, shared, b.registered)
+        dirty.clear()
+        self.free_blocks = pool.free_blocks
+
+    def _admit_hit(self, st: RequestState) -> None:
+        """A waiting request is admitted: it holds the cached blocks of its hit."""
+        pool = self.pool
+        b = self.request_blocks[st.request_id]
+        hit = b.hit
+        rid = st.request_id
+        del self._waiting[rid]
+        self._unlooked.discard(rid)
+        self._watch(rid, b, None)
+        pool.take_hit(b.hashes, hit)
+        b.hit = 0
+        b.registered = hit
+        b.shared_watch = None
+        st.kv_blocks = hit
+        st.computed = hit * self.spec.block_size
+        stats = pool.stats
+        stats.admissions += 1
+        stats.queries += st.prompt_tokens + st.generated
+        stats.hits += st.computed
+        if st.request_id not in self.cached_prompt_tokens:
+            self.cached_prompt_tokens[st.request_id] = st.computed
+        st.cached = st.cached_shared_blocks = 0
+
+    def _register_full_blocks(self, st: RequestState, tokens: int) -> None:
+        """The blocks of ``st`` full once its first ``tokens`` tokens are computed are cached."""
+        b = self.request_blocks[st.request_id]
+        full = tokens // self.spec.block_size
+        if full > b.registered:
+            self.pool.register(b.upto(full), b.registered, full)
+            b.registered = full
+
+    def _free_kv(self, st: RequestState) -> None:
+        """``st`` gives its KV blocks back (finished or preempted)."""
+        if self.pool is None:
+            self.free_blocks += st.kv_blocks
+        else:
+            b = self.request_blocks[st.request_id]
+            self.pool.release(b.hashes, b.registered, st.kv_blocks - b.registered)
+            b.registered = 0
+            st.shared_blocks = 0
+            self.free_blocks = self.pool.free_blocks
+        st.kv_blocks = 0
 
     def _close_arrivals(self) -> None:
         self.view.arrivals_done = True
@@ -215,6 +416,8 @@ class Engine(ReplicaLoop):
         env, view, policy = self.env, self.view, self.policy
         while True:
             view.now = env.now
+            if self.pool is not None:
+                self._look_up_prefixes()
             view.free_blocks = self.free_blocks
             d = decide(policy, view)
             if d.reject:
@@ -242,14 +445,17 @@ class Engine(ReplicaLoop):
             reject(st, BY_POLICY, reason)
             self.view.num_waiting -= 1
             self.unfinished -= 1
+            self._ended(st)
+            if self.pool is not None:
+                self._leave_waiting(st)
+                del self.request_blocks[st.request_id]
 
     def _apply_preemptions(self, victims) -> None:
         for st in victims:
             if st.status is not Status.RESIDENT:
                 raise PolicyViolation(f"policy {self.policy.name} preempted request "
                                       f"{st.request_id}, which is {st.status.value}")
-            self.free_blocks += st.kv_blocks
-            st.kv_blocks = 0
+            self._free_kv(st)      # with prefix caching, into the cache: a recompute can hit
             st.computed = 0
             if self.restart:
                 st.generated = 0
@@ -258,6 +464,8 @@ class Engine(ReplicaLoop):
             del self.resident[st.request_id]
             self.view.num_waiting += 1
             self.preemptions += 1
+            if self.pool is not None:
+                self._enter_waiting(st)
 
     def _violation(self, st: RequestState, what: str) -> PolicyViolation:
         return violation(self.policy, self.env.now, st, what)
@@ -268,7 +476,8 @@ class Engine(ReplicaLoop):
         it = self.iterations
         now = self.env.now
         bs = self.spec.block_size
-        free = self.free_blocks
+        pool = self.pool
+        new_blocks = 0
         resident = self.resident
         shape = BatchShape()
         pf_tokens = pf_kv = 0
@@ -285,6 +494,9 @@ class Engine(ReplicaLoop):
                 self.view.num_waiting -= 1
                 if st.first_scheduled_s is None:
                     st.first_scheduled_s = now
+                if pool is not None:
+                    # Before any block of this batch is allocated, so none of a hit is evicted.
+                    self._admit_hit(st)
             elif st.status is not Status.RESIDENT:
                 raise self._violation(st, "was scheduled but is not waiting or resident")
             ctx = st.computed
@@ -292,7 +504,7 @@ class Engine(ReplicaLoop):
                 raise self._violation(st, f"was given {n} prefill tokens")
             need = -(-(ctx + n) // bs) - st.kv_blocks
             if need > 0:
-                free -= need
+                new_blocks += need
                 st.kv_blocks += need
             pf_tokens += n
             pf_kv += ctx + n
@@ -307,15 +519,27 @@ class Engine(ReplicaLoop):
                     st.prompt_tokens + st.generated - ctx != 1:
                 raise self._violation(st, "was scheduled to decode but is not decoding")
             if ctx % bs == 0:          # the new token starts a new block
-                free -= 1
+                new_blocks += 1
                 st.kv_blocks += 1
             dec_kv += ctx + 1
-        if free < 0:
+        free = pool.free_blocks if pool is not None else self.free_blocks
+        if new_blocks > free:
             raise PolicyViolation(
                 f"policy {self.policy.name} at t={now:.6f}s over-allocated KV: the batch needs "
-                f"{self.free_blocks - free} blocks, {self.free_blocks} were free")
-        self.free_blocks = free
-        used = self.spec.num_blocks - free
+                f"{new_blocks} blocks, {free} were free")
+        if pool is None:
+            self.free_blocks = free - new_blocks
+        else:
+            pool.allocate(new_blocks)
+            # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
+            for st, n in d.prefill:
+                self._register_full_blocks(st, st.computed + n)
+            for st in d.decode:
+                if (st.computed + 1) % bs == 0:
+                    self._register_full_blocks(st, st.computed + 1)
+            self.free_blocks = pool.free_blocks
+            self.cached_blocks.append(pool.cached_blocks)
+        used = self.spec.num_blocks - self.free_blocks
         if used > self.peak_used_blocks:
             self.peak_used_blocks = used
         shape.prefill_tokens = pf_tokens
@@ -360,12 +584,21 @@ class Engine(ReplicaLoop):
     def _complete(self, st: RequestState, now: float) -> None:
         st.status = Status.FINISHED
         st.finished_s = now
-        self.free_blocks += st.kv_blocks
-        st.kv_blocks = 0
+        self._free_kv(st)
+        if self.pool is not None:
+            del self.request_blocks[st.request_id]
         del self.resident[st.request_id]
         self.unfinished -= 1
         self.finished += 1
         self.policy.on_finish(st)
+        if self._followers:
+            self._ended(st)
+
+
+def _boundaries(hashes: list[int], k: int, limit: int) -> tuple:
+    """The blocks on either side of the end of a prefix of ``k`` of a chain's first ``limit``
+    blocks: the last in it and the first after it (where they exist)."""
+    return (hashes[k - 1] if k else None, hashes[k] if k < limit else None)
 
 
 def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: ReplicaSpec,
@@ -373,7 +606,14 @@ def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: Repl
     """servesim's own engine for a run (``RunConfig.engine`` "native")."""
     return Engine(workload.requests(), policy, spec.cost_model, spec,
                   record_timeline=cfg.timeline, progress=progress, total=len(workload),
-                  preemption=cfg.preemption)
+                  preemption=cfg.preemption,
+                  prefix_caching=prefix_caching_on(cfg.prefix_caching, workload))
+
+
+def prefix_caching_on(setting: bool | None, workload: Workload) -> bool:
+    """``--prefix-caching`` as given, or, unset, on when the workload's requests share prefixes
+    (a trace's hash_ids, a system prompt, sessions): docs/prefix-caching.md says why."""
+    return bool(workload.prefix_columns) if setting is None else setting
 
 
 register_engine("native", native_engine)

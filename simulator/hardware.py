@@ -64,6 +64,9 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
     ModelSpec("llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096),
     ModelSpec("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, 4096),
     ModelSpec("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192),
+    # Llama 3.1 8B: Llama 3 8B's shapes with a 128k context (max_position_embeddings 131072),
+    # so that long-prompt traces (Mooncake's, about 12k prompt tokens on average) replay.
+    ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072),
     ModelSpec("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 32768),
 ]}
 

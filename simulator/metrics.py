@@ -32,13 +32,16 @@ LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms")
 PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
 
 
-def requests_table(states: list[RequestState], replica_of: list[int] | None = None
-                   ) -> pd.DataFrame:
+def requests_table(states: list[RequestState], replica_of: list[int] | None = None,
+                   cached_prompt_tokens: dict[int, int] | None = None) -> pd.DataFrame:
     """One row per request. Times are seconds from the workload start; latencies milliseconds.
 
     TPOT follows vLLM bench: (e2e latency - TTFT) / (output tokens - 1), undefined for 1-token
     outputs. ``status`` is completed, rejected or unfinished. A cluster's table has a
-    ``replica`` column after ``request_id`` (``replica_of``: the replica of each state).
+    ``replica`` column after ``request_id`` (``replica_of``: the replica of each state). With
+    prefix caching on, ``cached_prompt_tokens`` (by request id) adds the column of prompt tokens
+    found cached at the request's first admission (vLLM's ``num_cached_tokens``; 0 if never
+    admitted).
     """
     n = len(states)
     nan = float("nan")
@@ -79,6 +82,9 @@ def requests_table(states: list[RequestState], replica_of: list[int] | None = No
     }, index=pd.RangeIndex(n))
     if replica_of is not None:
         frame.insert(1, "replica", np.array(replica_of, dtype=np.int64))
+    if cached_prompt_tokens is not None:
+        frame["cached_prompt_tokens"] = np.array(
+            [cached_prompt_tokens.get(s.request_id, 0) for s in states], dtype=np.int64)
     return frame
 
 
@@ -137,6 +143,7 @@ class SimulatedRun:
     wall_s: float
     engine: str
     engine_stats: dict = field(default_factory=dict)   # the engine's own counters (vLLM's)
+    prefix_cache: dict | None = None   # with prefix caching on: PrefixCacheStats.to_dict()
 
     def to_dict(self) -> dict:
         out = {"policy": self.policy, "model": self.model, "gpu": self.gpu, "cost": self.cost,
@@ -146,6 +153,8 @@ class SimulatedRun:
                "wall_s": self.wall_s,
                "sim_requests_per_wall_s": self.requests / self.wall_s if self.wall_s > 0 else None,
                "engine": self.engine}
+        if self.prefix_cache is not None:
+            out.update(self.prefix_cache)
         if self.engine_stats:         # under the engine's name: {"vllm": {"version": ...}}
             out[self.engine] = self.engine_stats
         return out
@@ -361,8 +370,14 @@ class TimelineRow(NamedTuple):
 TIMELINE_COLUMNS = TimelineRow._fields
 
 
-def timeline_table(rows: list[TimelineRow] | None) -> pd.DataFrame:
-    return pd.DataFrame(rows or [], columns=list(TIMELINE_COLUMNS))
+def timeline_table(rows: list[TimelineRow] | None,
+                   cached_blocks: list[int] | None = None) -> pd.DataFrame:
+    """The timeline; with prefix caching on, ``cached_blocks`` adds the column of blocks that
+    hold a cached prefix (held or evictable) after each iteration's allocation."""
+    frame = pd.DataFrame(rows or [], columns=list(TIMELINE_COLUMNS))
+    if cached_blocks is not None:
+        frame["cached_blocks"] = np.asarray(cached_blocks, dtype=np.int64)
+    return frame
 
 
 def cluster_timeline_table(per_replica: list[list[TimelineRow]]) -> pd.DataFrame:

@@ -7,6 +7,10 @@ never fit mixed with ones that can) and checks what must hold whatever the polic
 - every request ends completed or rejected with a reason, and one that can never fit is
   rejected; a completed request was scheduled, got its first token and finished in that order;
 - KV never exceeds capacity, and all of it is free again at the end;
+- with prefix caching (``check_policy(..., sharing=True)``: requests share prompt prefixes),
+  before every step: a block shared by several requests counts once against capacity, every
+  block a request holds is held in the pool (none freed or evictable while in use), and each
+  waiting request's hit is cached blocks from its start, at most all its tokens but one;
 - token balances: every token computed is kept until completion or discarded by a preemption;
   every token emitted belongs to an output; preemptions are counted once each;
 - no stall: the run ends (the engine raises ``SimulationStalled`` when a policy strands
@@ -33,7 +37,7 @@ from simulator.cost.base import CostModel
 from simulator.cost.linear import LinearCost
 from simulator.engine import Engine, EngineResult
 from traces.errors import SimulationError
-from traces.request import Request
+from traces.request import SYSTEM_PROMPT, Request, TokenRuns
 
 MAX_MODEL_LEN = 160
 # 10 ms per iteration and enough per token that batches of different shapes take different
@@ -65,6 +69,7 @@ class Step:
     computed: dict[int, int]             # tokens in cache before the step, per request involved
     num_tokens: dict[int, int]           # prompt + generated before the step
     waiting_after: list[int] = field(default_factory=list)
+    cached: dict[int, int] = field(default_factory=dict)   # admitted: prefix-cache hit tokens
 
 
 class Recorder:
@@ -73,6 +78,7 @@ class Recorder:
 
     def __init__(self, policy: Policy, limit: int = 200_000):
         self.policy = policy
+        self.engine: Engine | None = None    # set: its prefix cache is checked at every step
         self.steps: list[Step] = []
         self.limit = limit
         self._schedule = policy.schedule
@@ -83,6 +89,8 @@ class Recorder:
             raise InvariantError(f"policy {self.policy.name} was asked {self.limit} times at "
                                  f"t={view.now:.6f}s without finishing the run: a livelock?")
         resident = list(view.resident)
+        if self.engine is not None and self.engine.pool is not None:
+            check_pool(self.engine)
         d = self._schedule(view)
         if not isinstance(d, Decision):   # the engine names this mistake
             return d
@@ -100,6 +108,7 @@ class Recorder:
             computed={r.request_id: r.computed for r in involved},
             num_tokens={r.request_id: r.num_tokens for r in involved},
             waiting_after=[r.request_id for r in waiting] if waiting is not None else [],
+            cached={r.request_id: r.cached for r, _ in d.prefill if r.status is Status.WAITING},
         ))
         return d
 
@@ -122,12 +131,52 @@ class Outcome:
         return timeline_table(self.raw.timeline)
 
 
+def check_pool(engine: Engine) -> None:
+    """The prefix cache's block accounting, from the requests' side: the cached blocks the
+    resident requests hold are exactly the pool's held blocks with their holder counts (so none
+    was freed, or is evictable, while in use), and the blocks in use (each shared block once,
+    plus each request's uncached ones) and the free ones add up to the capacity. Each waiting
+    request's hit is cached blocks from its start, short of its last token."""
+    pool, spec = engine.pool, engine.spec
+    bs = spec.block_size
+    holders: dict[int, int] = {}
+    uncached = 0
+    for st in engine.resident.values():
+        b = engine.request_blocks[st.request_id]
+        if st.kv_blocks != -(-st.computed // bs) and st.kv_blocks != -(-(st.computed + 1) // bs):
+            _fail(f"request {st.request_id} holds {st.kv_blocks} blocks for {st.computed} "
+                  f"computed tokens")
+        for h in b.hashes[:b.registered]:
+            holders[h] = holders.get(h, 0) + 1
+        uncached += st.kv_blocks - b.registered
+    if holders != pool.refs:
+        gone = [h for h in holders if h not in pool.refs or pool.refs[h] != holders[h]]
+        _fail(f"t={engine.env.now:.6f}s: {len(gone)} blocks in use are not held in the pool as "
+              f"often as requests hold them (freed while in use), or the pool holds blocks no "
+              f"request does ({len(pool.refs)} held, {len(holders)} in use)")
+    if any(h in pool.evictable for h in holders):
+        _fail(f"t={engine.env.now:.6f}s: a block in use is on the free list")
+    in_use = len(holders) + uncached
+    if in_use + pool.free_blocks != spec.num_blocks or pool.free_blocks != engine.free_blocks:
+        _fail(f"t={engine.env.now:.6f}s: {in_use} blocks in use (shared ones once) and "
+              f"{pool.free_blocks} free ({engine.free_blocks} seen) do not add up to the "
+              f"capacity {spec.num_blocks}")
+    for st in engine.waiting_states():
+        hashes = engine.request_blocks[st.request_id].hashes
+        hit = st.cached // bs
+        if st.cached % bs or st.cached > st.num_tokens - 1 or \
+                not all(pool.is_cached(h) for h in hashes[:hit]):
+            _fail(f"request {st.request_id} waits with a hit of {st.cached} tokens that are not "
+                  f"all cached whole blocks short of its {st.num_tokens} tokens")
+
+
 def simulate(reqs: list[Request], policy: str | type[Policy] | Policy = "vllm-v1",
              params: dict | None = None, *, kv_tokens: int = 1 << 20, block_size: int = 16,
              max_model_len: int = 4096, cost: CostModel = CHECK_COST, seed: int = 0,
-             step_limit: int = 200_000) -> Outcome:
+             step_limit: int = 200_000, prefix_caching: bool = False) -> Outcome:
     """Run ``reqs`` through one replica with ``kv_tokens`` of KV cache (rounded down to blocks)
-    under ``policy`` (a name, ``package.module:Class``, a class, or an instance)."""
+    under ``policy`` (a name, ``package.module:Class``, a class, or an instance), with or
+    without prefix caching (its pool checked before every step)."""
     from simulator.runner import workload_hint
     from traces.workload import Workload
     pol = policy if isinstance(policy, Policy) else make_policy(policy, params)
@@ -136,7 +185,8 @@ def simulate(reqs: list[Request], policy: str | type[Policy] | Policy = "vllm-v1
                        max_model_len=max_model_len, cost_model=cost,
                        workload_hint=workload_hint(Workload.from_requests(reqs), cost_model=cost),
                        seed=seed)
-    engine = Engine(reqs, pol, cost, spec)
+    engine = Engine(reqs, pol, cost, spec, prefix_caching=prefix_caching)
+    recorder.engine = engine
     raw = engine.run()
     return Outcome(raw, recorder.steps, spec, engine.free_blocks)
 
@@ -193,7 +243,8 @@ def _check_balances(out: Outcome, states: dict[int, RequestState]) -> None:
     ran = [step for step in out.steps if step.prefill or step.decode]
     if len(ran) != out.raw.iterations:
         _fail(f"{len(ran)} non-empty decisions but {out.raw.iterations} iterations ran")
-    computed = sum(n for step in ran for _, n in step.prefill) + sum(len(s.decode) for s in ran)
+    computed = sum(n for step in ran for _, n in step.prefill) + sum(len(s.decode) for s in ran) \
+        + sum(sum(step.cached.values()) for step in ran)    # hits: in cache without computing
     lost = sum(step.computed[rid] for step in out.steps for rid in step.preempt)
     kept = sum(s.prompt_tokens + s.output_tokens - 1 for s in completed)
     if computed != kept + lost:
@@ -201,7 +252,7 @@ def _check_balances(out: Outcome, states: dict[int, RequestState]) -> None:
               f"and preemptions discarded {lost}")
     emitted = sum(len(step.decode) for step in ran) + sum(
         1 for step in ran for rid, n in step.prefill
-        if step.computed[rid] + n == step.num_tokens[rid])
+        if step.computed[rid] + step.cached.get(rid, 0) + n == step.num_tokens[rid])
     outputs = sum(s.output_tokens for s in completed)
     if emitted != outputs:
         _fail(f"token balance: {emitted} tokens emitted, completed outputs hold {outputs}")
@@ -228,12 +279,23 @@ class Case:
     block_size: int
     kv_scale: float                       # KV capacity relative to the largest request
     seed: int
+    # With sharing: per request, the shared prompt it starts with (0: none) and its length.
+    shared: list[tuple[int, int]] | None = None
+
+    @property
+    def prefix_caching(self) -> bool:
+        return self.shared is not None
 
     def requests(self) -> list[Request]:
         t, out = 0.0, []
         for i, (gap, prompt, output) in enumerate(self.rows):
             t += gap
-            out.append(Request(i, t, prompt, output))
+            prefix = None
+            if self.shared is not None:
+                group, length = self.shared[i]
+                if group:
+                    prefix = TokenRuns(((SYSTEM_PROMPT, group, min(length, prompt)),))
+            out.append(Request(i, t, prompt, output, prefix=prefix))
         return out
 
     @property
@@ -243,16 +305,24 @@ class Case:
         return max(int(self.kv_scale * largest) // bs, 1) * bs
 
 
-def cases():
+def cases(sharing: bool = False):
     """The Hypothesis strategy of workloads: small but adversarial (bursts; KV below the
-    largest request rejects it, just above forces preemptions)."""
+    largest request rejects it, just above forces preemptions). With ``sharing``, requests
+    start with one of two shared prompts (or none) and prefix caching is on."""
     from hypothesis import strategies as st
     row = st.tuples(st.one_of(st.just(0.0), st.floats(0.0, 0.1)),   # gap (bursts)
                     st.integers(1, 150),                              # prompt
                     st.integers(1, 40))                               # output
-    return st.builds(Case, rows=st.lists(row, min_size=1, max_size=14),
-                     block_size=st.sampled_from([1, 4, 16]), kv_scale=st.floats(0.7, 2.5),
-                     seed=st.integers(0, 3))
+    rows = st.lists(row, min_size=1, max_size=14)
+    common = dict(block_size=st.sampled_from([1, 4, 16]), kv_scale=st.floats(0.7, 2.5),
+                  seed=st.integers(0, 3))
+    if not sharing:
+        return st.builds(Case, rows=rows, **common)
+    # Each request starts with shared prompt 1 or 2 (of drawn lengths), or with none.
+    shared = st.tuples(st.lists(st.sampled_from([0, 1, 1, 2]), min_size=14, max_size=14),
+                       st.integers(1, 150), st.integers(1, 150))
+    return st.builds(lambda rows, sh, **kw: Case(rows=rows, shared=[
+        (g, sh[g] if g else 0) for g in sh[0][:len(rows)]], **kw), rows, shared, **common)
 
 
 def run_case(policy: str | type[Policy], params: dict | None, case: Case) -> Outcome:
@@ -262,7 +332,8 @@ def run_case(policy: str | type[Policy], params: dict | None, case: Case) -> Out
     def once() -> Outcome:
         return simulate(reqs, policy, params, kv_tokens=case.kv_tokens,
                         block_size=case.block_size, max_model_len=MAX_MODEL_LEN,
-                        cost=CHECK_COST, seed=case.seed, step_limit=50_000)
+                        cost=CHECK_COST, seed=case.seed, step_limit=50_000,
+                        prefix_caching=case.prefix_caching)
 
     out = once()
     check_outcome(out, reqs)
@@ -281,22 +352,25 @@ class CheckReport:
     examples: int = 0
     with_preemptions: int = 0
     with_rejections: int = 0
+    with_cache_hits: int = 0
 
     def __str__(self) -> str:
+        hits = f", {self.with_cache_hits} with prefix-cache hits" if self.with_cache_hits else ""
         return (f"policy {self.policy}: invariants hold on {self.examples} workloads "
                 f"({self.with_preemptions} with preemptions, {self.with_rejections} with "
-                f"rejections)")
+                f"rejections{hits})")
 
 
 def check_policy(policy: str | type[Policy], params: dict[str, Any] | None = None, *,
                  max_examples: int = 50, seed: int | None = 0,
-                 shrink: bool = True) -> CheckReport:
+                 shrink: bool = True, sharing: bool = False) -> CheckReport:
     """Check ``policy`` (a class, a registered name or ``package.module:Class``) with
     ``params`` on ``max_examples`` drawn workloads. Raises the first failure, shrunk to a
     small workload (``InvariantError``, the engine's ``PolicyViolation`` or
     ``SimulationStalled``), with the falsifying example in its notes. ``seed`` fixes the
     workloads drawn (None: new ones each call); ``shrink=False`` reports the first failing
-    workload as drawn (faster, larger)."""
+    workload as drawn (faster, larger). ``sharing``: workloads whose requests share prompt
+    prefixes, run with prefix caching on (its block accounting checked at every step)."""
     try:
         import hypothesis
         from hypothesis import HealthCheck, Phase, given, settings
@@ -312,12 +386,14 @@ def check_policy(policy: str | type[Policy], params: dict[str, Any] | None = Non
 
     @settings(max_examples=max_examples, deadline=None, database=None, phases=phases,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(case=cases())
+    @given(case=cases(sharing))
     def check(case: Case) -> None:
         out = run_case(policy, params, case)
         report.examples += 1
         report.with_preemptions += out.raw.preemptions > 0
         report.with_rejections += any(s.status is Status.REJECTED for s in out.raw.states)
+        cache = out.raw.prefix_cache
+        report.with_cache_hits += cache is not None and cache.stats["prefix_cache_hits"] > 0
 
     if seed is not None:
         check = hypothesis.seed(seed)(check)

@@ -32,6 +32,7 @@ from simulator.run_folder import clear, prepare, write_manifest
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, synthesize)
 from traces.lengths import RequestType
+from traces.sessions import synthesize_sessions, system_prompt
 from traces.transforms import truncate
 
 
@@ -80,9 +81,17 @@ def build_workload(cfg: RunConfig) -> Workload:
                 parse_length(cfg.prompt_len, "prompt_len"),
                 parse_length(cfg.output_len, "output_len"))
             rate = cfg.rate
-        workload = length_filters(
-            synthesize(build_arrival(cfg, rate), lengths, cfg.seed,
-                       num_requests=cfg.requests_or_default, duration_s=cfg.duration), cfg)
+        if cfg.session_turns > 1:
+            workload = synthesize_sessions(build_arrival(cfg, rate), lengths, cfg.seed,
+                                           cfg.requests_or_default, cfg.session_turns,
+                                           cfg.think_time)
+        else:
+            workload = synthesize(build_arrival(cfg, rate), lengths, cfg.seed,
+                                  num_requests=cfg.requests_or_default, duration_s=cfg.duration)
+        workload = length_filters(workload, cfg)
+        if cfg.system_prompt_len:
+            workload = system_prompt(workload, cfg.system_prompt_len, cfg.system_prompt_share,
+                                     cfg.seed)
     if cfg.truncate:
         workload = truncate(workload, cfg.max_model_len or model_spec(cfg.model).max_model_len)
     return workload
@@ -132,16 +141,18 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     engine = engine_factory(cfg.engine)(cfg, workload, policy, spec, progress)
     engine.frontend_delay_s = cfg.frontend_delay
     raw = engine.run()
-    frame = requests_table(raw.states)
+    cache = raw.prefix_cache
+    frame = requests_table(raw.states, cache.cached_prompt_tokens if cache else None)
     run = SimulatedRun(
         policy=policy.describe(), model=cfg.model, gpu=cfg.gpu, cost=spec.cost_model.describe(),
         kv_capacity_tokens=spec.kv_capacity_tokens, block_size=spec.block_size,
         peak_kv_tokens=raw.peak_kv_blocks * spec.block_size, iterations=raw.iterations,
         workload=workload.meta, requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s,
-        engine=cfg.engine, engine_stats=raw.extra)
+        engine=cfg.engine, engine_stats=raw.extra, prefix_cache=cache.stats if cache else None)
     record = Summary.of(frame, preemptions=raw.preemptions,
                         slo=SLO(**cfg.slo) if cfg.slo else None, source=run)
-    timeline = timeline_table(raw.timeline) if raw.timeline is not None else None
+    timeline = timeline_table(raw.timeline, cache.cached_blocks if cache else None) \
+        if raw.timeline is not None else None
     return RunResult(cfg, frame, timeline, record)
 
 
@@ -149,6 +160,13 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
                      progress: Callable[[int, int], None] | None = None) -> RunResult:
     """``cfg.replicas`` replicas (identical, or in ``cfg.groups``) behind ``cfg.router`` and
     admission control (simulator/cluster.py)."""
+    from simulator.engine import prefix_caching_on
+    if prefix_caching_on(cfg.prefix_caching, workload) or cfg.session_turns > 1:
+        # Not modelled yet across replicas (the cache is per replica, sessions need affinity):
+        # refuse rather than run a workload with shared prefixes as if nothing were cached.
+        raise ConfigError("a cluster (replicas > 1 or admission control) does not model the "
+                          "prefix cache or closed-loop sessions yet: give --no-prefix-caching "
+                          "and session_turns 1, or run one replica")
     n = cfg.replicas
     specs, policies, names, preemptions = [], [], [], []
     for count, group in cfg.group_configs():

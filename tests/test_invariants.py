@@ -117,3 +117,16 @@ def test_the_checker_passes_a_correct_policy_class():
 def test_the_checker_finds_a_workload_that_breaks_a_faulty_policy(policy, error, message):
     with pytest.raises(error, match=message):
         check_policy(policy, max_examples=50, shrink=False)
+
+
+@pytest.mark.parametrize("policy,params", CASES,
+                         ids=[f"{n}" + (f"-{i}" if v else "") for i, (n, v) in enumerate(CASES)])
+def test_invariants_with_prefix_sharing(policy, params):
+    """Requests sharing prompt prefixes, prefix caching on: besides every invariant above, at
+    every step a shared block counts once against capacity, no block in use is freed or
+    evictable, and every waiting request's hit is cached (simulator/policycheck.py)."""
+    report = check_policy(policy, params, max_examples=50, sharing=True)
+    assert report.examples >= 40
+    assert report.with_cache_hits > 0
+    if policy in MUST_PREEMPT:
+        assert report.with_preemptions > 0

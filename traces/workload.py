@@ -11,13 +11,23 @@ import pandas as pd
 from traces.arrivals import ArrivalProcess
 from traces.errors import WorkloadError
 from traces.lengths import LengthDistribution
-from traces.request import Request
+from traces.request import (ANSWER_OF, MOONCAKE_BLOCK, PROMPT_OF, SYSTEM_PROMPT, Request,
+                            TokenRuns)
 
 COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "label")
 # Independent random streams of one seed, by purpose: changing how lengths are drawn never moves
 # the arrival times, and a trace replayed with generated arrivals gets the same times as a
 # synthetic workload of the same seed.
-STREAMS = ("arrivals", "lengths", "jitter")
+STREAMS = ("arrivals", "lengths", "jitter", "sessions", "system_prompt")
+# Extra columns that say which prompt tokens requests share (``Workload.prefix_columns``):
+# Mooncake's hash_ids (one per 512 prompt tokens), a synthetic shared system prompt's tokens at
+# the head of the prompt (0: none), and the session a request is a turn of (-1: none; a turn's
+# prompt repeats the session's previous prompt and answer, rows in turn order).
+HASH_IDS, SYSTEM_PROMPT_TOKENS, SESSION = "hash_ids", "system_prompt_tokens", "session_id"
+PREFIX_COLUMNS = (HASH_IDS, SYSTEM_PROMPT_TOKENS, SESSION)
+# A session turn's think time: it arrives this long after the previous turn completes.
+THINK_S = "think_s"
+MOONCAKE_BLOCK_TOKENS = 512
 
 
 def stream_rng(seed: int, stream: str) -> np.random.Generator:
@@ -48,13 +58,67 @@ class Workload:
     def __len__(self) -> int:
         return len(self.frame)
 
+    @property
+    def prefix_columns(self) -> tuple[str, ...]:
+        """The columns that give its requests a shared prefix (``PREFIX_COLUMNS``)."""
+        return tuple(c for c in PREFIX_COLUMNS if c in self.frame.columns)
+
     def requests(self) -> Iterator[Request]:
         f = self.frame
         labels = f["label"].to_numpy(dtype=object)
-        for rid, t, p, o, lab in zip(f["request_id"].to_numpy(), f["arrival_s"].to_numpy(),
-                                      f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy(),
-                                      labels):
-            yield Request(int(rid), float(t), int(p), int(o), None if lab is None else str(lab))
+        rows = zip(f["request_id"].to_numpy(), f["arrival_s"].to_numpy(),
+                   f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy(), labels)
+        prefixes = self._prefixes() if self.prefix_columns else None
+        follows = self._follows() if SESSION in f else None
+        for rid, t, p, o, lab in rows:
+            after, think = next(follows) if follows is not None else (None, 0.0)
+            yield Request(int(rid), float(t), int(p), int(o), None if lab is None else str(lab),
+                          None if prefixes is None else next(prefixes), after, think)
+
+    def _follows(self) -> Iterator[tuple[int | None, float]]:
+        """Per request, the previous turn of its session (None: none) and its think time."""
+        f = self.frame
+        think = f[THINK_S].to_numpy() if THINK_S in f else np.zeros(len(f))
+        last: dict[int, int] = {}
+        for rid, session, t in zip(f["request_id"].to_numpy(), f[SESSION].to_numpy(), think):
+            session = int(session)
+            previous = last.get(session) if session >= 0 else None
+            if session >= 0:
+                last[session] = int(rid)
+            yield previous, float(t)
+
+    def _prefixes(self) -> Iterator[TokenRuns]:
+        """Each request's ``TokenRuns``, in table order, from its prefix columns."""
+        f = self.frame
+        n = len(f)
+        none = np.full(n, None, dtype=object)
+        hash_ids = f[HASH_IDS].to_numpy(dtype=object) if HASH_IDS in f else none
+        system = f[SYSTEM_PROMPT_TOKENS].to_numpy() if SYSTEM_PROMPT_TOKENS in f else \
+            np.zeros(n, dtype=np.int64)
+        sessions = f[SESSION].to_numpy() if SESSION in f else np.full(n, -1)
+        last_turn: dict[int, tuple[tuple, int, int, int]] = {}   # session -> its last turn
+        for rid, prompt, output, ids, sys_len, session in zip(
+                f["request_id"].to_numpy(), f["prompt_tokens"].to_numpy(),
+                f["output_tokens"].to_numpy(), hash_ids, system, sessions):
+            rid, prompt, session = int(rid), int(prompt), int(session)
+            runs: list = []
+            previous = last_turn.get(session) if session >= 0 else None
+            if previous is not None:
+                # This turn's prompt: the previous turn's prompt and answer, then a new message.
+                prev_runs, prev_id, prev_own, prev_output = previous
+                runs.extend(prev_runs)
+                if prev_own > 0:
+                    runs.append((PROMPT_OF, prev_id, prev_own))
+                runs.append((ANSWER_OF, prev_id, prev_output))
+            elif sys_len > 0:
+                runs.append((SYSTEM_PROMPT, 0, int(sys_len)))
+            elif ids is not None and len(ids):
+                runs.extend((MOONCAKE_BLOCK, int(h), MOONCAKE_BLOCK_TOKENS) for h in ids)
+            runs = _clip(runs, prompt)
+            if session >= 0:
+                last_turn[session] = (tuple(runs), rid, prompt - sum(r[2] for r in runs),
+                                      int(output))
+            yield TokenRuns(tuple(runs))
 
     @classmethod
     def from_arrays(cls, arrival_s, prompt_tokens, output_tokens, labels=None,
@@ -92,6 +156,20 @@ class Workload:
             "mean_prompt_tokens": float(f["prompt_tokens"].mean()) if len(f) else None,
             "mean_output_tokens": float(f["output_tokens"].mean()) if len(f) else None,
         }
+
+
+def _clip(runs: list, tokens: int) -> list:
+    """The runs cut to the first ``tokens`` tokens (a trace's last 512-token block is partial;
+    a truncated prompt keeps its head)."""
+    out, total = [], 0
+    for ns, key, n in runs:
+        if total + n >= tokens:
+            if tokens > total:
+                out.append((ns, key, tokens - total))
+            return out
+        out.append((ns, key, n))
+        total += n
+    return out
 
 
 def synthesize(arrival: ArrivalProcess, lengths: LengthDistribution, seed: int,

@@ -34,9 +34,12 @@ def _option(f: Declared):
     """The click option of one run field."""
     info = f.info
     kw: dict = {"help": info.help}
+    flags = f.flags
     if f.kind is bool:
         kw["is_flag"] = True
         kw["default"] = None
+        if _has_off_switch(f):     # click's on/off pair: "--x/--no-x"
+            flags = ("/".join(flags),)
     elif f.repeatable:
         kw.update(multiple=True, metavar=info.metavar or "KEY=VALUE")
     else:
@@ -49,7 +52,7 @@ def _option(f: Declared):
         shown = f.describe_default()
         if shown is not None:
             kw["help"] = f"{info.help} [default: {shown}]"
-    return click.option(*f.flags, f.dest, **kw)
+    return click.option(*flags, f.dest, **kw)
 
 
 def _flag_fields() -> list[Declared]:
@@ -96,7 +99,7 @@ def option_fields(opts: dict) -> tuple[dict, dict]:
     overrides = {}
     for f in _flag_fields():
         raw = opts.get(f.dest)
-        if raw is None or raw == () or raw is False:
+        if raw is None or raw == () or (raw is False and not _has_off_switch(f)):
             continue
         if not f.repeatable:
             raw = _once(f, raw)
@@ -108,6 +111,12 @@ def option_fields(opts: dict) -> tuple[dict, dict]:
     if "num_requests" in overrides and "duration" in file_values:
         file_values.pop("duration")
     return file_values, overrides
+
+
+def _has_off_switch(f: Declared) -> bool:
+    """A boolean flag declared with its off switch, ``("--x", "--no-x")``: its False is given,
+    not a default."""
+    return f.kind is bool and len(f.flags) == 2 and f.flags[1] == "--no-" + f.flags[0][2:]
 
 
 def _once(f: Declared, raw):
