@@ -32,7 +32,7 @@ LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms")
 PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
 
 
-def requests_table(states: list[RequestState], replica_of: list[int] | None = None,
+def requests_table(states: list[RequestState], *, replica_of: list[int] | None = None,
                    cached_prompt_tokens: dict[int, int] | None = None) -> pd.DataFrame:
     """One row per request. Times are seconds from the workload start; latencies milliseconds.
 
@@ -370,7 +370,7 @@ class TimelineRow(NamedTuple):
 TIMELINE_COLUMNS = TimelineRow._fields
 
 
-def timeline_table(rows: list[TimelineRow] | None,
+def timeline_table(rows: list[TimelineRow] | None, *,
                    cached_blocks: list[int] | None = None) -> pd.DataFrame:
     """The timeline; with prefix caching on, ``cached_blocks`` adds the column of blocks that
     hold a cached prefix (held or evictable) after each iteration's allocation."""

@@ -142,7 +142,8 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     engine.frontend_delay_s = cfg.frontend_delay
     raw = engine.run()
     cache = raw.prefix_cache
-    frame = requests_table(raw.states, cache.cached_prompt_tokens if cache else None)
+    frame = requests_table(raw.states,
+                           cached_prompt_tokens=cache.cached_prompt_tokens if cache else None)
     run = SimulatedRun(
         policy=policy.describe(), model=cfg.model, gpu=cfg.gpu, cost=spec.cost_model.describe(),
         kv_capacity_tokens=spec.kv_capacity_tokens, block_size=spec.block_size,
@@ -151,7 +152,7 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
         engine=cfg.engine, engine_stats=raw.extra, prefix_cache=cache.stats if cache else None)
     record = Summary.of(frame, preemptions=raw.preemptions,
                         slo=SLO(**cfg.slo) if cfg.slo else None, source=run)
-    timeline = timeline_table(raw.timeline, cache.cached_blocks if cache else None) \
+    timeline = timeline_table(raw.timeline, cached_blocks=cache.cached_blocks if cache else None) \
         if raw.timeline is not None else None
     return RunResult(cfg, frame, timeline, record)
 
@@ -185,7 +186,7 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
     raw = native_cluster(workload.requests(), router, policies, specs,
                          record_timeline=cfg.timeline, preemptions=preemptions, seed=cfg.seed,
                          admission=admission, progress=progress, total=len(workload)).run()
-    frame = requests_table(raw.states, raw.replica_of)
+    frame = requests_table(raw.states, replica_of=raw.replica_of)
     counters = [dict(gpu=gpu, policy=policy, preemptions=r.preemptions, iterations=r.iterations,
                      kv_capacity_tokens=r.spec.kv_capacity_tokens,
                      peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size)

@@ -51,7 +51,7 @@ def require_engine() -> None:
 
 require_engine()
 
-from scheduler.base import policy_names  # noqa: E402
+from tests.conftest import builtin_policy_names  # noqa: E402
 from simulator.cli import main  # noqa: E402
 
 MODEL_NAME = "tiny"
@@ -237,7 +237,7 @@ def assert_exact_outputs(records: list[dict], n: int) -> None:
 
 
 def test_the_registry_is_covered():
-    assert set(policy_names()) == set(SERVERS) | set(NOT_LIVE)
+    assert set(builtin_policy_names()) == set(SERVERS) | set(NOT_LIVE)
 
 
 @pytest.mark.parametrize("server", sorted(SERVERS), indirect=True)
