@@ -4,8 +4,7 @@ engine driver and the recorder are the invariant checker's (simulator/policychec
 
 from __future__ import annotations
 
-from scheduler.base import Policy, QueuedPolicy, register
-from scheduler.plan import StepPlan
+from scheduler.base import Policy
 from simulator.cost.base import CostModel
 from simulator.cost.linear import LinearCost
 from simulator.policycheck import Outcome, Recorder, Step  # noqa: F401  (used by tests)
@@ -28,24 +27,3 @@ def simulate(reqs: list[Request], policy: str | Policy = "vllm-v1", params: dict
     """Run ``reqs`` through one replica with ``kv_tokens`` of KV cache (rounded down to blocks)."""
     return _simulate(reqs, policy, params, kv_tokens=kv_tokens, block_size=block_size,
                      max_model_len=max_model_len, cost=cost, seed=seed)
-
-
-@register
-class RejectLong(QueuedPolicy):
-    """FCFS, but rejects prompts over 64 tokens (a policy's own rejection; both engines'
-    tests and the vLLM adapter's use it)."""
-    name = "test-reject-long"
-
-    def schedule(self, view):
-        plan = StepPlan(view, float("inf"))
-        for req in plan.running:
-            plan.schedule_resident(req, req.remaining)
-        while self.waiting:
-            req = self.waiting.peek()
-            if req.prompt_tokens > 64:
-                plan.rejected.append((self.waiting.pop(), "prompt exceeds 64 tokens"))
-            elif plan.admit(req, req.remaining):
-                self.waiting.pop()
-            else:
-                break
-        return plan.decision()

@@ -16,7 +16,6 @@ from scheduler.base import Policy, QueuedPolicy, make_policy, register  # noqa: 
 from scheduler.plan import StepPlan  # noqa: E402
 from simulator.cost.linear import LinearCost  # noqa: E402
 from tests.fluid_helpers import hint, with_cost  # noqa: E402
-from tests.simcase import RejectLong  # noqa: E402,F401  (registers test-reject-long)
 from tests.vllm_helpers import MODEL, OPTIONS, drive, drive_pipelined, spec  # noqa: E402
 from traces.lengths import RequestType  # noqa: E402
 from simulator.vllm.loop import (build_scheduler, model_output,  # noqa: E402
@@ -310,6 +309,26 @@ def test_what_vllm_refuses_goes_back_to_the_policy():
           check=lambda step, out: order.extend(r.req_id for r in out.scheduled_new_reqs))
     assert order == [str(i) for i in range(6)]
     assert sched.servesim_stats.requeued > 0 and sched.servesim_stats.divergent_steps > 0
+
+
+@register
+class RejectLong(QueuedPolicy):
+    """FCFS, but rejects prompts over 64 tokens."""
+    name = "test-reject-long"
+
+    def schedule(self, view):
+        plan = StepPlan(view, float("inf"))
+        for req in plan.running:
+            plan.schedule_resident(req, req.remaining)
+        while self.waiting:
+            req = self.waiting.peek()
+            if req.prompt_tokens > 64:
+                plan.rejected.append((self.waiting.pop(), "prompt exceeds 64 tokens"))
+            elif plan.admit(req, req.remaining):
+                self.waiting.pop()
+            else:
+                break
+        return plan.decision()
 
 
 def test_policy_rejection_finishes_the_request_with_an_output():
