@@ -92,7 +92,7 @@ SERVERS = {
     # One type (32-token prompts, 8-token outputs, 2 req/s expected), its gate of 4 requests,
     # 2 s of patience: a closed gate runs once its wait plus the expected time to fill
     # ((4 - queued) / 2 s) reaches 2 s.
-    "wait": ServerSpec("wait", ["--type", "p32d8:2", "-p", "thresholds=4", "-p", "patience=2"],
+    "wait": ServerSpec("wait", ["--type", "p32d8:2", "-p", "thresholds=4", "-p", "patience=3"],
                        lengths=("--prompt-len", "32", "--output-len", "8")),
     # Thresholds planned from the described workload, as in a simulation of it.
     "nested-wait": ServerSpec("nested-wait", ["--prompt-len", "16:200", "--output-len", "4:48",
@@ -272,9 +272,11 @@ def test_requests_waiting_together_are_served_shortest_first(server, tmp_path):
 
 @pytest.mark.parametrize("server", ["wait"], indirect=True)
 def test_wait_holds_prefills_until_its_threshold_or_its_patience(server, tmp_path):
-    """Requests every 0.5 s into a gate of 4: the first three get no token before the fourth
-    is sent; the last two (the gate never fills again) are released by the patience rule, after
-    about 1 s (1 s waited + (4 - 2) / 2 s expected to fill = 2 s)."""
+    """Requests every 0.5 s into a gate of 4 with a patience of 3 s: the first three get no
+    token before the fourth is sent (the first would go at 1.5 s waited + (4 - 1) / 2 s expected
+    to fill = 3 s, 0.5 s after the fourth arrives: a margin for the front end's delay); the last
+    two (the gate never fills again) are released by the patience rule, about 2 s after the
+    fifth is sent (2 s waited + (4 - 2) / 2 s expected to fill = 3 s)."""
     records = bench(server, tmp_path, "--arrival", "deterministic", "--rate", "2", "-n", "6",
                     "--prompt-len", "32", "--output-len", "8", "--seed", "1")
     assert_exact_outputs(records, 6)
