@@ -25,10 +25,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
-if TYPE_CHECKING:   # the simulator builds the spec; a policy only reads the cost model
-    from simulator.cost.base import CostModel
+
+
+class CostModel(Protocol):
+    """What a policy may ask of the run's cost model (simulator/cost/ implements it; the
+    simulator builds the spec, so policies never import a cost model): the time of one
+    iteration of a batch (a ``simulator.cost.base.BatchShape``), and its description."""
+
+    def iteration_time(self, shape: Any) -> float: ...
+
+    def describe(self) -> dict: ...
 
 
 class Status(str, Enum):
