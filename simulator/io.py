@@ -39,6 +39,22 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def write_csv(path: str | Path, frame) -> None:
+    """A pandas frame as CSV (no index), written atomically. pyarrow's writer is about ten times
+    faster than pandas' (1.2 s against 0.14 s for a 100,000-request run's tables) and writes the
+    same values (floats in their shortest round-trip form); it quotes text fields and the header,
+    which every CSV reader accepts. A column pyarrow cannot type (mixed objects) falls back to
+    pandas."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+        return
+    atomic_write(path, lambda tmp: pa_csv.write_csv(table, tmp))
+
+
 def write_json(path: str | Path, obj, indent: int = 2) -> None:
     """``obj`` as indented strict JSON (see ``json_text``), written atomically."""
     write_text(path, json_text(obj, indent) + "\n")

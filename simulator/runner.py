@@ -24,7 +24,7 @@ from simulator.cost.linear import fit_cost
 from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
-from simulator.io import atomic_write, write_json
+from simulator.io import atomic_write, write_csv, write_json
 from simulator.metrics import (SLO, ClusterSummary, SimulatedRun, Summary,
                                cluster_timeline_table, requests_table, timeline_table)
 from simulator.replay import length_filters, lengths_from_file, trace_workload
@@ -227,11 +227,11 @@ def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str =
         atomic_write(p, lambda tmp: result.requests.to_parquet(tmp, index=False))
     else:
         p = out / "requests.csv"
-        atomic_write(p, lambda tmp: result.requests.to_csv(tmp, index=False))
+        write_csv(p, result.requests)
     written.append(p)
     if result.timeline is not None:
         p = out / "timeline.csv"
-        atomic_write(p, lambda tmp: result.timeline.to_csv(tmp, index=False))
+        write_csv(p, result.timeline)
         written.append(p)
     p = out / "config.json"
     write_json(p, result.config.to_dict())

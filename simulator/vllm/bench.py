@@ -590,7 +590,7 @@ def write_outputs(cfg, opts: BenchOptions, out: Path, requests: list[Request],
     """requests.csv, summary.json, bench.json and config.json from the records, then the
     manifest (last: a folder without one holds a replay that did not finish writing)."""
     from simulator.run_folder import write_manifest
-    from simulator.io import atomic_write, write_json
+    from simulator.io import write_csv, write_json
     slo = SLO(**cfg.slo) if cfg.slo else None
     frame = requests_frame(requests, records)
     summary = bench_summary(frame, records, slo, url=opts.url, model=opts.model,
@@ -603,7 +603,7 @@ def write_outputs(cfg, opts: BenchOptions, out: Path, requests: list[Request],
     bench = vllm_result(every, model=opts.model, max_concurrency=opts.max_concurrency,
                         request_rate=workload_meta.get("mean_rate"),
                         burstiness=burstiness(cfg), slo=slo)
-    atomic_write(out / "requests.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    write_csv(out / "requests.csv", frame)
     write_json(out / "summary.json", summary)
     write_json(out / "bench.json", bench)
     write_json(out / "config.json", {**cfg.to_dict(), "bench": vars(opts)})
