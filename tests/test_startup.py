@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-HEAVY = ("pandas", "pyarrow", "simpy", "matplotlib", "vllm", "torch")
+HEAVY = ("pandas", "pyarrow", "simpy", "matplotlib", "vllm", "torch", "asyncio", "rich.table")
 PROBE = """
 import contextlib, io, json, sys
 from simulator.cli import main

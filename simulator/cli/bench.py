@@ -7,10 +7,7 @@ or a ``vllm bench serve`` result file) side by side.
 
 from __future__ import annotations
 
-import asyncio
-
 import click
-from rich.table import Table
 
 from simulator.cli import cli, stdout_console
 from simulator.cli.options import config_from_options, workload_options
@@ -71,6 +68,7 @@ def run_bench(cfg, bopts, out: str, replace: bool = False) -> dict:
     if not requests:
         raise ConfigError("the workload has no requests to send")
     folder, previous = prepare(out, replace)
+    import asyncio   # here, not at import: every command's start-up would pay for it
     bopts.stream_token_ids = asyncio.run(check_server(bopts))
     clear(previous)
     replayer = Replayer(requests, bopts, folder)
@@ -100,6 +98,7 @@ def compare(sim_dir, real_dir, as_json):
         from simulator.io import json_text
         click.echo(json_text(result))
         return
+    from rich.table import Table
     t = Table(title=f"{sim_dir} (sim) vs {real_dir} (real)", title_justify="left")
     for col in ("metric", "sim", "real", "rel. error"):
         t.add_column(col, justify="left" if col == "metric" else "right")

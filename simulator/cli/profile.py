@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from simulator.cli import cli, stdout_console
 from simulator.errors import ConfigError
@@ -82,6 +81,7 @@ def print_errors(meta: dict, out: Path, console) -> None:
     with open(out / "errors.csv") as f:
         rows = list(csv.DictReader(f))
     models = list(meta["errors"])
+    from rich.table import Table
     t = Table(title=f"step time per grid point (ms; error vs the {meta['fitted_to']}), "
                     f"{meta['date']}",
               title_justify="left")
