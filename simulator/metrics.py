@@ -7,6 +7,7 @@ simulated, vLLM-in-the-loop and live-server runs compare key by key.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -47,8 +48,9 @@ def requests_table(states: list[RequestState], *, replica_of: list[int] | None =
     nan = float("nan")
 
     def col(attr):
-        return np.array([getattr(s, attr) if getattr(s, attr) is not None else nan
-                         for s in states], dtype=float)
+        # A float array turns None (a time not reached) into NaN.
+        get = operator.attrgetter(attr)
+        return np.array([get(s) for s in states], dtype=float)
 
     arrival = col("arrival_s")
     first_sched = col("first_scheduled_s")
