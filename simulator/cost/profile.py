@@ -115,17 +115,17 @@ class ProfileCost(CostModel):
                 self._cache[num_tokens] = cached
         return cached
 
-    def stage_time(self, shape: BatchShape) -> float:
+    def stage_layers_time(self, shape: BatchShape) -> float:
         analytic = self.analytic
-        return (self.dense_time(shape.num_tokens) + analytic.lm_head_time(shape.num_requests)
-                + analytic.attention_time(shape) + analytic.allreduce_time(shape.num_tokens))
+        return (self.dense_time(shape.num_tokens) + analytic.attention_time(shape)
+                + analytic.allreduce_time(shape.num_tokens))
 
     def iteration_time(self, shape: BatchShape) -> float:
         analytic = self.analytic
         if self.parallel.gpus == 1:
             return (self.overhead_s + self.dense_time(shape.num_tokens)
                     + analytic.lm_head_time(shape.num_requests) + analytic.attention_time(shape))
-        return analytic.pipelined(self.stage_time, shape, self.overhead_s)
+        return analytic.pipelined(self.stage_layers_time, shape, self.overhead_s)
 
     def describe(self) -> dict:
         out = {"cost_model": "profile", "path": str(self.path), "model": self.model.name,

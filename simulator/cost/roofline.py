@@ -35,8 +35,8 @@ adds two ring all-reduces of the tokens' hidden states (after attention, after t
 2 (tp-1)/tp x bytes / link bandwidth + ``link_latency_s`` each. With pp pipeline stages the
 batch is the union of up to pp micro-batches in flight (vLLM keeps pp batches queued to fill
 the pipeline; a request is in one of them), so an iteration, in which every request advances
-once, is pp turns of the slowest stage on one micro-batch plus pp-1 hand-overs of its hidden
-states.
+once, lasts the longer of one micro-batch's trip through the stages (with pp-1 hand-overs of
+its hidden states) and the busiest stage's work on all of them (``pipelined``).
 Mixture-of-experts layers compute with the token's experts only and stream the weights of the
 experts the batch's tokens reach (``ModelSpec.experts_touched``).
 """
@@ -188,29 +188,34 @@ class RooflineCost(CostModel):
         """Pipeline parallelism: one micro-batch's hidden states to the next stage."""
         return self._transfer_tok_s * num_tokens + self.link_latency_s
 
-    def stage_time(self, shape: BatchShape) -> float:
-        """The largest stage (all layers without pipeline parallelism) on ``shape``, counted
-        with the LM head: with stages an upper bound, as the head sits on the last stage."""
-        return (self.dense_time(shape.num_tokens) + self.lm_head_time(shape.num_requests)
-                + self.attention_time(shape) + self.allreduce_time(shape.num_tokens))
+    def stage_layers_time(self, shape: BatchShape) -> float:
+        """The layers of the largest stage (all layers without pipeline parallelism) on
+        ``shape``: dense phases, attention and all-reduces."""
+        return (self.dense_time(shape.num_tokens) + self.attention_time(shape)
+                + self.allreduce_time(shape.num_tokens))
 
-    def pipelined(self, stage_time, shape: BatchShape, overhead_s: float) -> float:
-        """An iteration from ``stage_time`` (a function of a batch): the batch's requests form
-        m = min(pp, requests) equal micro-batches in flight; each passes the pp stages in turn
-        (the slowest stage's time on it, pp times) with pp-1 hand-overs, while the stages serve
-        the other micro-batches; the per-iteration overhead counts once."""
+    def pipelined(self, layers_time, shape: BatchShape, overhead_s: float) -> float:
+        """An iteration from ``layers_time`` (a stage's layers as a function of a batch) and
+        the LM head on the last stage. The batch's requests form m = min(pp, requests) equal
+        micro-batches in flight; a round, in which each advances once, lasts the longer of one
+        micro-batch's trip (pp stages, the head, pp-1 hand-overs) and the busiest stage's work
+        (the last: m micro-batches' layers and heads). Every stage is priced as the largest
+        (vLLM gives the last stage no more layers than the others); the per-iteration overhead
+        counts once."""
         pp = self.parallel.pp
         if pp == 1:
-            return overhead_s + stage_time(shape)
-        part = shape.scaled(1.0 / min(pp, max(1.0, shape.num_requests)))
-        return (overhead_s + pp * stage_time(part)
-                + (pp - 1) * self.stage_transfer_time(part.num_tokens))
+            return overhead_s + layers_time(shape) + self.lm_head_time(shape.num_requests)
+        m = min(pp, max(1.0, shape.num_requests))
+        part = shape.scaled(1.0 / m)
+        layers, head = layers_time(part), self.lm_head_time(part.num_requests)
+        trip = pp * layers + head + (pp - 1) * self.stage_transfer_time(part.num_tokens)
+        return overhead_s + max(trip, m * (layers + head))
 
     def iteration_time(self, shape: BatchShape) -> float:
         if self.parallel.gpus == 1:       # the single-GPU sum, in its order (bit for bit)
             return (self.overhead_s + self.dense_time(shape.num_tokens)
                     + self.lm_head_time(shape.num_requests) + self.attention_time(shape))
-        return self.pipelined(self.stage_time, shape, self.overhead_s)
+        return self.pipelined(self.stage_layers_time, shape, self.overhead_s)
 
     def describe(self) -> dict:
         out = {"cost_model": "roofline", "model": self.model.name, "gpu": self.gpu.name,
