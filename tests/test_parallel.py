@@ -4,8 +4,6 @@ directions more GPUs must move time and KV capacity, and mixture-of-experts comp
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from simulator.config import build_config
@@ -158,8 +156,9 @@ def test_mixture_of_experts_computes_with_active_experts_and_stores_all():
     assert cost.layers_gemm_time(tokens) == pytest.approx(
         2 * tokens * 32 * mix.layer_active_params / 2 / (0.70 * 989e12), rel=1e-12)
     # Weight streaming reads the experts the tokens reach: one token reaches 2, many all 8.
-    weights = lambda n_experts: 32 * (attention + 8 * h + n_experts * 3 * h * ffn) / 2 * 2 / (
-        0.75 * 3.35e12)
+    def weights(n_experts):
+        return 32 * (attention + 8 * h + n_experts * 3 * h * ffn) / 2 * 2 / (0.75 * 3.35e12)
+
     assert cost.layers_gemm_time(1) == pytest.approx(weights(2), rel=1e-12)
     assert mix.experts_touched(3) == pytest.approx(8 * (1 - (6 / 8) ** 3))
     assert cost.layers_gemm_time(64) == pytest.approx(weights(8), rel=1e-6)
@@ -243,7 +242,7 @@ def test_profile_prices_one_gpus_share_from_the_tables_rows(tmp_path):
     of that at tp 4): --tp 4 reads the tp-4 rows and adds the all-reduces."""
     import pandas as pd
 
-    from simulator.cost.profile import LAYER_OPS, ProfileCost
+    from simulator.cost.profile import LAYER_OPS
     m, g = model_spec("llama-2-7b"), gpu_spec("a100-80gb")
     rows = []
     for tp in (1, 4):
@@ -255,7 +254,9 @@ def test_profile_prices_one_gpus_share_from_the_tables_rows(tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
     one, four = (build_cost_model("profile", m, g, {"path": str(path)}, Parallelism(tp))
                  for tp in (1, 4))
-    layer_s = lambda tp, tokens: len(LAYER_OPS) * (4e-3 + 1e-6 * tokens) / tp * 1e-3
+    def layer_s(tp, tokens):
+        return len(LAYER_OPS) * (4e-3 + 1e-6 * tokens) / tp * 1e-3
+
     assert one.dense_time(2048) == pytest.approx(32 * layer_s(1, 2048), rel=1e-12)
     assert four.dense_time(2048) == pytest.approx(32 * layer_s(4, 2048), rel=1e-12)
     shape = BatchShape.of(prefill=[(2048, 0)])
@@ -270,3 +271,22 @@ def test_profile_prices_one_gpus_share_from_the_tables_rows(tmp_path):
                          Parallelism(4))
     with pytest.raises(ConfigError, match="no rows for tensor parallel degree 2"):
         build_cost_model("profile", m, g, {"path": str(path)}, Parallelism(2))
+
+
+def test_replica_groups_may_differ_in_parallelism(tmp_path):
+    """tp and pp are replica fields: a cluster file's groups set them per group, and each
+    replica gets its own cost model and KV capacity."""
+    from simulator.config import load_config_file
+    path = tmp_path / "cluster.yaml"
+    path.write_text("model: llama-3-70b\ngpu: h100-80gb\nnum_requests: 20\n"
+                    "groups:\n  - {count: 1, tp: 4}\n  - {count: 2, tp: 2, pp: 2}\n")
+    cfg = build_config(load_config_file(path))
+    specs = [(count, build_replica(group)) for count, group in cfg.group_configs()]
+    assert [c for c, _ in specs] == [1, 2]
+    assert [s.cost_model.parallel for _, s in specs] == [Parallelism(4), Parallelism(2, 2)]
+    l3 = model_spec("llama-3-70b")
+    assert [s.kv_capacity_tokens for _, s in specs] == [
+        kv_capacity_tokens(l3, H100, parallel=p) for p in (Parallelism(4), Parallelism(2, 2))]
+    path.write_text("model: llama-3-70b\ngroups:\n  - {count: 1, tp: 5}\n")
+    with pytest.raises(ConfigError, match=r"groups\[0\]: tp 5 must divide"):
+        build_config(load_config_file(path))
