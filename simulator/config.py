@@ -19,6 +19,7 @@ from pathlib import Path
 
 from simulator.errors import ConfigError, UserError
 from simulator.fields import INT64_MAX, Declared, check_number, declared_fields, run_field
+from simulator.hardware import MAX_PARALLEL
 
 ARRIVALS = ("poisson", "gamma", "deterministic", "piecewise")
 COST_MODELS = ("linear", "roofline", "profile")
@@ -253,6 +254,13 @@ class RunConfig:
         0.0, "Seconds from a request's send to its arrival in the engine (a live server's HTTP "
         "front end; experiments/sim_vs_real.py measures it); latencies count from the send.",
         group="replica", low=0, high=60)
+    # parallelism within a replica (docs/cost-models.md)
+    tp: int = run_field(
+        1, "Tensor-parallel degree: GPUs every layer is split over (an all-reduce per attention "
+        "and MLP over the GPU's link).", group="replica", low=1, high=MAX_PARALLEL)
+    pp: int = run_field(
+        1, "Pipeline-parallel stages: the layers split over this many GPUs (times tp), pp "
+        "micro-batches in flight.", group="replica", low=1, high=MAX_PARALLEL)
     # cluster (docs/clusters.md)
     replicas: int = run_field(1, "Replicas, identical, behind one router.", group="cluster",
                               low=1, high=MAX_REPLICAS)
@@ -386,6 +394,7 @@ class RunConfig:
         self._validate_trace()
         self._validate_horizon()
         self._validate_model_len()
+        self._validate_parallel()
         self._validate_policy()
         self._validate_cluster()
         return self
@@ -534,6 +543,16 @@ class RunConfig:
             raise ConfigError(f"max_model_len {self.max_model_len:,} is beyond {self.model}'s "
                               f"context of {context:,} tokens; add allow_long_max_model_len "
                               f"(--allow-long-max-model-len) to simulate it anyway")
+
+    def _validate_parallel(self) -> None:
+        if self.tp * self.pp > 1:
+            from simulator.hardware import Parallelism, model_spec
+            Parallelism(self.tp, self.pp).check(model_spec(self.model))
+
+    def parallelism(self):
+        """The replica's ``Parallelism`` (tp x pp GPUs)."""
+        from simulator.hardware import Parallelism
+        return Parallelism(self.tp, self.pp)
 
     def _validate_policy(self) -> None:
         """The policy's parameters, typed by its Params (a flag's "512" becomes 512)."""

@@ -102,7 +102,8 @@ def build_replica(cfg: RunConfig, workload: Workload | None = None) -> ReplicaSp
     policy plans with (``workload_hint``), the cost fit bound to this cost model."""
     model = model_spec(cfg.model)
     gpu = gpu_spec(cfg.gpu)
-    cost = build_cost_model(cfg.cost_model, model, gpu, cfg.cost_params)
+    parallel = cfg.parallelism()
+    cost = build_cost_model(cfg.cost_model, model, gpu, cfg.cost_params, parallel)
     max_len = cfg.max_model_len or model.max_model_len
     if cfg.kv_capacity is not None:
         if cfg.kv_capacity < cfg.block_size:
@@ -111,7 +112,8 @@ def build_replica(cfg: RunConfig, workload: Workload | None = None) -> ReplicaSp
         num_blocks = int(cfg.kv_capacity) // cfg.block_size
     else:
         num_blocks = kv_capacity_tokens(model, gpu, cfg.gpu_memory_utilization,
-                                        block_size=cfg.block_size) // cfg.block_size
+                                        block_size=cfg.block_size,
+                                        parallel=parallel) // cfg.block_size
     hint = workload_hint(workload, request_types(cfg), cost) if workload is not None else None
     return ReplicaSpec(num_blocks=num_blocks, block_size=cfg.block_size, max_model_len=max_len,
                        cost_model=cost, workload_hint=hint, seed=cfg.seed)

@@ -49,6 +49,10 @@ class BatchShape:
         self.decode_requests += 1
         self.decode_kv_tokens += kv_len
 
+    def scaled(self, factor: float) -> "BatchShape":
+        """Every aggregate times ``factor``: one of several equal micro-batches of this batch."""
+        return BatchShape(*(getattr(self, k) * factor for k in self.__slots__))
+
     @property
     def num_tokens(self) -> int:
         """Tokens through the weight matrices this iteration."""

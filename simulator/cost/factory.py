@@ -7,12 +7,12 @@ import math
 from simulator.cost.base import CostModel
 from simulator.cost.linear import TERMS, LinearCost, fit_linear, representative_batches
 from simulator.cost.profile import ProfileCost, default_profile_path
-from simulator.cost.roofline import EFFICIENCY_DEFAULTS, RooflineCost
+from simulator.cost.roofline import EFFICIENCY_DEFAULTS, LINK_DEFAULTS, RooflineCost
 from simulator.errors import ConfigError
-from simulator.hardware import GPUSpec, ModelSpec
+from simulator.hardware import GPUSpec, ModelSpec, Parallelism
 
-ROOFLINE_KEYS = tuple(EFFICIENCY_DEFAULTS)
-PROFILE_KEYS = ("path", "overhead_s", "tensor_parallel", "statistic")
+ROOFLINE_KEYS = tuple(EFFICIENCY_DEFAULTS) + tuple(LINK_DEFAULTS)
+PROFILE_KEYS = ("path", "overhead_s", "tensor_parallel", "statistic") + tuple(LINK_DEFAULTS)
 LINEAR_KEYS = TERMS + ("d0", "d1")
 
 
@@ -39,27 +39,34 @@ def _number(kind: str, key: str, value) -> float:
     return x
 
 
-def build_cost_model(kind: str, model: ModelSpec, gpu: GPUSpec, params: dict | None = None
-                     ) -> CostModel:
+def build_cost_model(kind: str, model: ModelSpec, gpu: GPUSpec, params: dict | None = None,
+                     parallel: Parallelism = Parallelism()) -> CostModel:
     """``linear`` takes c0/c_prefill/c_decode/c_kv (or the paper's d0/d1) in seconds; without
-    coefficients it is fitted to the roofline model of the chosen model and GPU. ``roofline``
-    takes efficiency overrides; ``profile`` a table path (default: the shared measured profile).
+    coefficients it is fitted to the roofline model of the chosen model, GPU and parallelism
+    (given coefficients describe the replica as measured, whatever its parallelism).
+    ``roofline`` takes efficiency and link overrides; ``profile`` a table path (default: the
+    shared measured profile) whose rows of tensor-parallel degree ``parallel.tp`` it reads.
     """
     params = dict(params or {})
     if kind == "roofline":
         _check_keys(kind, params, ROOFLINE_KEYS)
-        return RooflineCost(model, gpu, **{k: _number(kind, k, v) for k, v in params.items()})
+        return RooflineCost(model, gpu, parallel=parallel,
+                            **{k: _number(kind, k, v) for k, v in params.items()})
     if kind == "profile":
         _check_keys(kind, params, PROFILE_KEYS)
         path = params.pop("path", None) or default_profile_path(model, gpu)
-        kw = {}
-        if "overhead_s" in params:
-            kw["overhead_s"] = _number(kind, "overhead_s", params["overhead_s"])
+        kw = {k: _number(kind, k, params[k]) for k in ("overhead_s", *LINK_DEFAULTS)
+              if k in params}
         if "tensor_parallel" in params:
-            kw["tensor_parallel"] = int(_number(kind, "tensor_parallel", params["tensor_parallel"]))
+            tp = int(_number(kind, "tensor_parallel", params["tensor_parallel"]))
+            if parallel.tp not in (1, tp):
+                raise ConfigError(f"cost_params for profile: tensor_parallel {tp} differs from "
+                                  f"tp {parallel.tp}; give tp alone")
+            if parallel.tp == 1:     # the table's rows of that degree, for one GPU's replica
+                kw["tensor_parallel"] = tp
         if "statistic" in params:
             kw["statistic"] = str(params["statistic"])
-        return ProfileCost(path, model, gpu, **kw)
+        return ProfileCost(path, model, gpu, parallel=parallel, **kw)
     if kind == "linear":
         _check_keys(kind, params, LINEAR_KEYS)
         values = {k: _number(kind, k, v) for k, v in params.items()}
@@ -70,6 +77,6 @@ def build_cost_model(kind: str, model: ModelSpec, gpu: GPUSpec, params: dict | N
             return LinearCost.paper(values.get("d0", 0.0), values.get("d1", 0.0))
         if values:
             return LinearCost(**values)
-        reference = RooflineCost(model, gpu)
+        reference = RooflineCost(model, gpu, parallel=parallel)
         return fit_linear(reference, representative_batches(model.max_model_len)).cost
     raise ConfigError(f"cost_model must be one of: linear, roofline, profile; got {kind!r}")

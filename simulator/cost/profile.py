@@ -21,7 +21,7 @@ import numpy as np
 from simulator.cost.base import BatchShape, CostModel
 from simulator.cost.roofline import RooflineCost
 from simulator.errors import ConfigError
-from simulator.hardware import GPUSpec, ModelSpec
+from simulator.hardware import GPUSpec, ModelSpec, Parallelism
 
 LAYER_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
@@ -73,13 +73,16 @@ class ProfileCost(CostModel):
     name = "profile"
 
     def __init__(self, path: str | Path, model: ModelSpec, gpu: GPUSpec,
-                 overhead_s: float | None = None, tensor_parallel: int = 1,
-                 statistic: str = "median"):
+                 overhead_s: float | None = None, tensor_parallel: int | None = None,
+                 statistic: str = "median", parallel: Parallelism = Parallelism(), **link):
+        """The table's rows of ``tensor_parallel`` (default ``parallel.tp``) price one GPU's
+        share of each layer; attention, the LM head, all-reduces and pipeline stages come from
+        the roofline model of ``parallel`` (``link``: its link_latency_s, link_bandwidth_gbs)."""
         self.path = Path(path)
-        self.model, self.gpu = model, gpu
-        self.analytic = RooflineCost(model, gpu)
+        self.model, self.gpu, self.parallel = model, gpu, parallel
+        self.analytic = RooflineCost(model, gpu, parallel=parallel, **link)
         self.overhead_s = self.analytic.overhead_s if overhead_s is None else float(overhead_s)
-        table = read_profile(self.path, model, tensor_parallel, statistic)
+        table = read_profile(self.path, model, tensor_parallel or parallel.tp, statistic)
         tokens = table["num_tokens"].to_numpy(dtype=float)
         if len(tokens) < 2 or tokens.min() < 1:
             raise ConfigError(f"profile {self.path}: needs at least two num_tokens rows >= 1")
@@ -99,8 +102,9 @@ class ProfileCost(CostModel):
         return float(values[-1] + slope * (t - x[-1]))
 
     def layers_time(self, num_tokens: int) -> float:
-        """The measured per-layer operators, times the number of layers."""
-        return self.model.num_layers * self._interp(self._layer_s, num_tokens)
+        """The measured per-layer operators, times the number of layers (of the largest
+        stage)."""
+        return self.parallel.stage_layers(self.model) * self._interp(self._layer_s, num_tokens)
 
     def dense_time(self, num_tokens: int) -> float:
         """Measured layers (x num_layers) plus embedding for a batch of ``num_tokens`` tokens."""
@@ -111,11 +115,21 @@ class ProfileCost(CostModel):
                 self._cache[num_tokens] = cached
         return cached
 
+    def stage_layers_time(self, shape: BatchShape) -> float:
+        analytic = self.analytic
+        return (self.dense_time(shape.num_tokens) + analytic.attention_time(shape)
+                + analytic.allreduce_time(shape.num_tokens))
+
     def iteration_time(self, shape: BatchShape) -> float:
         analytic = self.analytic
-        return (self.overhead_s + self.dense_time(shape.num_tokens)
-                + analytic.lm_head_time(shape.num_requests) + analytic.attention_time(shape))
+        if self.parallel.gpus == 1:
+            return (self.overhead_s + self.dense_time(shape.num_tokens)
+                    + analytic.lm_head_time(shape.num_requests) + analytic.attention_time(shape))
+        return analytic.pipelined(self.stage_layers_time, shape, self.overhead_s)
 
     def describe(self) -> dict:
-        return {"cost_model": "profile", "path": str(self.path), "model": self.model.name,
-                "gpu": self.gpu.name, "overhead_s": self.overhead_s}
+        out = {"cost_model": "profile", "path": str(self.path), "model": self.model.name,
+               "gpu": self.gpu.name, "overhead_s": self.overhead_s}
+        if self.parallel.gpus > 1:
+            out.update(tp=self.parallel.tp, pp=self.parallel.pp)
+        return out

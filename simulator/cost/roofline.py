@@ -28,23 +28,38 @@ Not measurable from those tables, so set from published kernel results and state
 - ``kv_read_eff`` 0.6: paged decode attention streams KV below GEMM bandwidth;
 - ``overhead_s`` 3 ms: the residual between a batch-1 decode step of Llama-2-7B on an A100 in
   vLLM (about 12-13 ms) and the time to stream its weights.
+
+Parallelism (``Parallelism``; docs/cost-models.md states the model): with tensor parallelism tp
+every phase above runs on each GPU with 1/tp of the FLOPs, weights and KV heads, and each layer
+adds two ring all-reduces of the tokens' hidden states (after attention, after the MLP),
+2 (tp-1)/tp x bytes / link bandwidth + ``link_latency_s`` each. With pp pipeline stages the
+batch is the union of up to pp micro-batches in flight (vLLM keeps pp batches queued to fill
+the pipeline; a request is in one of them), so an iteration, in which every request advances
+once, lasts the longer of one micro-batch's trip through the stages (with pp-1 hand-overs of
+its hidden states) and the busiest stage's work on all of them (``pipelined``).
+Mixture-of-experts layers compute with the token's experts only and stream the weights of the
+experts the batch's tokens reach (``ModelSpec.experts_touched``).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from simulator.cost.base import BatchShape, CostModel
 from simulator.errors import ConfigError
-from simulator.hardware import GPUSpec, ModelSpec
+from simulator.hardware import GPUSpec, ModelSpec, Parallelism
 
-def elementwise_bytes_per_token(model: ModelSpec) -> int:
+
+def elementwise_bytes_per_token(model: ModelSpec, tp: int = 1) -> int:
     """Activation bytes one layer's element-wise kernels (two RMSNorms, RoPE, residual add,
     SiLU-and-multiply) move per token, counted as 10 h + 3 ffn values: about one read and one
     write of each kernel's inputs. ``elementwise_eff`` is fitted against exactly this count
     (experiments/calibrate_roofline.py), so a different count would change the fitted
-    efficiency, not the predicted times."""
-    return (10 * model.hidden_size + 3 * model.intermediate_size) * model.dtype_bytes
+    efficiency, not the predicted times. The 3 ffn values are per expert a token uses, split
+    over tp GPUs with the MLP; the 10 h (norms, residuals) are whole on every GPU."""
+    ffn = model.intermediate_size * model.experts_per_token // tp
+    return (10 * model.hidden_size + 3 * ffn) * model.dtype_bytes
 
 
 EFFICIENCY_DEFAULTS = {
@@ -55,6 +70,13 @@ EFFICIENCY_DEFAULTS = {
     "kv_read_eff": 0.6,
     "layer_floor_s": 22e-6,
     "overhead_s": 3e-3,
+}
+# The GPU link of tensor and pipeline parallelism. The latency of one all-reduce or stage
+# hand-over is an assumption (the order of a small-message collective within an NVLink node),
+# not a measurement; the bandwidth defaults to the GPU preset's (simulator/hardware.py).
+LINK_DEFAULTS = {
+    "link_latency_s": 10e-6,
+    "link_bandwidth_gbs": None,
 }
 
 
@@ -69,6 +91,9 @@ class RooflineCost(CostModel):
     kv_read_eff: float = EFFICIENCY_DEFAULTS["kv_read_eff"]
     layer_floor_s: float = EFFICIENCY_DEFAULTS["layer_floor_s"]
     overhead_s: float = EFFICIENCY_DEFAULTS["overhead_s"]
+    parallel: Parallelism = Parallelism()
+    link_latency_s: float = LINK_DEFAULTS["link_latency_s"]
+    link_bandwidth_gbs: float | None = LINK_DEFAULTS["link_bandwidth_gbs"]
     name = "roofline"
 
     def __post_init__(self):
@@ -76,33 +101,56 @@ class RooflineCost(CostModel):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and 0 < v <= 1):
                 raise ConfigError(f"roofline {k} must be in (0, 1], got {v!r}")
-        for k in ("layer_floor_s", "overhead_s"):
+        for k in ("layer_floor_s", "overhead_s", "link_latency_s"):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ConfigError(f"roofline {k} must be >= 0 seconds, got {v!r}")
-        m, g = self.model, self.gpu
-        # Precomputed per-unit times (seconds), so iteration_time is a handful of multiplies.
-        object.__setattr__(self, "_flop_s", 1.0 / (g.peak_flops * self.compute_eff))
-        object.__setattr__(self, "_attn_flop_s", 1.0 / (g.peak_flops * self.attention_eff))
+        bw_gbs = self.link_bandwidth_gbs
+        if bw_gbs is not None and not (isinstance(bw_gbs, (int, float)) and bw_gbs > 0):
+            raise ConfigError(f"roofline link_bandwidth_gbs must be > 0 GB/s, got {bw_gbs!r}")
+        m, g, par = self.model, self.gpu, self.parallel
+        link = bw_gbs * 1e9 if bw_gbs is not None else g.link_bandwidth
+        if par.gpus > 1 and not link:
+            raise ConfigError(f"tp {par.tp} x pp {par.pp} needs a GPU link bandwidth: gpu "
+                              f"{g.name} states none (give cost_params link_bandwidth_gbs)")
+        par.check(m)
+        # Precomputed per-unit times (seconds) on one GPU of the largest stage, so that
+        # iteration_time is a handful of multiplies. tp divides FLOPs and weights.
+        tp, layers = par.tp, par.stage_layers(m)
+        set_ = functools.partial(object.__setattr__, self)
+        set_("_flop_s", 1.0 / (g.peak_flops * self.compute_eff))
+        set_("_attn_flop_s", 1.0 / (g.peak_flops * self.attention_eff))
         weight_s = m.dtype_bytes / (g.hbm_bandwidth * self.memory_eff)
-        object.__setattr__(self, "_layer_weights_s", m.num_layers * m.layer_matmul_params * weight_s)
-        object.__setattr__(self, "_lm_head_weights_s", m.vocab_size * m.hidden_size * weight_s)
-        object.__setattr__(self, "_kv_byte_s", 1.0 / (g.hbm_bandwidth * self.kv_read_eff))
-        object.__setattr__(self, "_elementwise_tok_s", elementwise_bytes_per_token(m)
-                           / (g.hbm_bandwidth * self.elementwise_eff))
-        object.__setattr__(self, "_layer_flops_tok", 2.0 * m.num_layers * m.layer_matmul_params)
-        object.__setattr__(self, "_lm_head_flops_row", 2.0 * m.vocab_size * m.hidden_size)
-        object.__setattr__(self, "_attn_flops_pair",
-                           4.0 * m.num_layers * m.num_heads * m.head_dim)
+        set_("_layer_weights_s", layers * m.layer_matmul_params / tp * weight_s)
+        # A mixture of experts streams its attention and router always, experts as reached.
+        set_("_shared_weights_s", layers * (m.attention_params + m.router_params) / tp * weight_s)
+        set_("_expert_weights_s", layers * m.expert_params / tp * weight_s)
+        set_("_lm_head_weights_s", m.vocab_size * m.hidden_size / tp * weight_s)
+        set_("_kv_bytes_token", par.kv_bytes_per_token(m))
+        set_("_kv_byte_s", 1.0 / (g.hbm_bandwidth * self.kv_read_eff))
+        set_("_elementwise_tok_s", elementwise_bytes_per_token(m, tp)
+             / (g.hbm_bandwidth * self.elementwise_eff))
+        set_("_layer_flops_tok", 2.0 * layers * m.layer_active_params / tp)
+        set_("_lm_head_flops_row", 2.0 * m.vocab_size * m.hidden_size / tp)
+        set_("_attn_flops_pair", 4.0 * layers * m.num_heads * m.head_dim / tp)
+        set_("_link", link)
+        hidden_bytes = m.hidden_size * m.dtype_bytes        # one token's hidden state
+        set_("_allreduce_tok_s", 2 * (tp - 1) / tp * hidden_bytes / link if tp > 1 else 0.0)
+        set_("_transfer_tok_s", hidden_bytes / link if par.pp > 1 else 0.0)
 
     # -- phases ---------------------------------------------------------------------------
     def layers_gemm_time(self, num_tokens: int) -> float:
         """The layers' matrix multiplies: compute-bound for prefills, weight-streaming for decodes."""
-        return max(self._layer_flops_tok * num_tokens * self._flop_s, self._layer_weights_s)
+        if self.model.num_experts > 1:
+            weights = (self._shared_weights_s
+                       + self.model.experts_touched(num_tokens) * self._expert_weights_s)
+        else:
+            weights = self._layer_weights_s
+        return max(self._layer_flops_tok * num_tokens * self._flop_s, weights)
 
     def elementwise_time(self, num_tokens: int) -> float:
-        m = self.model
-        return m.num_layers * max(self.layer_floor_s, self._elementwise_tok_s * num_tokens)
+        layers = self.parallel.stage_layers(self.model)
+        return layers * max(self.layer_floor_s, self._elementwise_tok_s * num_tokens)
 
     def dense_time(self, num_tokens: int) -> float:
         """Everything in the layers but attention: what a measured per-operator profile covers."""
@@ -116,23 +164,63 @@ class RooflineCost(CostModel):
         if not shape.prefill_tokens:
             return 0.0
         compute = self._attn_flops_pair * shape.prefill_attn_pairs * self._attn_flop_s
-        memory = shape.prefill_kv_tokens * self.model.kv_bytes_per_token * self._kv_byte_s
+        memory = shape.prefill_kv_tokens * self._kv_bytes_token * self._kv_byte_s
         return max(compute, memory)
 
     def decode_attention_time(self, shape: BatchShape) -> float:
         if not shape.decode_requests:
             return 0.0
         compute = self._attn_flops_pair * shape.decode_kv_tokens * self._attn_flop_s
-        memory = shape.decode_kv_tokens * self.model.kv_bytes_per_token * self._kv_byte_s
+        memory = shape.decode_kv_tokens * self._kv_bytes_token * self._kv_byte_s
         return max(compute, memory)
 
     def attention_time(self, shape: BatchShape) -> float:
         return self.prefill_attention_time(shape) + self.decode_attention_time(shape)
 
+    def allreduce_time(self, num_tokens: float) -> float:
+        """Tensor parallelism: two ring all-reduces of the tokens' hidden states per layer."""
+        if self.parallel.tp == 1:
+            return 0.0
+        layers = self.parallel.stage_layers(self.model)
+        return layers * 2 * (self._allreduce_tok_s * num_tokens + self.link_latency_s)
+
+    def stage_transfer_time(self, num_tokens: float) -> float:
+        """Pipeline parallelism: one micro-batch's hidden states to the next stage."""
+        return self._transfer_tok_s * num_tokens + self.link_latency_s
+
+    def stage_layers_time(self, shape: BatchShape) -> float:
+        """The layers of the largest stage (all layers without pipeline parallelism) on
+        ``shape``: dense phases, attention and all-reduces."""
+        return (self.dense_time(shape.num_tokens) + self.attention_time(shape)
+                + self.allreduce_time(shape.num_tokens))
+
+    def pipelined(self, layers_time, shape: BatchShape, overhead_s: float) -> float:
+        """An iteration from ``layers_time`` (a stage's layers as a function of a batch) and
+        the LM head on the last stage. The batch's requests form m = min(pp, requests) equal
+        micro-batches in flight; a round, in which each advances once, lasts the longer of one
+        micro-batch's trip (pp stages, the head, pp-1 hand-overs) and the busiest stage's work
+        (the last: m micro-batches' layers and heads). Every stage is priced as the largest
+        (vLLM gives the last stage no more layers than the others); the per-iteration overhead
+        counts once."""
+        pp = self.parallel.pp
+        if pp == 1:
+            return overhead_s + layers_time(shape) + self.lm_head_time(shape.num_requests)
+        m = min(pp, max(1.0, shape.num_requests))
+        part = shape.scaled(1.0 / m)
+        layers, head = layers_time(part), self.lm_head_time(part.num_requests)
+        trip = pp * layers + head + (pp - 1) * self.stage_transfer_time(part.num_tokens)
+        return overhead_s + max(trip, m * (layers + head))
+
     def iteration_time(self, shape: BatchShape) -> float:
-        return (self.overhead_s + self.dense_time(shape.num_tokens)
-                + self.lm_head_time(shape.num_requests) + self.attention_time(shape))
+        if self.parallel.gpus == 1:       # the single-GPU sum, in its order (bit for bit)
+            return (self.overhead_s + self.dense_time(shape.num_tokens)
+                    + self.lm_head_time(shape.num_requests) + self.attention_time(shape))
+        return self.pipelined(self.stage_layers_time, shape, self.overhead_s)
 
     def describe(self) -> dict:
-        return {"cost_model": "roofline", "model": self.model.name, "gpu": self.gpu.name,
-                **{k: getattr(self, k) for k in EFFICIENCY_DEFAULTS}}
+        out = {"cost_model": "roofline", "model": self.model.name, "gpu": self.gpu.name,
+               **{k: getattr(self, k) for k in EFFICIENCY_DEFAULTS}}
+        if self.parallel.gpus > 1:
+            out.update(tp=self.parallel.tp, pp=self.parallel.pp,
+                       link_latency_s=self.link_latency_s, link_bandwidth_gbs=self._link / 1e9)
+        return out

