@@ -256,10 +256,13 @@ class Engine(ReplicaLoop):
         self.pool = BlockPool(spec.num_blocks, spec.block_size) if prefix_caching else None
         self.request_blocks: dict[int, RequestBlocks] = {}
         self._waiting: dict[int, RequestState] = {}
-        # Waiting requests by the blocks at the boundaries of their last look-up, and those not
-        # looked up yet: only they need a look-up before the next schedule call.
+        # Waiting requests by the segments at the boundaries of their last look-up, and those
+        # not looked up yet: only they need a look-up before the next schedule call. The same
+        # for resident requests' shared blocks.
         self._watchers: dict[int, set[int]] = {}
         self._unlooked: set[int] = set()
+        self._shared_watchers: dict[int, set[int]] = {}
+        self._unshared: set[int] = set()
         self.cached_prompt_tokens: dict[int, int] = {}
         self.cached_blocks: list[int] = []
 
@@ -296,72 +299,54 @@ class Engine(ReplicaLoop):
         del self._waiting[rid]
         self._unlooked.discard(rid)
         b = self.request_blocks[rid]
-        self._watch(rid, b, None)
+        b.watch = _watch(self._watchers, rid, b.watch, None)
         if b.hit:
-            self.pool.want(b.hashes, b.hit, 0)
+            self.pool.want(b, b.hit, 0)
             b.hit = 0
         st.cached = st.cached_shared_blocks = 0
-
-    def _watch(self, rid: int, b: RequestBlocks, boundaries: tuple | None) -> None:
-        """Index a waiting request by the blocks at its look-up's boundaries (None: by none)."""
-        watchers = self._watchers
-        for h in b.watch or ():
-            ids = watchers[h]
-            ids.discard(rid)
-            if not ids:
-                del watchers[h]
-        watch = None if boundaries is None else frozenset(boundaries).difference((None,))
-        b.watch = watch
-        for h in watch or ():
-            ids = watchers.get(h)
-            if ids is None:
-                watchers[h] = {rid}
-            else:
-                ids.add(rid)
 
     def _look_up_prefixes(self) -> None:
         """Fill what policies read of the cache: each waiting request's hit (``cached``,
         ``cached_shared_blocks``) and each resident one's ``shared_blocks``. Along a request's
         chain each is a prefix (simulator/prefix_cache.py), so it can only have changed if a
-        block at its boundary changed since the last look-up: only those are looked up."""
+        segment at its boundary changed since the last look-up: only those are looked up."""
         pool = self.pool
         dirty = pool.dirty
         bs = self.spec.block_size
         blocks = self.request_blocks
         stale = self._unlooked
         watchers = self._watchers
-        for h in dirty.intersection(watchers.keys()):
-            stale.update(watchers[h])
+        for sid in watchers.keys() & dirty:     # iterates the smaller of the two
+            stale.update(watchers[sid])
         waiting = self._waiting
         for rid in stale:
             st = waiting[rid]
             b = blocks[rid]
             limit = (st.prompt_tokens + st.generated - 1) // bs
-            hashes = b.upto(limit)
-            hit = pool.hit_blocks(hashes, limit)
+            hit = pool.hit_blocks(b, limit)
             if hit != b.hit:
-                pool.want(hashes, b.hit, hit)
+                pool.want(b, b.hit, hit)
                 b.hit = hit
-            held = pool.held_blocks(hashes, hit)
+            held = pool.held_blocks(b, hit)
             st.cached = hit * bs
             st.cached_shared_blocks = held
-            self._watch(rid, b, _boundaries(hashes, hit, limit) + _boundaries(hashes, held, hit))
+            b.watch = _watch(watchers, rid, b.watch,
+                             b.boundaries(hit, limit) + b.boundaries(held, hit))
         stale.clear()
         # After the waiting requests: what they want counts in a resident's shared blocks.
-        for st in self.resident.values():
-            b = blocks[st.request_id]
-            w = b.shared_watch
-            if w is not None and dirty.isdisjoint(w):
-                if w[0] == b.registered:
-                    continue
-                if st.shared_blocks < w[0]:
-                    # Blocks it cached since are held by fewer requests than the block at its
-                    # boundary, which is not shared: the count stands.
-                    b.shared_watch = (b.registered,) + w[1:]
-                    continue
-            shared = pool.shared_blocks(b.hashes, b.registered) if b.registered else 0
+        # Besides a change at its boundary, a resident is looked up when it is admitted and
+        # when it caches blocks while all it had were shared (_register_full_blocks).
+        stale, watchers, resident = self._unshared, self._shared_watchers, self.resident
+        for sid in watchers.keys() & dirty:
+            stale.update(watchers[sid])
+        for rid in stale:
+            st = resident[rid]
+            b = blocks[rid]
+            shared = pool.shared_blocks(b, b.registered) if b.registered else 0
             st.shared_blocks = shared
-            b.shared_watch = (b.registered,) + _boundaries(b.hashes, shared, b.registered)
+            b.shared_watch = _watch(watchers, rid, b.shared_watch,
+                                    b.boundaries(shared, b.registered))
+        stale.clear()
         dirty.clear()
         self.free_blocks = pool.free_blocks
 
@@ -373,11 +358,11 @@ class Engine(ReplicaLoop):
         rid = st.request_id
         del self._waiting[rid]
         self._unlooked.discard(rid)
-        self._watch(rid, b, None)
-        pool.take_hit(b.hashes, hit)
+        b.watch = _watch(self._watchers, rid, b.watch, None)
+        pool.take_hit(b, hit)
         b.hit = 0
         b.registered = hit
-        b.shared_watch = None
+        self._unshared.add(rid)
         st.kv_blocks = hit
         st.computed = hit * self.spec.block_size
         stats = pool.stats
@@ -393,7 +378,11 @@ class Engine(ReplicaLoop):
         b = self.request_blocks[st.request_id]
         full = tokens // self.spec.block_size
         if full > b.registered:
-            self.pool.register(b.upto(full), b.registered, full)
+            if st.shared_blocks == b.registered:
+                # All its cached blocks were shared: the new ones may be too. Otherwise they
+                # are held by fewer requests than its first unshared block: the count stands.
+                self._unshared.add(st.request_id)
+            self.pool.register(b, b.registered, full)
             b.registered = full
 
     def _free_kv(self, st: RequestState) -> None:
@@ -401,10 +390,13 @@ class Engine(ReplicaLoop):
         if self.pool is None:
             self.free_blocks += st.kv_blocks
         else:
-            b = self.request_blocks[st.request_id]
-            self.pool.release(b.hashes, b.registered, st.kv_blocks - b.registered)
+            rid = st.request_id
+            b = self.request_blocks[rid]
+            self.pool.release(b, b.registered, st.kv_blocks - b.registered)
             b.registered = 0
             st.shared_blocks = 0
+            b.shared_watch = _watch(self._shared_watchers, rid, b.shared_watch, None)
+            self._unshared.discard(rid)
             self.free_blocks = self.pool.free_blocks
         st.kv_blocks = 0
 
@@ -595,10 +587,25 @@ class Engine(ReplicaLoop):
             self._ended(st)
 
 
-def _boundaries(hashes: list[int], k: int, limit: int) -> tuple:
-    """The blocks on either side of the end of a prefix of ``k`` of a chain's first ``limit``
-    blocks: the last in it and the first after it (where they exist)."""
-    return (hashes[k - 1] if k else None, hashes[k] if k < limit else None)
+def _watch(watchers: dict[int, set[int]], rid: int, old: frozenset | None,
+           boundaries: tuple | None) -> frozenset | None:
+    """Index request ``rid`` in ``watchers`` by the segments at its look-up's boundaries
+    instead of by ``old`` (None: by none); returns the segments it is indexed by now."""
+    watch = None if boundaries is None else frozenset(boundaries).difference((None,))
+    if watch == old:
+        return old
+    for sid in old or ():
+        ids = watchers[sid]
+        ids.discard(rid)
+        if not ids:
+            del watchers[sid]
+    for sid in watch or ():
+        ids = watchers.get(sid)
+        if ids is None:
+            watchers[sid] = {rid}
+        else:
+            ids.add(rid)
+    return watch
 
 
 def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: ReplicaSpec,

@@ -146,15 +146,21 @@ def check_pool(engine: Engine) -> None:
         if st.kv_blocks != -(-st.computed // bs) and st.kv_blocks != -(-(st.computed + 1) // bs):
             _fail(f"request {st.request_id} holds {st.kv_blocks} blocks for {st.computed} "
                   f"computed tokens")
-        for h in b.hashes[:b.registered]:
-            holders[h] = holders.get(h, 0) + 1
+        for block in b.block_ids(b.registered):
+            holders[block] = holders.get(block, 0) + 1
         uncached += st.kv_blocks - b.registered
-    if holders != pool.refs:
-        gone = [h for h in holders if h not in pool.refs or pool.refs[h] != holders[h]]
+    refs = pool.held_counts()
+    if holders != refs:
+        gone = [h for h in holders if h not in refs or refs[h] != holders[h]]
         _fail(f"t={engine.env.now:.6f}s: {len(gone)} blocks in use are not held in the pool as "
               f"often as requests hold them (freed while in use), or the pool holds blocks no "
-              f"request does ({len(pool.refs)} held, {len(holders)} in use)")
-    if any(h in pool.evictable for h in holders):
+              f"request does ({len(refs)} held, {len(holders)} in use)")
+    evictable = pool.evictable_blocks()
+    if len(set(evictable)) != len(evictable) or len(evictable) != pool.evictable or \
+            not all(map(pool.is_cached, evictable)):
+        _fail(f"t={engine.env.now:.6f}s: the free queue's cached blocks are not {pool.evictable} "
+              f"distinct cached blocks")
+    if not holders.keys().isdisjoint(evictable):
         _fail(f"t={engine.env.now:.6f}s: a block in use is on the free list")
     in_use = len(holders) + uncached
     if in_use + pool.free_blocks != spec.num_blocks or pool.free_blocks != engine.free_blocks:
@@ -162,10 +168,10 @@ def check_pool(engine: Engine) -> None:
               f"{pool.free_blocks} free ({engine.free_blocks} seen) do not add up to the "
               f"capacity {spec.num_blocks}")
     for st in engine.waiting_states():
-        hashes = engine.request_blocks[st.request_id].hashes
         hit = st.cached // bs
+        blocks = engine.request_blocks[st.request_id].block_ids(hit)
         if st.cached % bs or st.cached > st.num_tokens - 1 or \
-                not all(pool.is_cached(h) for h in hashes[:hit]):
+                not all(map(pool.is_cached, blocks)):
             _fail(f"request {st.request_id} waits with a hit of {st.cached} tokens that are not "
                   f"all cached whole blocks short of its {st.num_tokens} tokens")
 

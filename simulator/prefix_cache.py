@@ -18,65 +18,75 @@ The model follows ``vllm/v1/core/block_pool.py``, ``kv_cache_manager.py`` and
 - A request's hit is the longest run of cached full blocks from its start, at most all its
   tokens but one (``get_computed_blocks``: ``max_cache_hit_length = num_tokens - 1``).
 
-Since the free queue holds every uncached free block ahead of every cached one, the pool needs
-no block ids: a count of uncached free blocks and an ordered map of the cached free blocks
-(``evictable``, head first). A block's hash stands for the block; ``refs`` counts the live
-requests holding each cached block, and a shared block counts once against capacity.
-``wanted`` counts the waiting requests whose hit covers each block: preempting a request frees
-only blocks that nobody else holds or wants (``shared_blocks``), so that a policy that preempts
-one request and admits another whose hit is on the victim's blocks plans with the blocks the
-engine will really have.
-
 One simplification: vLLM keeps two blocks with equal hashes when two requests compute the same
 block (``BlockHashToBlockMap`` holds both); here the second request adopts the cached block and
 frees its own copy at once (``register``). The compute is the same; the pool holds one block
-fewer until the requests finish. With it, every cached block's parent is cached and held at
-least as long, so along a request's chain the cached blocks, and the held ones, are prefixes:
-found by bisection.
+fewer until the requests finish. With it, a cached block's parent is cached, and held, at least
+as long as the block: along a request's chain the cached blocks, the held ones and the ones
+held or wanted by two requests are each a prefix.
+
+**Segments.** Work is done per run of blocks, not per block. A request's chain is cut into
+segments: the whole blocks inside one run of its content (a Mooncake hash id: 32 blocks of 16
+tokens; a request's own prompt; its answer), and each block that straddles two runs on its
+own. A segment is named by its first block's chained hash (``sid``), which fixes everything
+before it, and block ``j`` of it is ``(sid, j)``: two chains share a block exactly when they
+share it under the per-block hash chain. Chains can carry different lengths of one segment (a
+run cut short by the end of a prompt): each holds or wants a prefix of it. Since the cached,
+held and shared blocks of a chain are prefixes, so are they inside each segment, and a segment
+keeps only how many of its blocks are cached, the prefixes its holders hold (``holds``) and
+those they hold or waiting requests want (``claims``), as multisets of lengths.
+
+Since the free queue holds every uncached free block ahead of every cached one, uncached free
+blocks are a count (``plain_free``). The cached ones form ``queue``: chunks of consecutive
+blocks of one segment, in the order they were freed (head: evicted first). A segment's
+evictable blocks (cached, not held) are the chunks that partition ``[held, cached)``, the
+oldest at the top: an eviction takes a segment's last blocks first, as vLLM's free order does,
+and a hit or an adoption takes its lowest evictable blocks, the most recently freed.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from itertools import repeat, starmap
-from operator import itemgetter
+from bisect import bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
 
 from traces.request import ANSWER_OF, PROMPT_OF, TokenRuns
 
 ROOT_HASH = 0     # the parent hash of a request's first block (vLLM's NONE_HASH)
+ENDLESS = 1 << 62  # the answer run's length: output tokens follow the prompt without end
 
 
-BATCH = 256       # hashes generated at most at once inside one run (the output run is endless)
-
-
-def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
-                 block_size: int) -> Iterator[list[int]]:
-    """The chained hashes of a request's full blocks 0, 1, 2, ..., a list at a time (endless:
-    output tokens follow the prompt). A block across runs hashes its parent's hash and, per run
-    it overlaps, namespace, key, offset in the run and tokens taken; blocks inside one run hash
-    the hash before them, the run and the offset. ``hash`` of a tuple of ints is the same in
+def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
+             block_size: int) -> Iterator[tuple[int, int]]:
+    """A request's chain as segments ``(sid, blocks)``, endless (output tokens follow the
+    prompt). The whole blocks inside one run form one segment, named by its first block's
+    hash: the hash before it (which stands for everything earlier), namespace, key and offset
+    in the run. A block across runs is a segment of one block, hashing the hash before it and,
+    per run it overlaps, namespace, key, offset and tokens taken (so a Mooncake hash id, 512
+    tokens, is one segment of 32 blocks of 16 tokens: runs that a block size divides cost no
+    straddling block). The hash a segment passes on
+    is its last block's, hashed as its first one. ``hash`` of a tuple of ints is the same in
     every process."""
     runs = list(prefix.runs) if prefix is not None else []
     own = prompt_tokens - sum(n for _, _, n in runs)
     if own > 0:
         runs.append((PROMPT_OF, request_id, own))
-    runs.append((ANSWER_OF, request_id, 1 << 62))
+    runs.append((ANSWER_OF, request_id, ENDLESS))
     h = ROOT_HASH
     i, off = 0, 0
     ns, key, n = runs[0]
     while True:
-        # Whole blocks inside the current run, the common case: each hashes the hash before
-        # them (which stands for everything earlier) and its offset, which together fix its
-        # whole prefix as a per-block chain would.
+        while off == n:        # a run used up: a block starting the next one lies inside it
+            i += 1
+            ns, key, n = runs[i]
+            off = 0
         if n - off >= block_size:
-            end = off + min((n - off) // block_size, BATCH) * block_size
-            base = h
-            batch = [hash((base, ns, key, o)) for o in range(off, end, block_size)]
-            off = end
-            h = batch[-1]
-            yield batch
+            count = (n - off) // block_size
+            sid = hash((h, ns, key, off))
+            off += count * block_size
+            h = hash((h, ns, key, off - block_size)) if count > 1 else sid
+            yield sid, count
             continue
         piece: list[int] = [h]
         need = block_size
@@ -91,32 +101,96 @@ def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                 ns, key, n = runs[i]
                 off = 0
         h = hash(tuple(piece))
-        yield [h]
+        yield h, 1
 
 
 class RequestBlocks:
-    """One request's block hashes, generated as far as they are needed; how many of its
-    blocks (its first ``registered``) are cached blocks it holds; while it waits, its hit."""
+    """One request's chain, its segments generated as far as they are needed (``sids``, each
+    starting at block ``starts[i]`` and ending before ``ends[i]``); how many of its blocks (its
+    first ``registered``) are cached blocks it holds; while it waits, its hit."""
 
-    __slots__ = ("hashes", "_more", "registered", "hit", "watch", "shared_watch")
+    __slots__ = ("sids", "starts", "ends", "_more", "registered", "hit", "watch",
+                 "shared_watch")
 
     def __init__(self, prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                  block_size: int):
-        self.hashes: list[int] = []
-        self._more = block_hashes(prefix, request_id, prompt_tokens, block_size)
+        self.sids: list[int] = []
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self._more = segments(prefix, request_id, prompt_tokens, block_size)
         self.registered = 0
         self.hit = 0          # while waiting: its hit, in blocks, as last looked up
-        # The blocks at the boundaries of its last lookup (None: look up): the answer can only
-        # have changed if one of them did (see BlockPool.dirty).
-        self.watch: tuple | None = None
-        self.shared_watch: tuple | None = None     # the same for a resident's shared_blocks
+        # The segments at the boundaries of its last lookup (None: look up): the answer can
+        # only have changed if one of them did (see BlockPool.dirty).
+        self.watch: frozenset | None = None
+        self.shared_watch: frozenset | None = None  # the same for a resident's shared_blocks
 
-    def upto(self, blocks: int) -> list[int]:
-        """The hashes list, holding at least its first ``blocks`` hashes."""
-        hashes = self.hashes
-        while len(hashes) < blocks:
-            hashes.extend(next(self._more))
-        return hashes
+    def upto(self, blocks: int) -> None:
+        """Generate segments until they cover the chain's first ``blocks`` blocks."""
+        ends = self.ends
+        end = ends[-1] if ends else 0
+        if end >= blocks:
+            return
+        while end < blocks:
+            sid, count = next(self._more)
+            self.sids.append(sid)
+            self.starts.append(end)
+            end += count
+            ends.append(end)
+
+    def segment(self, block: int) -> int:
+        """The index of the segment holding block ``block`` (generated)."""
+        return bisect_right(self.starts, block) - 1
+
+    def boundaries(self, k: int, limit: int) -> tuple:
+        """The segments on either side of the end of a prefix of ``k`` of the chain's first
+        ``limit`` blocks: those of the last block in it and of the first after it."""
+        sids, at = self.sids, self.segment
+        return (sids[at(k - 1)] if k else None, sids[at(k)] if k < limit else None)
+
+    def block_ids(self, blocks: int) -> list[tuple[int, int]]:
+        """The first ``blocks`` blocks by name, ``(sid, index in the segment)`` (for checks)."""
+        self.upto(blocks)
+        return [(sid, j - s) for sid, s, e in zip(self.sids, self.starts, self.ends)
+                for j in range(s, min(e, blocks))]
+
+
+class Segment:
+    """The pool's state of one segment (see the module's docstring): its first ``cached``
+    blocks are cached and the first ``held`` held by live requests; ``shared`` is how many
+    two or more live requests hold or want (the second longest claim)."""
+
+    __slots__ = ("cached", "held", "shared", "holds", "claims", "chunks")
+
+    def __init__(self):
+        self.cached = self.held = self.shared = 0
+        self.holds: dict[int, int] = {}     # prefix length -> live requests holding it
+        self.claims: dict[int, int] = {}    # the same, holding or (waiting) wanting it
+        self.chunks: list[list] = []        # evictable: [sid, lo, hi, key], oldest first
+
+
+def _add(counts: dict[int, int], k: int) -> None:
+    counts[k] = counts.get(k, 0) + 1
+
+
+def _drop(counts: dict[int, int], k: int) -> None:
+    n = counts[k] - 1
+    if n:
+        counts[k] = n
+    else:
+        del counts[k]
+
+
+def _second(counts: dict[int, int]) -> int:
+    """The second largest element of a multiset ``{value: count}`` (0 with fewer than two)."""
+    first = second = 0
+    for k, n in counts.items():
+        if k > first:
+            second = k if n > 1 else first
+            first = k
+        elif k > second:
+            second = k
+    return second
 
 
 @dataclass
@@ -145,178 +219,257 @@ class BlockPool:
     """The replica's KV blocks with prefix caching, by count (see the module's docstring).
 
     ``free_blocks`` counts uncached free blocks and evictable cached ones, as vLLM's
-    ``get_num_free_blocks``. ``dirty`` collects the blocks whose state changed (cached or not,
-    holders, wanted) since the engine last cleared it: a lookup's answer changes only if a
-    block at one of its boundaries did (``RequestBlocks.watch``)."""
+    ``get_num_free_blocks``; ``cached_blocks`` the blocks holding a cached prefix, held or
+    evictable. ``dirty`` collects the segments whose cached, held or shared length changed
+    since the engine last cleared it: a lookup's answer changes only if a segment at one of
+    its boundaries did (``RequestBlocks.watch``)."""
 
-    __slots__ = ("num_blocks", "block_size", "plain_free", "evictable", "refs", "wanted",
-                 "stats", "dirty")
+    __slots__ = ("num_blocks", "block_size", "plain_free", "evictable", "cached_blocks",
+                 "segments", "queue", "_chunks", "stats", "dirty")
 
     def __init__(self, num_blocks: int, block_size: int):
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.plain_free = num_blocks
-        self.evictable: OrderedDict[int, None] = OrderedDict()   # head: evicted first
-        self.refs: dict[int, int] = {}                           # held cached blocks
-        self.wanted: dict[int, int] = {}                         # hits of waiting requests
+        self.evictable = 0
+        self.cached_blocks = 0
+        self.segments: dict[int, Segment] = {}
+        self.queue: OrderedDict[int, list] = OrderedDict()   # chunks by key; head: evicted first
+        self._chunks = 0                                      # chunk keys handed out
         self.stats = PrefixCacheStats()
         self.dirty: set[int] = set()
 
     @property
     def free_blocks(self) -> int:
-        return self.plain_free + len(self.evictable)
+        return self.plain_free + self.evictable
 
-    @property
-    def cached_blocks(self) -> int:
-        """Blocks holding a cached prefix, held or evictable."""
-        return len(self.refs) + len(self.evictable)
+    # -- lookups (along a chain, each answer is a prefix: the first segment short of it) ------
+    def hit_blocks(self, chain: RequestBlocks, limit: int) -> int:
+        """How many of the first ``limit`` blocks of a chain are cached."""
+        chain.upto(limit)
+        get = self.segments.get
+        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
+            if s >= limit:
+                break
+            seg = get(sid)
+            c = seg.cached if seg is not None else 0
+            if c < e - s:
+                return min(s + c, limit)
+        return limit
 
-    def is_cached(self, h: int) -> bool:
-        return h in self.refs or h in self.evictable
+    def held_blocks(self, chain: RequestBlocks, limit: int) -> int:
+        """How many of the first ``limit`` (cached) blocks of a chain live requests hold."""
+        segs = self.segments
+        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
+            if s >= limit:
+                break
+            held = segs[sid].held
+            if held < min(e, limit) - s:
+                return s + held
+        return limit
 
-    # -- lookups -------------------------------------------------------------------------------
-    def hit_blocks(self, hashes: list[int], limit: int) -> int:
-        """How many of the first ``limit`` blocks of a chain are cached (a prefix: bisection)."""
-        refs, evictable = self.refs, self.evictable
-        lo, hi = 0, limit          # the answer lies in [lo, hi]
-        while lo < hi:
-            mid = (lo + hi + 1) >> 1
-            h = hashes[mid - 1]
-            if h in refs or h in evictable:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def held_blocks(self, hashes: list[int], limit: int, more_than: int = 0) -> int:
-        """How many of the first ``limit`` blocks of a chain more than ``more_than`` live
-        requests hold (holders only shrink along a chain: bisection)."""
-        refs = self.refs
-        lo, hi = 0, limit
-        while lo < hi:
-            mid = (lo + hi + 1) >> 1
-            if refs.get(hashes[mid - 1], 0) > more_than:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def shared_blocks(self, hashes: list[int], registered: int) -> int:
+    def shared_blocks(self, chain: RequestBlocks, registered: int) -> int:
         """How many of a resident request's cached blocks another live request holds, or a
-        waiting request's hit covers (both only shrink along a chain: bisection)."""
-        refs, wanted = self.refs, self.wanted
-        lo, hi = 0, registered
-        while lo < hi:
-            mid = (lo + hi + 1) >> 1
-            h = hashes[mid - 1]
-            if refs[h] + wanted.get(h, 0) > 1:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        waiting request's hit covers."""
+        segs = self.segments
+        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
+            if s >= registered:
+                break
+            shared = segs[sid].shared
+            if shared < min(e, registered) - s:
+                return s + shared
+        return registered
 
-    # What a lookup reads of a block: cached or not; held or not (a waiting request's
-    # cached_shared_blocks); held or wanted by more than one request (a resident's
-    # shared_blocks). A block is marked dirty only when one of these changes.
+    # -- a request's claims on segments ----------------------------------------------------------
+    def _spans(self, chain: RequestBlocks, lo: int, hi: int) -> Iterator[tuple]:
+        """For each segment of a chain overlapping blocks ``[lo, hi)`` (0 < hi): its sid and
+        how many of its blocks the chain's first ``lo`` and first ``hi`` blocks cover."""
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
+        for i in range(chain.segment(lo), chain.segment(hi - 1) + 1):
+            s, e = starts[i], ends[i]
+            yield sids[i], (min(e, lo) - s if lo > s else 0), min(e, hi) - s
 
-    def want(self, hashes: list[int], old: int, new: int) -> None:
+    def want(self, chain: RequestBlocks, old: int, new: int) -> None:
         """A waiting request's hit went from its first ``old`` blocks to its first ``new``."""
-        wanted, refs, dirty = self.wanted, self.refs, self.dirty
-        if new > old:
-            for h in hashes[old:new]:
-                w = wanted.get(h, 0)
-                wanted[h] = w + 1
-                if refs.get(h, 0) + w == 1:
-                    dirty.add(h)
-        else:
-            for h in hashes[new:old]:
-                w = wanted[h] - 1
-                if w:
-                    wanted[h] = w
-                else:
-                    del wanted[h]
-                if refs.get(h, 0) + w == 1:
-                    dirty.add(h)
+        if old == new:
+            return
+        segs, dirty = self.segments, self.dirty
+        lo, hi = (old, new) if old < new else (new, old)
+        for sid, a, b in self._spans(chain, lo, hi):
+            seg = segs[sid]
+            claims = seg.claims
+            if old > new:
+                a, b = b, a           # from b blocks (its old claim) to a
+            if a:
+                _drop(claims, a)
+            if b:
+                _add(claims, b)
+            shared = _second(claims)
+            if shared != seg.shared:
+                seg.shared = shared
+                dirty.add(sid)
+            if not claims and not seg.cached:
+                del segs[sid]
+
+    def take_hit(self, chain: RequestBlocks, blocks: int) -> None:
+        """A request admitted with its first ``blocks`` blocks cached holds them (``touch``);
+        they are no longer only wanted (so the claims stay as they were)."""
+        if not blocks:
+            return
+        segs, dirty = self.segments, self.dirty
+        for sid, _, b in self._spans(chain, 0, blocks):
+            seg = segs[sid]
+            _add(seg.holds, b)
+            if b > seg.held:
+                self._unfree(seg, seg.held, b)
+                seg.held = b
+                dirty.add(sid)
+
+    def _unfree(self, seg: Segment, lo: int, hi: int) -> None:
+        """Evictable blocks ``[lo, hi)`` of a segment, its lowest, are held again: out of the
+        free queue (the newest chunks hold them)."""
+        chunks, queue = seg.chunks, self.queue
+        self.evictable -= hi - lo
+        while lo < hi:
+            chunk = chunks[-1]
+            top = chunk[2]
+            if top <= hi:
+                chunks.pop()
+                del queue[chunk[3]]
+                lo = top
+            else:
+                chunk[1] = hi
+                lo = hi
 
     # -- a request's blocks ----------------------------------------------------------------------
-    def take_hit(self, hashes: list[int], blocks: int) -> None:
-        """A request admitted with its first ``blocks`` blocks cached holds them (``touch``);
-        they are no longer only wanted (so held-or-wanted counts stay as they were)."""
-        refs, evictable, wanted, dirty = self.refs, self.evictable, self.wanted, self.dirty
-        for h in hashes[:blocks]:
-            w = wanted[h] - 1
-            if w:
-                wanted[h] = w
-            else:
-                del wanted[h]
-            held = refs.get(h, 0)
-            if held == 0:
-                del evictable[h]
-                dirty.add(h)
-            refs[h] = held + 1
-
     def allocate(self, blocks: int) -> None:
         """Take ``blocks`` new blocks: uncached free ones first, then the least recently freed
-        cached ones, evicting them. The caller has checked that they are free."""
+        cached ones, evicting them (a segment's last cached blocks). The caller has checked
+        that they are free."""
         plain = self.plain_free
         if blocks <= plain:
             self.plain_free = plain - blocks
             return
         self.plain_free = 0
-        # popitem(last=False), blocks - plain times, in C: the head of the LRU queue first.
-        evicted = starmap(self.evictable.popitem, repeat((False,), blocks - plain))
-        self.dirty.update(map(itemgetter(0), evicted))
-        self.stats.evictions += blocks - plain
+        need = blocks - plain
+        self.evictable -= need
+        self.cached_blocks -= need
+        self.stats.evictions += need
+        queue, segs, dirty = self.queue, self.segments, self.dirty
+        while need:
+            chunk = queue[next(iter(queue))]
+            sid, lo, hi = chunk[0], chunk[1], chunk[2]
+            take = min(need, hi - lo)
+            need -= take
+            seg = segs[sid]
+            seg.cached = hi - take
+            dirty.add(sid)
+            if take == hi - lo:
+                queue.popitem(last=False)
+                del seg.chunks[0]
+                if not seg.cached and not seg.claims:
+                    del segs[sid]
+            else:
+                chunk[2] = hi - take
 
-    def register(self, hashes: list[int], start: int, end: int) -> None:
+    def register(self, chain: RequestBlocks, start: int, end: int) -> None:
         """Blocks ``start`` to ``end`` of a request (taken by ``allocate``) became full: they
-        are cached from now on; a block whose hash is cached already is adopted instead, and
-        the request's own copy goes back to the free blocks."""
-        new = hashes[start:end]
-        refs, evictable = self.refs, self.evictable
-        if refs.keys().isdisjoint(new) and evictable.keys().isdisjoint(new):
-            refs.update(dict.fromkeys(new, 1))      # the common case: none cached yet
-            self.dirty.update(new)
-            return
-        wanted, dirty = self.wanted, self.dirty
+        are cached from now on; a block cached already is adopted instead, and the request's
+        own copy goes back to the free blocks."""
+        chain.upto(end)
+        segs, dirty = self.segments, self.dirty
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
         adopted = 0
-        for h in new:
-            held = refs.get(h)
-            if held is not None:
-                refs[h] = held + 1
-                adopted += 1
-                if held == 1 and h not in wanted:
-                    dirty.add(h)
-                continue
-            dirty.add(h)
-            if h in evictable:
-                del evictable[h]
-                adopted += 1
-            refs[h] = 1
+        i = chain.segment(start)
+        while True:          # hot (a decode fills a block every block_size steps): inlined
+            sid, s, e = sids[i], starts[i], ends[i]
+            a = start - s if start > s else 0           # its blocks of the segment: a, then b
+            b = (end if end < e else e) - s
+            seg = segs.get(sid)
+            if seg is None:
+                seg = segs[sid] = Segment()
+            holds, claims = seg.holds, seg.claims
+            if a:
+                n = holds[a] - 1
+                if n:
+                    holds[a] = n
+                else:
+                    del holds[a]
+                n = claims[a] - 1
+                if n:
+                    claims[a] = n
+                else:
+                    del claims[a]
+            holds[b] = holds.get(b, 0) + 1
+            claims[b] = claims.get(b, 0) + 1
+            cached, held = seg.cached, seg.held
+            if cached < b:
+                self.cached_blocks += b - (a if a > cached else cached)
+                seg.cached = b
+                dirty.add(sid)
+            if cached > a:                       # blocks [a, min(b, cached)) are adopted
+                top = b if b < cached else cached
+                adopted += top - a
+                if held < top:
+                    self._unfree(seg, held, top)
+            if b > held:
+                seg.held = b
+                dirty.add(sid)
+            shared = _second(claims)
+            if shared != seg.shared:
+                seg.shared = shared
+                dirty.add(sid)
+            if e >= end:
+                break
+            i += 1
         self.plain_free += adopted
 
-    def release(self, hashes: list[int], registered: int, plain: int) -> None:
+    def release(self, chain: RequestBlocks, registered: int, plain: int) -> None:
         """A request frees its blocks: ``plain`` uncached ones (to the head of the free queue)
         and its ``registered`` cached ones, last first, to the tail of those evictable."""
         self.plain_free += plain
-        refs, evictable, wanted, dirty = self.refs, self.evictable, self.wanted, self.dirty
-        # Past its first ``shared`` blocks, nobody else holds or wants them (a prefix: see
-        # shared_blocks): those go to the free queue at once, in C loops.
-        shared = self.shared_blocks(hashes, registered)
-        mine = hashes[shared:registered]
-        if mine:
-            deque(map(refs.__delitem__, mine), maxlen=0)     # del refs[h] for each
-            mine.reverse()
-            evictable.update(dict.fromkeys(mine))
-            dirty.update(mine)
-        for i in range(shared - 1, -1, -1):
-            h = hashes[i]
-            held = refs[h] - 1
-            if held:
-                refs[h] = held
-                if held == 1 and h not in wanted:
-                    dirty.add(h)
-            else:
-                del refs[h]
-                evictable[h] = None
-                dirty.add(h)
+        if not registered:
+            return
+        segs, dirty, queue = self.segments, self.dirty, self.queue
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
+        for i in range(chain.segment(registered - 1), -1, -1):
+            sid = sids[i]
+            b = min(ends[i], registered) - starts[i]
+            seg = segs[sid]
+            holds, claims = seg.holds, seg.claims
+            _drop(holds, b)
+            _drop(claims, b)
+            held = seg.held
+            new_held = max(holds) if holds else 0
+            if new_held < held:
+                key = self._chunks
+                self._chunks = key + 1
+                chunk = [sid, new_held, held, key]
+                queue[key] = chunk
+                seg.chunks.append(chunk)
+                self.evictable += held - new_held
+                seg.held = new_held
+                dirty.add(sid)
+            shared = _second(claims)
+            if shared != seg.shared:
+                seg.shared = shared
+                dirty.add(sid)
+
+    # -- the per-block view, for checks ------------------------------------------------------------
+    def held_counts(self) -> dict[tuple[int, int], int]:
+        """Each held block ``(sid, j)`` with how many live requests hold it."""
+        out: dict[tuple[int, int], int] = {}
+        for sid, seg in self.segments.items():
+            for length, n in seg.holds.items():
+                for j in range(length):
+                    out[sid, j] = out.get((sid, j), 0) + n
+        return out
+
+    def evictable_blocks(self) -> list[tuple[int, int]]:
+        """The free cached blocks ``(sid, j)``, in eviction order."""
+        return [(sid, j) for sid, lo, hi, _ in self.queue.values()
+                for j in range(hi - 1, lo - 1, -1)]
+
+    def is_cached(self, block: tuple[int, int]) -> bool:
+        seg = self.segments.get(block[0])
+        return seg is not None and block[1] < seg.cached
