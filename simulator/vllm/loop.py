@@ -267,6 +267,9 @@ class VllmLoopEngine(ReplicaLoop):
         self.cached_prompt_tokens: dict[int, int] = {}
         self.cached_blocks: list[int] = []
         self.evictions = 0
+        # Admissions whose hit differs from the one looked up before the step (by the plug-in,
+        # as the native engine looks hits up): (time, request id, looked up, admitted with).
+        self.hits_changed_in_step: list[tuple[float, int, int, int]] = []
         if prefix_caching:
             self._count_prefix_cache()
         if hasattr(self.sched, "configure"):
@@ -305,6 +308,24 @@ class VllmLoopEngine(ReplicaLoop):
                                  evictions=self.evictions)
         return PrefixCacheReport(self.cached_prompt_tokens, self.cached_blocks, stats.to_dict())
 
+    def _note_admissions(self, out, now: float) -> None:
+        """Each admission's hit: the computed tokens vLLM admitted it with (new requests, and
+        those resumed after a preemption); the first one is the request's cached prompt
+        tokens. One that differs from the plug-in's look-up before the step changed within it:
+        blocks an earlier admission of the step allocated (a hit the native engine does not
+        see), or cached blocks the step's earlier allocations evicted."""
+        admitted = [(new.req_id, new.num_computed_tokens) for new in out.scheduled_new_reqs]
+        cached = out.scheduled_cached_reqs
+        if cached.resumed_req_ids:
+            admitted += [(rid, n) for rid, n in zip(cached.req_ids, cached.num_computed_tokens)
+                         if rid in cached.resumed_req_ids]
+        state_of = getattr(self.sched, "request_state", None)
+        for rid, hit in admitted:
+            self.cached_prompt_tokens.setdefault(int(rid), hit)
+            st = state_of(rid) if state_of is not None else None
+            if st is not None and st.cached != hit:
+                self.hits_changed_in_step.append((now, int(rid), st.cached, hit))
+
     def _next_token(self, req) -> int:
         """The output id a request samples next: its sequence's id at that position."""
         return self._outputs[req.request_id][req.num_output_tokens]
@@ -312,7 +333,9 @@ class VllmLoopEngine(ReplicaLoop):
     def _extra(self) -> dict:
         stats = getattr(self.sched, "servesim_stats", None)
         version = {"version": self.vllm_version} if self.vllm_version else {}
-        return {**version, **(vars(stats) if stats is not None else {})}
+        changed = {"hits_changed_in_step": len(self.hits_changed_in_step)} \
+            if self.prefix_caching else {}
+        return {**version, **(vars(stats) if stats is not None else {}), **changed}
 
     def _accept(self, st: RequestState, r: Request) -> None:
         rid = str(r.request_id)
@@ -352,11 +375,7 @@ class VllmLoopEngine(ReplicaLoop):
             self.iterations += 1
             requests = sched.requests
             if self.prefix_caching:
-                # A request's hit: the computed tokens vLLM admitted it with, the first time.
-                for new in out.scheduled_new_reqs:
-                    rid = int(new.req_id)
-                    if rid not in self.cached_prompt_tokens:
-                        self.cached_prompt_tokens[rid] = new.num_computed_tokens
+                self._note_admissions(out, now)
                 self.cached_blocks.append(len(pool.cached_block_hash_to_block))
             for rid in out.num_scheduled_tokens:
                 st = self.by_id[rid]
