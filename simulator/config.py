@@ -378,14 +378,8 @@ class RunConfig:
         if (self.system_prompt_len or self.session_turns > 1) and self.trace:
             raise ConfigError("system_prompt_len and session_turns describe synthetic workloads; "
                               "a trace carries its own sharing (hash_ids)")
-        if self.engine == "vllm" and self.prefix_caching:
-            raise ConfigError("prefix_caching with engine vllm is not modelled yet (the loop's "
-                              "prompts carry no token ids that reproduce shared prefixes); use "
-                              "engine native")
         if self.session_turns > 1 and self.duration is not None:
             raise ConfigError("session_turns needs num_requests (sessions of turns), not duration")
-        if self.session_turns > 1 and self.engine == "vllm":
-            raise ConfigError("session_turns (closed-loop sessions) needs engine native")
         if self.session_turns > 1 and self.types:
             raise ConfigError("session_turns draws messages from prompt_len/output_len, not "
                               "from types")

@@ -215,8 +215,6 @@ def test_system_prompt_hit_rate_equals_its_closed_form():
         sum(expected) / workload.frame["prompt_tokens"].sum())
 
 
-def test_prefix_caching_with_vllm_in_the_loop_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match="prefix_caching with engine vllm"):
-        RunConfig(engine="vllm", prefix_caching=True).validate()
+def test_sessions_on_a_trace_are_refused_in_one_line():
     with pytest.raises(ConfigError, match="session_turns"):
         RunConfig(trace="x.jsonl", session_turns=3).validate()

@@ -13,6 +13,14 @@ Per-request and summary metrics come from the same ``RequestState`` records and
 ``simulator/metrics.py`` functions as the native engine, so both engines share one schema.
 The scheduler runs synchronously (one batch in flight), as the native engine does; a live server
 with async scheduling overlaps scheduling with execution, which this does not model.
+
+With prefix caching on (``--prefix-caching``, or unset and the workload's requests carrying
+prefix identity, as for the native engine) vLLM's own block pool caches and evicts, and the
+requests carry token ids whose block hashes share what the native cache model shares
+(``simulator/vllm/token_ids.py``); each request is hashed with the engine core's block hasher
+(``prefix_caching_hash_algo``). Without it, every prompt and output is one repeated token.
+Closed-loop session turns arrive a think time after the turn they follow ends, as in the
+native engine.
 """
 
 from __future__ import annotations
@@ -28,11 +36,12 @@ from scheduler.base import Policy
 from scheduler.state import ReplicaSpec, RequestState, Status
 from simulator.config import RunConfig
 from simulator.cost.base import BatchShape, CostModel
-from simulator.engine import ReplicaLoop, reject
+from simulator.engine import PrefixCacheReport, ReplicaLoop, prefix_caching_on, reject
 from simulator.errors import ConfigError, PolicyViolation
 from simulator.hardware import ModelSpec, model_spec
 from simulator.io import write_text
 from simulator.metrics import BY_POLICY, TimelineRow
+from simulator.prefix_cache import PrefixCacheStats
 from traces.request import Request
 from traces.workload import Workload
 
@@ -170,13 +179,27 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
                          block_size=spec.block_size, log_stats=False)
 
 
-def vllm_request(r: Request):
+def vllm_request(r: Request, prompt_token_ids: list[int] | None = None, block_hasher=None):
+    """vLLM's request for ``r``: its prompt ``prompt_token_ids`` (default: one repeated token),
+    hashed block by block with ``block_hasher`` when prefix caching is on."""
     from vllm.sampling_params import SamplingParams
     from vllm.v1.request import Request as VllmRequest
-    return VllmRequest(str(r.request_id), prompt_token_ids=[TOKEN_ID] * r.prompt_tokens,
+    if prompt_token_ids is None:
+        prompt_token_ids = [TOKEN_ID] * r.prompt_tokens
+    return VllmRequest(str(r.request_id), prompt_token_ids=prompt_token_ids,
                        sampling_params=SamplingParams(max_tokens=r.output_tokens,
                                                       ignore_eos=True),
-                       pooling_params=None, arrival_time=r.arrival_s)
+                       pooling_params=None, arrival_time=r.arrival_s, block_hasher=block_hasher)
+
+
+def block_hasher(config):
+    """The block hasher vLLM's engine core gives every request when prefix caching is on
+    (``EngineCore.__init__``): the configured hash algorithm, chained from ``NONE_HASH``."""
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    hash_fn = get_hash_fn_by_name(config.cache_config.prefix_caching_hash_algo)
+    init_none_hash(hash_fn)
+    return get_request_block_hasher(config.cache_config.block_size, hash_fn)
 
 
 def batch_shape(out, requests: dict) -> BatchShape:
@@ -193,12 +216,18 @@ def batch_shape(out, requests: dict) -> BatchShape:
     return shape
 
 
-def model_output(out, requests: dict):
-    """Fabricated model output: one token for each request whose prompt (or recompute) is done."""
+def model_output(out, requests: dict, next_token: Callable | None = None):
+    """Fabricated model output: one token for each request whose prompt (or recompute) is done;
+    ``next_token(request)`` gives it (default: the one repeated token)."""
     from vllm.v1.outputs import ModelRunnerOutput
     ids = list(out.num_scheduled_tokens)
-    sampled = [[TOKEN_ID] if requests[rid].num_computed_tokens >= requests[rid].num_tokens else []
-               for rid in ids]
+    sampled = []
+    for rid in ids:
+        req = requests[rid]
+        if req.num_computed_tokens >= req.num_tokens:
+            sampled.append([TOKEN_ID if next_token is None else next_token(req)])
+        else:
+            sampled.append([])
     return ModelRunnerOutput(req_ids=ids, req_id_to_index={rid: i for i, rid in enumerate(ids)},
                              sampled_token_ids=sampled, logprobs=None, prompt_logprobs_dict={},
                              pooler_output=[])
@@ -211,7 +240,8 @@ def loop_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: Replic
     version = require_vllm()
     engine = VllmLoopEngine(workload.requests(), policy, spec.cost_model, spec,
                             model_spec(cfg.model), record_timeline=cfg.timeline,
-                            progress=progress, total=len(workload))
+                            progress=progress, total=len(workload),
+                            prefix_caching=prefix_caching_on(cfg.prefix_caching, workload))
     engine.vllm_version = version
     return engine
 
@@ -222,12 +252,26 @@ class VllmLoopEngine(ReplicaLoop):
     def __init__(self, requests: Iterable[Request], policy: Policy | None, cost_model: CostModel,
                  spec: ReplicaSpec, model: ModelSpec, *, record_timeline: bool = True,
                  progress: Callable[[int, int], None] | None = None, total: int | None = None,
-                 scheduler_cls=None, options: dict | None = None):
+                 scheduler_cls=None, options: dict | None = None,
+                 prefix_caching: bool = False):
         super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
                          progress=progress, total=total)
         self.policy = policy
-        options = options or scheduler_options(policy, spec)
+        options = {**(options or scheduler_options(policy, spec)),
+                   "enable_prefix_caching": prefix_caching}
         self.sched = build_scheduler(model, spec, options, scheduler_cls)
+        self.prefix_caching = prefix_caching
+        self.vocab_size = model.vocab_size
+        self._hasher = block_hasher(self.sched.vllm_config) if prefix_caching else None
+        self._outputs: dict[str, list[int]] = {}     # each live request's output ids
+        self.cached_prompt_tokens: dict[int, int] = {}
+        self.cached_blocks: list[int] = []
+        self.evictions = 0
+        # Admissions whose hit differs from the one looked up before the step (by the plug-in,
+        # as the native engine looks hits up): (time, request id, looked up, admitted with).
+        self.hits_changed_in_step: list[tuple[float, int, int, int]] = []
+        if prefix_caching:
+            self._count_prefix_cache()
         if hasattr(self.sched, "configure"):
             self.sched.configure(policy, cost_model=cost_model,
                                  workload_hint=spec.workload_hint, seed=spec.seed)
@@ -235,14 +279,75 @@ class VllmLoopEngine(ReplicaLoop):
         self.by_id: dict[str, RequestState] = {}
         self.vllm_version: str | None = None
 
+    def _count_prefix_cache(self) -> None:
+        """vLLM's own counters: its ``PrefixCacheStats`` (kept only with ``log_stats``, which
+        would also turn on the scheduler's per-step statistics: enabled on the KV manager
+        alone), and its block pool's evictions (``_maybe_evict_cached_block`` says whether the
+        block it was handed held a cached prefix)."""
+        from vllm.v1.metrics.stats import PrefixCacheStats as VllmPrefixCacheStats
+        manager = self.sched.kv_cache_manager
+        manager.log_stats = True
+        manager.prefix_cache_stats = VllmPrefixCacheStats()
+        pool = manager.block_pool
+        evict = pool._maybe_evict_cached_block
+
+        def counted(block) -> bool:
+            evicted = evict(block)
+            self.evictions += evicted
+            return evicted
+        pool._maybe_evict_cached_block = counted
+
+    def _prefix_cache_report(self) -> PrefixCacheReport | None:
+        if not self.prefix_caching:
+            return None
+        s = self.sched.kv_cache_manager.prefix_cache_stats
+        # servesim counts re-admissions after a preemption in queries and hits; vLLM apart.
+        stats = PrefixCacheStats(queries=s.queries + s.preempted_queries,
+                                 hits=s.hits + s.preempted_hits,
+                                 admissions=s.requests + s.preempted_requests,
+                                 evictions=self.evictions)
+        return PrefixCacheReport(self.cached_prompt_tokens, self.cached_blocks, stats.to_dict())
+
+    def _note_admissions(self, out, now: float) -> None:
+        """Each admission's hit: the computed tokens vLLM admitted it with (new requests, and
+        those resumed after a preemption); the first one is the request's cached prompt
+        tokens. One that differs from the plug-in's look-up before the step changed within it:
+        blocks an earlier admission of the step allocated (a hit the native engine does not
+        see), or cached blocks the step's earlier allocations evicted."""
+        admitted = [(new.req_id, new.num_computed_tokens) for new in out.scheduled_new_reqs]
+        cached = out.scheduled_cached_reqs
+        if cached.resumed_req_ids:
+            admitted += [(rid, n) for rid, n in zip(cached.req_ids, cached.num_computed_tokens)
+                         if rid in cached.resumed_req_ids]
+        state_of = getattr(self.sched, "request_state", None)
+        for rid, hit in admitted:
+            self.cached_prompt_tokens.setdefault(int(rid), hit)
+            st = state_of(rid) if state_of is not None else None
+            if st is not None and st.cached != hit:
+                self.hits_changed_in_step.append((now, int(rid), st.cached, hit))
+
+    def _next_token(self, req) -> int:
+        """The output id a request samples next: its sequence's id at that position."""
+        return self._outputs[req.request_id][req.num_output_tokens]
+
     def _extra(self) -> dict:
         stats = getattr(self.sched, "servesim_stats", None)
         version = {"version": self.vllm_version} if self.vllm_version else {}
-        return {**version, **(vars(stats) if stats is not None else {})}
+        changed = {"hits_changed_in_step": len(self.hits_changed_in_step)} \
+            if self.prefix_caching else {}
+        return {**version, **(vars(stats) if stats is not None else {}), **changed}
 
     def _accept(self, st: RequestState, r: Request) -> None:
-        self.by_id[str(r.request_id)] = st
-        self.sched.add_request(vllm_request(r))
+        rid = str(r.request_id)
+        self.by_id[rid] = st
+        if not self.prefix_caching:
+            self.sched.add_request(vllm_request(r))
+            return
+        from simulator.vllm.token_ids import request_token_ids
+        ids = request_token_ids(r.prefix, r.request_id, r.prompt_tokens, r.output_tokens,
+                                self.spec.block_size, self.vocab_size)
+        self._outputs[rid] = ids[r.prompt_tokens:]
+        self.sched.add_request(vllm_request(r, ids[:r.prompt_tokens], self._hasher))
 
     def _close_arrivals(self) -> None:
         if hasattr(self.sched, "arrivals_done"):
@@ -269,6 +374,9 @@ class VllmLoopEngine(ReplicaLoop):
                 continue
             self.iterations += 1
             requests = sched.requests
+            if self.prefix_caching:
+                self._note_admissions(out, now)
+                self.cached_blocks.append(len(pool.cached_block_hash_to_block))
             for rid in out.num_scheduled_tokens:
                 st = self.by_id[rid]
                 if st.first_scheduled_s is None:
@@ -287,7 +395,8 @@ class VllmLoopEngine(ReplicaLoop):
                     decode_requests=shape.decode_requests, batch_kv_tokens=shape.kv_tokens,
                     kv_used_tokens=used * self.spec.block_size, resident=len(sched.running),
                     waiting=len(sched.waiting), preempted=len(out.preempted_req_ids)))
-            mro = model_output(out, requests)
+            mro = model_output(out, requests,
+                               self._next_token if self.prefix_caching else None)
             yield env.timeout(dt)
             self._record(sched.update_from_output(out, mro), env.now)
             if self.progress is not None and self.iterations % 1024 == 0:
@@ -308,3 +417,6 @@ class VllmLoopEngine(ReplicaLoop):
                     else:
                         st.status, st.finished_s = Status.FINISHED, now
                         self.finished += 1
+                    self._outputs.pop(o.request_id, None)
+                    if self._followers:
+                        self._ended(st)      # a session's next turn follows it

@@ -318,6 +318,11 @@ class PolicySchedulingMixin:
         self._rid_of[id(st)] = rid
         policy.on_arrival(st)
 
+    def request_state(self, rid: str) -> RequestState | None:
+        """The policy's view of vLLM request ``rid`` (None once it has ended): during a step,
+        a waiting request's ``cached`` is its hit as looked up before the step."""
+        return self._states.get(rid)
+
     def _new_state_id(self, rid: str) -> int:
         """The policy's integer id for vLLM request ``rid``, unique among live requests.
 

@@ -1,0 +1,160 @@
+"""vLLM in the loop with vLLM's prefix caching on (simulator/vllm/loop.py, token_ids.py): the
+token ids reproduce the native cache model's sharing, hand-made sequences give the same cached
+tokens as the native engine and as hand-computed hits, and a small sessions workload runs
+request for request as in the native engine (docs/prefix-caching.md, "vLLM in the loop")."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import require_vllm
+
+require_vllm()
+
+from scheduler.base import make_policy  # noqa: E402
+from scheduler.state import ReplicaSpec  # noqa: E402
+from simulator.config import RunConfig  # noqa: E402
+from simulator.cost.linear import LinearCost  # noqa: E402
+from simulator.engine import Engine  # noqa: E402
+from simulator.hardware import model_spec  # noqa: E402
+from simulator.runner import build_workload, simulate  # noqa: E402
+from simulator.vllm.loop import VllmLoopEngine  # noqa: E402
+from simulator.vllm.token_ids import request_token_ids  # noqa: E402
+from traces.request import ANSWER_OF, PROMPT_OF, SYSTEM_PROMPT, Request, TokenRuns  # noqa: E402
+
+COST = LinearCost.paper(d0=0.01, d1=1e-5)
+MODEL = model_spec("llama-2-7b")
+
+
+def _shared(key: int, length: int) -> TokenRuns:
+    return TokenRuns(((SYSTEM_PROMPT, key, length),))
+
+
+def both(reqs, num_blocks, block_size, policy="vllm-v1", cost=COST):
+    """The native engine's and vLLM in the loop's results, prefix caching on in both."""
+    spec = ReplicaSpec(num_blocks=num_blocks, block_size=block_size, max_model_len=4096,
+                       cost_model=cost)
+    native = Engine(reqs, make_policy(policy), cost, spec, prefix_caching=True).run()
+    vllm = VllmLoopEngine(reqs, make_policy(policy), cost, spec, MODEL,
+                          prefix_caching=True).run()
+    return native, vllm
+
+
+def times(raw):
+    return [(s.request_id, s.first_scheduled_s, s.first_token_s, s.finished_s, s.preemptions)
+            for s in raw.states]
+
+
+def test_equal_chains_give_equal_ids_and_the_first_different_block_differs():
+    """Two prompts of 100 tokens sharing a 70-token run: with 16-token blocks their first
+    floor(70 / 16) = 4 blocks (64 ids) are equal, block 4 (tokens 64-79) holds both the shared
+    and each one's own tokens and differs, as does every later block; the same request always
+    gets the same ids; its output ids continue the sequence (its answer's blocks)."""
+    a = request_token_ids(_shared(5, 70), 1, 100, 20, 16, 32000)
+    b = request_token_ids(_shared(5, 70), 2, 100, 20, 16, 32000)
+    assert len(a) == len(b) == 120
+    assert a[:64] == b[:64]
+    assert all(a[i:i + 16] != b[i:i + 16] for i in range(64, 112, 16))
+    assert a == request_token_ids(_shared(5, 70), 1, 100, 20, 16, 32000)
+    assert max(a) < 32000
+    # A next turn repeating request 1's prompt and answer shares all of its full blocks:
+    # 120 tokens, 7 full blocks (112 ids), and its own message after them.
+    turn2 = TokenRuns(((SYSTEM_PROMPT, 5, 70), (PROMPT_OF, 1, 30), (ANSWER_OF, 1, 20)))
+    c = request_token_ids(turn2, 3, 150, 10, 16, 32000)
+    assert c[:112] == a[:112] and c[112:128] != a[112:120]
+
+
+def test_lru_eviction_sequence_matches_the_native_engine_and_the_hand_computed_hits():
+    """tests/test_prefix_cache.py's hand-made sequence, now through vLLM's own block pool:
+    six blocks of 4 tokens, one 9-token request at a time (8 tokens of prefix A, B or C, one
+    its own). Freed blocks join the LRU tail last block first, so the cyclic prefixes evict
+    the second block of the one due next: revisits hit 4 tokens; A right after A hits 8; an
+    all-cached prompt (8 tokens of A) still computes its last block."""
+    keys = [1, 2, 3, 1, 2, 3, 1, 1, 1]
+    prompts = [9] * 8 + [8]
+    reqs = [Request(i, 10.0 * i, p, 1, prefix=_shared(k, 8))
+            for i, (k, p) in enumerate(zip(keys, prompts))]
+    native, vllm = both(reqs, num_blocks=6, block_size=4)
+    hand = [0, 0, 0, 4, 4, 4, 4, 8, 4]
+    for raw in (native, vllm):
+        cache = raw.prefix_cache
+        assert [cache.cached_prompt_tokens[i] for i in range(len(reqs))] == hand
+        assert cache.stats["prefix_cache_hits"] == sum(hand) == 28
+        assert cache.stats["prefix_cache_queries"] == sum(prompts)
+        assert cache.stats["prefix_cache_evictions"] == 5
+    assert times(vllm) == times(native)
+
+
+def test_a_preempted_requests_recompute_hits_its_own_blocks_in_vllm_too():
+    """tests/test_prefix_cache.py's preemption case: nine 16-token blocks, two 60-token
+    prompts; at token 64 the first takes the last free block, the second is preempted with 4
+    full blocks (to the cache, its last one at the LRU head), the first's next block evicts
+    that one, and the recompute finds 3 blocks (48 tokens) cached: in vLLM's pool as in ours."""
+    reqs = [Request(0, 0.0, 60, 30), Request(1, 0.0, 60, 30)]
+    native, vllm = both(reqs, num_blocks=9, block_size=16)
+    for raw in (native, vllm):
+        assert [s.preemptions for s in raw.states] == [0, 1]
+        assert raw.prefix_cache.stats["prefix_cache_hits"] == 48
+        assert set(raw.prefix_cache.cached_prompt_tokens.values()) == {0}
+    assert times(vllm) == times(native)
+
+
+def test_a_request_admitted_in_the_same_step_hits_what_vllm_is_computing():
+    """The one difference by design (docs/prefix-caching.md): two requests arriving together
+    with a 64-token shared prefix. vLLM admits them one after the other in one step and caches
+    the first one's blocks at allocation, so the second hits them at once; the native engine
+    looks hits up before the step and the second computes them itself."""
+    reqs = [Request(0, 0.0, 80, 4, prefix=_shared(9, 64)),
+            Request(1, 0.0, 80, 4, prefix=_shared(9, 64))]
+    per_token = LinearCost(c0=0.01, c_prefill=1e-4)
+    native, vllm = both(reqs, num_blocks=64, block_size=16, cost=per_token)
+    assert native.prefix_cache.cached_prompt_tokens == {0: 0, 1: 0}
+    assert vllm.prefix_cache.cached_prompt_tokens == {0: 0, 1: 64}
+    # One step prefills both: 80 + 16 tokens in vLLM, 160 in the native engine.
+    assert vllm.states[1].first_token_s == pytest.approx(0.01 + 96 * 1e-4)
+    assert native.states[1].first_token_s == pytest.approx(0.01 + 160 * 1e-4)
+
+
+def _sessions_config(engine: str) -> RunConfig:
+    return RunConfig(engine=engine, num_requests=48, session_turns=4, think_time=0.5, rate=2.0,
+                     prompt_len="40:200", output_len="8:60", model="llama-2-7b",
+                     cost_model="linear", cost_params={"d0": 0.01, "d1": 1e-5},
+                     kv_capacity=1 << 16, seed=3).validate()
+
+
+def test_sessions_run_request_for_request_as_in_the_native_engine():
+    """12 closed-loop sessions of 4 turns, many at once: per request, the cached prompt
+    tokens, arrival, first-token and finish times are equal, and so is the hit rate. Nothing is
+    evicted, so each turn's hit is the closed form: the previous turn's full computed blocks
+    (its prompt and all its answer but the last token, which is never fed back), at most all
+    the turn's tokens but one."""
+    native = simulate(_sessions_config("native"))
+    vllm = simulate(_sessions_config("vllm"))
+    cols = ["request_id", "arrival_s", "cached_prompt_tokens", "first_token_s",
+            "completion_s", "preemptions"]
+    a, b = native.requests[cols], vllm.requests[cols]
+    assert a.sort_values("request_id").values.tolist() == \
+        b.sort_values("request_id").values.tolist()
+    for key in ("prefix_cache_hit_rate", "prefix_cache_hits", "prefix_cache_queries"):
+        assert vllm.summary[key] == native.summary[key]
+    frame = build_workload(_sessions_config("vllm")).frame.sort_values("request_id")
+    prompts, outputs = frame["prompt_tokens"].tolist(), frame["output_tokens"].tolist()
+    cached = b.set_index("request_id")["cached_prompt_tokens"]
+    bs = 16
+    for i in range(len(prompts)):
+        if i % 4 == 0:
+            expected = 0          # a session's first turn shares nothing
+        else:
+            computed = prompts[i - 1] + outputs[i - 1] - 1
+            expected = min(computed // bs, (prompts[i] - 1) // bs) * bs
+        assert cached[i] == expected, f"request {i}"
+    assert vllm.summary["prefix_cache_hit_rate"] > 0.5
+
+
+def test_closed_loop_turns_arrive_after_the_previous_answer_plus_think_time():
+    vllm = simulate(_sessions_config("vllm")).requests.set_index("request_id")
+    workload = build_workload(_sessions_config("vllm")).frame.set_index("request_id")
+    for i in vllm.index:
+        if i % 4:
+            assert vllm.at[i, "arrival_s"] == pytest.approx(
+                vllm.at[i - 1, "completion_s"] + workload.at[i, "think_s"])
