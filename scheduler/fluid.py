@@ -18,12 +18,21 @@ exactly the paper's model with l' = o - 1, so:
 
 The throughput bound counts output tokens either way: Thr* = sum_j lambda_j o_j.
 
+Prefix caching. A type's ``cached`` prompt tokens (its prompt x the workload's expected hit
+rate, ``WorkloadHint.hit_rate``) are found in the cache at admission: its prefill computes
+l - c tokens. In the paper's cost tau = d0 + d1 sum (l + s) a prefill of l tokens costs d1 l,
+so the iterations charge the *compute work* w_j - c_j per request, while its KV stays w_j (the
+cached blocks are held like computed ones). Time terms (dT, the load d1 rho, the time
+conditions) use rho_c = sum_j lambda_j (w_j - c_j); memory terms (M*, M_pi, C) use rho and w_j.
+With c = 0 every formula is the paper's.
+
 All memory figures are in KV tokens; the engine allocates in blocks, so a policy that must never
 exceed its capacity also checks blocks (see scheduler/policies/wait.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -33,12 +42,15 @@ CONVENTIONS = ("engine", "paper")
 
 @dataclass(frozen=True)
 class FluidType:
-    """A request type of the fluid model: prompt l, output o (tokens; may be averages), rate."""
+    """A request type of the fluid model: prompt l, output o (tokens; may be averages), rate,
+    and the prompt tokens c found in the prefix cache at admission (the prefill computes l - c).
+    """
 
     name: str
     prompt: float
     output: float
     rate: float
+    cached: float = 0.0
 
     def decode_stages(self, convention: str = "engine") -> float:
         """The paper's l': stages after the first (the engine's o - 1, or the paper's o)."""
@@ -54,6 +66,10 @@ class FluidType:
         lp = self.decode_stages(convention)
         return (lp + 1) * (self.prompt + lp / 2)
 
+    def compute_work(self, convention: str = "engine") -> float:
+        """What the iterations charge: w - c (the prefill stage computes l - c tokens)."""
+        return self.work(convention) - self.cached
+
 
 def _check_convention(convention: str) -> None:
     if convention not in CONVENTIONS:
@@ -65,6 +81,13 @@ def from_request_types(types) -> list[FluidType]:
     rate)."""
     return [FluidType(t.name, float(t.prompt_tokens), float(t.output_tokens), float(t.rate))
             for t in types]
+
+
+def with_hit_rate(types: Sequence[FluidType], hit_rate: float) -> list[FluidType]:
+    """``types`` whose prefills find ``hit_rate`` of their prompt tokens cached (c = h l)."""
+    if not 0 <= hit_rate < 1:
+        raise ValueError(f"hit_rate must be in [0, 1), got {hit_rate!r}")
+    return [dataclasses.replace(t, cached=hit_rate * t.prompt) for t in types]
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,15 +104,16 @@ class Equilibrium:
     convention: str
     work: tuple[float, ...]         # w_j
     rho: float                      # sum_j lambda_j w_j, KV tokens per second
-    M_star: float                   # d0 rho / (1 - d1 rho); inf when d1 rho >= 1
-    dT_star: float                  # d0 / (1 - d1 rho)
+    rho_compute: float              # rho_c = sum_j lambda_j (w_j - c_j): what the time charges
+    M_star: float                   # d0 rho / (1 - d1 rho_c); inf when d1 rho_c >= 1
+    dT_star: float                  # d0 / (1 - d1 rho_c)
     n_star: tuple[float, ...]       # lambda_j dT*: type-j requests per stage
     throughput_bound: float         # Thr* = sum_j lambda_j o_j, output tokens per second
     max_rate_scale: float           # largest a such that rates a * lambda are stable
 
     @property
     def compute_stable(self) -> bool:
-        return self.d1 * self.rho < 1
+        return self.d1 * self.rho_compute < 1
 
     @property
     def memory_stable(self) -> bool:
@@ -108,10 +132,11 @@ class Equilibrium:
     def as_dict(self) -> dict:
         return {
             "types": [{"name": t.name, "prompt": t.prompt, "output": t.output, "rate": t.rate,
-                       "work": w, "n_star": n}
+                       "cached": t.cached, "work": w, "n_star": n}
                       for t, w, n in zip(self.types, self.work, self.n_star)],
             "d0": self.d0, "d1": self.d1, "capacity": self.capacity,
-            "convention": self.convention, "rho": self.rho, "load": self.d1 * self.rho,
+            "convention": self.convention, "rho": self.rho, "rho_compute": self.rho_compute,
+            "load": self.d1 * self.rho_compute,
             "M_star": self.M_star, "dT_star": self.dT_star,
             "n_star": {t.name: n for t, n in zip(self.types, self.n_star)},
             "concurrency": self.concurrency,
@@ -126,9 +151,10 @@ def equilibrium(types: Sequence[FluidType], d0: float, d1: float, capacity: floa
                 convention: str = "engine") -> Equilibrium:
     """M*, dT*, n*, Thr*, stability and the largest stable scaling of the rates.
 
-    Scaling every rate by a scales rho by a; M*(a) <= C  <=>  a rho (d0 + d1 C) <= C, which also
-    implies d1 a rho < 1, so the largest stable scale is C / (rho (d0 + d1 C)); without a memory
-    limit it is 1 / (d1 rho).
+    Scaling every rate by a scales rho and rho_c by a; M*(a) <= C  <=>  a (d0 rho + d1 rho_c C)
+    <= C, which also implies d1 a rho_c < 1, so the largest stable scale is C / (d0 rho + d1
+    rho_c C) (the paper's C / (rho (d0 + d1 C)) without caching); without a memory limit it is
+    1 / (d1 rho_c).
     """
     _check_convention(convention)
     if not types:
@@ -137,7 +163,8 @@ def equilibrium(types: Sequence[FluidType], d0: float, d1: float, capacity: floa
         raise ValueError(f"need d0, d1 >= 0, not both 0; got d0={d0}, d1={d1}")
     work = tuple(t.work(convention) for t in types)
     rho = sum(t.rate * w for t, w in zip(types, work))
-    load = d1 * rho
+    rho_c = sum(t.rate * t.compute_work(convention) for t in types)
+    load = d1 * rho_c
     if load < 1:
         dT = d0 / (1 - load)
         M = d0 * rho / (1 - load)
@@ -148,11 +175,11 @@ def equilibrium(types: Sequence[FluidType], d0: float, d1: float, capacity: floa
     if rho == 0:
         scale = math.inf
     elif capacity is not None:
-        scale = capacity / (rho * (d0 + d1 * capacity))
+        scale = capacity / (d0 * rho + d1 * rho_c * capacity)
     else:
         scale = 1 / load if load > 0 else math.inf
-    return Equilibrium(tuple(types), d0, d1, capacity, convention, work, rho, M, dT, n_star, thr,
-                       scale)
+    return Equilibrium(tuple(types), d0, d1, capacity, convention, work, rho, rho_c, M, dT,
+                       n_star, thr, scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +197,7 @@ class WaitPlan:
 
     thresholds: tuple[float, ...]
     M_pi: float
-    dT: float                        # d0 + d1 M_pi
+    dT: float                        # d0 + d1 sum_j n_j (w_j - c_j): d0 + d1 M_pi uncached
     time_ok: bool                    # dT <= n_j / lambda_j for every j
     memory_ok: bool                  # M* <= M_pi <= C
     capped: bool = False             # outside the stable region: thresholds sized to memory
@@ -184,9 +211,10 @@ def wait_memory(types: Sequence[FluidType], thresholds: Sequence[float],
 def check_wait(types: Sequence[FluidType], thresholds: Sequence[float], d0: float, d1: float,
                capacity: float | None = None, convention: str = "engine",
                capped: bool = False) -> WaitPlan:
-    """The paper's conditions: dT(n) = d0 + d1 M_pi <= n_j / lambda_j and M* <= M_pi <= C."""
+    """The paper's conditions: dT(n) = d0 + d1 M_pi <= n_j / lambda_j and M* <= M_pi <= C (with
+    cached prompt tokens dT charges the compute work: d0 + d1 sum_j n_j (w_j - c_j))."""
     M_pi = wait_memory(types, thresholds, convention)
-    dT = d0 + d1 * M_pi
+    dT = d0 + d1 * sum(n * t.compute_work(convention) for n, t in zip(thresholds, types))
     time_ok = all(dT <= n / t.rate * (1 + 1e-12) for n, t in zip(thresholds, types))
     eq = equilibrium(types, d0, d1, capacity, convention)
     memory_ok = eq.M_star <= M_pi * (1 + 1e-12) and (capacity is None or M_pi <= capacity)
@@ -198,13 +226,13 @@ def _round_threshold(x: float, integer: bool) -> float:
     return float(max(1, math.ceil(x - 1e-9))) if integer else x
 
 
-def _smallest_scale(base: Sequence[float], rates: Sequence[float], memory_per_unit: Sequence[float],
+def _smallest_scale(base: Sequence[float], rates: Sequence[float], work_per_unit: Sequence[float],
                     d0: float, d1: float, slack: float, integer: bool) -> tuple[float, ...] | None:
     """Thresholds n_g = round(c base_g), starting from the fluid value c = (1 + slack) d0 /
-    (1 - d1 rho) and raised (c <- (1 + slack) dT(n)) until the paper's condition dT(n) = d0 +
-    d1 sum n_g m_g <= n_g / rate_g holds for every group g with a rate after rounding. None when
-    the load is fluid-unstable."""
-    load = d1 * sum(b * m for b, m in zip(base, memory_per_unit))
+    (1 - d1 rho_c) and raised (c <- (1 + slack) dT(n)) until the paper's condition dT(n) = d0 +
+    d1 sum n_g m_g <= n_g / rate_g holds for every group g with a rate after rounding, m_g the
+    compute work one request of g charges the iterations. None when the load is fluid-unstable."""
+    load = d1 * sum(b * m for b, m in zip(base, work_per_unit))
     if load >= 1:
         return None
     # Near the edge of stability (1 + slack) d1 rho >= 1 would leave no c: shrink the slack.
@@ -212,7 +240,7 @@ def _smallest_scale(base: Sequence[float], rates: Sequence[float], memory_per_un
     c = (1 + slack) * d0 / (1 - load)
     for _ in range(10_000):
         n = tuple(_round_threshold(c * b, integer) for b in base)
-        dT = d0 + d1 * sum(k * m for k, m in zip(n, memory_per_unit))
+        dT = d0 + d1 * sum(k * m for k, m in zip(n, work_per_unit))
         if all(dT <= k / r * (1 + 1e-12) for k, r in zip(n, rates) if r > 0):
             return n
         c = max(c * (1 + 1e-6), (1 + slack) * dT)
@@ -228,12 +256,13 @@ def wait_thresholds(types: Sequence[FluidType], d0: float, d1: float, slack: flo
     Outside the stable region (no such c, or M_pi > C) the thresholds are n_j = a lambda_j with
     a sized so that M_pi fills OVERLOAD_MEMORY_SHARE of C: the most the memory can serve."""
     work = [t.work(convention) for t in types]
+    compute = [t.compute_work(convention) for t in types]
     rates = [t.rate for t in types]
     # Integers first (the paper's rule); when a whole request per stage does not fit in memory
     # (long outputs: one p512d1000 pipeline holds 1.0e6 KV tokens) keep the fluid's fractional
     # thresholds, which a policy realises by rotating admissions.
     for whole in ((True, False) if integer else (False,)):
-        n = _smallest_scale(rates, rates, work, d0, d1, slack, whole)
+        n = _smallest_scale(rates, rates, compute, d0, d1, slack, whole)
         if n is not None:
             plan = check_wait(types, n, d0, d1, capacity, convention)
             if capacity is None or plan.M_pi <= capacity:
@@ -260,6 +289,7 @@ class Segment:
     rate: float                      # Lambda_k: rate of requests that reach this segment
     survival: float                  # p_k = Lambda_k / Lambda_{k-1} (1 for the first)
     prompt: float                    # largest prompt among the types this segment serves
+    cached: float = 0.0              # of it, found cached by the prefill (segment 1 only)
 
     @property
     def stages(self) -> int:
@@ -272,13 +302,18 @@ class Segment:
         sbar_k = (l'_{k-1} + 1 + l'_k) / 2 in stage coordinates."""
         return (self.prompt + (self.start + self.end - 1) / 2) * self.stages
 
+    @property
+    def compute_work(self) -> float:
+        """What the iterations charge for it: work - cached (the prefill computes l - c)."""
+        return self.work - self.cached
+
 
 @dataclass(frozen=True)
 class NestedPlan:
     segments: tuple[Segment, ...]
     thresholds: tuple[float, ...]    # n_k, per-stage caps (fractional: rotated admissions)
     M_pi: float
-    dT: float
+    dT: float                        # d0 + d1 sum_k n_k (work_k - cached_k)
     capped: bool = False
 
     @property
@@ -302,7 +337,7 @@ def nested_segments(types: Sequence[FluidType], convention: str = "engine"
                     ) -> tuple[Segment, ...]:
     """Segments from the types' distinct output lengths (sorted). Each segment's prompt is the
     largest among the types it serves (the paper: with heterogeneous prompts use the per-segment
-    maximum).
+    maximum), and segment 1's cached tokens the largest among its types (the prefill is in it).
 
     In the engine convention segment k covers stages [o_{k-1}, o_k) (o_0 = 0). In the paper's
     convention (l' = o) segment 1 covers stages 0..l'_1 and segment k covers (l'_{k-1}, l'_k],
@@ -320,7 +355,8 @@ def nested_segments(types: Sequence[FluidType], convention: str = "engine"
         rate = sum(t.rate for t in served)
         end = o if convention == "engine" else o + 1
         segs.append(Segment(k + 1, prev_end, end, rate, rate / prev_rate if k else 1.0,
-                            max(t.prompt for t in served)))
+                            max(t.prompt for t in served),
+                            0.0 if k else max(t.cached for t in served)))
         prev_end, prev_rate = end, rate
     return tuple(segs)
 
@@ -362,12 +398,13 @@ def nested_plan(types: Sequence[FluidType], d0: float, d1: float, *, tl: float |
     else:
         cum = _ratios(segs, eta)
         per_unit = [s.work for s in segs]
+        compute = [s.compute_work for s in segs]
         if tl is not None:
             n1 = tl / sum(s.stages * c for s, c in zip(segs, cum))
             n = tuple(n1 * c for c in cum)
         else:
             rates = [segs[0].rate] + [0.0] * (len(segs) - 1)
-            n = _smallest_scale([segs[0].rate * c for c in cum], rates, per_unit, d0, d1, slack,
+            n = _smallest_scale([segs[0].rate * c for c in cum], rates, compute, d0, d1, slack,
                                 integer=False)
             if n is not None and n[0] < 1:
                 # At least one request per stage in segment 1 when it fits (as WAIT rounds up);
@@ -383,7 +420,8 @@ def nested_plan(types: Sequence[FluidType], d0: float, d1: float, *, tl: float |
                 n = tuple(n1 * c for c in cum)
                 capped = True
     M_pi = nested_memory(segs, n)
-    return NestedPlan(segs, n, M_pi, d0 + d1 * M_pi, capped)
+    dT = d0 + d1 * sum(k * s.compute_work for s, k in zip(segs, n))
+    return NestedPlan(segs, n, M_pi, dT, capped)
 
 
 def _theta(n_k: float, n_prev: float, p: float) -> float:

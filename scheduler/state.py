@@ -164,7 +164,10 @@ class WorkloadHint:
       individual request's output length (that is what ``RequestState.output_tokens`` is for,
       and only policies that assume known lengths read it);
     - ``cost_fit``: fits the fluid model's d0 + d1 KV line to the run's cost model, for the
-      types a policy plans with (None: no cost model; give d0 and d1).
+      types a policy plans with (None: no cost model; give d0 and d1);
+    - ``hit_rate``: the expected fraction of prompt tokens the prefix cache holds when a
+      request is admitted (0: no prefix caching, or nothing shared): the fluid policies shrink
+      each prefill's computed part by it (docs/fluid.md).
     """
 
     types: tuple | None = None
@@ -172,6 +175,7 @@ class WorkloadHint:
     arrival_rate: float | None = None
     lengths: tuple[Any, Any] | None = None
     cost_fit: CostFitter | None = None
+    hit_rate: float = 0.0
 
     @property
     def described(self) -> bool:

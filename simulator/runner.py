@@ -32,6 +32,7 @@ from simulator.run_folder import clear, prepare, write_manifest
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
                     TypeMixture, Workload, parse_length, synthesize)
 from traces.lengths import RequestType
+from traces.prefix_reuse import repeated_prefix_fraction
 from traces.sessions import synthesize_sessions, system_prompt
 from traces.transforms import truncate
 
@@ -114,23 +115,38 @@ def build_replica(cfg: RunConfig, workload: Workload | None = None) -> ReplicaSp
         num_blocks = kv_capacity_tokens(model, gpu, cfg.gpu_memory_utilization,
                                         block_size=cfg.block_size,
                                         parallel=parallel) // cfg.block_size
-    hint = workload_hint(workload, request_types(cfg), cost) if workload is not None else None
+    hint = workload_hint(workload, request_types(cfg), cost,
+                         cfg.block_size if _caches(cfg, workload) else None) \
+        if workload is not None else None
     return ReplicaSpec(num_blocks=num_blocks, block_size=cfg.block_size, max_model_len=max_len,
                        cost_model=cost, workload_hint=hint, seed=cfg.seed)
 
 
+def _caches(cfg: RunConfig, workload: Workload) -> bool:
+    """Whether the run's engine caches prefixes: as ``prefix_caching`` says (unset: when the
+    workload shares prefixes), the native engine and vLLM in the loop alike."""
+    from simulator.engine import prefix_caching_on
+    return prefix_caching_on(cfg.prefix_caching, workload)
+
+
 def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = None,
-                  cost_model: CostModel | None = None) -> WorkloadHint:
+                  cost_model: CostModel | None = None,
+                  prefix_block_size: int | None = None) -> WorkloadHint:
     """What a policy may know about ``workload`` before serving it (``WorkloadHint``): the
     declared ``types``, the meta record, the mean arrival rate (the arrival process's, or the
-    replayed requests' own), the length distribution, and the fluid cost fit to ``cost_model``."""
+    replayed requests' own), the length distribution, the fluid cost fit to ``cost_model``,
+    and, with prefix caching on (``prefix_block_size``: the replica's block size), the expected
+    hit rate: the workload's repeated-prefix fraction (``traces.prefix_reuse``)."""
     f = workload.frame
     rate = workload.meta.get("mean_rate") or workload.summary().get("mean_rate")
+    hit_rate = repeated_prefix_fraction(workload.requests(), prefix_block_size) \
+        if prefix_block_size and workload.prefix_columns else 0.0
     return WorkloadHint(
         types=types, workload=workload.meta,
         arrival_rate=float(rate) if rate and math.isfinite(rate) else None,
         lengths=(f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy()),
-        cost_fit=functools.partial(fit_cost, cost_model) if cost_model is not None else None)
+        cost_fit=functools.partial(fit_cost, cost_model) if cost_model is not None else None,
+        hit_rate=hit_rate)
 
 
 def simulate(cfg: RunConfig, workload: Workload | None = None,

@@ -10,6 +10,7 @@ MOONCAKE_BLOCK = 0     # a Mooncake hash_id: one 512-token block of a prompt (ch
 SYSTEM_PROMPT = 1      # a synthetic system prompt shared by the requests that carry it
 PROMPT_OF = 2          # request N's own prompt tokens (those no run covers): key N
 ANSWER_OF = 3          # request N's output tokens: key N (a session's next turn repeats them)
+PROMPT_TEXT = 4        # a 16-token block of prompt text, keyed by its chained text hash
 
 
 @dataclass(frozen=True, slots=True)

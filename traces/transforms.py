@@ -15,7 +15,7 @@ import pandas as pd
 from traces.arrivals import ArrivalProcess
 from traces.errors import WorkloadError
 from traces.lengths import EmpiricalLengths
-from traces.workload import Workload, stream_rng
+from traces.workload import HASH_IDS, TEXT_BLOCKS, Workload, stream_rng
 
 
 def stamp(meta: dict, frame: pd.DataFrame) -> dict:
@@ -173,7 +173,7 @@ def sample_lengths(w: Workload, lengths: EmpiricalLengths, seed: int) -> Workloa
     frame["prompt_tokens"] = prompts
     frame["output_tokens"] = outputs
     # Prefix-block hashes describe the original prompts, not the drawn ones.
-    frame = frame.drop(columns=[c for c in ("hash_ids",) if c in frame.columns])
+    frame = frame.drop(columns=[c for c in (HASH_IDS, TEXT_BLOCKS) if c in frame.columns])
     record = {"op": "sample_lengths", "source": lengths.source, "pairs": len(lengths.prompts),
               "seed": int(seed)}
     return _derive(w, frame, record, lengths=lengths.describe())

@@ -11,8 +11,9 @@ import pandas as pd
 from traces.arrivals import ArrivalProcess
 from traces.errors import WorkloadError
 from traces.lengths import LengthDistribution
-from traces.request import (ANSWER_OF, MOONCAKE_BLOCK, PROMPT_OF, SYSTEM_PROMPT, Request,
-                            TokenRuns)
+from traces.prompt_text import TEXT_BLOCK_TOKENS
+from traces.request import (ANSWER_OF, MOONCAKE_BLOCK, PROMPT_OF, PROMPT_TEXT, SYSTEM_PROMPT,
+                            Request, TokenRuns)
 
 COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "label")
 # Independent random streams of one seed, by purpose: changing how lengths are drawn never moves
@@ -20,11 +21,13 @@ COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "label")
 # synthetic workload of the same seed.
 STREAMS = ("arrivals", "lengths", "jitter", "sessions", "system_prompt")
 # Extra columns that say which prompt tokens requests share (``Workload.prefix_columns``):
-# Mooncake's hash_ids (one per 512 prompt tokens), a synthetic shared system prompt's tokens at
-# the head of the prompt (0: none), and the session a request is a turn of (-1: none; a turn's
-# prompt repeats the session's previous prompt and answer, rows in turn order).
-HASH_IDS, SYSTEM_PROMPT_TOKENS, SESSION = "hash_ids", "system_prompt_tokens", "session_id"
-PREFIX_COLUMNS = (HASH_IDS, SYSTEM_PROMPT_TOKENS, SESSION)
+# Mooncake's hash_ids (one per 512 prompt tokens), the chained keys of a prompt text's 16-token
+# blocks (traces/prompt_text.py), a synthetic shared system prompt's tokens at the head of the
+# prompt (0: none), and the session a request is a turn of (-1: none; a turn's prompt repeats
+# the session's previous prompt and answer, rows in turn order).
+HASH_IDS, TEXT_BLOCKS = "hash_ids", "text_blocks"
+SYSTEM_PROMPT_TOKENS, SESSION = "system_prompt_tokens", "session_id"
+PREFIX_COLUMNS = (HASH_IDS, TEXT_BLOCKS, SYSTEM_PROMPT_TOKENS, SESSION)
 # A session turn's think time: it arrives this long after the previous turn completes.
 THINK_S = "think_s"
 MOONCAKE_BLOCK_TOKENS = 512
@@ -93,13 +96,14 @@ class Workload:
         n = len(f)
         none = np.full(n, None, dtype=object)
         hash_ids = f[HASH_IDS].to_numpy(dtype=object) if HASH_IDS in f else none
+        text_ids = f[TEXT_BLOCKS].to_numpy(dtype=object) if TEXT_BLOCKS in f else none
         system = f[SYSTEM_PROMPT_TOKENS].to_numpy() if SYSTEM_PROMPT_TOKENS in f else \
             np.zeros(n, dtype=np.int64)
         sessions = f[SESSION].to_numpy() if SESSION in f else np.full(n, -1)
         last_turn: dict[int, tuple[tuple, int, int, int]] = {}   # session -> its last turn
-        for rid, prompt, output, ids, sys_len, session in zip(
+        for rid, prompt, output, ids, text, sys_len, session in zip(
                 f["request_id"].to_numpy(), f["prompt_tokens"].to_numpy(),
-                f["output_tokens"].to_numpy(), hash_ids, system, sessions):
+                f["output_tokens"].to_numpy(), hash_ids, text_ids, system, sessions):
             rid, prompt, session = int(rid), int(prompt), int(session)
             runs: list = []
             previous = last_turn.get(session) if session >= 0 else None
@@ -114,6 +118,8 @@ class Workload:
                 runs.append((SYSTEM_PROMPT, 0, int(sys_len)))
             elif ids is not None and len(ids):
                 runs.extend((MOONCAKE_BLOCK, int(h), MOONCAKE_BLOCK_TOKENS) for h in ids)
+            elif text is not None and len(text):
+                runs.extend((PROMPT_TEXT, int(k), TEXT_BLOCK_TOKENS) for k in text)
             runs = _clip(runs, prompt)
             if session >= 0:
                 last_turn[session] = (tuple(runs), rid, prompt - sum(r[2] for r in runs),

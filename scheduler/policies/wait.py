@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 from scheduler.base import Policy, PolicyError, param, register
 from scheduler.fluid import (CLUSTERINGS, FluidType, check_wait, from_request_types,
-                             nested_plan, types_from_lengths, wait_thresholds)
+                             nested_plan, types_from_lengths, wait_thresholds, with_hit_rate)
 from scheduler.kvbudget import watermark_blocks
 from scheduler.kvprojection import MemoryProfile, projected
 from scheduler.plan import StepPlan
@@ -171,17 +171,19 @@ class ThresholdPolicy(Policy):
 
     def workload_types(self, representative: str) -> list[FluidType]:
         """The workload's types: declared ones (``--type``), or its output lengths clustered
-        (when ``workload_described``)."""
+        (when ``workload_described``), their prefills finding the hint's hit rate cached."""
         p, hint = self.params, self.hint
         declared, lengths = hint.types, hint.lengths
+        if hint.hit_rate:
+            self.info["hit_rate"] = hint.hit_rate
         if declared and (p.segments is None or lengths is None):
-            return from_request_types(declared)
+            return with_hit_rate(from_request_types(declared), hint.hit_rate)
         rate = hint.arrival_rate
         if not rate or not math.isfinite(rate):   # one request, or one instant: plan light load
             rate = UNKNOWN_RATE
             self.info["rate_assumed"] = rate
-        return types_from_lengths(lengths[0], lengths[1], rate, p.segments or 10, p.clustering,
-                                  representative)
+        return with_hit_rate(types_from_lengths(lengths[0], lengths[1], rate, p.segments or 10,
+                                                p.clustering, representative), hint.hit_rate)
 
     def linear_cost(self, types: list[FluidType]) -> tuple[float, float]:
         p = self.params
@@ -613,7 +615,8 @@ class NestedWait(ThresholdPolicy):
         bounds, means = self.workload_types("max"), self.workload_types("mean")
         types = bounds
         if p.prompt_stat == "mean":
-            types = [FluidType(b.name, m.prompt, b.output, b.rate) for b, m in zip(bounds, means)]
+            types = [FluidType(b.name, m.prompt, b.output, b.rate, m.cached)
+                     for b, m in zip(bounds, means)]
         d0, d1 = self.linear_cost(means)
         try:
             plan = nested_plan(types, d0, d1, tl=p.tl, thresholds=given, eta=p.eta,

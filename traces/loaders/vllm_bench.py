@@ -4,7 +4,9 @@
 The file carries text, not token counts, and servesim has no tokenizer: the prompt's tokens are
 estimated as characters / ``chars_per_token`` (4 by default, the usual figure for English with
 Llama/GPT tokenizers). The estimate is recorded in the summary and warned about; for exact
-counts, convert the file to token counts and use the generic format. vLLM shuffles the file
+counts, convert the file to token counts and use the generic format. The text also gives each
+prompt its prefix identity: chained keys of its 16-token blocks (``text_blocks``, see
+traces/prompt_text.py), so prompts that start with the same text share KV blocks. vLLM shuffles the file
 (with a fixed seed) before sending; servesim keeps the file order. There are no arrival times:
 pair it with a generated arrival process. The timed-trace JSONL is ``vllm-trace`` (mooncake.py).
 """
@@ -16,6 +18,8 @@ import numpy as np
 from traces.errors import WorkloadError
 from traces.loaders.base import Option, Parsed, TraceFormat
 from traces.loaders.table import RawTable, show, tokens
+from traces.prompt_text import text_block_keys
+from traces.workload import TEXT_BLOCKS
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
@@ -38,6 +42,10 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
                                 f"{options['output_len']}")
         output = np.full(len(table), options["output_len"], dtype=np.int64)
     parsed = Parsed(None, prompt, output)
+    keys = np.empty(len(prompt), dtype=object)
+    for i, (text, n) in enumerate(zip(prompts, prompt)):
+        keys[i] = text_block_keys(text, cpt, int(n))
+    parsed.extra[TEXT_BLOCKS] = keys
     parsed.meta["prompt_tokens"] = f"estimated as characters / {cpt:g} (no tokenizer)"
     parsed.meta["warnings"] = [f"prompt lengths of {table.path.name} are estimated as "
                                f"characters / {cpt:g}; convert to token counts for exact ones"]
