@@ -41,7 +41,7 @@ class _ArrivalChains:
         self.request_id: int | None = None
         self.by_block_size: dict[int, RequestBlocks] = {}
 
-    def hashes(self, req: Request, block_size: int, blocks: int) -> list[int]:
+    def chain(self, req: Request, block_size: int) -> RequestBlocks:
         if req.request_id != self.request_id:
             self.request_id = req.request_id
             self.by_block_size = {}
@@ -49,7 +49,7 @@ class _ArrivalChains:
         if chain is None:
             chain = self.by_block_size[block_size] = RequestBlocks(
                 req.prefix, req.request_id, req.prompt_tokens, block_size)
-        return chain.upto(blocks)
+        return chain
 
 
 class EngineLoad:
@@ -103,9 +103,15 @@ class EngineLoad:
             return 0
         bs = pool.block_size
         limit = (req.prompt_tokens - 1) // bs
-        if limit <= 0:
-            return 0
-        return pool.hit_blocks(self._chains.hashes(req, bs, limit), limit) * bs
+        chain = self._chains.chain(req, bs)
+        # The cached blocks are a prefix of the chain: gallop (blocks 1, 2, 4, ...) to bracket
+        # its end, then bisect, hashing no further than twice the hit (the replica that admits
+        # the request hashes it all anyway).
+        k = 1
+        while k <= limit and pool.is_cached(chain.upto(k)[k - 1]):
+            k *= 2
+        end = min(k - 1, limit)
+        return pool.hit_blocks(chain.upto(end), end) * bs if end > 0 else 0
 
 
 @dataclass
