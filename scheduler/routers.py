@@ -1,9 +1,10 @@
 """Routers: which replica of a cluster serves an arriving request.
 
 A router is a pure decision, like a batching policy: at each arrival it reads a live, read-only
-``ReplicaLoad`` of every replica (its queue, running requests, KV use, pending work) and returns
-the index of the replica that gets the request. The cluster (simulator/cluster.py) owns the
-replicas and the clock, hands the request over, and refuses an answer that names no replica.
+``ReplicaLoad`` of every replica (its queue, running requests, KV use, pending work, cached
+prefixes) and returns the index of the replica that gets the request. The cluster
+(simulator/cluster.py) owns the replicas and the clock, hands the request over, and refuses an
+answer that names no replica.
 
 Routers are registered by name (``@register_router``) and take typed parameters declared with
 ``param``, as policies do; ``make_router("power-of-d", {"d": "3"})`` builds one. Ties between
@@ -41,6 +42,13 @@ class ReplicaLoad(Protocol):
     @property
     def pending_tokens(self) -> int: ...       # tokens still to compute for its outstanding work
 
+    def cached_prefix_tokens(self, req: Request) -> int:
+        """With prefix caching on, the prompt tokens of ``req`` this replica's cache holds now
+        (whole blocks from the start, at most all but one, as an admission would find them; 0
+        with the cache off). Reading it changes nothing: not the cache's order, not its
+        counters."""
+        ...
+
 
 def kv_used_fraction(r: ReplicaLoad) -> float:
     return 1.0 - r.free_blocks / r.spec.num_blocks
@@ -75,6 +83,12 @@ class Router(abc.ABC):
 class _Rotating(Router):
     """Picks the replica with the least of some load; ties go to the first at or after a start
     that moves on by one each arrival."""
+
+    # The load measures a router may fall back on, by parameter value.
+    LOADS: ClassVar[dict[str, Callable[[ReplicaLoad], Any]]] = {
+        "outstanding": lambda r: r.outstanding,
+        "pending-tokens": lambda r: r.pending_tokens,
+    }
 
     def bind(self, num_replicas: int, seed: int) -> None:
         super().bind(num_replicas, seed)
@@ -206,3 +220,68 @@ class PowerOfD(Router):
     def route(self, req, replicas):
         sampled = self.rng.sample(range(self.num_replicas), self.params.d)
         return min(sampled, key=lambda i: replicas[i].outstanding)
+
+
+# Routers a session's first turn may be placed by (``session-affinity``'s ``first``).
+FIRST_TURN_ROUTERS = ("least-outstanding", "jsq-tokens", "least-kv", "round-robin", "random",
+                      "power-of-d", "prefix-affinity")
+
+
+@dataclasses.dataclass
+class SessionAffinityParams:
+    first: str = param("least-outstanding", "The router that places a session's first turn "
+                       "(and requests of no session), with its default parameters.",
+                       choices=FIRST_TURN_ROUTERS)
+
+
+@register_router
+class SessionAffinity(Router):
+    name = "session-affinity"
+    summary = "Every turn of a session goes to the replica that served its first turn, which " \
+              "the router named by `first` chose (sticky sessions: the previous turns' KV is " \
+              "cached there)."
+    Params = SessionAffinityParams
+
+    def bind(self, num_replicas: int, seed: int) -> None:
+        super().bind(num_replicas, seed)
+        self.first = make_router(self.params.first)
+        self.first.bind(num_replicas, seed)
+        self._replica_of: dict[int, int] = {}      # session -> the replica of its first turn
+
+    def route(self, req, replicas):
+        if req.session is None:
+            return self.first.route(req, replicas)
+        i = self._replica_of.get(req.session)
+        if i is None:
+            i = self._replica_of[req.session] = self.first.route(req, replicas)
+        return i
+
+
+@dataclasses.dataclass
+class PrefixAffinityParams:
+    load: str = param("outstanding", "The load that breaks ties between equal hits, and "
+                      "decides when no replica holds a prefix: outstanding requests, or "
+                      "pending tokens (as jsq-tokens).", choices=tuple(_Rotating.LOADS))
+    max_imbalance: int | None = param(
+        None, "A replica whose outstanding requests exceed the least loaded replica's by more "
+        "than this competes on load only, its hit ignored (None: the hit always wins).",
+        minimum=0)
+
+
+@register_router
+class PrefixAffinity(_Rotating):
+    name = "prefix-affinity"
+    summary = "The replica whose prefix cache holds the longest head of the request's prompt; " \
+              "equal hits, and no hit anywhere, go by load (cache-aware routing)."
+    Params = PrefixAffinityParams
+
+    def route(self, req, replicas):
+        load = self.LOADS[self.params.load]
+        hits = [r.cached_prefix_tokens(req) for r in replicas]
+        if not any(hits):
+            return self.least(replicas, load)
+        slack = self.params.max_imbalance
+        if slack is not None:
+            floor = min(r.outstanding for r in replicas)
+            hits = [h if r.outstanding - floor <= slack else 0 for h, r in zip(hits, replicas)]
+        return self.least(replicas, lambda r: (-hits[r.index], load(r)))

@@ -1,10 +1,14 @@
 """A cluster: N replicas on one SimPy clock, and a router in front of them.
 
 Each replica is an unchanged ``Engine`` (simulator/engine.py) with its own policy, cost model
-and KV cache; they share one ``simpy.Environment``. One process releases the workload's requests
-at their arrival times, asks the router (scheduler/routers.py) which replica serves each, and
-hands it over: from then on the request lives on that replica as in a single-replica run
-(rejected at arrival if it can never fit there). The run ends when every replica has drained.
+and KV cache (with prefix caching, its own block pool); they share one ``simpy.Environment``.
+One process releases the workload's requests at their arrival times, asks the router
+(scheduler/routers.py) which replica serves each, and hands it over: from then on the request
+lives on that replica as in a single-replica run (rejected at arrival if it can never fit
+there). Closed-loop session turns are held by the cluster, not by a replica
+(simulator/closed_loop.py): a turn arrives its think time after the turn it follows ends on
+whichever replica served it, and the router places it like any arrival. The run ends when every
+replica has drained.
 """
 
 from __future__ import annotations
@@ -20,20 +24,44 @@ from scheduler.admission import Admission
 from scheduler.base import Policy
 from scheduler.routers import Router
 from scheduler.state import ReplicaSpec, RequestState, Status
+from simulator.closed_loop import ClosedLoopTurns
 from simulator.engine import Engine, EngineResult, reject
 from simulator.errors import PolicyViolation
+from simulator.prefix_cache import RequestBlocks
 from traces.request import Request
+
+
+class _ArrivalChains:
+    """The block hashes of the request being routed, per block size: computed once for all the
+    replicas a router asks, as far as any of them needed."""
+
+    __slots__ = ("request_id", "by_block_size")
+
+    def __init__(self):
+        self.request_id: int | None = None
+        self.by_block_size: dict[int, RequestBlocks] = {}
+
+    def chain(self, req: Request, block_size: int) -> RequestBlocks:
+        if req.request_id != self.request_id:
+            self.request_id = req.request_id
+            self.by_block_size = {}
+        chain = self.by_block_size.get(block_size)
+        if chain is None:
+            chain = self.by_block_size[block_size] = RequestBlocks(
+                req.prefix, req.request_id, req.prompt_tokens, block_size)
+        return chain
 
 
 class EngineLoad:
     """The live, read-only load of one replica as a router reads it (``ReplicaLoad``)."""
 
-    __slots__ = ("index", "engine", "_outstanding")
+    __slots__ = ("index", "engine", "_outstanding", "_chains")
 
-    def __init__(self, index: int, engine: Engine):
+    def __init__(self, index: int, engine: Engine, chains: _ArrivalChains | None = None):
         self.index = index
         self.engine = engine
         self._outstanding: list[RequestState] = []   # routed here, pruned when read
+        self._chains = chains if chains is not None else _ArrivalChains()
 
     @property
     def spec(self) -> ReplicaSpec:
@@ -66,6 +94,25 @@ class EngineLoad:
         return sum(st.prompt_tokens + st.output_tokens - 1 - st.computed - st.cached
                    for st in live)
 
+    def cached_prefix_tokens(self, req: Request) -> int:
+        # As the replica would look it up at admission (Engine._look_up_prefixes): the whole
+        # cached blocks at the head of its chain, at most all its prompt tokens but one. Reads
+        # the pool; touches nothing (a hit on an evictable block is only taken at admission).
+        pool = self.engine.pool
+        if pool is None:
+            return 0
+        bs = pool.block_size
+        limit = (req.prompt_tokens - 1) // bs
+        chain = self._chains.chain(req, bs)
+        # The cached blocks are a prefix of the chain: gallop (blocks 1, 2, 4, ...) to bracket
+        # its end, then bisect, hashing no further than twice the hit (the replica that admits
+        # the request hashes it all anyway).
+        k = 1
+        while k <= limit and pool.is_cached(chain.upto(k)[k - 1]):
+            k *= 2
+        end = min(k - 1, limit)
+        return pool.hit_blocks(chain.upto(end), end) * bs if end > 0 else 0
+
 
 @dataclass
 class ClusterResult:
@@ -92,8 +139,14 @@ class Cluster:
         self.router = router
         self.admission = admission if admission is not None and admission.active else None
         self.engines = [make_replica(i, self.env) for i in range(num_replicas)]
-        self.loads: Sequence[EngineLoad] = tuple(EngineLoad(i, e)
+        chains = _ArrivalChains()
+        self.loads: Sequence[EngineLoad] = tuple(EngineLoad(i, e, chains)
                                                  for i, e in enumerate(self.engines))
+        # Session turns wait for the turn they follow on whichever replica it ended: every
+        # replica reports its ends to the cluster's turns, which the router then places.
+        self.turns = ClosedLoopTurns(self.env, self._place, self._close_arrivals)
+        for e in self.engines:
+            e.turns = self.turns
         self.seed = seed
         self.progress = progress
         self.total = total
@@ -117,41 +170,55 @@ class Cluster:
         if self.progress is not None:
             self.progress(sum(e.finished for e in self.engines), self.total or 0)
         results = [EngineResult(e.states, e.timeline, env.now, e.iterations, e.preemptions,
-                                e.peak_used_blocks, e.spec, wall_s=wall)
+                                e.peak_used_blocks, e.spec, wall_s=wall,
+                                prefix_cache=e._prefix_cache_report())
                    for e in self.engines]
         return ClusterResult(self.states, self.replica_of, results, env.now, wall)
 
     def _arrivals(self):
-        env, router, loads, engines = self.env, self.router, self.loads, self.engines
-        admission = self.admission
-        n = len(engines)
-        states, replica_of = self.states, self.replica_of
+        env, turns = self.env, self.turns
         for r in self.requests:
+            if turns.hold(r):              # arrives when the turn it follows ends
+                continue
             delay = r.arrival_s - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            if admission is not None:
-                refusal = admission.refuse(env.now, loads)
-                if refusal is not None:
-                    st = RequestState(r.request_id, r.arrival_s, r.prompt_tokens,
-                                      r.output_tokens, r.label)
-                    reject(st, *refusal)
-                    states.append(st)
-                    replica_of.append(-1)
-                    continue
-            i = router.route(r, loads)
-            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < n:
-                raise PolicyViolation(f"router {router.name} at t={env.now:.6f}s returned "
-                                      f"{i!r} for request {r.request_id}; replicas are 0..{n - 1}")
-            i = int(i)
-            st = engines[i].arrive(r)
-            loads[i]._outstanding.append(st)
-            states.append(st)
-            replica_of.append(i)
-            if self.progress is not None and len(states) % 4096 == 0:
-                self.progress(sum(e.finished for e in engines), self.total or 0)
-        for e in engines:
-            e.end_arrivals()
+            self._place(r)
+        turns.listed()
+        for e in self.engines:
+            e._wake()
+
+    def _place(self, r: Request, arrival_s: float | None = None) -> None:
+        """``r`` arrives now (at ``arrival_s``, a session turn's send time, else its own):
+        refused at the front, or routed to a replica."""
+        env, loads, engines = self.env, self.loads, self.engines
+        n = len(engines)
+        if self.admission is not None:
+            refusal = self.admission.refuse(env.now, loads)
+            if refusal is not None:
+                st = RequestState(r.request_id, r.arrival_s if arrival_s is None else arrival_s,
+                                  r.prompt_tokens, r.output_tokens, r.label)
+                reject(st, *refusal)
+                self.states.append(st)
+                self.replica_of.append(-1)
+                self.turns.ended(r.request_id)
+                return
+        router = self.router
+        i = router.route(r, loads)
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < n:
+            raise PolicyViolation(f"router {router.name} at t={env.now:.6f}s returned "
+                                  f"{i!r} for request {r.request_id}; replicas are 0..{n - 1}")
+        i = int(i)
+        st = engines[i].arrive(r, arrival_s)
+        loads[i]._outstanding.append(st)
+        self.states.append(st)
+        self.replica_of.append(i)
+        if self.progress is not None and len(self.states) % 4096 == 0:
+            self.progress(sum(e.finished for e in engines), self.total or 0)
+
+    def _close_arrivals(self) -> None:
+        for e in self.engines:
+            e.close_arrivals()
 
 
 def native_cluster(requests: Iterable[Request], router: Router,
@@ -159,12 +226,16 @@ def native_cluster(requests: Iterable[Request], router: Router,
                    record_timeline: bool = True, preemptions: Sequence[str] | None = None,
                    seed: int = 0, admission: Admission | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   total: int | None = None) -> Cluster:
+                   total: int | None = None,
+                   prefix_caching: Sequence[bool] | None = None) -> Cluster:
     """A cluster of servesim's own engines: replica i runs ``policies[i]`` on ``specs[i]``
-    with preemption mode ``preemptions[i]`` (default: recompute)."""
+    with preemption mode ``preemptions[i]`` (default: recompute) and prefix caching if
+    ``prefix_caching[i]`` (default: off)."""
     def make(i: int, env: simpy.Environment) -> Engine:
         return Engine((), policies[i], specs[i].cost_model, specs[i],
                       record_timeline=record_timeline,
-                      preemption=preemptions[i] if preemptions else "recompute", env=env)
+                      preemption=preemptions[i] if preemptions else "recompute",
+                      prefix_caching=bool(prefix_caching[i]) if prefix_caching else False,
+                      env=env)
     return Cluster(requests, router, make, len(specs), admission=admission, seed=seed,
                    progress=progress, total=total)

@@ -21,6 +21,7 @@ import simpy
 
 from scheduler.base import Policy, check_victims, decide, violation
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
+from simulator.closed_loop import ClosedLoopTurns
 from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
@@ -101,14 +102,20 @@ class ReplicaLoop:
         self.iterations = 0
         self.preemptions = 0
         self.arrivals_done = False
-        # A live server's front end (HTTP, tokenisation, the hop to the engine core) holds each
-        # request this long before the engine sees it; latencies still count from arrival_s.
-        self.frontend_delay_s = 0.0
         self._idle: simpy.Event | None = None
-        # Closed-loop session turns, by the request they follow, until that one ends.
-        self._followers: dict[int, Request] = {}
-        self._listed = False           # the workload's requests have all been read
-        self._to_follow = 0            # turns that have not arrived yet
+        # Closed-loop session turns, held until the turn they follow ends (a cluster replaces
+        # them with its own, whose router places every turn).
+        self.turns = ClosedLoopTurns(self.env, self.arrive, self.close_arrivals)
+
+    @property
+    def frontend_delay_s(self) -> float:
+        """A live server's front end (HTTP, tokenisation, the hop to the engine core) holds each
+        request this long before the engine sees it; latencies still count from arrival_s."""
+        return self.turns.delay_s
+
+    @frontend_delay_s.setter
+    def frontend_delay_s(self, seconds: float) -> None:
+        self.turns.delay_s = seconds
 
     def run(self) -> EngineResult:
         wall0 = time.perf_counter()
@@ -135,11 +142,9 @@ class ReplicaLoop:
         return {}
 
     def _arrivals(self):
-        env = self.env
+        env, turns = self.env, self.turns
         for r in self.requests:
-            if r.follows is not None:      # arrives when the turn it follows ends
-                self._followers[r.follows] = r
-                self._to_follow += 1
+            if turns.hold(r):              # arrives when the turn it follows ends
                 continue
             delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
@@ -165,29 +170,17 @@ class ReplicaLoop:
     def end_arrivals(self) -> None:
         """No request of the workload's list will arrive any more (session turns that follow
         one may still: arrivals close when the last of them has arrived)."""
-        self._listed = True
-        self._maybe_close_arrivals()
+        self.turns.listed()
         self._wake()
 
     def _ended(self, st: RequestState) -> None:
         """``st`` completed or was rejected: the session turn that follows it, if any, arrives
         its think time later."""
-        r = self._followers.pop(st.request_id, None)
-        if r is not None:
-            self.env.process(self._follow(r))
+        self.turns.ended(st.request_id)
 
-    def _follow(self, r: Request):
-        # The client sends the turn a think time after the answer; the engine sees it after
-        # the front end's delay, as every arrival.
-        arrival_s = self.env.now + r.think_s
-        if r.think_s + self.frontend_delay_s > 0:
-            yield self.env.timeout(r.think_s + self.frontend_delay_s)
-        self._to_follow -= 1
-        self.arrive(r, arrival_s)
-        self._maybe_close_arrivals()
-
-    def _maybe_close_arrivals(self) -> None:
-        if self._listed and self._to_follow == 0 and not self.arrivals_done:
+    def close_arrivals(self) -> None:
+        """No request will arrive any more: policies may drain."""
+        if not self.arrivals_done:
             self.arrivals_done = True
             self._close_arrivals()
             self._wake()
@@ -583,7 +576,7 @@ class Engine(ReplicaLoop):
         self.unfinished -= 1
         self.finished += 1
         self.policy.on_finish(st)
-        if self._followers:
+        if self.turns.waiting:
             self._ended(st)
 
 

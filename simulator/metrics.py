@@ -201,6 +201,13 @@ class ReplicaSummary:
     peak_kv_tokens: int
     mean_ttft_ms: float | None
     mean_e2el_ms: float | None
+    prefix_cache: dict | None = None     # with prefix caching on: PrefixCacheStats.to_dict()
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prefix_cache"}
+        if self.prefix_cache is not None:
+            out.update(self.prefix_cache)
+        return out
 
 
 @dataclass(frozen=True)
@@ -244,8 +251,7 @@ class ClusterSummary:
     def to_dict(self) -> dict:
         out = {"replicas": len(self.replicas), "router": self.router,
                "requests_per_replica_cv": self.requests_cv,
-               "per_replica": [{f.name: getattr(r, f.name) for f in fields(r)}
-                               for r in self.replicas]}
+               "per_replica": [r.to_dict() for r in self.replicas]}
         if self.admission is not None:
             out["admission"] = {**self.admission, "refused": self.refused}
         return out
@@ -382,11 +388,14 @@ def timeline_table(rows: list[TimelineRow] | None, *,
     return frame
 
 
-def cluster_timeline_table(per_replica: list[list[TimelineRow]]) -> pd.DataFrame:
-    """The replicas' timelines one after another, each row with its ``replica`` first."""
+def cluster_timeline_table(per_replica: list[list[TimelineRow]], *,
+                           cached_blocks: list[list[int]] | None = None) -> pd.DataFrame:
+    """The replicas' timelines one after another, each row with its ``replica`` first; with
+    prefix caching on, ``cached_blocks[i]`` is replica i's column (``timeline_table``)."""
     frames = []
     for i, rows in enumerate(per_replica):
-        frame = timeline_table(rows)
+        frame = timeline_table(rows, cached_blocks=None if cached_blocks is None
+                               else cached_blocks[i])
         frame.insert(0, "replica", np.full(len(frame), i, dtype=np.int64))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -27,6 +27,7 @@ from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
 from simulator.io import atomic_write, write_csv, write_json
 from simulator.metrics import (SLO, ClusterSummary, SimulatedRun, Summary,
                                cluster_timeline_table, requests_table, timeline_table)
+from simulator.prefix_cache import PrefixCacheStats
 from simulator.replay import length_filters, lengths_from_file, trace_workload
 from simulator.run_folder import clear, prepare, write_manifest
 from traces import (Deterministic, Gamma, IndependentLengths, PiecewisePoisson, Poisson,
@@ -180,14 +181,8 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
     """``cfg.replicas`` replicas (identical, or in ``cfg.groups``) behind ``cfg.router`` and
     admission control (simulator/cluster.py)."""
     from simulator.engine import prefix_caching_on
-    if prefix_caching_on(cfg.prefix_caching, workload) or cfg.session_turns > 1:
-        # Not modelled yet across replicas (the cache is per replica, sessions need affinity):
-        # refuse rather than run a workload with shared prefixes as if nothing were cached.
-        raise ConfigError("a cluster (replicas > 1 or admission control) does not model the "
-                          "prefix cache or closed-loop sessions yet: give --no-prefix-caching "
-                          "and session_turns 1, or run one replica")
     n = cfg.replicas
-    specs, policies, names, preemptions = [], [], [], []
+    specs, policies, names, preemptions, caching = [], [], [], [], []
     for count, group in cfg.group_configs():
         spec = build_replica(group, workload)
         hint = spec.workload_hint
@@ -199,15 +194,22 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
         policies += [make_policy(group.policy, group.policy_params) for _ in range(count)]
         names += [(group.gpu, group.policy)] * count
         preemptions += [group.preemption] * count
+        caching += [prefix_caching_on(group.prefix_caching, workload)] * count
     router = make_router(cfg.router, cfg.router_params)
     admission = Admission(cfg.admission_rate, cfg.admission_burst, cfg.max_queue)
     raw = native_cluster(workload.requests(), router, policies, specs,
                          record_timeline=cfg.timeline, preemptions=preemptions, seed=cfg.seed,
-                         admission=admission, progress=progress, total=len(workload)).run()
-    frame = requests_table(raw.states, replica_of=raw.replica_of)
+                         admission=admission, progress=progress, total=len(workload),
+                         prefix_caching=caching).run()
+    caches = [r.prefix_cache for r in raw.replicas]
+    cached = any(c is not None for c in caches)
+    frame = requests_table(raw.states, replica_of=raw.replica_of, cached_prompt_tokens={
+        rid: tokens for c in caches if c is not None
+        for rid, tokens in c.cached_prompt_tokens.items()} if cached else None)
     counters = [dict(gpu=gpu, policy=policy, preemptions=r.preemptions, iterations=r.iterations,
                      kv_capacity_tokens=r.spec.kv_capacity_tokens,
-                     peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size)
+                     peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size,
+                     prefix_cache=r.prefix_cache.stats if r.prefix_cache else None)
                 for (gpu, policy), r in zip(names, raw.replicas)]
     # The top-level replica description is replica 0's (each replica's is in cluster.per_replica).
     spec = specs[0]
@@ -216,15 +218,28 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
         cost=spec.cost_model.describe(), kv_capacity_tokens=spec.kv_capacity_tokens,
         block_size=spec.block_size, peak_kv_tokens=max(c["peak_kv_tokens"] for c in counters),
         iterations=sum(c["iterations"] for c in counters), workload=workload.meta,
-        requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine)
+        requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine,
+        prefix_cache=cluster_prefix_cache([c.stats for c in caches if c is not None])
+        if cached else None)
     record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in counters),
                         slo=SLO(**cfg.slo) if cfg.slo else None, source=run,
                         cluster=ClusterSummary.of(
                             frame, router.describe(), counters,
                             admission.describe() if admission.active else None))
-    timeline = cluster_timeline_table([r.timeline for r in raw.replicas]) if cfg.timeline \
-        else None
+    timeline = cluster_timeline_table(
+        [r.timeline for r in raw.replicas],
+        cached_blocks=[c.cached_blocks if c else [0] * len(r.timeline)
+                       for c, r in zip(caches, raw.replicas)] if cached else None) \
+        if cfg.timeline else None
     return RunResult(cfg, frame, timeline, record)
+
+
+def cluster_prefix_cache(per_replica: list[dict]) -> dict:
+    """The whole cluster's prefix-cache figures from its replicas' (``PrefixCacheStats``
+    records): counts summed, the hit rate of the sums (hits / queries over every replica)."""
+    keys = ("queries", "hits", "admissions", "evictions")
+    return PrefixCacheStats(**{k: sum(s[f"prefix_cache_{k}"] for s in per_replica)
+                               for k in keys}).to_dict()
 
 
 def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv", *,

@@ -437,15 +437,3 @@ def test_routing_rules_on_hand_made_loads():
     assert 0 not in _route("power-of-d", loads, {"d": 2}, times=200)
     assert _route("random", loads, times=20, seed=5) == _route("random", loads, times=20, seed=5)
     assert sorted(set(_route("random", loads, times=200))) == [0, 1, 2, 3]
-
-
-def test_a_cluster_refuses_shared_prefixes_and_sessions_it_does_not_model(capsys):
-    from simulator.cli import main
-    for extra in (["--system-prompt-len", "256", "--system-prompt-share", "0.5"],
-                  ["--session-turns", "3"]):
-        assert main(["run", "--replicas", "2", "-n", "20", "-q", *extra]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "does not model the prefix cache" in err[0]
-    # Without sharing declared on, the same cluster runs.
-    assert main(["run", "--replicas", "2", "-n", "20", "-q", "--system-prompt-len", "256",
-                 "--system-prompt-share", "0.5", "--no-prefix-caching"]) == 0

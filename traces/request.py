@@ -37,7 +37,8 @@ class Request:
     ``vllm bench serve``). ``label`` names the request's class or type when the workload has them.
     ``prefix`` says which of its prompt tokens other requests share (None: none are shared).
     A session's later turn ``follows`` its previous turn (a request id): it arrives ``think_s``
-    seconds after that one ends (closed loop), whatever ``arrival_s`` says.
+    seconds after that one ends (closed loop), whatever ``arrival_s`` says. ``session`` names
+    the session a request is a turn of (None: none), as a session-affine router reads it.
     """
 
     request_id: int
@@ -48,3 +49,4 @@ class Request:
     prefix: TokenRuns | None = None
     follows: int | None = None
     think_s: float = 0.0
+    session: int | None = None

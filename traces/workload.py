@@ -74,12 +74,13 @@ class Workload:
         prefixes = self._prefixes() if self.prefix_columns else None
         follows = self._follows() if SESSION in f else None
         for rid, t, p, o, lab in rows:
-            after, think = next(follows) if follows is not None else (None, 0.0)
+            after, think, session = next(follows) if follows is not None else (None, 0.0, None)
             yield Request(int(rid), float(t), int(p), int(o), None if lab is None else str(lab),
-                          None if prefixes is None else next(prefixes), after, think)
+                          None if prefixes is None else next(prefixes), after, think, session)
 
-    def _follows(self) -> Iterator[tuple[int | None, float]]:
-        """Per request, the previous turn of its session (None: none) and its think time."""
+    def _follows(self) -> Iterator[tuple[int | None, float, int | None]]:
+        """Per request, the previous turn of its session (None: none), its think time and its
+        session (None: none)."""
         f = self.frame
         think = f[THINK_S].to_numpy() if THINK_S in f else np.zeros(len(f))
         last: dict[int, int] = {}
@@ -88,7 +89,7 @@ class Workload:
             previous = last.get(session) if session >= 0 else None
             if session >= 0:
                 last[session] = int(rid)
-            yield previous, float(t)
+            yield previous, float(t), session if session >= 0 else None
 
     def _prefixes(self) -> Iterator[TokenRuns]:
         """Each request's ``TokenRuns``, in table order, from its prefix columns."""
