@@ -274,6 +274,22 @@ class RunConfig:
     max_queue: int | None = run_field(
         None, "Admission: refuse arrivals while this many requests wait across the replicas.",
         group="cluster", low=0, high=MAX_REQUESTS)
+    # prefill/decode disaggregation (docs/clusters.md)
+    prefill_replicas: int | None = run_field(
+        None, "Disaggregated serving: replicas that compute prompts and first tokens (with "
+        "decode_replicas).", group="cluster", low=1, high=MAX_REPLICAS)
+    decode_replicas: int | None = run_field(
+        None, "Disaggregated serving: replicas that decode the rest, each request's prompt KV "
+        "sent to them (with prefill_replicas).", group="cluster", low=1, high=MAX_REPLICAS)
+    decode_router: str | None = run_field(
+        None, "Disaggregated: the decode pool's router (default: router, as the prefill "
+        "pool's); router_params apply to both.", group="cluster")
+    kv_link_gbps: float = run_field(
+        200.0, "Disaggregated: bandwidth of each prefill replica's KV link, Gbit/s (200: one "
+        "HDR InfiniBand port).", group="cluster", low=0, low_open=True, high=1e6)
+    kv_link_latency_ms: float = run_field(
+        0.0, "Disaggregated: fixed latency of one KV transfer, ms.", group="cluster", low=0,
+        high=6e4)
     # workload
     arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
     rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
@@ -396,6 +412,11 @@ class RunConfig:
         return self.admission_rate is not None or self.max_queue is not None
 
     @property
+    def disaggregated(self) -> bool:
+        """A prefill pool and a decode pool (simulator/disagg.py)."""
+        return self.prefill_replicas is not None or self.decode_replicas is not None
+
+    @property
     def clustered(self) -> bool:
         """The run goes through the cluster (simulator/cluster.py): replicas, or admission."""
         return self.replicas > 1 or self.admission
@@ -437,15 +458,39 @@ class RunConfig:
         if self.admission and self.engine != "native":
             raise ConfigError("admission control (admission_rate, max_queue) needs engine "
                               "native")
+        if self.disaggregated:
+            self._validate_disaggregated()
         try:
             router = make_router(self.router, self.router_params)
             if self.replicas > 1:     # (one replica routes nothing: a sweep may reach it)
                 router.bind(self.replicas, self.seed)   # refuses parameters unfit for the count
+            if self.disaggregated:    # each pool's router, for its pool's size
+                router.bind(self.prefill_replicas, self.seed)
+                make_router(self.decode_router or self.router, self.router_params).bind(
+                    self.decode_replicas, self.seed)
         except PolicyError as e:
             raise ConfigError(str(e)) from None
         params = router.params
         self.router_params = {k.replace("-", "_"): getattr(params, k.replace("-", "_"))
                               for k in self.router_params}
+
+    def _validate_disaggregated(self) -> None:
+        for given, other in (("prefill_replicas", "decode_replicas"),
+                             ("decode_replicas", "prefill_replicas")):
+            if getattr(self, other) is None:
+                raise ConfigError(f"{FIELDS[given].label} needs {FIELDS[other].label} too: "
+                                  f"disaggregated serving has both pools")
+        clash = [name for name, on in (("replicas", self.replicas > 1),
+                                       ("groups", bool(self.groups)),
+                                       ("admission_rate", self.admission_rate is not None),
+                                       ("max_queue", self.max_queue is not None),
+                                       ("frontend_delay", self.frontend_delay > 0)) if on]
+        if clash:
+            raise ConfigError(f"{FIELDS[clash[0]].label} is not modelled with disaggregated "
+                              f"serving (prefill_replicas, decode_replicas): drop one of them")
+        if self.engine != "native":
+            raise ConfigError("disaggregated serving (prefill_replicas, decode_replicas) needs "
+                              "engine native")
 
     def _validate_trace(self) -> None:
         if self.trace_start is not None and self.trace_end is not None and \
@@ -613,10 +658,15 @@ def check_given(cfg: RunConfig, given: set[str]) -> None:
     if "admission_burst" in given and cfg.admission_rate is None:
         refuse("admission_burst", "sizes the token bucket of admission_rate "
                                   "(--admission-rate): give it")
-    if cfg.replicas == 1 and not cfg.groups:
+    if cfg.replicas == 1 and not cfg.groups and not cfg.disaggregated:
         for name in ("router", "router_params"):
             if name in given:
                 refuse(name, "does nothing with one replica: give replicas (--replicas N)")
+    if not cfg.disaggregated:
+        for name in ("decode_router", "kv_link_gbps", "kv_link_latency_ms"):
+            if name in given:
+                refuse(name, "applies to disaggregated serving: give prefill_replicas and "
+                             "decode_replicas (--prefill-replicas P --decode-replicas D)")
     if "rate_schedule" in given and cfg.arrival != "piecewise":
         refuse("rate_schedule", f"applies to piecewise arrivals (--arrival piecewise), not "
                                 f"{cfg.arrival}")
