@@ -282,8 +282,12 @@ class RunConfig:
         None, "Disaggregated serving: replicas that decode the rest, each request's prompt KV "
         "sent to them (with prefill_replicas).", group="cluster", low=1, high=MAX_REPLICAS)
     decode_router: str | None = run_field(
-        None, "Disaggregated: the decode pool's router (default: router, as the prefill "
-        "pool's); router_params apply to both.", group="cluster")
+        None, "Disaggregated: the decode pool's router (default: router and router_params, "
+        "as the prefill pool's).", group="cluster")
+    decode_router_params: dict = run_field(
+        help="Disaggregated: decode_router's parameter, repeatable.", group="cluster",
+        default_factory=dict, flags=("--decode-router-param",), dest="decode_router_param",
+        metavar="KEY=VALUE", from_cli=_pairs, check=_check_scalars)
     kv_link_gbps: float = run_field(
         200.0, "Disaggregated: bandwidth of each prefill replica's KV link, Gbit/s (200: one "
         "HDR InfiniBand port).", group="cluster", low=0, low_open=True, high=1e6)
@@ -464,15 +468,30 @@ class RunConfig:
             router = make_router(self.router, self.router_params)
             if self.replicas > 1:     # (one replica routes nothing: a sweep may reach it)
                 router.bind(self.replicas, self.seed)   # refuses parameters unfit for the count
-            if self.disaggregated:    # each pool's router, for its pool's size
-                router.bind(self.prefill_replicas, self.seed)
-                make_router(self.decode_router or self.router, self.router_params).bind(
-                    self.decode_replicas, self.seed)
         except PolicyError as e:
             raise ConfigError(str(e)) from None
-        params = router.params
-        self.router_params = {k.replace("-", "_"): getattr(params, k.replace("-", "_"))
-                              for k in self.router_params}
+        if self.disaggregated:        # each pool's router, for its pool's size
+            sizes = (self.prefill_replicas, self.decode_replicas)
+            for pool, (name, params), n in zip(("prefill", "decode"), self.pool_routers, sizes):
+                try:
+                    make_router(name, params).bind(n, self.seed)
+                except PolicyError as e:
+                    raise ConfigError(f"{pool} pool: {e}") from None
+        self.router_params = _canonical_params(router.params, self.router_params)
+        if self.decode_router is not None:
+            try:
+                decode = make_router(self.decode_router, self.decode_router_params)
+            except PolicyError as e:
+                raise ConfigError(str(e)) from None
+            self.decode_router_params = _canonical_params(decode.params,
+                                                          self.decode_router_params)
+
+    @property
+    def pool_routers(self) -> tuple[tuple[str, dict], tuple[str, dict]]:
+        """Disaggregated: the prefill pool's and the decode pool's router and parameters."""
+        decode = (self.decode_router, self.decode_router_params) if self.decode_router \
+            else (self.router, self.router_params)
+        return (self.router, self.router_params), decode
 
     def _validate_disaggregated(self) -> None:
         for given, other in (("prefill_replicas", "decode_replicas"),
@@ -480,9 +499,10 @@ class RunConfig:
             if getattr(self, other) is None:
                 raise ConfigError(f"{FIELDS[given].label} needs {FIELDS[other].label} too: "
                                   f"disaggregated serving has both pools")
-        clash = [name for name, on in (("replicas", self.replicas > 1),
-                                       ("groups", bool(self.groups)),
-                                       ("admission_rate", self.admission_rate is not None),
+        if self.replicas > 1 or self.groups:
+            raise ConfigError("give replicas (or groups) or prefill_replicas and "
+                              "decode_replicas, not both: they are two shapes of cluster")
+        clash = [name for name, on in (("admission_rate", self.admission_rate is not None),
                                        ("max_queue", self.max_queue is not None),
                                        ("frontend_delay", self.frontend_delay > 0)) if on]
         if clash:
@@ -639,6 +659,11 @@ def parse_types(types: list, where: str = "types"):
     return tuple(out)
 
 
+def _canonical_params(params, given: dict) -> dict:
+    """The given router parameters by their field names, as the router converted them."""
+    return {k.replace("-", "_"): getattr(params, k.replace("-", "_")) for k in given}
+
+
 def request_types(cfg: RunConfig):
     """The request types of a config (``--type``), or None."""
     return parse_types(cfg.types) if cfg.types else None
@@ -663,10 +688,14 @@ def check_given(cfg: RunConfig, given: set[str]) -> None:
             if name in given:
                 refuse(name, "does nothing with one replica: give replicas (--replicas N)")
     if not cfg.disaggregated:
-        for name in ("decode_router", "kv_link_gbps", "kv_link_latency_ms"):
+        for name in ("decode_router", "decode_router_params", "kv_link_gbps",
+                     "kv_link_latency_ms"):
             if name in given:
                 refuse(name, "applies to disaggregated serving: give prefill_replicas and "
                              "decode_replicas (--prefill-replicas P --decode-replicas D)")
+    if "decode_router_params" in given and cfg.decode_router is None:
+        refuse("decode_router_params", "sets decode_router's parameters: give it "
+                                       "(--decode-router NAME), or router_params for both pools")
     if "rate_schedule" in given and cfg.arrival != "piecewise":
         refuse("rate_schedule", f"applies to piecewise arrivals (--arrival piecewise), not "
                                 f"{cfg.arrival}")

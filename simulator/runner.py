@@ -234,8 +234,7 @@ def simulate_disaggregated(cfg: RunConfig, workload: Workload,
     P, D = cfg.prefill_replicas, cfg.decode_replicas
     spec = build_replica(cfg, workload)
     p_spec, d_spec = _pool_spec(spec, P, output_tokens=1), _pool_spec(spec, D)
-    routers = (make_router(cfg.router, cfg.router_params),
-               make_router(cfg.decode_router or cfg.router, cfg.router_params))
+    routers = tuple(make_router(name, params) for name, params in cfg.pool_routers)
     pools = [[make_policy(cfg.policy, cfg.policy_params) for _ in range(n)] for n in (P, D)]
     link = KVLink(cfg.kv_link_gbps, cfg.kv_link_latency_ms / 1e3)
     raw = native_disaggregated(
