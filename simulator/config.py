@@ -282,6 +282,26 @@ class RunConfig:
     max_queue: int | None = run_field(
         None, "Admission: refuse arrivals while this many requests wait across the replicas.",
         group="cluster", low=0, high=MAX_REQUESTS)
+    # prefill/decode disaggregation (docs/clusters.md)
+    prefill_replicas: int | None = run_field(
+        None, "Disaggregated serving: replicas that compute prompts and first tokens (with "
+        "decode_replicas).", group="cluster", low=1, high=MAX_REPLICAS)
+    decode_replicas: int | None = run_field(
+        None, "Disaggregated serving: replicas that decode the rest, each request's prompt KV "
+        "sent to them (with prefill_replicas).", group="cluster", low=1, high=MAX_REPLICAS)
+    decode_router: str | None = run_field(
+        None, "Disaggregated: the decode pool's router (default: router and router_params, "
+        "as the prefill pool's).", group="cluster")
+    decode_router_params: dict = run_field(
+        help="Disaggregated: decode_router's parameter, repeatable.", group="cluster",
+        default_factory=dict, flags=("--decode-router-param",), dest="decode_router_param",
+        metavar="KEY=VALUE", from_cli=_pairs, check=_check_scalars)
+    kv_link_gbps: float = run_field(
+        200.0, "Disaggregated: bandwidth of each prefill replica's KV link, Gbit/s (200: one "
+        "HDR InfiniBand port).", group="cluster", low=0, low_open=True, high=1e6)
+    kv_link_latency_ms: float = run_field(
+        0.0, "Disaggregated: fixed latency of one KV transfer, ms.", group="cluster", low=0,
+        high=6e4)
     # workload
     arrival: str = run_field("poisson", "Arrival process.", group="workload", choices=ARRIVALS)
     rate: float = run_field(2.5, "Mean arrival rate, requests/s.", group="workload", low=0,
@@ -399,6 +419,11 @@ class RunConfig:
         return self.admission_rate is not None or self.max_queue is not None
 
     @property
+    def disaggregated(self) -> bool:
+        """A prefill pool and a decode pool (simulator/disagg.py)."""
+        return self.prefill_replicas is not None or self.decode_replicas is not None
+
+    @property
     def clustered(self) -> bool:
         """The run goes through the cluster (simulator/cluster.py): replicas, or admission."""
         return self.replicas > 1 or self.admission
@@ -440,15 +465,55 @@ class RunConfig:
         if self.admission and self.engine != "native":
             raise ConfigError("admission control (admission_rate, max_queue) needs engine "
                               "native")
+        if self.disaggregated:
+            self._validate_disaggregated()
         try:
             router = make_router(self.router, self.router_params)
             if self.replicas > 1:     # (one replica routes nothing: a sweep may reach it)
                 router.bind(self.replicas, self.seed)   # refuses parameters unfit for the count
         except PolicyError as e:
             raise ConfigError(str(e)) from None
-        params = router.params
-        self.router_params = {k.replace("-", "_"): getattr(params, k.replace("-", "_"))
-                              for k in self.router_params}
+        if self.disaggregated:        # each pool's router, for its pool's size
+            sizes = (self.prefill_replicas, self.decode_replicas)
+            for pool, (name, params), n in zip(("prefill", "decode"), self.pool_routers, sizes):
+                try:
+                    make_router(name, params).bind(n, self.seed)
+                except PolicyError as e:
+                    raise ConfigError(f"{pool} pool: {e}") from None
+        self.router_params = _canonical_params(router.params, self.router_params)
+        if self.decode_router is not None:
+            try:
+                decode = make_router(self.decode_router, self.decode_router_params)
+            except PolicyError as e:
+                raise ConfigError(str(e)) from None
+            self.decode_router_params = _canonical_params(decode.params,
+                                                          self.decode_router_params)
+
+    @property
+    def pool_routers(self) -> tuple[tuple[str, dict], tuple[str, dict]]:
+        """Disaggregated: the prefill pool's and the decode pool's router and parameters."""
+        decode = (self.decode_router, self.decode_router_params) if self.decode_router \
+            else (self.router, self.router_params)
+        return (self.router, self.router_params), decode
+
+    def _validate_disaggregated(self) -> None:
+        for given, other in (("prefill_replicas", "decode_replicas"),
+                             ("decode_replicas", "prefill_replicas")):
+            if getattr(self, other) is None:
+                raise ConfigError(f"{FIELDS[given].label} needs {FIELDS[other].label} too: "
+                                  f"disaggregated serving has both pools")
+        if self.replicas > 1 or self.groups:
+            raise ConfigError("give replicas (or groups) or prefill_replicas and "
+                              "decode_replicas, not both: they are two shapes of cluster")
+        clash = [name for name, on in (("admission_rate", self.admission_rate is not None),
+                                       ("max_queue", self.max_queue is not None),
+                                       ("frontend_delay", self.frontend_delay > 0)) if on]
+        if clash:
+            raise ConfigError(f"{FIELDS[clash[0]].label} is not modelled with disaggregated "
+                              f"serving (prefill_replicas, decode_replicas): drop one of them")
+        if self.engine != "native":
+            raise ConfigError("disaggregated serving (prefill_replicas, decode_replicas) needs "
+                              "engine native")
 
     def _validate_trace(self) -> None:
         if self.trace_start is not None and self.trace_end is not None and \
@@ -607,6 +672,11 @@ def parse_types(types: list, where: str = "types"):
     return tuple(out)
 
 
+def _canonical_params(params, given: dict) -> dict:
+    """The given router parameters by their field names, as the router converted them."""
+    return {k.replace("-", "_"): getattr(params, k.replace("-", "_")) for k in given}
+
+
 def request_types(cfg: RunConfig):
     """The request types of a config (``--type``), or None."""
     return parse_types(cfg.types) if cfg.types else None
@@ -626,10 +696,19 @@ def check_given(cfg: RunConfig, given: set[str]) -> None:
     if "admission_burst" in given and cfg.admission_rate is None:
         refuse("admission_burst", "sizes the token bucket of admission_rate "
                                   "(--admission-rate): give it")
-    if cfg.replicas == 1 and not cfg.groups:
+    if cfg.replicas == 1 and not cfg.groups and not cfg.disaggregated:
         for name in ("router", "router_params"):
             if name in given:
                 refuse(name, "does nothing with one replica: give replicas (--replicas N)")
+    if not cfg.disaggregated:
+        for name in ("decode_router", "decode_router_params", "kv_link_gbps",
+                     "kv_link_latency_ms"):
+            if name in given:
+                refuse(name, "applies to disaggregated serving: give prefill_replicas and "
+                             "decode_replicas (--prefill-replicas P --decode-replicas D)")
+    if "decode_router_params" in given and cfg.decode_router is None:
+        refuse("decode_router_params", "sets decode_router's parameters: give it "
+                                       "(--decode-router NAME), or router_params for both pools")
     if "rate_schedule" in given and cfg.arrival != "piecewise":
         refuse("rate_schedule", f"applies to piecewise arrivals (--arrival piecewise), not "
                                 f"{cfg.arrival}")

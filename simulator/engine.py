@@ -157,6 +157,12 @@ class ReplicaLoop:
         rejected if it can never fit, else handed to the scheduler."""
         st = RequestState(r.request_id, r.arrival_s if arrival_s is None else arrival_s,
                           r.prompt_tokens, r.output_tokens, r.label)
+        return self.receive(st, r)
+
+    def receive(self, st: RequestState, r: Request) -> RequestState:
+        """``st``, the state of request ``r``, joins this replica now: rejected if it can never
+        fit, else handed to the scheduler. A disaggregated decode replica (simulator/disagg.py)
+        receives states whose prompt another replica computed."""
         self.states.append(st)
         rejection = arrival_rejection(self.spec, st)
         if rejection is not None:
@@ -472,13 +478,7 @@ class Engine(ReplicaLoop):
                 raise self._violation(st, "was scheduled twice in one iteration")
             st._iteration = it
             if st.status is Status.WAITING:
-                st.status = Status.RESIDENT
-                self._admissions += 1
-                st.admitted_seq = self._admissions
-                resident[st.request_id] = st
-                self.view.num_waiting -= 1
-                if st.first_scheduled_s is None:
-                    st.first_scheduled_s = now
+                self._admit(st, now)
                 if pool is not None:
                     # Before any block of this batch is allocated, so none of a hit is evicted.
                     self._admit_hit(st)
@@ -502,8 +502,17 @@ class Engine(ReplicaLoop):
             ctx = st.computed
             if st.status is not Status.RESIDENT or st.generated == 0 or \
                     st.prompt_tokens + st.generated - ctx != 1:
-                raise self._violation(st, "was scheduled to decode but is not decoding")
-            if ctx % bs == 0:          # the new token starts a new block
+                if not (st.status is Status.WAITING and st.generated and pool is None and
+                        st.prompt_tokens + st.generated - ctx == 1):
+                    raise self._violation(st, "was scheduled to decode but is not decoding")
+                # Received with its prompt's KV computed elsewhere (a disaggregated decode
+                # replica, simulator/disagg.py): admitted to decode, it takes its context's
+                # blocks.
+                self._admit(st, now)
+                need = -(-(ctx + 1) // bs)
+                new_blocks += need
+                st.kv_blocks += need
+            elif ctx % bs == 0:        # the new token starts a new block
                 new_blocks += 1
                 st.kv_blocks += 1
             dec_kv += ctx + 1
@@ -542,6 +551,16 @@ class Engine(ReplicaLoop):
                 resident=len(resident), waiting=self.view.num_waiting,
                 preempted=len(d.preempt)))
         return dt
+
+    def _admit(self, st: RequestState, now: float) -> None:
+        """A waiting request joins the batch: it becomes resident."""
+        st.status = Status.RESIDENT
+        self._admissions += 1
+        st.admitted_seq = self._admissions
+        self.resident[st.request_id] = st
+        self.view.num_waiting -= 1
+        if st.first_scheduled_s is None:
+            st.first_scheduled_s = now
 
     def _finish_iteration(self, d) -> None:
         now = self.env.now

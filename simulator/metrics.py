@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass, field, fields
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,8 @@ REQUEST_COLUMNS = (
     "reject_reason", "reject_detail", "first_scheduled_s", "first_token_s", "completion_s",
     "queue_ms", "ttft_ms", "tpot_ms", "e2el_ms", "preemptions",
 )
+# A disaggregated run's columns, after request_id (docs/output-schema.md).
+DISAGG_COLUMNS = ("prefill_replica", "decode_replica", "link_wait_s", "transfer_s")
 # Why a request was rejected: ``reject_reason`` holds one of these codes, ``reject_detail`` the
 # figures behind it (a live server's failures have the error's kind as code, the error as detail).
 OVER_MAX_MODEL_LEN = "over_max_model_len"     # prompt + output longer than max_model_len
@@ -33,8 +35,19 @@ LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms", "queue_ms")
 PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
 
 
+class Handoff(Protocol):
+    """How a disaggregated run's request crossed from the prefill to the decode pool
+    (simulator/disagg.py): replicas -1 and times NaN where it did not."""
+
+    prefill_replica: int
+    decode_replica: int
+    link_wait_s: float
+    transfer_s: float
+
+
 def requests_table(states: list[RequestState], *, replica_of: list[int] | None = None,
-                   cached_prompt_tokens: dict[int, int] | None = None) -> pd.DataFrame:
+                   cached_prompt_tokens: dict[int, int] | None = None,
+                   handoffs: Sequence[Handoff] | None = None) -> pd.DataFrame:
     """One row per request. Times are seconds from the workload start; latencies milliseconds.
 
     TPOT follows vLLM bench: (e2e latency - TTFT) / (output tokens - 1), undefined for 1-token
@@ -42,7 +55,10 @@ def requests_table(states: list[RequestState], *, replica_of: list[int] | None =
     ``replica`` column after ``request_id`` (``replica_of``: the replica of each state). With
     prefix caching on, ``cached_prompt_tokens`` (by request id) adds the column of prompt tokens
     found cached at the request's first admission (vLLM's ``num_cached_tokens``; 0 if never
-    admitted).
+    admitted). A disaggregated run's ``handoffs`` (one per state) add ``prefill_replica``,
+    ``decode_replica``, ``link_wait_s`` and ``transfer_s`` after ``request_id``; its TPOT is
+    measured on the decode side, from the moment the KV landed there: (completion - first token
+    - link wait - transfer) / (output tokens - 1).
     """
     n = len(states)
     nan = float("nan")
@@ -62,8 +78,13 @@ def requests_table(states: list[RequestState], *, replica_of: list[int] | None =
                        for s in states], dtype=object)
     e2el = (done - arrival) * 1e3
     ttft = (first_tok - arrival) * 1e3
+    decoded = e2el - ttft
+    if handoffs is not None:
+        crossing = np.array([(h.link_wait_s, h.transfer_s) for h in handoffs],
+                            dtype=float).reshape(-1, 2)
+        decoded = decoded - np.nan_to_num(crossing.sum(axis=1)) * 1e3
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(out > 1, (e2el - ttft) / np.maximum(out - 1, 1), nan)
+        tpot = np.where(out > 1, decoded / np.maximum(out - 1, 1), nan)
     frame = pd.DataFrame({
         "request_id": np.array([s.request_id for s in states], dtype=np.int64),
         "label": pd.Series([s.label for s in states], dtype=object),
@@ -84,6 +105,10 @@ def requests_table(states: list[RequestState], *, replica_of: list[int] | None =
     }, index=pd.RangeIndex(n))
     if replica_of is not None:
         frame.insert(1, "replica", np.array(replica_of, dtype=np.int64))
+    if handoffs is not None:
+        for k, name in enumerate(DISAGG_COLUMNS):
+            kind = np.int64 if name.endswith("replica") else float
+            frame.insert(1 + k, name, np.array([getattr(h, name) for h in handoffs], dtype=kind))
     if cached_prompt_tokens is not None:
         frame["cached_prompt_tokens"] = np.array(
             [cached_prompt_tokens.get(s.request_id, 0) for s in states], dtype=np.int64)
@@ -258,6 +283,49 @@ class ClusterSummary:
 
 
 @dataclass(frozen=True)
+class DisaggSummary:
+    """What a disaggregated run adds to its summary (under ``cluster``): each pool as a
+    cluster of its own (its router, replicas and load balance), the KV link, and the
+    transfers' statistics over the requests that crossed. ``per_replica`` lists the prefill
+    replicas, then the decode replicas (numbered on after them, as in the timeline), each with
+    its ``pool``."""
+
+    prefill: ClusterSummary
+    decode: ClusterSummary
+    link: dict
+    transfers: dict
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, routers: tuple[dict, dict],
+           counters: tuple[list[dict], list[dict]], link: dict) -> "DisaggSummary":
+        """``frame`` holds the ``DISAGG_COLUMNS``; ``routers`` and ``counters`` are the prefill
+        pool's and the decode pool's (``ClusterSummary.of``)."""
+        pools = [ClusterSummary.of(frame.assign(replica=frame[f"{pool}_replica"]), router, c)
+                 for pool, router, c in zip(("prefill", "decode"), routers, counters)]
+        crossed = frame[frame["decode_replica"] >= 0]
+        transfers = {**_stats("transfer_ms", crossed["transfer_s"].to_numpy() * 1e3),
+                     **_stats("link_wait_ms", crossed["link_wait_s"].to_numpy() * 1e3),
+                     "transfers": int(len(crossed))}
+        return cls(prefill=pools[0], decode=pools[1], link=link, transfers=transfers)
+
+    def to_dict(self) -> dict:
+        p, d = self.prefill.to_dict(), self.decode.to_dict()
+        n = p["replicas"]
+        per = [{**r, "pool": "prefill"} for r in p["per_replica"]] + \
+              [{**r, "replica": n + r["replica"], "pool": "decode"} for r in d["per_replica"]]
+        return {"replicas": n + d["replicas"], "router": p["router"],
+                # Requests per replica differ between pools of different sizes by design: the
+                # balance is each pool's own, and the top-level figure the worse of the two.
+                "requests_per_replica_cv": max(p["requests_per_replica_cv"],
+                                               d["requests_per_replica_cv"]),
+                "prefill_replicas": n, "decode_replicas": d["replicas"],
+                "decode_router": d["router"],
+                "prefill_requests_per_replica_cv": p["requests_per_replica_cv"],
+                "decode_requests_per_replica_cv": d["requests_per_replica_cv"],
+                **self.link, **self.transfers, "per_replica": per}
+
+
+@dataclass(frozen=True)
 class Summary:
     """A run's summary, one record whatever produced it (vLLM-bench key names).
 
@@ -281,7 +349,7 @@ class Summary:
     latency: dict
     goodput: tuple[float, float, dict] | None = None
     source: SimulatedRun | LiveRun | None = None
-    cluster: ClusterSummary | None = None        # a run of more than one replica
+    cluster: ClusterSummary | DisaggSummary | None = None    # a run of more than one replica
 
     @classmethod
     def of(cls, frame: pd.DataFrame, *, preemptions: int = 0, slo: SLO | None = None,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from scheduler.admission import Admission
@@ -24,8 +25,9 @@ from simulator.cost.linear import fit_cost
 from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
+from simulator.disagg import KVLink, native_disaggregated
 from simulator.io import atomic_write, write_csv, write_json
-from simulator.metrics import (SLO, ClusterSummary, SimulatedRun, Summary,
+from simulator.metrics import (SLO, ClusterSummary, DisaggSummary, SimulatedRun, Summary,
                                cluster_timeline_table, requests_table, timeline_table)
 from simulator.prefix_cache import PrefixCacheStats
 from simulator.replay import length_filters, lengths_from_file, trace_workload
@@ -153,6 +155,8 @@ def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = No
 def simulate(cfg: RunConfig, workload: Workload | None = None,
              progress: Callable[[int, int], None] | None = None) -> RunResult:
     workload = workload if workload is not None else build_workload(cfg)
+    if cfg.disaggregated:
+        return simulate_disaggregated(cfg, workload, progress)
     if cfg.clustered:
         return simulate_cluster(cfg, workload, progress)
     spec = build_replica(cfg, workload)
@@ -176,6 +180,30 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
     return RunResult(cfg, frame, timeline, record)
 
 
+def _refuse_shared_prefixes(cfg: RunConfig, workload: Workload, what: str) -> None:
+    from simulator.engine import prefix_caching_on
+    if prefix_caching_on(cfg.prefix_caching, workload) or cfg.session_turns > 1:
+        # Not modelled yet across pools (a prompt's cached blocks would have to follow it over
+        # the link): refuse rather than run shared prefixes as if nothing were cached.
+        raise ConfigError(f"{what} does not model the prefix cache or closed-loop sessions "
+                          f"yet: give --no-prefix-caching and session_turns 1, or serve "
+                          f"aggregated (--replicas N)")
+
+
+def _pool_spec(spec: ReplicaSpec, replicas: int, output_tokens=None) -> ReplicaSpec:
+    """A pool replica's spec: its policy plans for an even share of the arrival rate (and, on
+    the prefill side, for the one output token each request has there)."""
+    hint = spec.workload_hint
+    if hint is None:
+        return spec
+    changes = {}
+    if hint.arrival_rate is not None:
+        changes["arrival_rate"] = hint.arrival_rate / replicas
+    if output_tokens is not None and hint.lengths is not None:
+        changes["lengths"] = (hint.lengths[0], np.full_like(hint.lengths[1], output_tokens))
+    return dataclasses.replace(spec, workload_hint=dataclasses.replace(hint, **changes))
+
+
 def simulate_cluster(cfg: RunConfig, workload: Workload,
                      progress: Callable[[int, int], None] | None = None) -> RunResult:
     """``cfg.replicas`` replicas (identical, or in ``cfg.groups``) behind ``cfg.router`` and
@@ -184,12 +212,7 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
     n = cfg.replicas
     specs, policies, names, preemptions, caching = [], [], [], [], []
     for count, group in cfg.group_configs():
-        spec = build_replica(group, workload)
-        hint = spec.workload_hint
-        if hint is not None and hint.arrival_rate is not None:
-            # A policy plans for the load its replica sees: an even share of the arrivals.
-            spec = dataclasses.replace(spec, workload_hint=dataclasses.replace(
-                hint, arrival_rate=hint.arrival_rate / n))
+        spec = _pool_spec(build_replica(group, workload), n)
         specs += [spec] * count
         policies += [make_policy(group.policy, group.policy_params) for _ in range(count)]
         names += [(group.gpu, group.policy)] * count
@@ -240,6 +263,43 @@ def cluster_prefix_cache(per_replica: list[dict]) -> dict:
     keys = ("queries", "hits", "admissions", "evictions")
     return PrefixCacheStats(**{k: sum(s[f"prefix_cache_{k}"] for s in per_replica)
                                for k in keys}).to_dict()
+
+
+def simulate_disaggregated(cfg: RunConfig, workload: Workload,
+                           progress: Callable[[int, int], None] | None = None) -> RunResult:
+    """A prefill pool of ``cfg.prefill_replicas`` and a decode pool of ``cfg.decode_replicas``
+    identical replicas, the KV of each prompt sent over a link (simulator/disagg.py)."""
+    _refuse_shared_prefixes(cfg, workload, "disaggregated serving")
+    P, D = cfg.prefill_replicas, cfg.decode_replicas
+    spec = build_replica(cfg, workload)
+    p_spec, d_spec = _pool_spec(spec, P, output_tokens=1), _pool_spec(spec, D)
+    routers = tuple(make_router(name, params) for name, params in cfg.pool_routers)
+    pools = [[make_policy(cfg.policy, cfg.policy_params) for _ in range(n)] for n in (P, D)]
+    link = KVLink(cfg.kv_link_gbps, cfg.kv_link_latency_ms / 1e3)
+    raw = native_disaggregated(
+        workload.requests(), *routers, (pools[0], p_spec), (pools[1], d_spec), link,
+        model_spec(cfg.model).kv_bytes_per_token, record_timeline=cfg.timeline,
+        preemption=cfg.preemption, seed=cfg.seed, progress=progress,
+        total=len(workload)).run()
+    frame = requests_table(raw.states, handoffs=raw.handoffs)
+    counters = tuple([dict(gpu=cfg.gpu, policy=cfg.policy, preemptions=r.preemptions,
+                           iterations=r.iterations, kv_capacity_tokens=r.spec.kv_capacity_tokens,
+                           peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size)
+                      for r in results] for results in (raw.prefill, raw.decode))
+    every = counters[0] + counters[1]
+    run = SimulatedRun(
+        policy=pools[1][0].describe(), model=cfg.model, gpu=cfg.gpu,
+        cost=spec.cost_model.describe(), kv_capacity_tokens=spec.kv_capacity_tokens,
+        block_size=spec.block_size, peak_kv_tokens=max(c["peak_kv_tokens"] for c in every),
+        iterations=sum(c["iterations"] for c in every), workload=workload.meta,
+        requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine)
+    record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in every),
+                        slo=SLO(**cfg.slo) if cfg.slo else None, source=run,
+                        cluster=DisaggSummary.of(frame, tuple(r.describe() for r in routers),
+                                                 counters, link.describe()))
+    timeline = cluster_timeline_table([r.timeline for r in raw.prefill + raw.decode]) \
+        if cfg.timeline else None
+    return RunResult(cfg, frame, timeline, record)
 
 
 def write_outputs(result: RunResult, out_dir: str | Path, requests_format: str = "csv", *,
