@@ -104,6 +104,18 @@ def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
         yield h, 1
 
 
+def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
+                 block_size: int, batch: int = 1024) -> Iterator[list[int]]:
+    """The chain's full blocks 0, 1, 2, ... as one int each, at most ``batch`` at a time
+    (endless: output tokens follow the prompt): block ``j`` of segment ``sid`` is
+    ``hash((sid, j))``, so two chains have equal ints exactly where they share a block (up to
+    the hash's own collisions). For what needs a per-block name outside the pool (vLLM in the
+    loop's token ids, tests)."""
+    for sid, count in segments(prefix, request_id, prompt_tokens, block_size):
+        for lo in range(0, count, batch):
+            yield [hash((sid, j)) for j in range(lo, min(count, lo + batch))]
+
+
 class RequestBlocks:
     """One request's chain, its segments generated as far as they are needed (``sids``, each
     starting at block ``starts[i]`` and ending before ``ends[i]``); how many of its blocks (its

@@ -418,5 +418,5 @@ class VllmLoopEngine(ReplicaLoop):
                         st.status, st.finished_s = Status.FINISHED, now
                         self.finished += 1
                     self._outputs.pop(o.request_id, None)
-                    if self._followers:
+                    if self.turns.waiting:
                         self._ended(st)      # a session's next turn follows it
