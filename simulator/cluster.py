@@ -103,15 +103,9 @@ class EngineLoad:
             return 0
         bs = pool.block_size
         limit = (req.prompt_tokens - 1) // bs
-        chain = self._chains.chain(req, bs)
-        # The cached blocks are a prefix of the chain: gallop (blocks 1, 2, 4, ...) to bracket
-        # its end, then bisect, hashing no further than twice the hit (the replica that admits
-        # the request hashes it all anyway).
-        k = 1
-        while k <= limit and pool.is_cached(chain.upto(k)[k - 1]):
-            k *= 2
-        end = min(k - 1, limit)
-        return pool.hit_blocks(chain.upto(end), end) * bs if end > 0 else 0
+        # The pool answers per segment of the chain (simulator/prefix_cache.py), generating
+        # the chain only as far as the hit reaches.
+        return pool.hit_blocks(self._chains.chain(req, bs), limit) * bs if limit > 0 else 0
 
 
 @dataclass

@@ -119,10 +119,16 @@ def test_the_views_cache_read_is_the_admission_hit_and_changes_nothing():
     shared = TokenRuns(((SYSTEM_PROMPT, 0, 200),))
     first = RequestBlocks(shared, 0, 250, 16)
     pool.allocate(16)
-    pool.register(first.upto(15), 0, 15)              # 250 prompt + 5 output = 15 full blocks
-    pool.release(first.hashes, 15, 1)
-    before = (list(pool.evictable), dict(pool.refs), dict(pool.wanted), pool.plain_free,
-              copy.copy(pool.stats), set(pool.dirty))
+    pool.register(first, 0, 15)              # 250 prompt + 5 output = 15 full blocks
+    pool.release(first, 15, 1)
+
+    def state():
+        segments = {sid: (g.cached, g.held, g.shared, dict(g.holds), dict(g.claims),
+                          [list(c) for c in g.chunks]) for sid, g in pool.segments.items()}
+        return (segments, [(k, list(v)) for k, v in pool.queue.items()], pool.plain_free,
+                pool.evictable, pool.cached_blocks, copy.copy(pool.stats), set(pool.dirty))
+
+    before = state()
     load = EngineLoad(0, engine)
     assert load.cached_prefix_tokens(Request(1, 0.0, 300, 4, prefix=shared)) == 192
     head = TokenRuns(((SYSTEM_PROMPT, 0, 192),))          # the prefix's first 12 blocks
@@ -131,9 +137,7 @@ def test_the_views_cache_read_is_the_admission_hit_and_changes_nothing():
     assert load.cached_prefix_tokens(Request(3, 0.0, 300, 4, prefix=other)) == 0
     assert load.cached_prefix_tokens(Request(4, 0.0, 300, 4)) == 0
     assert load.cached_prefix_tokens(Request(5, 0.0, 1, 4, prefix=None)) == 0
-    after = (list(pool.evictable), dict(pool.refs), dict(pool.wanted), pool.plain_free,
-             copy.copy(pool.stats), set(pool.dirty))
-    assert after == before
+    assert state() == before
     # Without the cache the view reads 0.
     plain = Engine((), make_policy("vllm-v1"), LinearCost(c0=0.01), spec)
     assert EngineLoad(0, plain).cached_prefix_tokens(Request(1, 0.0, 300, 4, prefix=shared)) \
