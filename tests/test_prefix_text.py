@@ -48,6 +48,7 @@ def test_prompts_sharing_n_text_blocks_share_exactly_n_block_hashes(tmp_path, sh
     head = "".join(string.ascii_letters[i % 52] for i in range(shared_blocks * BLOCK_CHARS))
     a, b = head + "x" * 700, head + "y" * 700
     w = read_trace(_jsonl(tmp_path / "t.jsonl", [a, b]))
+    assert "16-token blocks of 4-character tokens" in w.meta["prefix_identity"]
     ka, kb = w.frame["text_blocks"]
     assert len(ka) == len(kb) == len(a) // BLOCK_CHARS
     assert [x == y for x, y in zip(ka, kb)] == [True] * shared_blocks + \

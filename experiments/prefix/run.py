@@ -3,14 +3,18 @@ sessions of growing length (docs/prefix-caching.md).
 
     python -m experiments.prefix.run [--quick] [--trace PATH]
 
-Writes experiments/prefix/results/{mooncake,sessions}.csv and results.md (every number in it
-comes from these runs). Setting: llama-3.1-8b on an h100-80gb, roofline cost, vllm-v1, block 16.
+Writes experiments/prefix/results/{mooncake,sessions}.csv, their figures mooncake.png and
+sessions.png, and results.md (every number in it comes from these runs). Setting: llama-3.1-8b
+on an h100-80gb, roofline cost, vllm-v1, block 16. ``expected_hit_rate`` is the closed form of
+the hit rate (traces/prefix_reuse.py: every earlier request cached, nothing evicted), the
+fluid policies' ``WorkloadHint.hit_rate``.
 - mooncake: the trace (12,031 requests; --quick: its first 1,200) scaled to MOONCAKE_RATE
   req/s (``target_rate``, below the replica's throughput without the cache), cache off and on
   with the GPU's KV capacity, and on with room for every block (10^9 tokens: nothing evicted);
-- sessions: 480 requests in sessions of 1, 2, 4 and 8 turns (prompts and answers 64:512 tokens
-  per message), sessions arriving at 2 turns' worth of requests per second divided by the
-  turns, mean think time 2 s, cache on (1 turn: nothing is shared).
+- sessions: 480 requests (--quick: 160) in sessions of 1, 2, 4 and 8 turns (prompts and
+  answers 64:512 tokens per message), sessions arriving at 2 turns' worth of requests per
+  second divided by the turns, mean think time 2 s, cache on and off (1 turn: nothing is
+  shared).
 """
 
 from __future__ import annotations
@@ -24,18 +28,27 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from experiments.prefix.figures import mooncake_figure, sessions_figure  # noqa: E402
 from simulator.config import RunConfig  # noqa: E402
-from simulator.runner import simulate  # noqa: E402
+from simulator.report.figures import save  # noqa: E402
+from simulator.runner import build_workload, simulate  # noqa: E402
+from traces.prefix_reuse import repeated_prefix_fraction  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MOONCAKE = ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
 REPLICA = dict(model="llama-3.1-8b", gpu="h100-80gb", policy="vllm-v1", timeline=False)
 MOONCAKE_RATE = 0.8      # the trace's own 3.4 req/s overloads one replica
-KEYS = ("prefix_cache_hit_rate", "mean_ttft_ms", "p90_ttft_ms", "mean_e2el_ms",
+KEYS = ("prefix_cache_hit_rate", "expected_hit_rate", "mean_ttft_ms", "p90_ttft_ms", "mean_e2el_ms",
         "request_throughput", "output_throughput", "preemptions", "completed")
 
 
-def row(label: dict, summary: dict) -> dict:
+def row(label: dict, cfg: RunConfig) -> dict:
+    """The run's summary keys, with the cache on the closed-form hit rate of its workload."""
+    workload = build_workload(cfg)
+    summary = simulate(cfg, workload).summary
+    if cfg.prefix_caching:
+        summary["expected_hit_rate"] = repeated_prefix_fraction(workload.requests(),
+                                                                cfg.block_size)
     return {**label, **{k: summary.get(k) for k in KEYS}}
 
 
@@ -47,19 +60,19 @@ def mooncake(trace: Path, quick: bool) -> pd.DataFrame:
         cfg = RunConfig(trace=str(trace), num_requests=1_200 if quick else None,
                         target_rate=MOONCAKE_RATE, prefix_caching=caching, kv_capacity=kv,
                         **REPLICA).validate()
-        rows.append(row({"prefix_caching": caching, "kv_capacity": kv or "gpu"},
-                        simulate(cfg).summary))
+        rows.append(row({"prefix_caching": caching, "kv_capacity": kv or "gpu"}, cfg))
     return pd.DataFrame(rows)
 
 
 def sessions(quick: bool) -> pd.DataFrame:
     n = 160 if quick else 480
     rows = []
-    for turns in (1, 2, 4, 8):
-        cfg = RunConfig(num_requests=n, session_turns=turns, think_time=2.0,
-                        rate=2.0 / turns, prompt_len="64:512", output_len="64:512",
-                        prefix_caching=True, **REPLICA).validate()
-        rows.append(row({"turns": turns}, simulate(cfg).summary))
+    for caching in (True, False):
+        for turns in (1, 2, 4, 8):
+            cfg = RunConfig(num_requests=n, session_turns=turns, think_time=2.0,
+                            rate=2.0 / turns, prompt_len="64:512", output_len="64:512",
+                            prefix_caching=caching, **REPLICA).validate()
+            rows.append(row({"prefix_caching": caching, "turns": turns}, cfg))
     return pd.DataFrame(rows)
 
 
@@ -83,16 +96,21 @@ def main(argv=None) -> int:
     if args.trace.is_file():
         m = mooncake(args.trace, args.quick)
         m.to_csv(RESULTS / "mooncake.csv", index=False)
-        parts.append((f"Mooncake conversation trace, {MOONCAKE_RATE} req/s", m))
+        title = f"Mooncake conversation trace, {MOONCAKE_RATE} req/s" + \
+            (" (first 1,200 requests)" if args.quick else "")
+        save(mooncake_figure(m, title), RESULTS / "mooncake.png")
+        parts.append((title, m, "mooncake.png"))
     else:
         print(f"skipping mooncake: {args.trace} not found", file=sys.stderr)
     s = sessions(args.quick)
     s.to_csv(RESULTS / "sessions.csv", index=False)
-    parts.append(("Multi-turn sessions, closed loop, think time 2 s", s))
+    title = "Multi-turn sessions, closed loop, think time 2 s"
+    save(sessions_figure(s, title), RESULTS / "sessions.png")
+    parts.append((title, s, "sessions.png"))
     text = "# Prefix caching results\n\nWritten by `python -m experiments.prefix.run" + \
         (" --quick" if args.quick else "") + "`.\n"
-    for title, frame in parts:
-        text += f"\n## {title}\n\n" + markdown(frame) + "\n"
+    for title, frame, figure in parts:
+        text += f"\n## {title}\n\n" + markdown(frame) + f"\n\n![{title}]({figure})\n"
     (RESULTS / "results.md").write_text(text)
     print(text)
     return 0

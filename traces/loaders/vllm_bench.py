@@ -47,6 +47,8 @@ def parse(table: RawTable, options: dict, seed: int) -> Parsed:
         keys[i] = text_block_keys(text, cpt, int(n))
     parsed.extra[TEXT_BLOCKS] = keys
     parsed.meta["prompt_tokens"] = f"estimated as characters / {cpt:g} (no tokenizer)"
+    parsed.meta["prefix_identity"] = "prompt text: chained hashes of 16-token blocks of " \
+                                     f"{cpt:g}-character tokens (traces/prompt_text.py)"
     parsed.meta["warnings"] = [f"prompt lengths of {table.path.name} are estimated as "
                                f"characters / {cpt:g}; convert to token counts for exact ones"]
     return parsed
