@@ -176,7 +176,7 @@ class Disaggregated:
             self.progress(0, self.total or 0)
         env.run(until=simpy.AllOf(env, decodes))
         wall = time.perf_counter() - wall0
-        for i, st in enumerate(self.states):
+        for st in self.states:
             if st.status is Status.REJECTED:     # on the prefill side: its true output length
                 st.output_tokens = self._row[st.request_id][1].output_tokens
         if self.progress is not None:

@@ -316,8 +316,9 @@ class DisaggSummary:
         return {"replicas": n + d["replicas"], "router": p["router"],
                 # Requests per replica differ between pools of different sizes by design: the
                 # balance is each pool's own, and the top-level figure the worse of the two.
-                "requests_per_replica_cv": max(p["requests_per_replica_cv"],
-                                               d["requests_per_replica_cv"]),
+                "requests_per_replica_cv": max(
+                    (cv for cv in (p["requests_per_replica_cv"], d["requests_per_replica_cv"])
+                     if cv == cv), default=math.nan),     # (NaN: a pool that got nothing)
                 "prefill_replicas": n, "decode_replicas": d["replicas"],
                 "decode_router": d["router"],
                 "prefill_requests_per_replica_cv": p["requests_per_replica_cv"],

@@ -22,10 +22,11 @@ from simulator.config import RunConfig, request_types
 from simulator.cost.base import CostModel
 from simulator.cost.factory import build_cost_model
 from simulator.cost.linear import fit_cost
+from simulator.disagg import KVLink, native_disaggregated
+from simulator.engine import EngineResult
 from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
-from simulator.disagg import KVLink, native_disaggregated
 from simulator.io import atomic_write, write_csv, write_json
 from simulator.metrics import (SLO, ClusterSummary, DisaggSummary, SimulatedRun, Summary,
                                cluster_timeline_table, requests_table, timeline_table)
@@ -229,26 +230,14 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
     frame = requests_table(raw.states, replica_of=raw.replica_of, cached_prompt_tokens={
         rid: tokens for c in caches if c is not None
         for rid, tokens in c.cached_prompt_tokens.items()} if cached else None)
-    counters = [dict(gpu=gpu, policy=policy, preemptions=r.preemptions, iterations=r.iterations,
-                     kv_capacity_tokens=r.spec.kv_capacity_tokens,
-                     peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size,
-                     prefix_cache=r.prefix_cache.stats if r.prefix_cache else None)
-                for (gpu, policy), r in zip(names, raw.replicas)]
+    counters = [replica_counters(gpu, policy, r) for (gpu, policy), r in zip(names, raw.replicas)]
     # The top-level replica description is replica 0's (each replica's is in cluster.per_replica).
-    spec = specs[0]
-    run = SimulatedRun(
-        policy=policies[0].describe(), model=cfg.model, gpu=names[0][0],
-        cost=spec.cost_model.describe(), kv_capacity_tokens=spec.kv_capacity_tokens,
-        block_size=spec.block_size, peak_kv_tokens=max(c["peak_kv_tokens"] for c in counters),
-        iterations=sum(c["iterations"] for c in counters), workload=workload.meta,
-        requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine,
+    record = _replicas_record(
+        cfg, workload, frame, policies[0].describe(), names[0][0], specs[0], counters,
+        raw.wall_s, ClusterSummary.of(frame, router.describe(), counters,
+                                      admission.describe() if admission.active else None),
         prefix_cache=cluster_prefix_cache([c.stats for c in caches if c is not None])
         if cached else None)
-    record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in counters),
-                        slo=SLO(**cfg.slo) if cfg.slo else None, source=run,
-                        cluster=ClusterSummary.of(
-                            frame, router.describe(), counters,
-                            admission.describe() if admission.active else None))
     timeline = cluster_timeline_table(
         [r.timeline for r in raw.replicas],
         cached_blocks=[c.cached_blocks if c else [0] * len(r.timeline)
@@ -263,6 +252,32 @@ def cluster_prefix_cache(per_replica: list[dict]) -> dict:
     keys = ("queries", "hits", "admissions", "evictions")
     return PrefixCacheStats(**{k: sum(s[f"prefix_cache_{k}"] for s in per_replica)
                                for k in keys}).to_dict()
+
+
+def replica_counters(gpu: str, policy: str, r: EngineResult) -> dict:
+    """What a cluster's summary records of one replica's own run (``ReplicaSummary``)."""
+    return dict(gpu=gpu, policy=policy, preemptions=r.preemptions, iterations=r.iterations,
+                kv_capacity_tokens=r.spec.kv_capacity_tokens,
+                peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size,
+                prefix_cache=r.prefix_cache.stats if r.prefix_cache else None)
+
+
+def _replicas_record(cfg: RunConfig, workload: Workload, frame: pd.DataFrame, policy: dict,
+                     gpu: str, spec: ReplicaSpec, counters: list[dict], wall_s: float,
+                     cluster: ClusterSummary | DisaggSummary,
+                     prefix_cache: dict | None = None) -> Summary:
+    """The summary of a run on many replicas: the replica described at the top level is
+    ``spec`` under ``policy``, its peak KV the largest replica's, iterations and preemptions
+    summed over ``counters``; ``prefix_cache``: the whole cluster's cache figures."""
+    run = SimulatedRun(
+        policy=policy, model=cfg.model, gpu=gpu, cost=spec.cost_model.describe(),
+        kv_capacity_tokens=spec.kv_capacity_tokens, block_size=spec.block_size,
+        peak_kv_tokens=max(c["peak_kv_tokens"] for c in counters),
+        iterations=sum(c["iterations"] for c in counters), workload=workload.meta,
+        requests=len(workload), seed=cfg.seed, wall_s=wall_s, engine=cfg.engine,
+        prefix_cache=prefix_cache)
+    return Summary.of(frame, preemptions=sum(c["preemptions"] for c in counters),
+                      slo=SLO(**cfg.slo) if cfg.slo else None, source=run, cluster=cluster)
 
 
 def simulate_disaggregated(cfg: RunConfig, workload: Workload,
@@ -282,21 +297,12 @@ def simulate_disaggregated(cfg: RunConfig, workload: Workload,
         preemption=cfg.preemption, seed=cfg.seed, progress=progress,
         total=len(workload)).run()
     frame = requests_table(raw.states, handoffs=raw.handoffs)
-    counters = tuple([dict(gpu=cfg.gpu, policy=cfg.policy, preemptions=r.preemptions,
-                           iterations=r.iterations, kv_capacity_tokens=r.spec.kv_capacity_tokens,
-                           peak_kv_tokens=r.peak_kv_blocks * r.spec.block_size)
-                      for r in results] for results in (raw.prefill, raw.decode))
-    every = counters[0] + counters[1]
-    run = SimulatedRun(
-        policy=pools[1][0].describe(), model=cfg.model, gpu=cfg.gpu,
-        cost=spec.cost_model.describe(), kv_capacity_tokens=spec.kv_capacity_tokens,
-        block_size=spec.block_size, peak_kv_tokens=max(c["peak_kv_tokens"] for c in every),
-        iterations=sum(c["iterations"] for c in every), workload=workload.meta,
-        requests=len(workload), seed=cfg.seed, wall_s=raw.wall_s, engine=cfg.engine)
-    record = Summary.of(frame, preemptions=sum(c["preemptions"] for c in every),
-                        slo=SLO(**cfg.slo) if cfg.slo else None, source=run,
-                        cluster=DisaggSummary.of(frame, tuple(r.describe() for r in routers),
-                                                 counters, link.describe()))
+    counters = tuple([replica_counters(cfg.gpu, cfg.policy, r) for r in results]
+                     for results in (raw.prefill, raw.decode))
+    record = _replicas_record(
+        cfg, workload, frame, pools[1][0].describe(), cfg.gpu, spec, counters[0] + counters[1],
+        raw.wall_s, DisaggSummary.of(frame, tuple(r.describe() for r in routers), counters,
+                                     link.describe()))
     timeline = cluster_timeline_table([r.timeline for r in raw.prefill + raw.decode]) \
         if cfg.timeline else None
     return RunResult(cfg, frame, timeline, record)

@@ -31,15 +31,18 @@ COST = dict(c0=0.004, c_prefill=2e-5, c_decode=3e-4, c_kv=1e-6)
 
 
 def pair(requests, *, prefill_kv=1 << 20, decode_kv=1 << 20, prefill=1, decode=1,
-         gbps=100.0, latency_ms=0.5, policy="vllm-v1", cost=LinearCost(**COST)):
-    """The raw result of ``requests`` on ``prefill`` + ``decode`` replicas (round-robin)."""
+         gbps=100.0, latency_ms=0.5, policy="vllm-v1", cost=LinearCost(**COST),
+         decode_policy=None):
+    """The raw result of ``requests`` on ``prefill`` + ``decode`` replicas (round-robin), the
+    decode replicas' policies made by ``decode_policy()`` if given."""
     def spec(kv):
         return ReplicaSpec(num_blocks=kv // 16, block_size=16, max_model_len=1 << 20,
                            cost_model=cost)
     return native_disaggregated(
         requests, make_router("round-robin"), make_router("round-robin"),
         ([make_policy(policy) for _ in range(prefill)], spec(prefill_kv)),
-        ([make_policy(policy) for _ in range(decode)], spec(decode_kv)),
+        ([(decode_policy or (lambda: make_policy(policy)))() for _ in range(decode)],
+         spec(decode_kv)),
         KVLink(gbps, latency_ms / 1e3), KV_BYTES).run()
 
 
@@ -108,6 +111,25 @@ def test_a_request_the_decode_pool_cannot_hold_is_refused_before_prefill():
 
 # ---------------------------------------------------------------------------------------------
 # The decode side's policies see arrivals that need no prefill
+
+
+def test_a_decode_policy_sees_arrivals_with_their_prompt_cached():
+    seen = []
+
+    class Recording(type(make_policy("vllm-v1"))):
+        def on_arrival(self, req):
+            seen.append((req.request_id, req.status, req.computed, req.generated, req.remaining,
+                         req.is_prefill, req.kv_blocks))
+            super().on_arrival(req)
+
+    reqs = [Request(0, 0.0, 300, 5), Request(1, 0.01, 40, 9)]
+    raw = pair(reqs, decode_policy=Recording)
+    assert seen == [(0, Status.WAITING, 300, 1, 1, False, 0),
+                    (1, Status.WAITING, 40, 1, 1, False, 0)]
+    # Admitted to a decode step, each took the blocks of its context (prompt + 1) at once.
+    tl = raw.decode[0].timeline
+    assert tl[0].prefill_tokens == 0 and tl[0].decode_requests == 1
+    assert tl[0].kv_used_tokens == -(-301 // 16) * 16
 
 
 @pytest.mark.parametrize("policy", ["vllm-v1", "sarathi", "orca", "sjf", "mcsf", "wait",

@@ -138,6 +138,14 @@ def print_summary(s: dict, console: Console) -> None:
                  ("requests per replica: CV", _fmt(c["requests_per_replica_cv"], 3))]
         if "admission" in c:
             rows.append(("refused at the front (admission)", _fmt(c["admission"]["refused"])))
+        if "prefill_replicas" in c:       # disaggregated (docs/clusters.md)
+            rows += [("prefill + decode replicas (decode router)",
+                      f"{c['prefill_replicas']} + {c['decode_replicas']} "
+                      f"({c['decode_router']['router']})"),
+                     ("KV transfers: mean / p99 (ms)",
+                      f"{_fmt(c['mean_transfer_ms'], 2)} / {_fmt(c['p99_transfer_ms'], 2)}"),
+                     ("KV link wait: mean / p99 (ms)",
+                      f"{_fmt(c['mean_link_wait_ms'], 2)} / {_fmt(c['p99_link_wait_ms'], 2)}")]
     rows.append(("wall time (s)", _fmt(s.get("wall_s"), 2)))
     for r in rows:
         t2.add_row(*r)
@@ -150,11 +158,14 @@ def print_replicas(per_replica: list[dict], console: Console) -> None:
     """A cluster's replicas, one row each."""
     from rich.table import Table
     t = Table(show_header=True, header_style="bold")
-    for col in ("replica", "gpu", "policy", "requests", "completed", "rejected", "preemptions",
-                "peak KV", "mean TTFT (ms)", "mean E2E (ms)"):
+    pools = any("pool" in r for r in per_replica)
+    for col in ("replica", *(("pool",) if pools else ()), "gpu", "policy", "requests",
+                "completed", "rejected", "preemptions", "peak KV", "mean TTFT (ms)",
+                "mean E2E (ms)"):
         t.add_column(col, justify="right")
     for r in per_replica:
-        t.add_row(str(r["replica"]), r["gpu"], r["policy"], _fmt(r["requests"]), _fmt(r["completed"]),
+        t.add_row(str(r["replica"]), *((r.get("pool", ""),) if pools else ()), r["gpu"],
+                  r["policy"], _fmt(r["requests"]), _fmt(r["completed"]),
                   _fmt(r["rejected"]), _fmt(r["preemptions"]), _fmt(r["peak_kv_tokens"]),
                   _fmt(r["mean_ttft_ms"]), _fmt(r["mean_e2el_ms"]))
     console.print(t)
