@@ -310,3 +310,17 @@ def test_tensor_parallel_dense_layers_track_the_measured_sharded_operators(gpu, 
                           (4096, 0.12)):
         ratio = roofline.dense_time(tokens) / measured.layers_time(tokens)
         assert abs(ratio - 1) < bound, (tokens, ratio)
+
+
+def test_a_sweep_over_tp_checks_each_degree_before_running():
+    """tp and pp make the replica: a sweep checks every degree up front (one that does not fit
+    is refused before any point runs, whichever comes first)."""
+    from simulator.sweep.points import expand_points
+    from simulator.sweep.spec import parse_spec
+    raw = {"name": "tp", "base": {"model": "llama-2-70b", "gpu": "h100-80gb",
+                                  "num_requests": 10}, "axes": {"tp": [4, 8]}}
+    points = expand_points(parse_spec(raw))
+    assert [p.config.tp for p in points] == [4, 8]
+    raw["axes"]["tp"] = [4, 1]
+    with pytest.raises(ConfigError, match="point tp=1: llama-2-70b does not fit"):
+        expand_points(parse_spec(raw))
