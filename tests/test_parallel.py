@@ -28,33 +28,47 @@ def by_hand(shape: BatchShape, tp: int, pp: int = 1) -> float:
     L, h, ffn, V, heads, kvh, d = 80, 8192, 28672, 32000, 64, 8, 128
     peak, bw, link, lat = 989e12, 3.35e12, 450e9, 10e-6
     layers = L // pp                                       # per stage (80 divides evenly)
-    m = min(pp, max(1, shape.num_requests))                # micro-batches in flight
-    T, R = shape.num_tokens / m, shape.num_requests / m
-    pairs = [shape.prefill_attn_pairs / m, shape.decode_kv_tokens / m]
-    kv_read = [shape.prefill_kv_tokens / m, shape.decode_kv_tokens / m]
     layer_w = h * h + 2 * h * kvh * d + h * h + 3 * h * ffn   # q, k, v, o, gated MLP
-    gemm = max(2 * T * layers * layer_w / tp / (0.70 * peak), layers * layer_w / tp * 2 / (0.75 * bw))
-    head = max(2 * R * V * h / tp / (0.70 * peak), V * h / tp * 2 / (0.75 * bw))
-    elementwise = layers * max(22e-6, T * (10 * h + 3 * ffn / tp) * 2 / (0.45 * bw))
     kv_token_bytes = 2 * layers * max(1, kvh // tp) * d * 2   # KV heads replicated past 8 GPUs
-    attention = 0.0
-    for present, p, kv in ((shape.prefill_tokens, pairs[0], kv_read[0]),
-                           (shape.decode_requests, pairs[1], kv_read[1])):
-        if present:
-            attention += max(4 * layers * heads / tp * d * p / (0.5 * peak),
-                             kv * kv_token_bytes / (0.6 * bw))
-    allreduce = layers * 2 * (2 * (tp - 1) / tp * T * h * 2 / link + lat) if tp > 1 else 0.0
-    stage = gemm + elementwise + attention + allreduce
+
+    def stage_and_head(fp: float, fd: float):
+        """One stage's layers and the LM head on a micro-batch holding a share fp of the
+        batch's prefills and fd of its decodes."""
+        T = shape.prefill_tokens * fp + shape.decode_requests * fd
+        R = shape.prefill_requests * fp + shape.decode_requests * fd
+        gemm = max(2 * T * layers * layer_w / tp / (0.70 * peak),
+                   layers * layer_w / tp * 2 / (0.75 * bw))
+        head = max(2 * R * V * h / tp / (0.70 * peak), V * h / tp * 2 / (0.75 * bw))
+        elementwise = layers * max(22e-6, T * (10 * h + 3 * ffn / tp) * 2 / (0.45 * bw))
+        attention = 0.0
+        if shape.prefill_tokens and fp:
+            attention += max(4 * layers * heads / tp * d * shape.prefill_attn_pairs * fp
+                             / (0.5 * peak),
+                             shape.prefill_kv_tokens * fp * kv_token_bytes / (0.6 * bw))
+        if shape.decode_requests:
+            attention += max(4 * layers * heads / tp * d * shape.decode_kv_tokens * fd
+                             / (0.5 * peak),
+                             shape.decode_kv_tokens * fd * kv_token_bytes / (0.6 * bw))
+        allreduce = layers * 2 * (2 * (tp - 1) / tp * T * h * 2 / link + lat) if tp > 1 else 0.0
+        return gemm + elementwise + attention + allreduce, head, T
+
     if pp == 1:
+        stage, head, _ = stage_and_head(1, 1)
         return 3e-3 + stage + head
+    m = min(pp, max(1, shape.num_requests))                # micro-batches in flight
+    p = min(m, shape.prefill_requests)                     # of them holding prefills
+    stage, head, T = stage_and_head(1 / p if p else 0, 1 / m)
+    light_stage, light_head, _ = stage_and_head(0, 1 / m)
+    busy = p * (stage + head) + (m - p) * (light_stage + light_head)
     trip = pp * stage + head + (pp - 1) * (T * h * 2 / link + lat)
-    return 3e-3 + max(trip, m * (stage + head))
+    return 3e-3 + max(trip, busy)
 
 
 SHAPES = [BatchShape.of(decode_kv=[1024]), BatchShape.of(prefill=[(512, 0)]),
           BatchShape.of(decode_kv=[1024] * 8), BatchShape.of(prefill=[(512, 1536)], decode_kv=[300])]
 BIG = [BatchShape.of(decode_kv=[1024] * 64), BatchShape.of(prefill=[(2048, 0)]),
-       BatchShape.of(prefill=[(512, 1536)], decode_kv=[300, 2000] * 40)]
+       BatchShape.of(prefill=[(512, 1536)], decode_kv=[300, 2000] * 40),
+       BatchShape.of(prefill=[(1024, 0), (256, 512)], decode_kv=[700] * 5)]
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4, 8, 16])
@@ -82,6 +96,13 @@ def test_one_request_gains_nothing_from_stages_but_pays_the_hand_overs():
                                                        rel=1e-12)
     prefills = BatchShape.of(prefill=[(2048, 0)] * 4)
     assert staged.iteration_time(prefills) < 0.4 * flat.iteration_time(prefills)
+    # A prompt stays in one micro-batch: a lone 2048-token prefill with three decodes beside
+    # it takes no less than its own trip through the stages.
+    alone = BatchShape.of(prefill=[(2048, 0)])
+    mixed = BatchShape.of(prefill=[(2048, 0)], decode_kv=[100] * 3)
+    assert staged.iteration_time(mixed) > staged.iteration_time(alone)
+    assert staged.iteration_time(alone) == pytest.approx(
+        flat.iteration_time(alone) + 3 * (2048 * 8192 * 2 / 450e9 + 10e-6), rel=1e-12)
 
 
 @pytest.mark.parametrize("model", ["llama-2-7b", "llama-2-13b", "llama-3-8b", "mistral-7b"])
