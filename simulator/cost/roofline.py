@@ -35,8 +35,8 @@ adds two ring all-reduces of the tokens' hidden states (after attention, after t
 2 (tp-1)/tp x bytes / link bandwidth + ``link_latency_s`` each. With pp pipeline stages the
 batch is the union of up to pp micro-batches in flight (vLLM keeps pp batches queued to fill
 the pipeline; a request is in one of them), so an iteration, in which every request advances
-once, lasts the longer of one micro-batch's trip through the stages (with pp-1 hand-overs of
-its hidden states) and the busiest stage's work on all of them (``pipelined``).
+once, lasts the longer of the heaviest micro-batch's trip through the stages (with pp-1
+hand-overs of its hidden states) and the busiest stage's work on all of them (``pipelined``).
 Mixture-of-experts layers compute with the token's experts only and stream the weights of the
 experts the batch's tokens reach (``ModelSpec.experts_touched``).
 """
