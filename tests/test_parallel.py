@@ -65,7 +65,8 @@ def by_hand(shape: BatchShape, tp: int, pp: int = 1) -> float:
 
 
 SHAPES = [BatchShape.of(decode_kv=[1024]), BatchShape.of(prefill=[(512, 0)]),
-          BatchShape.of(decode_kv=[1024] * 8), BatchShape.of(prefill=[(512, 1536)], decode_kv=[300])]
+          BatchShape.of(decode_kv=[1024] * 8),
+          BatchShape.of(prefill=[(512, 1536)], decode_kv=[300])]
 BIG = [BatchShape.of(decode_kv=[1024] * 64), BatchShape.of(prefill=[(2048, 0)]),
        BatchShape.of(prefill=[(512, 1536)], decode_kv=[300, 2000] * 40),
        BatchShape.of(prefill=[(1024, 0), (256, 512)], decode_kv=[700] * 5)]
