@@ -260,7 +260,8 @@ def test_run_fields_reach_the_replica():
 
 def test_profile_prices_one_gpus_share_from_the_tables_rows(tmp_path):
     """A table with rows at tp 1 and 4 (each operator 4 us + 1 ns per token at tp 1, a quarter
-    of that at tp 4): --tp 4 reads the tp-4 rows and adds the all-reduces."""
+    of that at tp 4; the embedding 50 us): --tp 4 reads the tp-4 rows and adds the
+    all-reduces; --pp 2 runs half the layers per stage and the embedding once."""
     import pandas as pd
 
     from simulator.cost.profile import LAYER_OPS
@@ -270,6 +271,7 @@ def test_profile_prices_one_gpus_share_from_the_tables_rows(tmp_path):
         for tokens in (1, 64, 4096):
             row = {"num_tokens": tokens, "num_tensor_parallel_workers": tp, "n_embd": 4096}
             row.update({f"time_stats.{op}.median": (4e-3 + 1e-6 * tokens) / tp for op in LAYER_OPS})
+            row["time_stats.emb.median"] = 0.05           # ms, the embedding lookup (once)
             rows.append(row)
     path = tmp_path / "mlp.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -278,8 +280,8 @@ def test_profile_prices_one_gpus_share_from_the_tables_rows(tmp_path):
     def layer_s(tp, tokens):
         return len(LAYER_OPS) * (4e-3 + 1e-6 * tokens) / tp * 1e-3
 
-    assert one.dense_time(2048) == pytest.approx(32 * layer_s(1, 2048), rel=1e-12)
-    assert four.dense_time(2048) == pytest.approx(32 * layer_s(4, 2048), rel=1e-12)
+    assert one.dense_time(2048) == pytest.approx(32 * layer_s(1, 2048) + 5e-5, rel=1e-12)
+    assert four.dense_time(2048) == pytest.approx(32 * layer_s(4, 2048) + 5e-5, rel=1e-12)
     shape = BatchShape.of(prefill=[(2048, 0)])
     allreduce = 32 * 2 * (2 * 3 / 4 * 2048 * 4096 * 2 / 300e9 + 10e-6)
     assert four.analytic.allreduce_time(2048) == pytest.approx(allreduce, rel=1e-12)
@@ -287,6 +289,12 @@ def test_profile_prices_one_gpus_share_from_the_tables_rows(tmp_path):
         four.overhead_s + four.dense_time(2048) + four.analytic.lm_head_time(1)
         + four.analytic.attention_time(shape) + allreduce, rel=1e-12)
     assert four.describe()["tp"] == 4
+    # Two stages: each holds 16 of the 32 measured layers; a lone prefill passes both and
+    # hands its hidden states over once, so it takes the one-stage time plus the hand-over.
+    two = build_cost_model("profile", m, g, {"path": str(path)}, Parallelism(1, 2))
+    assert two.layers_time(2048) == pytest.approx(16 * layer_s(1, 2048), rel=1e-12)
+    assert two.iteration_time(shape) == pytest.approx(
+        one.iteration_time(shape) + 2048 * 4096 * 2 / 300e9 + 10e-6, rel=1e-12)
     with pytest.raises(ConfigError, match="differs from tp 4"):
         build_cost_model("profile", m, g, {"path": str(path), "tensor_parallel": 1},
                          Parallelism(4))
