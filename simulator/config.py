@@ -221,7 +221,8 @@ class RunConfig:
         "native", "Replica engine: servesim's own, or vLLM's real scheduler in the loop (needs "
         "the vllm extra).", group="policy", choices=ENGINES)
     # replica
-    model: str = run_field("llama-2-7b", "Model preset (see `servesim presets`).",
+    model: str = run_field("llama-2-7b", "Model preset (see `servesim presets`), or a Hugging "
+                           "Face config.json or its folder (docs/cost-models.md).",
                            group="replica")
     gpu: str = run_field("a100-80gb", "GPU preset.", group="replica")
     cost_model: str = run_field("roofline", "Iteration-time model.", group="replica",

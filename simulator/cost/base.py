@@ -49,9 +49,14 @@ class BatchShape:
         self.decode_requests += 1
         self.decode_kv_tokens += kv_len
 
-    def scaled(self, factor: float) -> "BatchShape":
-        """Every aggregate times ``factor``: one of several equal micro-batches of this batch."""
-        return BatchShape(*(getattr(self, k) * factor for k in self.__slots__))
+    def share(self, prefill_parts: float, decode_parts: float) -> "BatchShape":
+        """One micro-batch of this batch: its prefills spread evenly over ``prefill_parts``
+        micro-batches (0: it holds none), its decodes over ``decode_parts``."""
+        p = 1.0 / prefill_parts if prefill_parts else 0.0
+        d = 1.0 / decode_parts
+        return BatchShape(self.prefill_tokens * p, self.prefill_requests * p,
+                          self.prefill_kv_tokens * p, self.prefill_attn_pairs * p,
+                          self.decode_requests * d, self.decode_kv_tokens * d)
 
     @property
     def num_tokens(self) -> int:

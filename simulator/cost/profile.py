@@ -116,8 +116,10 @@ class ProfileCost(CostModel):
         return cached
 
     def stage_layers_time(self, shape: BatchShape) -> float:
+        """The largest stage's measured layers, with the roofline's attention and
+        all-reduces."""
         analytic = self.analytic
-        return (self.dense_time(shape.num_tokens) + analytic.attention_time(shape)
+        return (self.layers_time(shape.num_tokens) + analytic.attention_time(shape)
                 + analytic.allreduce_time(shape.num_tokens))
 
     def iteration_time(self, shape: BatchShape) -> float:
@@ -125,7 +127,9 @@ class ProfileCost(CostModel):
         if self.parallel.gpus == 1:
             return (self.overhead_s + self.dense_time(shape.num_tokens)
                     + analytic.lm_head_time(shape.num_requests) + analytic.attention_time(shape))
-        return analytic.pipelined(self.stage_layers_time, shape, self.overhead_s)
+        # The embedding lookup runs once, on the first stage, before the stages' layers.
+        embedding = self._interp(self._emb_s, shape.num_tokens)
+        return analytic.pipelined(self.stage_layers_time, shape, self.overhead_s + embedding)
 
     def describe(self) -> dict:
         out = {"cost_model": "profile", "path": str(self.path), "model": self.model.name,

@@ -35,8 +35,8 @@ adds two ring all-reduces of the tokens' hidden states (after attention, after t
 2 (tp-1)/tp x bytes / link bandwidth + ``link_latency_s`` each. With pp pipeline stages the
 batch is the union of up to pp micro-batches in flight (vLLM keeps pp batches queued to fill
 the pipeline; a request is in one of them), so an iteration, in which every request advances
-once, lasts the longer of one micro-batch's trip through the stages (with pp-1 hand-overs of
-its hidden states) and the busiest stage's work on all of them (``pipelined``).
+once, lasts the longer of the heaviest micro-batch's trip through the stages (with pp-1
+hand-overs of its hidden states) and the busiest stage's work on all of them (``pipelined``).
 Mixture-of-experts layers compute with the token's experts only and stream the weights of the
 experts the batch's tokens reach (``ModelSpec.experts_touched``).
 """
@@ -196,20 +196,29 @@ class RooflineCost(CostModel):
 
     def pipelined(self, layers_time, shape: BatchShape, overhead_s: float) -> float:
         """An iteration from ``layers_time`` (a stage's layers as a function of a batch) and
-        the LM head on the last stage. The batch's requests form m = min(pp, requests) equal
-        micro-batches in flight; a round, in which each advances once, lasts the longer of one
+        the LM head on the last stage. The batch's requests form m = min(pp, requests)
+        micro-batches in flight, the decodes spread evenly over all m and the prefills over
+        p = min(m, prefilling requests) of them (a request's prompt is in one micro-batch). A
+        round, in which each request advances once, lasts the longer of the heaviest
         micro-batch's trip (pp stages, the head, pp-1 hand-overs) and the busiest stage's work
-        (the last: m micro-batches' layers and heads). Every stage is priced as the largest
+        (the last: every micro-batch's layers and head). Every stage is priced as the largest
         (vLLM gives the last stage no more layers than the others); the per-iteration overhead
         counts once."""
         pp = self.parallel.pp
         if pp == 1:
             return overhead_s + layers_time(shape) + self.lm_head_time(shape.num_requests)
         m = min(pp, max(1.0, shape.num_requests))
-        part = shape.scaled(1.0 / m)
-        layers, head = layers_time(part), self.lm_head_time(part.num_requests)
-        trip = pp * layers + head + (pp - 1) * self.stage_transfer_time(part.num_tokens)
-        return overhead_s + max(trip, m * (layers + head))
+        p = min(m, shape.prefill_requests)
+        heavy = shape.share(p, m)
+        heavy_layers = layers_time(heavy)
+        heavy_head = self.lm_head_time(heavy.num_requests)
+        busy = p * (heavy_layers + heavy_head) if p else 0.0
+        if m > p:                 # micro-batches of decodes only
+            light = shape.share(0, m)
+            busy += (m - p) * (layers_time(light) + self.lm_head_time(light.num_requests))
+        trip = (pp * heavy_layers + heavy_head
+                + (pp - 1) * self.stage_transfer_time(heavy.num_tokens))
+        return overhead_s + max(trip, busy)
 
     def iteration_time(self, shape: BatchShape) -> float:
         if self.parallel.gpus == 1:       # the single-GPU sum, in its order (bit for bit)

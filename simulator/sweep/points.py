@@ -136,7 +136,7 @@ def _check_files(cfg: RunConfig) -> None:
 # The fields that make a replica and its policy: a point is checked once per distinct set.
 _REPLICA_KEYS = ("policy", "policy_params", "model", "gpu", "cost_model", "cost_params",
                  "kv_capacity", "block_size", "gpu_memory_utilization", "max_model_len",
-                 "types")
+                 "types", "tp", "pp")
 
 
 def _check_policy(cfg: RunConfig, checked: set) -> None:
