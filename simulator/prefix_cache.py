@@ -38,7 +38,8 @@ those they hold or waiting requests want (``claims``), as multisets of lengths.
 
 Since the free queue holds every uncached free block ahead of every cached one, uncached free
 blocks are a count (``plain_free``). The cached ones form ``queue``: chunks of consecutive
-blocks of one segment, in the order they were freed (head: evicted first). A segment's
+blocks of one segment, in the order they were freed (head: evicted first; a chunk emptied by
+a hit stays in it, empty, until it reaches the head). A segment's
 evictable blocks (cached, not held) are the chunks that partition ``[held, cached)``, the
 oldest at the top: an eviction takes a segment's last blocks first, as vLLM's free order does,
 and a hit or an adoption takes its lowest evictable blocks, the most recently freed.
@@ -47,7 +48,7 @@ and a hit or an adoption takes its lowest evictable blocks, the most recently fr
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -166,7 +167,7 @@ class Segment:
         self.cached = self.held = self.shared = 0
         self.holds: dict[int, int] = {}     # prefix length -> live requests holding it
         self.claims: dict[int, int] = {}    # the same, holding or (waiting) wanting it
-        self.chunks: list[list] = []        # evictable: [sid, lo, hi, key], oldest first
+        self.chunks: list[list] = []        # evictable: [sid, lo, hi], oldest first
 
 
 def _add(counts: dict[int, int], k: int) -> None:
@@ -225,7 +226,7 @@ class BlockPool:
     its boundaries did (``RequestBlocks.watch``)."""
 
     __slots__ = ("num_blocks", "block_size", "plain_free", "evictable", "cached_blocks",
-                 "segments", "queue", "_chunks", "stats", "dirty")
+                 "segments", "queue", "stats", "dirty")
 
     def __init__(self, num_blocks: int, block_size: int):
         self.num_blocks = num_blocks
@@ -234,8 +235,7 @@ class BlockPool:
         self.evictable = 0
         self.cached_blocks = 0
         self.segments: dict[int, Segment] = {}
-        self.queue: OrderedDict[int, list] = OrderedDict()   # chunks by key; head: evicted first
-        self._chunks = 0                                      # chunk keys handed out
+        self.queue: deque[list] = deque()    # chunks [sid, lo, hi]; head: evicted first
         self.stats = PrefixCacheStats()
         self.dirty: set[int] = set()
 
@@ -328,14 +328,14 @@ class BlockPool:
     def _unfree(self, seg: Segment, lo: int, hi: int) -> None:
         """Evictable blocks ``[lo, hi)`` of a segment, its lowest, are held again: out of the
         free queue (the newest chunks hold them)."""
-        chunks, queue = seg.chunks, self.queue
+        chunks = seg.chunks
         self.evictable -= hi - lo
         while lo < hi:
             chunk = chunks[-1]
             top = chunk[2]
             if top <= hi:
                 chunks.pop()
-                del queue[chunk[3]]
+                chunk[1] = top            # empty: dropped when it reaches the queue's head
                 lo = top
             else:
                 chunk[1] = hi
@@ -357,30 +357,49 @@ class BlockPool:
         self.stats.evictions += need
         queue, segs, dirty = self.queue, self.segments, self.dirty
         while need:
-            chunk = queue[next(iter(queue))]
-            sid, lo, hi = chunk[0], chunk[1], chunk[2]
-            take = min(need, hi - lo)
-            need -= take
+            sid, lo, hi = chunk = queue[0]
+            if lo == hi:
+                queue.popleft()
+                continue
             seg = segs[sid]
-            seg.cached = hi - take
             dirty.add(sid)
-            if take == hi - lo:
-                queue.popitem(last=False)
-                del seg.chunks[0]
-                if not seg.cached and not seg.claims:
-                    del segs[sid]
-            else:
-                chunk[2] = hi - take
+            if need < hi - lo:
+                chunk[2] = seg.cached = hi - need
+                return
+            need -= hi - lo
+            seg.cached = lo
+            queue.popleft()
+            del seg.chunks[0]
+            if not lo and not seg.claims:
+                del segs[sid]
 
     def register(self, chain: RequestBlocks, start: int, end: int) -> None:
         """Blocks ``start`` to ``end`` of a request (taken by ``allocate``) became full: they
         are cached from now on; a block cached already is adopted instead, and the request's
         own copy goes back to the free blocks."""
-        chain.upto(end)
-        segs, dirty = self.segments, self.dirty
         sids, starts, ends = chain.sids, chain.starts, chain.ends
+        if not ends or ends[-1] < end:
+            chain.upto(end)
+        segs, dirty = self.segments, self.dirty
+        s = starts[-1]
+        if start > s:
+            # The common case, a decode filling a block of its answer: blocks of the chain's
+            # last segment, which only this request holds or wants, nothing cached past them.
+            sid = sids[-1]
+            seg = segs[sid]
+            a, b = start - s, end - s
+            claims = seg.claims
+            if seg.cached == a and len(claims) == 1 and claims[a] == 1:
+                seg.holds = {b: 1}
+                seg.claims = {b: 1}
+                seg.cached = seg.held = b
+                self.cached_blocks += b - a
+                dirty.add(sid)
+                return
+            i = len(sids) - 1
+        else:
+            i = chain.segment(start)
         adopted = 0
-        i = chain.segment(start)
         while True:          # hot (a decode fills a block every block_size steps): inlined
             sid, s, e = sids[i], starts[i], ends[i]
             a = start - s if start > s else 0           # its blocks of the segment: a, then b
@@ -415,7 +434,7 @@ class BlockPool:
             if b > held:
                 seg.held = b
                 dirty.add(sid)
-            shared = _second(claims)
+            shared = _second(claims) if len(claims) > 1 else (b if claims[b] > 1 else 0)
             if shared != seg.shared:
                 seg.shared = shared
                 dirty.add(sid)
@@ -434,23 +453,29 @@ class BlockPool:
         sids, starts, ends = chain.sids, chain.starts, chain.ends
         for i in range(chain.segment(registered - 1), -1, -1):
             sid = sids[i]
-            b = min(ends[i], registered) - starts[i]
+            b = (registered if registered < ends[i] else ends[i]) - starts[i]
             seg = segs[sid]
             holds, claims = seg.holds, seg.claims
-            _drop(holds, b)
-            _drop(claims, b)
+            n = holds[b] - 1
+            if n:
+                holds[b] = n
+            else:
+                del holds[b]
+            n = claims[b] - 1
+            if n:
+                claims[b] = n
+            else:
+                del claims[b]
             held = seg.held
             new_held = max(holds) if holds else 0
             if new_held < held:
-                key = self._chunks
-                self._chunks = key + 1
-                chunk = [sid, new_held, held, key]
-                queue[key] = chunk
+                chunk = [sid, new_held, held]
+                queue.append(chunk)
                 seg.chunks.append(chunk)
                 self.evictable += held - new_held
                 seg.held = new_held
                 dirty.add(sid)
-            shared = _second(claims)
+            shared = _second(claims) if claims else 0
             if shared != seg.shared:
                 seg.shared = shared
                 dirty.add(sid)
@@ -467,8 +492,7 @@ class BlockPool:
 
     def evictable_blocks(self) -> list[tuple[int, int]]:
         """The free cached blocks ``(sid, j)``, in eviction order."""
-        return [(sid, j) for sid, lo, hi, _ in self.queue.values()
-                for j in range(hi - 1, lo - 1, -1)]
+        return [(sid, j) for sid, lo, hi in self.queue for j in range(hi - 1, lo - 1, -1)]
 
     def is_cached(self, block: tuple[int, int]) -> bool:
         seg = self.segments.get(block[0])
