@@ -47,7 +47,7 @@ and a hit or an adoption takes its lowest evictable blocks, the most recently fr
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
@@ -143,12 +143,6 @@ class RequestBlocks:
         """The index of the segment holding block ``block`` (generated)."""
         return bisect_right(self.starts, block) - 1
 
-    def boundaries(self, k: int, limit: int) -> tuple:
-        """The segments on either side of the end of a prefix of ``k`` of the chain's first
-        ``limit`` blocks: those of the last block in it and of the first after it."""
-        sids, at = self.sids, self.segment
-        return (sids[at(k - 1)] if k else None, sids[at(k)] if k < limit else None)
-
     def block_ids(self, blocks: int) -> list[tuple[int, int]]:
         """The first ``blocks`` blocks by name, ``(sid, index in the segment)`` (for checks)."""
         self.upto(blocks)
@@ -163,10 +157,12 @@ class Segment:
 
     __slots__ = ("cached", "held", "shared", "holds", "claims", "chunks")
 
-    def __init__(self):
-        self.cached = self.held = self.shared = 0
-        self.holds: dict[int, int] = {}     # prefix length -> live requests holding it
-        self.claims: dict[int, int] = {}    # the same, holding or (waiting) wanting it
+    def __init__(self, held: int = 0):
+        """Nothing of it cached; or its first ``held`` blocks cached by one request."""
+        self.cached = self.held = held
+        self.shared = 0
+        self.holds: dict[int, int] = {held: 1} if held else {}   # prefix length -> holders
+        self.claims: dict[int, int] = dict(self.holds)  # the same, holding or (waiting) wanting
         self.chunks: list[list] = []        # evictable: [sid, lo, hi], oldest first
 
 
@@ -243,42 +239,50 @@ class BlockPool:
     def free_blocks(self) -> int:
         return self.plain_free + self.evictable
 
-    # -- lookups (along a chain, each answer is a prefix: the first segment short of it) ------
-    def hit_blocks(self, chain: RequestBlocks, limit: int) -> int:
-        """How many of the first ``limit`` blocks of a chain are cached."""
+    # -- lookups ---------------------------------------------------------------------------------
+    @staticmethod
+    def _prefix(chain: RequestBlocks, limit: int, covered) -> tuple:
+        """The longest prefix of a chain's first ``limit`` blocks with a property that holds,
+        along any chain, on a prefix of it (cached; held; held or wanted by two requests):
+        ``covered(sid)`` says on how many of a segment's blocks. The segments that have it
+        on all their blocks (up to ``limit``) are a prefix too: found by bisection. Returns
+        its length in blocks and the segments at its end (see ``RequestBlocks.watch``): of
+        its last block and of the first block after it (None where there is none)."""
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
+        n = bisect_left(starts, limit)           # segments overlapping the first limit blocks
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            e = ends[mid]
+            if covered(sids[mid]) >= (e if e < limit else limit) - starts[mid]:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == n:
+            return limit, (sids[n - 1] if n else None), None
+        k = starts[lo] + covered(sids[lo])
+        if k > starts[lo]:
+            return k, sids[lo], sids[lo]
+        return k, (sids[lo - 1] if lo else None), sids[lo]
+
+    def hit_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
+        """How many of the first ``limit`` blocks of a chain are cached (and the segments at
+        the end of them)."""
         chain.upto(limit)
         get = self.segments.get
-        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
-            if s >= limit:
-                break
-            seg = get(sid)
-            c = seg.cached if seg is not None else 0
-            if c < e - s:
-                return min(s + c, limit)
-        return limit
+        return self._prefix(chain, limit, lambda sid: seg.cached if (seg := get(sid)) else 0)
 
-    def held_blocks(self, chain: RequestBlocks, limit: int) -> int:
-        """How many of the first ``limit`` (cached) blocks of a chain live requests hold."""
+    def held_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
+        """How many of the first ``limit`` (cached) blocks of a chain live requests hold (and
+        the segments at the end of them)."""
         segs = self.segments
-        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
-            if s >= limit:
-                break
-            held = segs[sid].held
-            if held < min(e, limit) - s:
-                return s + held
-        return limit
+        return self._prefix(chain, limit, lambda sid: segs[sid].held)
 
-    def shared_blocks(self, chain: RequestBlocks, registered: int) -> int:
+    def shared_blocks(self, chain: RequestBlocks, registered: int) -> tuple:
         """How many of a resident request's cached blocks another live request holds, or a
-        waiting request's hit covers."""
+        waiting request's hit covers (and the segments at the end of them)."""
         segs = self.segments
-        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
-            if s >= registered:
-                break
-            shared = segs[sid].shared
-            if shared < min(e, registered) - s:
-                return s + shared
-        return registered
+        return self._prefix(chain, registered, lambda sid: segs[sid].shared)
 
     # -- a request's claims on segments ----------------------------------------------------------
     def _spans(self, chain: RequestBlocks, lo: int, hi: int) -> Iterator[tuple]:
@@ -405,8 +409,14 @@ class BlockPool:
             a = start - s if start > s else 0           # its blocks of the segment: a, then b
             b = (end if end < e else e) - s
             seg = segs.get(sid)
-            if seg is None:
-                seg = segs[sid] = Segment()
+            if seg is None:                  # new content (a is 0: it held none of it)
+                segs[sid] = Segment(b)
+                self.cached_blocks += b
+                dirty.add(sid)
+                if e >= end:
+                    break
+                i += 1
+                continue
             holds, claims = seg.holds, seg.claims
             if a:
                 n = holds[a] - 1
@@ -456,6 +466,18 @@ class BlockPool:
             b = (registered if registered < ends[i] else ends[i]) - starts[i]
             seg = segs[sid]
             holds, claims = seg.holds, seg.claims
+            if len(claims) == 1 and claims[b] == 1:
+                # The common case: nobody else holds or wants it. All of it that this request
+                # held becomes evictable; nothing is shared.
+                holds.clear()
+                claims.clear()
+                chunk = [sid, 0, b]
+                queue.append(chunk)
+                seg.chunks.append(chunk)
+                self.evictable += b
+                seg.held = 0
+                dirty.add(sid)
+                continue
             n = holds[b] - 1
             if n:
                 holds[b] = n
