@@ -111,7 +111,7 @@ class RequestBlocks:
     first ``registered``) are cached blocks it holds; while it waits, its hit."""
 
     __slots__ = ("sids", "starts", "ends", "_more", "registered", "hit", "watch",
-                 "shared_watch")
+                 "shared_watch", "hit_at", "held_at", "shared_at")
 
     def __init__(self, prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                  block_size: int):
@@ -125,6 +125,9 @@ class RequestBlocks:
         # only have changed if one of them did (see BlockPool.dirty).
         self.watch: frozenset | None = None
         self.shared_watch: frozenset | None = None  # the same for a resident's shared_blocks
+        # The segments where its last hit, held and shared prefixes ended (where the next
+        # look-up starts searching).
+        self.hit_at = self.held_at = self.shared_at = 0
 
     def upto(self, blocks: int) -> None:
         """Generate segments until they cover the chain's first ``blocks`` blocks."""
@@ -241,16 +244,27 @@ class BlockPool:
 
     # -- lookups ---------------------------------------------------------------------------------
     @staticmethod
-    def _prefix(chain: RequestBlocks, limit: int, covered) -> tuple:
+    def _prefix(chain: RequestBlocks, limit: int, covered, hint: int) -> tuple:
         """The longest prefix of a chain's first ``limit`` blocks with a property that holds,
         along any chain, on a prefix of it (cached; held; held or wanted by two requests):
         ``covered(sid)`` says on how many of a segment's blocks. The segments that have it
-        on all their blocks (up to ``limit``) are a prefix too: found by bisection. Returns
-        its length in blocks and the segments at its end (see ``RequestBlocks.watch``): of
-        its last block and of the first block after it (None where there is none)."""
+        on all their blocks (up to ``limit``) are a prefix too: found by bisection, first
+        trying segment ``hint`` (where the last answer ended: an eviction or a new holder
+        usually moves it inside one segment). Returns its length in blocks, the segments at
+        its end (see ``RequestBlocks.watch``): of its last block and of the first block after
+        it (None where there is none), and the index of the segment it ends in."""
         sids, starts, ends = chain.sids, chain.starts, chain.ends
         n = bisect_left(starts, limit)           # segments overlapping the first limit blocks
         lo, hi = 0, n
+        if hint < n:
+            s, e = starts[hint], ends[hint]
+            c = covered(sids[hint])
+            if c >= (e if e < limit else limit) - s:
+                lo = hint + 1
+            elif c:                   # the answer ends inside it: all before it are covered
+                return s + c, sids[hint], sids[hint], hint
+            else:
+                hi = hint
         while lo < hi:
             mid = (lo + hi) >> 1
             e = ends[mid]
@@ -259,30 +273,36 @@ class BlockPool:
             else:
                 hi = mid
         if lo == n:
-            return limit, (sids[n - 1] if n else None), None
+            return limit, (sids[n - 1] if n else None), None, n
         k = starts[lo] + covered(sids[lo])
         if k > starts[lo]:
-            return k, sids[lo], sids[lo]
-        return k, (sids[lo - 1] if lo else None), sids[lo]
+            return k, sids[lo], sids[lo], lo
+        return k, (sids[lo - 1] if lo else None), sids[lo], lo
 
     def hit_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
         """How many of the first ``limit`` blocks of a chain are cached (and the segments at
         the end of them)."""
         chain.upto(limit)
         get = self.segments.get
-        return self._prefix(chain, limit, lambda sid: seg.cached if (seg := get(sid)) else 0)
+        k, before, after, chain.hit_at = self._prefix(
+            chain, limit, lambda sid: seg.cached if (seg := get(sid)) else 0, chain.hit_at)
+        return k, before, after
 
     def held_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
         """How many of the first ``limit`` (cached) blocks of a chain live requests hold (and
         the segments at the end of them)."""
         segs = self.segments
-        return self._prefix(chain, limit, lambda sid: segs[sid].held)
+        k, before, after, chain.held_at = self._prefix(
+            chain, limit, lambda sid: segs[sid].held, chain.held_at)
+        return k, before, after
 
     def shared_blocks(self, chain: RequestBlocks, registered: int) -> tuple:
         """How many of a resident request's cached blocks another live request holds, or a
         waiting request's hit covers (and the segments at the end of them)."""
         segs = self.segments
-        return self._prefix(chain, registered, lambda sid: segs[sid].shared)
+        k, before, after, chain.shared_at = self._prefix(
+            chain, registered, lambda sid: segs[sid].shared, chain.shared_at)
+        return k, before, after
 
     # -- a request's claims on segments ----------------------------------------------------------
     def _spans(self, chain: RequestBlocks, lo: int, hi: int) -> Iterator[tuple]:
@@ -298,12 +318,15 @@ class BlockPool:
         if old == new:
             return
         segs, dirty = self.segments, self.dirty
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
         lo, hi = (old, new) if old < new else (new, old)
-        for sid, a, b in self._spans(chain, lo, hi):
+        i = chain.segment(lo)
+        while True:             # hot (an eviction moves the hits of waiting requests): inlined
+            sid, s, e = sids[i], starts[i], ends[i]
+            a = (old if old < e else e) - s if old > s else 0    # its old claim, its new one
+            b = (new if new < e else e) - s if new > s else 0
             seg = segs[sid]
             claims = seg.claims
-            if old > new:
-                a, b = b, a           # from b blocks (its old claim) to a
             if a:
                 _drop(claims, a)
             if b:
@@ -314,6 +337,9 @@ class BlockPool:
                 dirty.add(sid)
             if not claims and not seg.cached:
                 del segs[sid]
+            if e >= hi:
+                break
+            i += 1
 
     def take_hit(self, chain: RequestBlocks, blocks: int) -> None:
         """A request admitted with its first ``blocks`` blocks cached holds them (``touch``);
