@@ -411,24 +411,8 @@ class BlockPool:
         if not ends or ends[-1] < end:
             chain.upto(end)
         segs, dirty = self.segments, self.dirty
-        s = starts[-1]
-        if start > s:
-            # The common case, a decode filling a block of its answer: blocks of the chain's
-            # last segment, which only this request holds or wants, nothing cached past them.
-            sid = sids[-1]
-            seg = segs[sid]
-            a, b = start - s, end - s
-            claims = seg.claims
-            if seg.cached == a and len(claims) == 1 and claims[a] == 1:
-                seg.holds = {b: 1}
-                seg.claims = {b: 1}
-                seg.cached = seg.held = b
-                self.cached_blocks += b - a
-                dirty.add(sid)
-                return
-            i = len(sids) - 1
-        else:
-            i = chain.segment(start)
+        # A decode fills a block of the chain's last segment (its answer): no search.
+        i = len(sids) - 1 if start >= starts[-1] else chain.segment(start)
         adopted = 0
         while True:          # hot (a decode fills a block every block_size steps): inlined
             sid, s, e = sids[i], starts[i], ends[i]
@@ -439,45 +423,50 @@ class BlockPool:
                 segs[sid] = Segment(b)
                 self.cached_blocks += b
                 dirty.add(sid)
-                if e >= end:
-                    break
-                i += 1
-                continue
-            holds, claims = seg.holds, seg.claims
-            if a:
-                n = holds[a] - 1
-                if n:
-                    holds[a] = n
-                else:
-                    del holds[a]
-                n = claims[a] - 1
-                if n:
-                    claims[a] = n
-                else:
-                    del claims[a]
-            holds[b] = holds.get(b, 0) + 1
-            claims[b] = claims.get(b, 0) + 1
-            cached, held = seg.cached, seg.held
-            if cached < b:
-                self.cached_blocks += b - (a if a > cached else cached)
-                seg.cached = b
+            elif a and seg.cached == a and len(seg.claims) == 1 and seg.claims[a] == 1:
+                # It extends what only it holds or wants (a decode's answer, a prefill's
+                # next chunk), nothing cached past it: nothing to adopt, nothing shared.
+                seg.holds = {b: 1}
+                seg.claims = {b: 1}
+                seg.cached = seg.held = b
+                self.cached_blocks += b - a
                 dirty.add(sid)
-            if cached > a:                       # blocks [a, min(b, cached)) are adopted
-                top = b if b < cached else cached
-                adopted += top - a
-                if held < top:
-                    self._unfree(seg, held, top)
-            if b > held:
-                seg.held = b
-                dirty.add(sid)
-            shared = _second(claims) if len(claims) > 1 else (b if claims[b] > 1 else 0)
-            if shared != seg.shared:
-                seg.shared = shared
-                dirty.add(sid)
+            else:
+                adopted += self._register_in(seg, sid, a, b)
             if e >= end:
                 break
             i += 1
         self.plain_free += adopted
+
+    def _register_in(self, seg: Segment, sid: int, a: int, b: int) -> int:
+        """``register`` in one segment, the general case: the request held its first ``a``
+        blocks of it and holds its first ``b`` now. Returns how many of them it adopts."""
+        dirty = self.dirty
+        holds, claims = seg.holds, seg.claims
+        if a:
+            _drop(holds, a)
+            _drop(claims, a)
+        _add(holds, b)
+        _add(claims, b)
+        cached, held = seg.cached, seg.held
+        adopted = 0
+        if cached < b:
+            self.cached_blocks += b - (a if a > cached else cached)
+            seg.cached = b
+            dirty.add(sid)
+        if cached > a:                       # blocks [a, min(b, cached)) are adopted
+            top = b if b < cached else cached
+            adopted = top - a
+            if held < top:
+                self._unfree(seg, held, top)
+        if b > held:
+            seg.held = b
+            dirty.add(sid)
+        shared = _second(claims)
+        if shared != seg.shared:
+            seg.shared = shared
+            dirty.add(sid)
+        return adopted
 
     def release(self, chain: RequestBlocks, registered: int, plain: int) -> None:
         """A request frees its blocks: ``plain`` uncached ones (to the head of the free queue)
