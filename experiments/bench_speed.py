@@ -119,18 +119,19 @@ MOONCAKE_RATE = 1.5
 def mooncake_prefix(quick: bool) -> list[Row]:
     """The cost of the prefix-cache model (docs/prefix-caching.md): the Mooncake conversation
     trace (12,031 requests, about 12k prompt tokens each, hash_ids) replayed at MOONCAKE_RATE
-    req/s on llama-3.1-8b / h100-80gb under vllm-v1, with prefix caching off and on (rows
-    ``mooncake`` and ``mooncake-apc``)."""
+    req/s on llama-3.1-8b / h100-80gb under vllm-v1 and sarathi, with prefix caching off and
+    on (rows ``mooncake`` and ``mooncake-apc``)."""
     if not MOONCAKE_CONV.is_file():
         print(f"skipping mooncake-prefix: {MOONCAKE_CONV} not found", file=sys.stderr)
         return []
     n = 1_200 if quick else None
     rows = []
-    for caching in (False, True):
-        cfg = RunConfig(trace=str(MOONCAKE_CONV), num_requests=n, target_rate=MOONCAKE_RATE,
-                        model="llama-3.1-8b", gpu="h100-80gb",
-                        prefix_caching=caching).validate()
-        rows.append(timed_run("mooncake-apc" if caching else "mooncake", cfg))
+    for policy in ("vllm-v1", "sarathi"):
+        for caching in (False, True):
+            cfg = RunConfig(trace=str(MOONCAKE_CONV), num_requests=n, policy=policy,
+                            target_rate=MOONCAKE_RATE, model="llama-3.1-8b", gpu="h100-80gb",
+                            prefix_caching=caching).validate()
+            rows.append(timed_run("mooncake-apc" if caching else "mooncake", cfg))
     return rows
 
 

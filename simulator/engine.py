@@ -315,36 +315,36 @@ class Engine(ReplicaLoop):
         blocks = self.request_blocks
         stale = self._unlooked
         watchers = self._watchers
-        for sid in watchers.keys() & dirty:     # iterates the smaller of the two
-            stale.update(watchers[sid])
+        if dirty:
+            for sid in watchers.keys() & dirty:     # iterates the smaller of the two
+                stale.update(watchers[sid])
         waiting = self._waiting
         for rid in stale:
             st = waiting[rid]
             b = blocks[rid]
             limit = (st.prompt_tokens + st.generated - 1) // bs
-            hit = pool.hit_blocks(b, limit)
+            hit, h0, h1 = pool.hit_blocks(b, limit)
             if hit != b.hit:
                 pool.want(b, b.hit, hit)
                 b.hit = hit
-            held = pool.held_blocks(b, hit)
+            held, g0, g1 = pool.held_blocks(b, hit)
             st.cached = hit * bs
             st.cached_shared_blocks = held
-            b.watch = _watch(watchers, rid, b.watch,
-                             b.boundaries(hit, limit) + b.boundaries(held, hit))
+            b.watch = _watch(watchers, rid, b.watch, (h0, h1, g0, g1))
         stale.clear()
         # After the waiting requests: what they want counts in a resident's shared blocks.
         # Besides a change at its boundary, a resident is looked up when it is admitted and
         # when it caches blocks while all it had were shared (_register_full_blocks).
         stale, watchers, resident = self._unshared, self._shared_watchers, self.resident
-        for sid in watchers.keys() & dirty:
-            stale.update(watchers[sid])
+        if dirty:
+            for sid in watchers.keys() & dirty:
+                stale.update(watchers[sid])
         for rid in stale:
             st = resident[rid]
             b = blocks[rid]
-            shared = pool.shared_blocks(b, b.registered) if b.registered else 0
+            shared, h0, h1 = pool.shared_blocks(b, b.registered)
             st.shared_blocks = shared
-            b.shared_watch = _watch(watchers, rid, b.shared_watch,
-                                    b.boundaries(shared, b.registered))
+            b.shared_watch = _watch(watchers, rid, b.shared_watch, (h0, h1))
         stale.clear()
         dirty.clear()
         self.free_blocks = pool.free_blocks

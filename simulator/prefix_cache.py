@@ -38,7 +38,8 @@ those they hold or waiting requests want (``claims``), as multisets of lengths.
 
 Since the free queue holds every uncached free block ahead of every cached one, uncached free
 blocks are a count (``plain_free``). The cached ones form ``queue``: chunks of consecutive
-blocks of one segment, in the order they were freed (head: evicted first). A segment's
+blocks of one segment, in the order they were freed (head: evicted first; a chunk emptied by
+a hit stays in it, empty, until it reaches the head). A segment's
 evictable blocks (cached, not held) are the chunks that partition ``[held, cached)``, the
 oldest at the top: an eviction takes a segment's last blocks first, as vLLM's free order does,
 and a hit or an adoption takes its lowest evictable blocks, the most recently freed.
@@ -46,8 +47,8 @@ and a hit or an adoption takes its lowest evictable blocks, the most recently fr
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections import OrderedDict
+from bisect import bisect_left, bisect_right
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -122,7 +123,7 @@ class RequestBlocks:
     first ``registered``) are cached blocks it holds; while it waits, its hit."""
 
     __slots__ = ("sids", "starts", "ends", "_more", "registered", "hit", "watch",
-                 "shared_watch")
+                 "shared_watch", "hit_at", "held_at", "shared_at")
 
     def __init__(self, prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                  block_size: int):
@@ -136,6 +137,9 @@ class RequestBlocks:
         # only have changed if one of them did (see BlockPool.dirty).
         self.watch: frozenset | None = None
         self.shared_watch: frozenset | None = None  # the same for a resident's shared_blocks
+        # The segments where its last hit, held and shared prefixes ended (where the next
+        # look-up starts searching).
+        self.hit_at = self.held_at = self.shared_at = 0
 
     def upto(self, blocks: int) -> None:
         """Generate segments until they cover the chain's first ``blocks`` blocks."""
@@ -154,12 +158,6 @@ class RequestBlocks:
         """The index of the segment holding block ``block`` (generated)."""
         return bisect_right(self.starts, block) - 1
 
-    def boundaries(self, k: int, limit: int) -> tuple:
-        """The segments on either side of the end of a prefix of ``k`` of the chain's first
-        ``limit`` blocks: those of the last block in it and of the first after it."""
-        sids, at = self.sids, self.segment
-        return (sids[at(k - 1)] if k else None, sids[at(k)] if k < limit else None)
-
     def block_ids(self, blocks: int) -> list[tuple[int, int]]:
         """The first ``blocks`` blocks by name, ``(sid, index in the segment)`` (for checks)."""
         self.upto(blocks)
@@ -174,11 +172,13 @@ class Segment:
 
     __slots__ = ("cached", "held", "shared", "holds", "claims", "chunks")
 
-    def __init__(self):
-        self.cached = self.held = self.shared = 0
-        self.holds: dict[int, int] = {}     # prefix length -> live requests holding it
-        self.claims: dict[int, int] = {}    # the same, holding or (waiting) wanting it
-        self.chunks: list[list] = []        # evictable: [sid, lo, hi, key], oldest first
+    def __init__(self, held: int = 0):
+        """Nothing of it cached; or its first ``held`` blocks cached by one request."""
+        self.cached = self.held = held
+        self.shared = 0
+        self.holds: dict[int, int] = {held: 1} if held else {}   # prefix length -> holders
+        self.claims: dict[int, int] = dict(self.holds)  # the same, holding or (waiting) wanting
+        self.chunks: list[list] = []        # evictable: [sid, lo, hi], oldest first
 
 
 def _add(counts: dict[int, int], k: int) -> None:
@@ -237,7 +237,7 @@ class BlockPool:
     its boundaries did (``RequestBlocks.watch``)."""
 
     __slots__ = ("num_blocks", "block_size", "plain_free", "evictable", "cached_blocks",
-                 "segments", "queue", "_chunks", "stats", "dirty")
+                 "segments", "queue", "stats", "dirty")
 
     def __init__(self, num_blocks: int, block_size: int):
         self.num_blocks = num_blocks
@@ -246,8 +246,7 @@ class BlockPool:
         self.evictable = 0
         self.cached_blocks = 0
         self.segments: dict[int, Segment] = {}
-        self.queue: OrderedDict[int, list] = OrderedDict()   # chunks by key; head: evicted first
-        self._chunks = 0                                      # chunk keys handed out
+        self.queue: deque[list] = deque()    # chunks [sid, lo, hi]; head: evicted first
         self.stats = PrefixCacheStats()
         self.dirty: set[int] = set()
 
@@ -255,42 +254,67 @@ class BlockPool:
     def free_blocks(self) -> int:
         return self.plain_free + self.evictable
 
-    # -- lookups (along a chain, each answer is a prefix: the first segment short of it) ------
-    def hit_blocks(self, chain: RequestBlocks, limit: int) -> int:
-        """How many of the first ``limit`` blocks of a chain are cached."""
+    # -- lookups ---------------------------------------------------------------------------------
+    @staticmethod
+    def _prefix(chain: RequestBlocks, limit: int, covered, hint: int) -> tuple:
+        """The longest prefix of a chain's first ``limit`` blocks with a property that holds,
+        along any chain, on a prefix of it (cached; held; held or wanted by two requests):
+        ``covered(sid)`` says on how many of a segment's blocks. The segments that have it
+        on all their blocks (up to ``limit``) are a prefix too: found by bisection, first
+        trying segment ``hint`` (where the last answer ended: an eviction or a new holder
+        usually moves it inside one segment). Returns its length in blocks, the segments at
+        its end (see ``RequestBlocks.watch``): of its last block and of the first block after
+        it (None where there is none), and the index of the segment it ends in."""
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
+        n = bisect_left(starts, limit)           # segments overlapping the first limit blocks
+        lo, hi = 0, n
+        if hint < n:
+            s, e = starts[hint], ends[hint]
+            c = covered(sids[hint])
+            if c >= (e if e < limit else limit) - s:
+                lo = hint + 1
+            elif c:                   # the answer ends inside it: all before it are covered
+                return s + c, sids[hint], sids[hint], hint
+            else:
+                hi = hint
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            e = ends[mid]
+            if covered(sids[mid]) >= (e if e < limit else limit) - starts[mid]:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == n:
+            return limit, (sids[n - 1] if n else None), None, n
+        k = starts[lo] + covered(sids[lo])
+        if k > starts[lo]:
+            return k, sids[lo], sids[lo], lo
+        return k, (sids[lo - 1] if lo else None), sids[lo], lo
+
+    def hit_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
+        """How many of the first ``limit`` blocks of a chain are cached (and the segments at
+        the end of them)."""
         chain.upto(limit)
         get = self.segments.get
-        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
-            if s >= limit:
-                break
-            seg = get(sid)
-            c = seg.cached if seg is not None else 0
-            if c < e - s:
-                return min(s + c, limit)
-        return limit
+        k, before, after, chain.hit_at = self._prefix(
+            chain, limit, lambda sid: seg.cached if (seg := get(sid)) else 0, chain.hit_at)
+        return k, before, after
 
-    def held_blocks(self, chain: RequestBlocks, limit: int) -> int:
-        """How many of the first ``limit`` (cached) blocks of a chain live requests hold."""
+    def held_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
+        """How many of the first ``limit`` (cached) blocks of a chain live requests hold (and
+        the segments at the end of them)."""
         segs = self.segments
-        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
-            if s >= limit:
-                break
-            held = segs[sid].held
-            if held < min(e, limit) - s:
-                return s + held
-        return limit
+        k, before, after, chain.held_at = self._prefix(
+            chain, limit, lambda sid: segs[sid].held, chain.held_at)
+        return k, before, after
 
-    def shared_blocks(self, chain: RequestBlocks, registered: int) -> int:
+    def shared_blocks(self, chain: RequestBlocks, registered: int) -> tuple:
         """How many of a resident request's cached blocks another live request holds, or a
-        waiting request's hit covers."""
+        waiting request's hit covers (and the segments at the end of them)."""
         segs = self.segments
-        for sid, s, e in zip(chain.sids, chain.starts, chain.ends):
-            if s >= registered:
-                break
-            shared = segs[sid].shared
-            if shared < min(e, registered) - s:
-                return s + shared
-        return registered
+        k, before, after, chain.shared_at = self._prefix(
+            chain, registered, lambda sid: segs[sid].shared, chain.shared_at)
+        return k, before, after
 
     # -- a request's claims on segments ----------------------------------------------------------
     def _spans(self, chain: RequestBlocks, lo: int, hi: int) -> Iterator[tuple]:
@@ -306,12 +330,15 @@ class BlockPool:
         if old == new:
             return
         segs, dirty = self.segments, self.dirty
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
         lo, hi = (old, new) if old < new else (new, old)
-        for sid, a, b in self._spans(chain, lo, hi):
+        i = chain.segment(lo)
+        while True:             # hot (an eviction moves the hits of waiting requests): inlined
+            sid, s, e = sids[i], starts[i], ends[i]
+            a = (old if old < e else e) - s if old > s else 0    # its old claim, its new one
+            b = (new if new < e else e) - s if new > s else 0
             seg = segs[sid]
             claims = seg.claims
-            if old > new:
-                a, b = b, a           # from b blocks (its old claim) to a
             if a:
                 _drop(claims, a)
             if b:
@@ -322,6 +349,9 @@ class BlockPool:
                 dirty.add(sid)
             if not claims and not seg.cached:
                 del segs[sid]
+            if e >= hi:
+                break
+            i += 1
 
     def take_hit(self, chain: RequestBlocks, blocks: int) -> None:
         """A request admitted with its first ``blocks`` blocks cached holds them (``touch``);
@@ -340,14 +370,14 @@ class BlockPool:
     def _unfree(self, seg: Segment, lo: int, hi: int) -> None:
         """Evictable blocks ``[lo, hi)`` of a segment, its lowest, are held again: out of the
         free queue (the newest chunks hold them)."""
-        chunks, queue = seg.chunks, self.queue
+        chunks = seg.chunks
         self.evictable -= hi - lo
         while lo < hi:
             chunk = chunks[-1]
             top = chunk[2]
             if top <= hi:
                 chunks.pop()
-                del queue[chunk[3]]
+                chunk[1] = top            # empty: dropped when it reaches the queue's head
                 lo = top
             else:
                 chunk[1] = hi
@@ -369,72 +399,86 @@ class BlockPool:
         self.stats.evictions += need
         queue, segs, dirty = self.queue, self.segments, self.dirty
         while need:
-            chunk = queue[next(iter(queue))]
-            sid, lo, hi = chunk[0], chunk[1], chunk[2]
-            take = min(need, hi - lo)
-            need -= take
+            sid, lo, hi = chunk = queue[0]
+            if lo == hi:
+                queue.popleft()
+                continue
             seg = segs[sid]
-            seg.cached = hi - take
             dirty.add(sid)
-            if take == hi - lo:
-                queue.popitem(last=False)
-                del seg.chunks[0]
-                if not seg.cached and not seg.claims:
-                    del segs[sid]
-            else:
-                chunk[2] = hi - take
+            if need < hi - lo:
+                chunk[2] = seg.cached = hi - need
+                return
+            need -= hi - lo
+            seg.cached = lo
+            queue.popleft()
+            del seg.chunks[0]
+            if not lo and not seg.claims:
+                del segs[sid]
 
     def register(self, chain: RequestBlocks, start: int, end: int) -> None:
         """Blocks ``start`` to ``end`` of a request (taken by ``allocate``) became full: they
         are cached from now on; a block cached already is adopted instead, and the request's
         own copy goes back to the free blocks."""
-        chain.upto(end)
-        segs, dirty = self.segments, self.dirty
         sids, starts, ends = chain.sids, chain.starts, chain.ends
+        if not ends or ends[-1] < end:
+            chain.upto(end)
+        segs, dirty = self.segments, self.dirty
+        # A decode fills a block of the chain's last segment (its answer): no search.
+        i = len(sids) - 1 if start >= starts[-1] else chain.segment(start)
         adopted = 0
-        i = chain.segment(start)
         while True:          # hot (a decode fills a block every block_size steps): inlined
             sid, s, e = sids[i], starts[i], ends[i]
             a = start - s if start > s else 0           # its blocks of the segment: a, then b
             b = (end if end < e else e) - s
             seg = segs.get(sid)
-            if seg is None:
-                seg = segs[sid] = Segment()
-            holds, claims = seg.holds, seg.claims
-            if a:
-                n = holds[a] - 1
-                if n:
-                    holds[a] = n
-                else:
-                    del holds[a]
-                n = claims[a] - 1
-                if n:
-                    claims[a] = n
-                else:
-                    del claims[a]
-            holds[b] = holds.get(b, 0) + 1
-            claims[b] = claims.get(b, 0) + 1
-            cached, held = seg.cached, seg.held
-            if cached < b:
-                self.cached_blocks += b - (a if a > cached else cached)
-                seg.cached = b
+            if seg is None:                  # new content (a is 0: it held none of it)
+                segs[sid] = Segment(b)
+                self.cached_blocks += b
                 dirty.add(sid)
-            if cached > a:                       # blocks [a, min(b, cached)) are adopted
-                top = b if b < cached else cached
-                adopted += top - a
-                if held < top:
-                    self._unfree(seg, held, top)
-            if b > held:
-                seg.held = b
+            elif a and seg.cached == a and len(seg.claims) == 1 and seg.claims[a] == 1:
+                # It extends what only it holds or wants (a decode's answer, a prefill's
+                # next chunk), nothing cached past it: nothing to adopt, nothing shared.
+                seg.holds = {b: 1}
+                seg.claims = {b: 1}
+                seg.cached = seg.held = b
+                self.cached_blocks += b - a
                 dirty.add(sid)
-            shared = _second(claims)
-            if shared != seg.shared:
-                seg.shared = shared
-                dirty.add(sid)
+            else:
+                adopted += self._register_in(seg, sid, a, b)
             if e >= end:
                 break
             i += 1
         self.plain_free += adopted
+
+    def _register_in(self, seg: Segment, sid: int, a: int, b: int) -> int:
+        """``register`` in one segment, the general case: the request held its first ``a``
+        blocks of it and holds its first ``b`` now. Returns how many of them it adopts."""
+        dirty = self.dirty
+        holds, claims = seg.holds, seg.claims
+        if a:
+            _drop(holds, a)
+            _drop(claims, a)
+        _add(holds, b)
+        _add(claims, b)
+        cached, held = seg.cached, seg.held
+        adopted = 0
+        if cached < b:
+            self.cached_blocks += b - (a if a > cached else cached)
+            seg.cached = b
+            dirty.add(sid)
+        if cached > a:                       # blocks [a, min(b, cached)) are adopted
+            top = b if b < cached else cached
+            adopted = top - a
+            if held < top:
+                self._unfree(seg, held, top)
+        if b > held:
+            seg.held = b
+            dirty.add(sid)
+        shared = _second(claims)
+        if shared != seg.shared:
+            seg.shared = shared
+            dirty.add(sid)
+        return adopted
 
     def release(self, chain: RequestBlocks, registered: int, plain: int) -> None:
         """A request frees its blocks: ``plain`` uncached ones (to the head of the free queue)
@@ -446,23 +490,41 @@ class BlockPool:
         sids, starts, ends = chain.sids, chain.starts, chain.ends
         for i in range(chain.segment(registered - 1), -1, -1):
             sid = sids[i]
-            b = min(ends[i], registered) - starts[i]
+            b = (registered if registered < ends[i] else ends[i]) - starts[i]
             seg = segs[sid]
             holds, claims = seg.holds, seg.claims
-            _drop(holds, b)
-            _drop(claims, b)
+            if len(claims) == 1 and claims[b] == 1:
+                # The common case: nobody else holds or wants it. All of it that this request
+                # held becomes evictable; nothing is shared.
+                holds.clear()
+                claims.clear()
+                chunk = [sid, 0, b]
+                queue.append(chunk)
+                seg.chunks.append(chunk)
+                self.evictable += b
+                seg.held = 0
+                dirty.add(sid)
+                continue
+            n = holds[b] - 1
+            if n:
+                holds[b] = n
+            else:
+                del holds[b]
+            n = claims[b] - 1
+            if n:
+                claims[b] = n
+            else:
+                del claims[b]
             held = seg.held
             new_held = max(holds) if holds else 0
             if new_held < held:
-                key = self._chunks
-                self._chunks = key + 1
-                chunk = [sid, new_held, held, key]
-                queue[key] = chunk
+                chunk = [sid, new_held, held]
+                queue.append(chunk)
                 seg.chunks.append(chunk)
                 self.evictable += held - new_held
                 seg.held = new_held
                 dirty.add(sid)
-            shared = _second(claims)
+            shared = _second(claims) if claims else 0
             if shared != seg.shared:
                 seg.shared = shared
                 dirty.add(sid)
@@ -479,8 +541,7 @@ class BlockPool:
 
     def evictable_blocks(self) -> list[tuple[int, int]]:
         """The free cached blocks ``(sid, j)``, in eviction order."""
-        return [(sid, j) for sid, lo, hi, _ in self.queue.values()
-                for j in range(hi - 1, lo - 1, -1)]
+        return [(sid, j) for sid, lo, hi in self.queue for j in range(hi - 1, lo - 1, -1)]
 
     def is_cached(self, block: tuple[int, int]) -> bool:
         seg = self.segments.get(block[0])
