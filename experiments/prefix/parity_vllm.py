@@ -55,7 +55,7 @@ TOL_S = 1e-9
 
 
 def cases(trace: Path, quick: bool) -> dict[str, dict]:
-    n_trace, n_serial, n_sessions = (120, 60, 120) if quick else (300, 150, 400)
+    n_trace, n_serial, n_sessions = (120, 60, 120) if quick else (300, 100, 400)
     out = {}
     if trace.is_file():
         mooncake = dict(trace=str(trace), num_requests=n_trace, target_rate=0.8)
@@ -93,7 +93,8 @@ def run(fields: dict, engine: str):
 def classify(native: pd.DataFrame, vllm: pd.DataFrame, changes: list):
     """Each request's verdict (see the module's docstring), by request id, and the time of the
     first admission whose hit changed within its step (None: none did)."""
-    n, v = native.set_index("request_id"), vllm.set_index("request_id")
+    v = vllm.set_index("request_id")
+    n = native.set_index("request_id").reindex(v.index)
     equal = pd.Series(True, index=v.index)
     for c in COMPARED:
         d = (v[c] - n[c]).abs()
@@ -122,7 +123,8 @@ def compare(name: str, fields: dict) -> dict:
     changes = LOOPS[-1].hits_changed_in_step
     verdict, diverged_at = classify(native.requests, vllm.requests, changes)
     counts = verdict.value_counts()
-    n, v = native.requests.set_index("request_id"), vllm.requests.set_index("request_id")
+    v = vllm.requests.set_index("request_id")
+    n = native.requests.set_index("request_id").reindex(v.index)    # same rows, same order
     row = {"case": name, "requests": len(v),
            "equal": int(counts.get("equal", 0)),
            "same_step_hit": int(counts.get("same_step_hit", 0)),
