@@ -14,17 +14,19 @@ rates. Every difference is then classified:
   later admission hits it; the native engine looks hits up before the step and computes them
   again), or the step's earlier allocations (running requests come first) evicted cached
   blocks from the head of the free queue (the native engine takes the hit before allocating).
-  vLLM in the loop records each such admission (``hits_changed_in_step``).
+  vLLM in the loop records each such admission, first or re-admission
+  (``hits_gained_in_step``, ``hits_lost_in_step``).
 - ``after_divergence``: the request was still unfinished when the first such admission
   changed a step's cost and KV (every later step can shift).
 - ``unexplained``: anything else (none expected).
 
 Cases: ``mooncake`` (the conversation trace's first requests at 0.8 req/s, GPU KV capacity),
-``mooncake-serial`` (the same with max_num_seqs 1: no two requests share a step, so the one
-difference by design cannot arise), ``sessions`` (closed-loop 4-turn sessions, room for
-everything) and ``sessions-tight`` (the same on 16,384 tokens of KV: evictions and
-preemptions). Writes experiments/prefix/results/parity_vllm.{csv,md}; the machine it ran on
-and CPU seconds per run are in the table.
+``mooncake-serial`` (its first 100 with max_num_seqs 1: a request is admitted only when none
+runs, so no allocation precedes it in its step and neither within-step change can arise),
+``sessions`` (closed-loop 4-turn sessions, the GPU's KV: nothing evicted) and
+``sessions-tight`` (the same on 16,384 tokens of KV: evictions and preemptions). Writes
+experiments/prefix/results/parity_vllm.{csv,md}, with each run's CPU and wall seconds (a
+shared machine inflates the wall time).
 """
 
 from __future__ import annotations
@@ -132,7 +134,9 @@ def compare(name: str, fields: dict) -> dict:
            "after_divergence": int(counts.get("after_divergence", 0)),
            "unexplained": int(counts.get("unexplained", 0)),
            "cached_equal": int((v["cached_prompt_tokens"] == n["cached_prompt_tokens"]).sum()),
-           "hits_changed_in_step": len(changes), "first_divergence_s": diverged_at,
+           "hits_gained_in_step": sum(hit > looked for _, _, looked, hit in changes),
+           "hits_lost_in_step": sum(hit < looked for _, _, looked, hit in changes),
+           "first_divergence_s": diverged_at,
            "max_dt_first_token_ms": 1e3 * (v["first_token_s"] - n["first_token_s"]).abs().max(),
            "max_dt_completion_ms": 1e3 * (v["completion_s"] - n["completion_s"]).abs().max()}
     for k in SUMMARY:
@@ -160,8 +164,8 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(RESULTS / "parity_vllm.csv", index=False)
     counts = ["case", "requests", "equal", "same_step_hit", "same_step_eviction",
-              "after_divergence", "unexplained", "cached_equal", "hits_changed_in_step",
-              "first_divergence_s"]
+              "after_divergence", "unexplained", "cached_equal", "hits_gained_in_step",
+              "hits_lost_in_step", "first_divergence_s"]
     cache = ["case"] + [f"{e}_{k}" for k in SUMMARY[:5] for e in ("native", "vllm")]
     latency = ["case", "max_dt_first_token_ms", "max_dt_completion_ms"] + \
         [f"{e}_{k}" for k in SUMMARY[5:] for e in ("native", "vllm")]
