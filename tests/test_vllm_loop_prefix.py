@@ -202,3 +202,17 @@ def test_mooncake_hash_ids_hit_in_vllm_as_in_the_native_engine():
     assert sum(v > 0 for v in hits.values()) > 0
     assert vllm.prefix_cache.stats == native.prefix_cache.stats
     assert times(vllm) == times(native)
+
+
+def test_the_parity_script_explains_every_difference_under_kv_pressure():
+    """experiments/prefix/parity_vllm.py on its quick KV-starved sessions (120 requests on
+    16,384 tokens): evictions within a step make the engines part; every request is equal,
+    or its difference is one of the within-step changes or follows the first of them."""
+    from pathlib import Path
+    from experiments.prefix.parity_vllm import cases, compare
+    row = compare("sessions-tight", cases(Path("/nonexistent"), quick=True)["sessions-tight"])
+    assert row["unexplained"] == 0
+    assert row["hits_lost_in_step"] > 0 and row["first_divergence_s"] is not None
+    assert row["equal"] + row["same_step_hit"] + row["same_step_eviction"] + \
+        row["after_divergence"] == row["requests"] == 120
+    assert row["native_prefix_cache_evictions"] > 0

@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.prefix.run import MOONCAKE, RESULTS, markdown  # noqa: E402
 from simulator.config import RunConfig  # noqa: E402
-from simulator.engines import register_engine  # noqa: E402
+import simulator.vllm  # noqa: E402,F401  (registers the engine "vllm")
+from simulator.engines import engine_factory, register_engine  # noqa: E402
 from simulator.runner import simulate  # noqa: E402
 from simulator.vllm.loop import loop_engine  # noqa: E402
 
@@ -73,22 +74,24 @@ def cases(trace: Path, quick: bool) -> dict[str, dict]:
     return out
 
 
-LOOPS = []      # each vLLM-in-the-loop engine built, for its within-step record
+LAST_LOOP = []      # the last vLLM-in-the-loop engine built, for its within-step record
 
 
 def _keep_loop(cfg, workload, policy, spec, progress):
     loop = loop_engine(cfg, workload, policy, spec, progress)
-    LOOPS.append(loop)
+    LAST_LOOP[:] = [loop]
     return loop
-
-
-register_engine("vllm", _keep_loop)
 
 
 def run(fields: dict, engine: str):
     cfg = RunConfig(engine=engine, **REPLICA, **fields).validate()
+    original = engine_factory("vllm")
+    register_engine("vllm", _keep_loop)       # for this run only
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = simulate(cfg)
+    try:
+        result = simulate(cfg)
+    finally:
+        register_engine("vllm", original)
     return result, time.process_time() - cpu0, time.perf_counter() - wall0
 
 
@@ -122,7 +125,7 @@ def classify(native: pd.DataFrame, vllm: pd.DataFrame, changes: list):
 def compare(name: str, fields: dict) -> dict:
     native, cpu_n, wall_n = run(fields, "native")
     vllm, cpu_v, wall_v = run(fields, "vllm")
-    changes = LOOPS[-1].hits_changed_in_step
+    changes = LAST_LOOP[0].hits_changed_in_step
     verdict, diverged_at = classify(native.requests, vllm.requests, changes)
     counts = verdict.value_counts()
     v = vllm.requests.set_index("request_id")
