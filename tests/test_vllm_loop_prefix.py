@@ -216,3 +216,20 @@ def test_the_parity_script_explains_every_difference_under_kv_pressure():
     assert row["equal"] + row["same_step_hit"] + row["same_step_eviction"] + \
         row["after_divergence"] == row["requests"] == 120
     assert row["native_prefix_cache_evictions"] > 0
+
+
+def test_a_system_prompt_workload_gives_the_native_tables_and_timeline():
+    """60 requests at 4 req/s, 70% of them starting with a 600-token system prompt, several
+    running at once: the requests table, the summary's cache counters and the timeline
+    (KV in use with shared blocks once, cached blocks) equal the native engine's."""
+    def run(engine):
+        return simulate(RunConfig(engine=engine, num_requests=60, rate=4.0,
+                                  system_prompt_len=600, system_prompt_share=0.7,
+                                  prompt_len="64:512", output_len="16:128", seed=5).validate())
+    native, vllm = run("native"), run("vllm")
+    assert vllm.requests.equals(native.requests)
+    assert vllm.requests["cached_prompt_tokens"].gt(0).sum() > 10
+    keys = [k for k in native.summary if k.startswith("prefix_cache")]
+    assert {k: vllm.summary[k] for k in keys} == {k: native.summary[k] for k in keys}
+    assert vllm.timeline.equals(native.timeline)
+    assert vllm.timeline["cached_blocks"].max() > 0
