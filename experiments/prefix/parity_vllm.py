@@ -14,17 +14,19 @@ rates. Every difference is then classified:
   later admission hits it; the native engine looks hits up before the step and computes them
   again), or the step's earlier allocations (running requests come first) evicted cached
   blocks from the head of the free queue (the native engine takes the hit before allocating).
-  vLLM in the loop records each such admission (``hits_changed_in_step``).
+  vLLM in the loop records each such admission, first or re-admission
+  (``hits_gained_in_step``, ``hits_lost_in_step``).
 - ``after_divergence``: the request was still unfinished when the first such admission
   changed a step's cost and KV (every later step can shift).
 - ``unexplained``: anything else (none expected).
 
 Cases: ``mooncake`` (the conversation trace's first requests at 0.8 req/s, GPU KV capacity),
-``mooncake-serial`` (the same with max_num_seqs 1: no two requests share a step, so the one
-difference by design cannot arise), ``sessions`` (closed-loop 4-turn sessions, room for
-everything) and ``sessions-tight`` (the same on 16,384 tokens of KV: evictions and
-preemptions). Writes experiments/prefix/results/parity_vllm.{csv,md}; the machine it ran on
-and CPU seconds per run are in the table.
+``mooncake-serial`` (its first 100 with max_num_seqs 1: a request is admitted only when none
+runs, so no allocation precedes it in its step and neither within-step change can arise),
+``sessions`` (closed-loop 4-turn sessions, the GPU's KV: nothing evicted) and
+``sessions-tight`` (the same on 16,384 tokens of KV: evictions and preemptions). Writes
+experiments/prefix/results/parity_vllm.{csv,md}, with each run's CPU and wall seconds (a
+shared machine inflates the wall time).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.prefix.run import MOONCAKE, RESULTS, markdown  # noqa: E402
 from simulator.config import RunConfig  # noqa: E402
-from simulator.engines import register_engine  # noqa: E402
+import simulator.vllm  # noqa: E402,F401  (registers the engine "vllm")
+from simulator.engines import engine_factory, register_engine  # noqa: E402
 from simulator.runner import simulate  # noqa: E402
 from simulator.vllm.loop import loop_engine  # noqa: E402
 
@@ -55,7 +58,7 @@ TOL_S = 1e-9
 
 
 def cases(trace: Path, quick: bool) -> dict[str, dict]:
-    n_trace, n_serial, n_sessions = (120, 60, 120) if quick else (300, 150, 400)
+    n_trace, n_serial, n_sessions = (120, 60, 120) if quick else (300, 100, 400)
     out = {}
     if trace.is_file():
         mooncake = dict(trace=str(trace), num_requests=n_trace, target_rate=0.8)
@@ -71,29 +74,32 @@ def cases(trace: Path, quick: bool) -> dict[str, dict]:
     return out
 
 
-LOOPS = []      # each vLLM-in-the-loop engine built, for its within-step record
+LAST_LOOP = []      # the last vLLM-in-the-loop engine built, for its within-step record
 
 
 def _keep_loop(cfg, workload, policy, spec, progress):
     loop = loop_engine(cfg, workload, policy, spec, progress)
-    LOOPS.append(loop)
+    LAST_LOOP[:] = [loop]
     return loop
-
-
-register_engine("vllm", _keep_loop)
 
 
 def run(fields: dict, engine: str):
     cfg = RunConfig(engine=engine, **REPLICA, **fields).validate()
+    original = engine_factory("vllm")
+    register_engine("vllm", _keep_loop)       # for this run only
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = simulate(cfg)
+    try:
+        result = simulate(cfg)
+    finally:
+        register_engine("vllm", original)
     return result, time.process_time() - cpu0, time.perf_counter() - wall0
 
 
 def classify(native: pd.DataFrame, vllm: pd.DataFrame, changes: list):
     """Each request's verdict (see the module's docstring), by request id, and the time of the
     first admission whose hit changed within its step (None: none did)."""
-    n, v = native.set_index("request_id"), vllm.set_index("request_id")
+    v = vllm.set_index("request_id")
+    n = native.set_index("request_id").reindex(v.index)
     equal = pd.Series(True, index=v.index)
     for c in COMPARED:
         d = (v[c] - n[c]).abs()
@@ -119,10 +125,11 @@ def classify(native: pd.DataFrame, vllm: pd.DataFrame, changes: list):
 def compare(name: str, fields: dict) -> dict:
     native, cpu_n, wall_n = run(fields, "native")
     vllm, cpu_v, wall_v = run(fields, "vllm")
-    changes = LOOPS[-1].hits_changed_in_step
+    changes = LAST_LOOP[0].hits_changed_in_step
     verdict, diverged_at = classify(native.requests, vllm.requests, changes)
     counts = verdict.value_counts()
-    n, v = native.requests.set_index("request_id"), vllm.requests.set_index("request_id")
+    v = vllm.requests.set_index("request_id")
+    n = native.requests.set_index("request_id").reindex(v.index)    # same rows, same order
     row = {"case": name, "requests": len(v),
            "equal": int(counts.get("equal", 0)),
            "same_step_hit": int(counts.get("same_step_hit", 0)),
@@ -130,7 +137,9 @@ def compare(name: str, fields: dict) -> dict:
            "after_divergence": int(counts.get("after_divergence", 0)),
            "unexplained": int(counts.get("unexplained", 0)),
            "cached_equal": int((v["cached_prompt_tokens"] == n["cached_prompt_tokens"]).sum()),
-           "hits_changed_in_step": len(changes), "first_divergence_s": diverged_at,
+           "hits_gained_in_step": sum(hit > looked for _, _, looked, hit in changes),
+           "hits_lost_in_step": sum(hit < looked for _, _, looked, hit in changes),
+           "first_divergence_s": diverged_at,
            "max_dt_first_token_ms": 1e3 * (v["first_token_s"] - n["first_token_s"]).abs().max(),
            "max_dt_completion_ms": 1e3 * (v["completion_s"] - n["completion_s"]).abs().max()}
     for k in SUMMARY:
@@ -158,8 +167,8 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(RESULTS / "parity_vllm.csv", index=False)
     counts = ["case", "requests", "equal", "same_step_hit", "same_step_eviction",
-              "after_divergence", "unexplained", "cached_equal", "hits_changed_in_step",
-              "first_divergence_s"]
+              "after_divergence", "unexplained", "cached_equal", "hits_gained_in_step",
+              "hits_lost_in_step", "first_divergence_s"]
     cache = ["case"] + [f"{e}_{k}" for k in SUMMARY[:5] for e in ("native", "vllm")]
     latency = ["case", "max_dt_first_token_ms", "max_dt_completion_ms"] + \
         [f"{e}_{k}" for k in SUMMARY[5:] for e in ("native", "vllm")]

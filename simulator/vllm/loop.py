@@ -149,7 +149,8 @@ def build_scheduler(model: ModelSpec, spec: ReplicaSpec, options: dict, schedule
     ``scheduler_cls`` defaults to the servesim adapter for the chosen scheduling mode; pass
     vLLM's own ``Scheduler`` or ``AsyncScheduler`` for the stock scheduler. ``options`` are
     ``scheduler_options``' keys, and optionally ``enable_prefix_caching`` (off unless given: the
-    loop's fabricated prompts are all one token), ``num_speculative_tokens`` (n-gram drafting).
+    requests then need token ids that share only what their prompts share, as the loop's do),
+    ``num_speculative_tokens`` (n-gram drafting).
     """
     import torch
     from vllm.v1.core.sched.output import SchedulerOutput  # noqa: F401  (fail early if broken)
@@ -247,7 +248,10 @@ def loop_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: Replic
 
 
 class VllmLoopEngine(ReplicaLoop):
-    """Simulates one replica whose scheduler is vLLM's, serving ``requests`` under ``policy``."""
+    """Simulates one replica whose scheduler is vLLM's, serving ``requests`` under ``policy``.
+
+    ``prefix_caching`` turns vLLM's prefix caching on (whatever ``options`` say: the requests'
+    token ids are made for it, ``simulator/vllm/token_ids.py``)."""
 
     def __init__(self, requests: Iterable[Request], policy: Policy | None, cost_model: CostModel,
                  spec: ReplicaSpec, model: ModelSpec, *, record_timeline: bool = True,
