@@ -5,13 +5,16 @@
 
 Four GPUs (llama-3-8b on a100-80gb, roofline cost, vllm-v1 on every replica, least-outstanding
 routing) serve the same requests either as 4 aggregated replicas (vllm-v1's chunked prefill
-mixes prompts into the decode steps; also sarathi, whose small chunks bound that
-interference) or as a prefill pool and a decode pool, 2P+2D, 1P+3D and 3P+1D, the
-prompt's KV sent over a 200 Gbit/s link per prefill replica. Two workloads with long prompts:
-the Azure code trace's lengths (prompts cut to the model's 8,192-token context) and a fixed
-p2048d128, both with Poisson arrivals swept over a range of rates. For each point: the share of
-requests meeting the TTFT objective, the TPOT objective and both (SLO attainment), and the
-latency percentiles. Writes experiments/results/disagg{,_quick}.{csv,md,png}.
+mixes prompts into the decode steps; also sarathi, whose small chunks bound that interference)
+or as a prefill pool and a decode pool, 2P+2D, 1P+3D and 3P+1D, the prompt's KV sent over a
+200 Gbit/s link per prefill replica. Two workloads with long prompts: the Azure code trace's
+lengths (prompts cut to the model's 8,192-token context) and a fixed p2048d128, both with
+Poisson arrivals swept over a range of rates. For each point: the share of requests meeting the
+TTFT objective, the TPOT objective (the client's TPOT, the KV transfer included) and both (SLO
+attainment), and the latency percentiles. Then the link: 3P+1D on p2048d128 at LINK_RATE req/s
+with the link's bandwidth swept over LINK_GBPS (where one prompt's KV takes longer to send than
+to compute, the transfers queue for the link). Writes
+experiments/results/disagg{,_quick}.{csv,md,png} and disagg_link{,_quick}.csv.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ CLUSTERS = {                      # name -> the run fields of 4 GPUs
 # About twice the unloaded TPOT (14-15 ms a step for these batches), and a TTFT of seven
 # unloaded prefills of a 2,048-token prompt (about 150 ms).
 SLO_MS = {"ttft_ms": 1000.0, "tpot_ms": 30.0}
+LINK_GBPS = (5, 10, 25, 50, 100, 200, 400)
+LINK_RATE = 12.0
 BASE = {"model": "llama-3-8b", "gpu": "a100-80gb", "cost_model": "roofline",
         "policy": "vllm-v1", "router": "least-outstanding", "timeline": False}
 
@@ -58,13 +63,19 @@ def workloads(trace: Path) -> dict:
 
 
 def point(workload: dict, cluster: dict, rate: float, n: int, seed: int, slo: dict) -> dict:
-    """One run: its SLO attainments (TTFT, TPOT, both) and latency percentiles."""
+    """One run: its SLO attainments (TTFT, TPOT, both) and latency percentiles. TPOT here is
+    what a client sees, vLLM bench's (latency - TTFT) / (output tokens - 1): on a
+    disaggregated run it includes the KV transfer and the wait for the link, which the run's
+    own ``tpot_ms`` (measured on the decode side) leaves out."""
     cfg = build_config({**BASE, **workload, **cluster, "rate": rate, "num_requests": n,
                         "seed": seed})
     cpu0 = time.process_time()
     result = simulate(cfg)
     cpu = time.process_time() - cpu0
     req = result.requests
+    decode_tpot = req.tpot_ms
+    seen = (req.e2el_ms - req.ttft_ms) / (req.output_tokens - 1)
+    req = req.assign(tpot_ms=seen.where(req.output_tokens > 1))
     done = req[req.status == "completed"]
     row = {"requests": len(req), "completed": len(done),
            "ttft_attainment": float(SLO(ttft_ms=slo["ttft_ms"]).met(req).mean()),
@@ -75,6 +86,7 @@ def point(workload: dict, cluster: dict, rate: float, n: int, seed: int, slo: di
         values = done[key].dropna().to_numpy()
         for label, q in (("p50", 50), ("p90", 90), ("p99", 99)):
             row[f"{label}_{key}"] = float(np.percentile(values, q)) if len(values) else None
+    row["p90_decode_tpot_ms"] = float(decode_tpot[req.status == "completed"].quantile(0.9))
     if "transfer_s" in req:
         crossed = req[req.decode_replica >= 0]
         row["mean_transfer_ms"] = float(crossed.transfer_s.mean() * 1e3)
@@ -101,6 +113,21 @@ def run(trace: Path, n: int, seeds: int, quick: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def link_sweep(n: int, seeds: int) -> pd.DataFrame:
+    """3P+1D on p2048d128 at LINK_RATE with each link bandwidth of LINK_GBPS."""
+    fields, _, slo = workloads(AZURE_CODE)["p2048d128"]
+    rows = []
+    for gbps in LINK_GBPS:
+        for seed in range(seeds):
+            rows.append({"kv_link_gbps": float(gbps), "seed": seed, **point(
+                fields, {**CLUSTERS["3P+1D"], "kv_link_gbps": float(gbps)}, LINK_RATE, n, seed,
+                slo)})
+            print({k: rows[-1][k] for k in ("kv_link_gbps", "seed", "slo_attainment",
+                                            "mean_transfer_ms", "mean_link_wait_ms")},
+                  flush=True)
+    return pd.DataFrame(rows)
+
+
 def pooled(table: pd.DataFrame) -> pd.DataFrame:
     """Attainments averaged over seeds (equal request counts: the pooled share)."""
     keys = ["workload", "cluster", "rate"]
@@ -119,13 +146,16 @@ def capacity(curve: pd.DataFrame, key: str, target: float = 0.9) -> float:
     return best
 
 
-def write_markdown(table: pd.DataFrame, path: Path, n: int, seeds: int) -> None:
+def write_markdown(table: pd.DataFrame, path: Path, n: int, seeds: int,
+                   links: pd.DataFrame | None = None) -> None:
     means = pooled(table)
     text = ["# Aggregated vs disaggregated serving at 4 GPUs", "",
             f"llama-3-8b on a100-80gb (roofline), vllm-v1 on every replica, least-outstanding "
             f"routing; disaggregated pools send each prompt's KV over a 200 Gbit/s link per "
-            f"prefill replica. {n:,} requests per point, Poisson arrivals, {seeds} seed(s) "
-            f"averaged. Generated by experiments/disagg.py.", ""]
+            f"prefill replica. TPOT as a client sees it, (latency - TTFT) / (output - 1): on the "
+            f"disaggregated runs it includes the KV transfer and the wait for the link. "
+            f"{n:,} requests per point, Poisson arrivals, {seeds} seed(s) averaged. Generated "
+            f"by experiments/disagg.py.", ""]
     for wname in means.workload.unique():
         w = means[means.workload == wname]
         t = table[table.workload == wname].iloc[0]
@@ -154,6 +184,19 @@ def write_markdown(table: pd.DataFrame, path: Path, n: int, seeds: int) -> None:
                 cells.append(f"{v.p90_ttft_ms.iloc[0]:,.0f} / {v.p90_tpot_ms.iloc[0]:.1f}"
                              if len(v) else "-")
             text.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+        text.append("")
+    if links is not None:
+        cols = ["slo_attainment", "p90_ttft_ms", "p90_tpot_ms", "p90_e2el_ms",
+                "mean_transfer_ms", "mean_link_wait_ms"]
+        by = links.groupby("kv_link_gbps")[cols].mean()
+        text += [f"## The link: 3P+1D, p2048d128 at {LINK_RATE:g} req/s", "",
+                 "| link Gbit/s | attainment (both) | p90 TTFT (ms) | p90 TPOT (ms) | "
+                 "p90 E2E (ms) | mean transfer (ms) | mean link wait (ms) |",
+                 "|---:|---:|---:|---:|---:|---:|---:|"]
+        for gbps, r in by.iterrows():
+            text.append(f"| {gbps:g} | {r.slo_attainment:.3f} | {r.p90_ttft_ms:,.0f} | "
+                        f"{r.p90_tpot_ms:.1f} | {r.p90_e2el_ms:,.0f} | "
+                        f"{r.mean_transfer_ms:,.1f} | {r.mean_link_wait_ms:,.1f} |")
         text.append("")
     path.write_text("\n".join(text))
     print("\n".join(text))
@@ -199,8 +242,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     name = "disagg_quick" if args.quick else "disagg"
     n, seeds = (400, 1) if args.quick else (args.requests, args.seeds)
+    link_csv = args.out / f"{name.replace('disagg', 'disagg_link')}.csv"
     if args.tables_only:
         table = pd.read_csv(args.out / f"{name}.csv")
+        links = pd.read_csv(link_csv) if link_csv.is_file() else None
     else:
         if not args.trace.is_file():
             print(f"disagg: {args.trace} not found (give --trace)", file=sys.stderr)
@@ -208,8 +253,10 @@ def main(argv=None) -> int:
         table = run(args.trace, n, seeds, args.quick)
         args.out.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out / f"{name}.csv", index=False)
+        links = link_sweep(n, seeds)
+        links.to_csv(link_csv, index=False)
     write_markdown(table, args.out / f"{name}.md", int(table.requests.iloc[0]),
-                   int(table.seed.nunique()))
+                   int(table.seed.nunique()), links)
     plot(table, args.out / f"{name}.png")
     return 0
 

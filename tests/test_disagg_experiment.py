@@ -33,7 +33,11 @@ def test_points_at_light_load_meet_the_slo_and_price_the_transfer():
         assert row["slo_attainment"] == row["ttft_attainment"] == row["tpot_attainment"] == 1.0
     assert "mean_transfer_ms" not in agg
     kv = model_spec(exp.BASE["model"]).kv_bytes_per_token
-    assert pd_["mean_transfer_ms"] == pytest.approx(2048 * kv * 8 / 200e9 * 1e3, rel=1e-9)
+    transfer_ms = 2048 * kv * 8 / 200e9 * 1e3
+    assert pd_["mean_transfer_ms"] == pytest.approx(transfer_ms, rel=1e-9)
+    # The client's TPOT spreads the transfer (and any link wait) over the 15 later tokens.
+    assert pd_["p90_tpot_ms"] > pd_["p90_decode_tpot_ms"]
+    assert agg["p90_tpot_ms"] == pytest.approx(agg["p90_decode_tpot_ms"], rel=1e-9)
 
 
 def test_capacity_is_the_last_rate_before_the_first_miss():
@@ -53,7 +57,12 @@ def test_tables_and_plot_come_from_the_csv(tmp_path):
                          "ttft_attainment": att, "tpot_attainment": 1.0, "slo_attainment": att,
                          "p90_ttft_ms": 100.0, "p90_tpot_ms": 15.0})
     pd.DataFrame(rows).to_csv(tmp_path / "disagg.csv", index=False)
+    pd.DataFrame([{"kv_link_gbps": 10.0, "seed": 0, "slo_attainment": 0.25,
+                   "p90_ttft_ms": 150.0, "p90_tpot_ms": 20.0, "p90_e2el_ms": 3000.0,
+                   "mean_transfer_ms": 214.7, "mean_link_wait_ms": 190.0}]).to_csv(
+        tmp_path / "disagg_link.csv", index=False)
     assert exp.main(["--tables-only", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "disagg.md").read_text()
     assert "| 3P+1D | 4 | 8 | 4 |" in text          # TTFT, TPOT, both
+    assert "| 10 | 0.250 | 150 | 20.0 | 3,000 | 214.7 | 190.0 |" in text
     assert (tmp_path / "disagg.png").stat().st_size > 0
