@@ -106,6 +106,16 @@ def distserve_command(tool: Tool, peers_dir: Path, run: Run, out: Path) -> list[
             "--output-worker", str(out / "worker.csv")]
 
 
+# Vidur's random-forest predictors, trained once (the warm-up run) into its cache, which the
+# timed runs read: one point of its default grid (250-750 trees, depth 8-32, split 2-10, with
+# 10-fold cross-validation: 2 of its 14 models took 10 minutes on a shared 2-core machine) and
+# 2 folds, so the first run trains in about a minute.
+VIDUR_FOREST = ["--random_forrest_execution_time_predictor_config_num_estimators", "250",
+                "--random_forrest_execution_time_predictor_config_max_depth", "16",
+                "--random_forrest_execution_time_predictor_config_min_samples_split", "2",
+                "--random_forrest_execution_time_predictor_config_k_fold_cv_splits", "2"]
+
+
 def vidur_command(tool: Tool, peers_dir: Path, run: Run, out: Path) -> list[str]:
     return [tool.python(peers_dir), "-m", "vidur.main",
             "--replica_config_model_name", "meta-llama/Llama-2-7b-hf",
@@ -115,7 +125,8 @@ def vidur_command(tool: Tool, peers_dir: Path, run: Run, out: Path) -> list[str]
             "--trace_request_generator_config_trace_file", str(run.inputs["vidur"]),
             "--no-metrics_config_store_plots", "--no-metrics_config_enable_chrome_trace",
             "--metrics_config_output_dir", str(out),
-            "--metrics_config_cache_dir", str(tool.home(peers_dir) / "cache")]
+            "--metrics_config_cache_dir", str(tool.home(peers_dir) / "cache"),
+            *VIDUR_FOREST]
 
 
 VIDUR_ATTENTION = "data/profiling/compute/a100/meta-llama/Llama-2-7b-hf/attention.csv"
@@ -131,7 +142,8 @@ TOOLS: list[Tool] = [
          "distserve", ("simdistserve/benchmarks/simulate_dist.py",), distserve_command),
     Tool("vidur", "microsoft/vidur: vLLM scheduler, llama-2-7b / A100, sklearn predictors on "
          "its measured MLP profile and an analytic attention profile "
-         "(experiments/peers/vidur_attention_profile.py); plots and Chrome trace off",
+         "(experiments/peers/vidur_attention_profile.py), random forests of 250 trees (depth 16) "
+         "read from its cache; plots and Chrome trace off",
          "vidur", ("vidur/main.py", VIDUR_ATTENTION), vidur_command),
 ]
 
@@ -143,31 +155,37 @@ class Samples:
     error: str | None = None
 
 
-def timed(argv: list[str], cwd: Path, env: dict) -> tuple[float, float, str | None]:
+def timed(argv: list[str], cwd: Path, env: dict,
+          timeout_s: float) -> tuple[float, float, str | None]:
     """(CPU s, wall s, error) of one whole process: the CPU its tree used (children waited
     for), from getrusage before and after."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc = None
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc is None:
+        return cpu, wall, f"stopped after the --timeout of {timeout_s:g} s"
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["(no output)"]
         return cpu, wall, f"exit {proc.returncode}: {tail[0][:200]}"
     return cpu, wall, None
 
 
-def run_once(tool: Tool, peers_dir: Path, run: Run,
-             scratch: Path) -> tuple[float, float, str | None]:
+def run_once(tool: Tool, peers_dir: Path, run: Run, scratch: Path,
+             timeout_s: float) -> tuple[float, float, str | None]:
     out = Path(tempfile.mkdtemp(prefix=f"{tool.name}-{run.name}-", dir=scratch))
     out.rmdir()                           # servesim wants a folder it creates (or an empty one)
     if tool.folder is not None:
         out.mkdir()
     try:
         return timed(tool.command(tool, peers_dir, run, out), tool.home(peers_dir),
-                     tool.env(peers_dir))
+                     tool.env(peers_dir), timeout_s)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -236,10 +254,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-warmup", action="store_true",
                     help="skip the untimed first run of each tool (Vidur trains its "
                          "predictors then, into its cache)")
+    ap.add_argument("--timeout", type=float, default=1800.0,
+                    help="seconds a run may take before it is stopped and reported")
     ap.add_argument("--out", type=Path, default=RESULTS, help="Markdown table to write")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error(f"--reps must be at least 1, got {args.reps}")
+    if args.timeout <= 0:
+        ap.error(f"--timeout must be positive, got {args.timeout:g}")
     names = args.only or list(WORKLOADS)
     if "W3" in names and not args.azure_trace.is_file():
         ap.error(f"--azure-trace: {args.azure_trace} not found (needed by W3)")
@@ -262,7 +284,8 @@ def main(argv=None) -> int:
         samples = {(t.name, r.name): Samples() for t in tools for r in runs}
         if not args.no_warmup:
             for tool in tools:
-                cpu, wall, error = run_once(tool, args.peers_dir, runs[0], scratch)
+                cpu, wall, error = run_once(tool, args.peers_dir, runs[0], scratch,
+                                             args.timeout)
                 print(f"warm-up {tool.name:<16} {runs[0].name} cpu {cpu:7.2f} s  wall "
                       f"{wall:7.2f} s{'  ' + error if error else ''}", flush=True)
         for rep in range(args.reps):
@@ -271,7 +294,8 @@ def main(argv=None) -> int:
                     s = samples[tool.name, run.name]
                     if s.error:
                         continue
-                    cpu, wall, s.error = run_once(tool, args.peers_dir, run, scratch)
+                    cpu, wall, s.error = run_once(tool, args.peers_dir, run, scratch,
+                                                        args.timeout)
                     if not s.error:
                         s.cpu_s.append(cpu)
                         s.wall_s.append(wall)

@@ -40,20 +40,33 @@ def test_no_peers_reports_each_missing_and_prints_servesim_row(tmp_path, capsys)
     assert written in printed                             # the printed table is the file's
 
 
-def test_failing_peer_is_named_and_servesim_still_measured(tmp_path, capsys):
-    # A vllm_simulation folder whose "python" exits 3: the bench must say so, not crash.
+def fake_vllm_simulation(tmp_path, script: str):
+    """A vllm_simulation folder whose "python" is ``script`` (a shell script)."""
     peer = tmp_path / "peers" / "vllm_simulation"
     (peer / ".venv" / "bin").mkdir(parents=True)
     (peer / "simulation").mkdir()
     (peer / "simulation" / "vllm_simulator.py").write_text("")
     fake = peer / ".venv" / "bin" / "python"
-    fake.write_text("#!/bin/sh\necho 'their simulator broke' >&2\nexit 3\n")
+    fake.write_text("#!/bin/sh\n" + script)
     fake.chmod(0o755)
-    _, printed, written = run_bench(tmp_path, capsys, "--peers-dir", str(tmp_path / "peers"),
+    return tmp_path / "peers"
+
+
+def test_failing_peer_is_named_and_servesim_still_measured(tmp_path, capsys):
+    peers = fake_vllm_simulation(tmp_path, "echo 'their simulator broke' >&2\nexit 3\n")
+    _, printed, written = run_bench(tmp_path, capsys, "--peers-dir", str(peers),
                                     "--tool", "vllm_simulation")
     _, _, servesim, vllm_simulation = cpu_cells(written)
     assert float(servesim) > 0 and vllm_simulation == "failed"
     assert "vllm_simulation on W1: exit 3: their simulator broke" in written
+
+
+def test_peer_past_the_timeout_is_stopped_and_named(tmp_path, capsys):
+    peers = fake_vllm_simulation(tmp_path, "exec sleep 120\n")
+    _, _, written = run_bench(tmp_path, capsys, "--peers-dir", str(peers),
+                              "--tool", "vllm_simulation", "--timeout", "20")
+    assert cpu_cells(written)[3] == "failed"
+    assert "vllm_simulation on W1: stopped after the --timeout of 20 s" in written
 
 
 def servesim_requests(fields: dict, folder) -> list[tuple[float, int, int]]:
