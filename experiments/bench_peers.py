@@ -208,7 +208,8 @@ def machine() -> str:
             f"average {load:.1f} at start, Python {platform.python_version()}")
 
 
-def table(runs: list[Run], tools: list[Tool], samples: dict, reps: int, header: str) -> str:
+def table(runs: list[Run], tools: list[Tool], samples: dict, reps: int, long_run_s: float,
+          header: str) -> str:
     """Markdown: per workload, each tool's median CPU s (ratio to servesim's)."""
     lines = [header, "", "| workload | requests | "
              + " | ".join(f"{t.name} CPU s" for t in tools) + " |",
@@ -224,9 +225,12 @@ def table(runs: list[Run], tools: list[Tool], samples: dict, reps: int, header: 
                 continue
             cpu = statistics.median(s.cpu_s)
             ratio = f" ({cpu / base_cpu:.1f}x)" if base_cpu and tool.name != SERVESIM else ""
-            cells.append(f"{cpu:.2f}{ratio}")
+            runs_note = f", {len(s.cpu_s)} run{'s' * (len(s.cpu_s) > 1)}" \
+                if len(s.cpu_s) < reps else ""
+            cells.append(f"{cpu:.2f}{ratio}{runs_note}")
         lines.append(f"| {run.name} | {run.requests:,} | " + " | ".join(cells) + " |")
-    lines += ["", f"Median CPU seconds of the whole process over {reps} interleaved runs; in "
+    lines += ["", f"Median CPU seconds of the whole process over {reps} interleaved runs (a "
+              f"run of more than {long_run_s:g} CPU s is not repeated: its count is given); in "
               "brackets the ratio tool / servesim (above 1: servesim is faster). Median wall "
               "seconds: " + "; ".join(
                   f"{run.name} " + ", ".join(
@@ -254,12 +258,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-warmup", action="store_true",
                     help="skip the untimed first run of each tool (Vidur trains its "
                          "predictors then, into its cache)")
+    ap.add_argument("--long-run-s", type=float, default=120.0,
+                    help="a run that took more CPU seconds than this is not repeated (its "
+                         "one measurement stands; long runs vary little)")
     ap.add_argument("--timeout", type=float, default=1800.0,
                     help="seconds a run may take before it is stopped and reported")
     ap.add_argument("--out", type=Path, default=RESULTS, help="Markdown table to write")
     args = ap.parse_args(argv)
     if args.reps < 1:
         ap.error(f"--reps must be at least 1, got {args.reps}")
+    if args.long_run_s <= 0:
+        ap.error(f"--long-run-s must be positive, got {args.long_run_s:g}")
     if args.timeout <= 0:
         ap.error(f"--timeout must be positive, got {args.timeout:g}")
     names = args.only or list(WORKLOADS)
@@ -288,24 +297,25 @@ def main(argv=None) -> int:
                                              args.timeout)
                 print(f"warm-up {tool.name:<16} {runs[0].name} cpu {cpu:7.2f} s  wall "
                       f"{wall:7.2f} s{'  ' + error if error else ''}", flush=True)
+        header = f"Measured {started:%Y-%m-%d %H:%M} UTC on {host}; commit {git_commit()}."
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         for rep in range(args.reps):
             for run in runs:
                 for tool in tools:
                     s = samples[tool.name, run.name]
-                    if s.error:
+                    if s.error or (s.cpu_s and s.cpu_s[0] > args.long_run_s):
                         continue
                     cpu, wall, s.error = run_once(tool, args.peers_dir, run, scratch,
-                                                        args.timeout)
+                                                  args.timeout)
                     if not s.error:
                         s.cpu_s.append(cpu)
                         s.wall_s.append(wall)
                     print(f"rep {rep + 1} {run.name} {tool.name:<16} cpu {cpu:7.2f} s  wall "
                           f"{wall:7.2f} s{'  ' + s.error if s.error else ''}", flush=True)
-    header = f"Measured {started:%Y-%m-%d %H:%M} UTC on {host}; commit {git_commit()}."
-    text = table(runs, tools, samples, args.reps, header)
+            # Written after every repetition, so a run cut short leaves its table so far.
+            text = table(runs, tools, samples, rep + 1, args.long_run_s, header)
+            args.out.write_text(text)
     print("\n" + text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
 
