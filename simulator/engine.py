@@ -6,6 +6,14 @@ duration from the cost model, advance the clock, apply the iteration (prefill pr
 per decode, first-token and completion times, KV growth). With nothing to run it sleeps until an
 arrival (or the policy's wake-up time): events, never polling.
 
+Between two events a decode-only batch repeats itself, its KV growing by one token per request
+per step. For a policy that promises so (``Policy.steady_decode``) the engine runs such a
+stretch in one step: it counts the identical iterations before the next event (an arrival, the
+first completion, the decision's ``wake_at``, the iteration whose new KV blocks would not fit),
+prices them all at once (``CostModel.decode_stretch_times``), waits once, and advances each
+request once. Its tables are the step-by-step engine's, to the bit (``stepwise``, the reference:
+tests/test_fast_engine.py).
+
 The engine owns all state and enforces the invariants whatever the policy asks: a request is
 scheduled at most once per iteration, only tokens that exist are computed, and KV never exceeds
 capacity. A violation is a bug in the policy and raises ``PolicyViolation``.
@@ -13,13 +21,16 @@ capacity. A violation is a bug in the policy and raises ``PolicyViolation``.
 
 from __future__ import annotations
 
+import heapq
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
 import simpy
 
-from scheduler.base import Policy, check_victims, decide, violation
+from scheduler.base import Policy, check_victims, decide, is_steady_decode, violation
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
 from simulator.config import PREEMPTIONS, RunConfig
 from simulator.cost.base import BatchShape, CostModel
@@ -109,9 +120,16 @@ class ReplicaLoop:
         self._followers: dict[int, Request] = {}
         self._listed = False           # the workload's requests have all been read
         self._to_follow = 0            # turns that have not arrived yet
+        # When the next arrival can come, for a stretch to end at it: the time the arrival
+        # process waits for, and the heap of the session turns' arrival times. Known only when
+        # this loop's own arrival process runs (``run``; a cluster routes arrivals itself).
+        self._own_arrivals = False
+        self._next_listed_s = 0.0
+        self._follow_times: list[float] = []
 
     def run(self) -> EngineResult:
         wall0 = time.perf_counter()
+        self._own_arrivals = True
         self._start()
         self.env.process(self._arrivals())
         done = self.env.process(self._replica())
@@ -143,8 +161,10 @@ class ReplicaLoop:
                 continue
             delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
+                self._next_listed_s = env.now + delay     # the time SimPy will wake us at
                 yield env.timeout(delay)
             self.arrive(r)
+        self._next_listed_s = math.inf
         self.end_arrivals()
 
     def arrive(self, r: Request, arrival_s: float | None = None) -> RequestState:
@@ -174,7 +194,14 @@ class ReplicaLoop:
         its think time later."""
         r = self._followers.pop(st.request_id, None)
         if r is not None:
+            delay = r.think_s + self.frontend_delay_s
+            heapq.heappush(self._follow_times, self.env.now + delay if delay > 0 else self.env.now)
             self.env.process(self._follow(r))
+
+    def _next_arrival_s(self) -> float:
+        """The earliest time a request can arrive next (with the arrival process its own)."""
+        follow = self._follow_times
+        return min(self._next_listed_s, follow[0]) if follow else self._next_listed_s
 
     def _follow(self, r: Request):
         # The client sends the turn a think time after the answer; the engine sees it after
@@ -182,6 +209,7 @@ class ReplicaLoop:
         arrival_s = self.env.now + r.think_s
         if r.think_s + self.frontend_delay_s > 0:
             yield self.env.timeout(r.think_s + self.frontend_delay_s)
+        heapq.heappop(self._follow_times)
         self._to_follow -= 1
         self.arrive(r, arrival_s)
         self._maybe_close_arrivals()
@@ -223,9 +251,26 @@ class ReplicaLoop:
     def _iteration_time(self, shape: BatchShape) -> float:
         dt = self.cost_model.iteration_time(shape)
         if not dt > 0:
-            raise PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
-                                  f"iteration time {dt!r} for {shape!r}")
+            raise self._nonpositive(dt, shape)
         return dt
+
+    def _nonpositive(self, dt, shape: BatchShape) -> PolicyViolation:
+        return PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
+                               f"iteration time {dt!r} for {shape!r}")
+
+    def _delay_to(self, t: float) -> float:
+        """The delay after which SimPy's clock (now + delay) reads exactly ``t``: a stretch ends
+        at the step engine's time to the bit, the sum of its iterations' times one by one."""
+        now = self.env.now
+        d = t - now
+        for _ in range(4):     # exact already unless now is small against t; then an ulp off
+            if now + d < t:
+                d = math.nextafter(d, math.inf)
+            elif now + d > t:
+                d = math.nextafter(d, -math.inf)
+            else:
+                break
+        return d
 
 
 class Engine(ReplicaLoop):
@@ -235,7 +280,7 @@ class Engine(ReplicaLoop):
                  spec: ReplicaSpec, *, record_timeline: bool = True,
                  progress: Callable[[int, int], None] | None = None, total: int | None = None,
                  preemption: str = "recompute", prefix_caching: bool = False,
-                 env: simpy.Environment | None = None):
+                 stepwise: bool = False, env: simpy.Environment | None = None):
         if preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be one of {PREEMPTIONS}, got {preemption!r}")
         # "recompute" (vLLM): a preempted request keeps its generated tokens and recomputes
@@ -245,6 +290,9 @@ class Engine(ReplicaLoop):
         super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
                          progress=progress, total=total, env=env)
         self.policy = policy
+        # One iteration per step, always: the reference the stretches are tested against.
+        self.stepwise = stepwise
+        self._stretches = False
         self.view = ReplicaView(spec)
         self.resident: dict[int, RequestState] = {}
         self.view.resident = self.resident.values()   # live, admission order
@@ -265,6 +313,11 @@ class Engine(ReplicaLoop):
 
     def _start(self) -> None:
         self.policy.bind(self.spec)
+        # Stretches need the next arrival's time (this loop's own arrival process: a cluster's
+        # router may hand a request over at any time, and reads the replica's state as it
+        # does), and no prefix cache (blocks that fill mid-stretch would be registered late).
+        self._stretches = (not self.stepwise and self._own_arrivals and self.pool is None
+                           and is_steady_decode(self.policy))
 
     def _accept(self, st: RequestState, r: Request) -> None:
         self.unfinished += 1
@@ -434,6 +487,16 @@ class Engine(ReplicaLoop):
                     f"{len(self.resident)} resident)")
                 continue
             dt = self._start_iteration(d)
+            if self._stretches and not (d.prefill or d.preempt or d.reject):
+                k, end, tie = self._start_stretch(d, dt)
+                if k > 1:
+                    yield env.timeout(self._delay_to(end))
+                    if tie:
+                        # An arrival due at the very end: the step engine's last timeout, made
+                        # later than the arrival's, lets the arrival in first. So do we.
+                        yield env.timeout(0)
+                    self._finish_stretch(d, k)
+                    continue
             yield env.timeout(dt)
             self._finish_iteration(d)
 
@@ -558,6 +621,84 @@ class Engine(ReplicaLoop):
                 preempted=len(d.preempt)))
         return dt
 
+    def _start_stretch(self, d, dt0: float) -> tuple[int, float, bool]:
+        """After the first iteration of a decode-only batch has started (``_start_iteration``),
+        the iterations that repeat it before the next event: start them all (KV, counters,
+        timeline rows). Returns how many iterations the stretch has (1: just the first), the
+        time it ends and whether an arrival is due at exactly that time.
+
+        Iteration j (0 = the first) of the stretch runs each request r at context c_r + j
+        (c_r = its computed tokens), so the batch's KV is S0 + j B; request r takes a new block
+        when (c_r + j) % block_size == 0. It runs when it starts before the next arrival and
+        ``wake_at``, every request still decodes (the first completion ends the stretch), and
+        the blocks taken since the first iteration fit in the free ones."""
+        decode = d.decode
+        now = self.env.now
+        end0 = now + dt0
+        k_max = min(st.output_tokens - st.generated for st in decode)
+        limit = self._next_arrival_s()
+        if d.wake_at is not None and d.wake_at < limit:
+            limit = d.wake_at
+        if k_max <= 1 or not end0 < limit:
+            return 1, end0, False
+        B = len(decode)
+        bs = self.spec.block_size
+        free = self.free_blocks
+        computed = np.fromiter((st.computed for st in decode), np.int64, B)
+        # Requests by the iteration (mod block size) at which they take their next block.
+        by_offset = np.bincount((-computed) % bs, minlength=bs)
+        kv1 = int(computed.sum()) + 2 * B        # the batch's KV at iteration 1
+        n = min(k_max, 16)
+        while True:      # iterations 0..n-1 considered; n doubles until an event bounds them
+            taken = np.cumsum(by_offset[np.arange(1, n) % bs])    # blocks by iteration 1..n-1
+            dts = np.asarray(self.cost_model.decode_stretch_times(B, kv1, n - 1), dtype=float)
+            ends = np.cumsum(np.concatenate(((end0,), dts)))       # iteration j ends at ends[j]
+            k = 1 + min(int(np.searchsorted(taken, free, "right")),
+                        int(np.searchsorted(ends[:-1], limit, "left")))
+            if k < n or n == k_max:
+                k = min(k, n)
+                break
+            n = min(2 * n, k_max)
+        extra = k - 1
+        if extra == 0:
+            return 1, end0, False
+        if not (dts[:extra] > 0).all():
+            j = int(np.argmin(dts[:extra] > 0))
+            raise self._nonpositive(float(dts[j]), BatchShape(decode_requests=B,
+                                                             decode_kv_tokens=kv1 + j * B))
+        first = self.iterations + 1
+        self.iterations += extra
+        blocks = int(taken[extra - 1])
+        used0 = self.spec.num_blocks - free
+        self.free_blocks = free - blocks
+        if used0 + blocks > self.peak_used_blocks:
+            self.peak_used_blocks = used0 + blocks
+        last = self.iterations
+        for st, c in zip(decode, computed.tolist()):
+            st.kv_blocks += (c + extra) // bs - c // bs
+            st._iteration = last
+        if self.timeline is not None:
+            resident, waiting = len(self.resident), self.view.num_waiting
+            rows = zip(ends[:extra].tolist(), dts[:extra].tolist(),
+                       range(kv1, kv1 + extra * B, B), ((used0 + taken[:extra]) * bs).tolist())
+            self.timeline.extend(
+                TimelineRow(s, dt, 0, 0, B, kv, used, resident, waiting, 0)
+                for s, dt, kv, used in rows)
+        if self.progress is not None and (first - 1) // 1024 != last // 1024:
+            self.progress(self.finished, self.total or 0)
+        end = float(ends[extra])
+        return k, end, end == self._next_arrival_s()
+
+    def _finish_stretch(self, d, k: int) -> None:
+        """The stretch's ``k`` iterations have run: each request computed and emitted ``k``
+        tokens; those whose last token this was complete now."""
+        now = self.env.now
+        for st in d.decode:
+            st.computed += k
+            st.generated += k
+            if st.generated == st.output_tokens:
+                self._complete(st, now)
+
     def _finish_iteration(self, d) -> None:
         now = self.env.now
         for st, n in d.prefill:
@@ -607,7 +748,8 @@ def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: Repl
     return Engine(workload.requests(), policy, spec.cost_model, spec,
                   record_timeline=cfg.timeline, progress=progress, total=len(workload),
                   preemption=cfg.preemption,
-                  prefix_caching=prefix_caching_on(cfg.prefix_caching, workload))
+                  prefix_caching=prefix_caching_on(cfg.prefix_caching, workload),
+                  stepwise=cfg.stepwise)
 
 
 def prefix_caching_on(setting: bool | None, workload: Workload) -> bool:
