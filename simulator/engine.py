@@ -21,6 +21,7 @@ capacity. A violation is a bug in the policy and raises ``PolicyViolation``.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import time
@@ -258,19 +259,6 @@ class ReplicaLoop:
         return PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
                                f"iteration time {dt!r} for {shape!r}")
 
-    def _delay_to(self, t: float) -> float:
-        """The delay after which SimPy's clock (now + delay) reads exactly ``t``: a stretch ends
-        at the step engine's time to the bit, the sum of its iterations' times one by one."""
-        now = self.env.now
-        d = t - now
-        for _ in range(4):     # exact already unless now is small against t; then an ulp off
-            if now + d < t:
-                d = math.nextafter(d, math.inf)
-            elif now + d > t:
-                d = math.nextafter(d, -math.inf)
-            else:
-                break
-        return d
 
 
 class Engine(ReplicaLoop):
@@ -488,14 +476,15 @@ class Engine(ReplicaLoop):
                 continue
             dt = self._start_iteration(d)
             if self._stretches and not (d.prefill or d.preempt or d.reject):
-                k, end, tie = self._start_stretch(d, dt)
-                if k > 1:
-                    yield env.timeout(self._delay_to(end))
-                    if tie:
+                ends, dts = self._start_stretch(d, dt)
+                if len(ends) > 1:
+                    early = yield from self._run_to_end(ends, dts)
+                    if early and ends[-1] == self._next_arrival_s():
                         # An arrival due at the very end: the step engine's last timeout, made
-                        # later than the arrival's, lets the arrival in first. So do we.
+                        # as the last iteration started, after the arrival's, lets the arrival
+                        # in first. So do we.
                         yield env.timeout(0)
-                    self._finish_stretch(d, k)
+                    self._finish_stretch(d, len(ends))
                     continue
             yield env.timeout(dt)
             self._finish_iteration(d)
@@ -621,11 +610,11 @@ class Engine(ReplicaLoop):
                 preempted=len(d.preempt)))
         return dt
 
-    def _start_stretch(self, d, dt0: float) -> tuple[int, float, bool]:
+    def _start_stretch(self, d, dt0: float) -> tuple[list[float], list[float]]:
         """After the first iteration of a decode-only batch has started (``_start_iteration``),
         the iterations that repeat it before the next event: start them all (KV, counters,
-        timeline rows). Returns how many iterations the stretch has (1: just the first), the
-        time it ends and whether an arrival is due at exactly that time.
+        timeline rows). Returns the stretch's iterations' end times and durations (one of each:
+        just the first iteration).
 
         Iteration j (0 = the first) of the stretch runs each request r at context c_r + j
         (c_r = its computed tokens), so the batch's KV is S0 + j B; request r takes a new block
@@ -640,7 +629,7 @@ class Engine(ReplicaLoop):
         if d.wake_at is not None and d.wake_at < limit:
             limit = d.wake_at
         if k_max <= 1 or not end0 < limit:
-            return 1, end0, False
+            return [end0], [dt0]
         B = len(decode)
         bs = self.spec.block_size
         free = self.free_blocks
@@ -661,7 +650,7 @@ class Engine(ReplicaLoop):
             n = min(2 * n, k_max)
         extra = k - 1
         if extra == 0:
-            return 1, end0, False
+            return [end0], [dt0]
         if not (dts[:extra] > 0).all():
             j = int(np.argmin(dts[:extra] > 0))
             raise self._nonpositive(float(dts[j]), BatchShape(decode_requests=B,
@@ -686,8 +675,29 @@ class Engine(ReplicaLoop):
                 for s, dt, kv, used in rows)
         if self.progress is not None and (first - 1) // 1024 != last // 1024:
             self.progress(self.finished, self.total or 0)
-        end = float(ends[extra])
-        return k, end, end == self._next_arrival_s()
+        return ends[:k].tolist(), [dt0] + dts[:extra].tolist()
+
+    def _run_to_end(self, ends: list[float], dts: list[float]):
+        """Advance the clock to the end of a stretch, reading exactly the step engine's time
+        there (the iterations' times added one by one). One timeout does when now + (end - now)
+        is that time (Sterbenz: whenever end <= 2 now, so nearly always); otherwise hop to the
+        furthest iteration end exactly reachable so, or one iteration, as the step engine adds
+        it. Returns whether the last timeout was made before the last iteration's start."""
+        env = self.env
+        end = ends[-1]
+        i = 0                 # the clock is at the start of iteration i
+        while True:
+            now = env.now
+            if now + (end - now) == end:
+                yield env.timeout(end - now)
+                return i < len(ends) - 1
+            j = bisect.bisect_right(ends, 2 * now, i) - 1
+            if j >= i:
+                yield env.timeout(ends[j] - now)     # exact: now <= ends[j] <= 2 now
+                i = j + 1
+            else:
+                yield env.timeout(dts[i])
+                i += 1
 
     def _finish_stretch(self, d, k: int) -> None:
         """The stretch's ``k`` iterations have run: each request computed and emitted ``k``
