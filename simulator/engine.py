@@ -531,7 +531,6 @@ class Engine(ReplicaLoop):
         pool = self.pool
         new_blocks = 0
         resident = self.resident
-        shape = BatchShape()
         pf_tokens = pf_kv = 0
         pf_pairs = 0.0
         for st, n in d.prefill:
@@ -562,18 +561,20 @@ class Engine(ReplicaLoop):
             pf_kv += ctx + n
             pf_pairs += n * ctx + n * (n + 1) / 2
         dec_kv = 0
+        RESIDENT = Status.RESIDENT
         for st in d.decode:
             if st._iteration == it:
                 raise self._violation(st, "was scheduled twice in one iteration")
             st._iteration = it
             ctx = st.computed
-            if st.status is not Status.RESIDENT or st.generated == 0 or \
-                    st.prompt_tokens + st.generated - ctx != 1:
+            g = st.generated
+            if not g or st.prompt_tokens + g - ctx != 1 or st.status is not RESIDENT:
                 raise self._violation(st, "was scheduled to decode but is not decoding")
-            if ctx % bs == 0:          # the new token starts a new block
+            if not ctx % bs:           # the new token starts a new block
                 new_blocks += 1
                 st.kv_blocks += 1
-            dec_kv += ctx + 1
+            dec_kv += ctx
+        dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
         if new_blocks > free:
             raise PolicyViolation(
@@ -594,13 +595,8 @@ class Engine(ReplicaLoop):
         used = self.spec.num_blocks - self.free_blocks
         if used > self.peak_used_blocks:
             self.peak_used_blocks = used
-        shape.prefill_tokens = pf_tokens
-        shape.prefill_requests = len(d.prefill)
-        shape.prefill_kv_tokens = pf_kv
-        shape.prefill_attn_pairs = pf_pairs
-        shape.decode_requests = len(d.decode)
-        shape.decode_kv_tokens = dec_kv
-        dt = self._iteration_time(shape)
+        dt = self._iteration_time(BatchShape(pf_tokens, len(d.prefill), pf_kv, pf_pairs,
+                                             len(d.decode), dec_kv))
         if self.timeline is not None:
             self.timeline.append(TimelineRow(
                 start_s=now, duration_s=dt, prefill_tokens=pf_tokens,
@@ -622,18 +618,22 @@ class Engine(ReplicaLoop):
         ``wake_at``, every request still decodes (the first completion ends the stretch), and
         the blocks taken since the first iteration fit in the free ones."""
         decode = d.decode
-        now = self.env.now
-        end0 = now + dt0
-        k_max = min(st.output_tokens - st.generated for st in decode)
+        end0 = self.env.now + dt0
         limit = self._next_arrival_s()
         if d.wake_at is not None and d.wake_at < limit:
             limit = d.wake_at
-        if k_max <= 1 or not end0 < limit:
+        if not end0 < limit:
+            return [end0], [dt0]
+        k_max = min([st.output_tokens - st.generated for st in decode])
+        if k_max <= 1:
             return [end0], [dt0]
         B = len(decode)
         bs = self.spec.block_size
         free = self.free_blocks
-        computed = np.fromiter((st.computed for st in decode), np.int64, B)
+        ctxs = [st.computed for st in decode]
+        if free < B and sum([(c + 1) % bs == 0 for c in ctxs]) > free:
+            return [end0], [dt0]       # iteration 1's blocks do not fit (a full cache, often)
+        computed = np.array(ctxs, dtype=np.int64)
         # Requests by the iteration (mod block size) at which they take their next block.
         by_offset = np.bincount((-computed) % bs, minlength=bs)
         kv1 = int(computed.sum()) + 2 * B        # the batch's KV at iteration 1
@@ -663,7 +663,7 @@ class Engine(ReplicaLoop):
         if used0 + blocks > self.peak_used_blocks:
             self.peak_used_blocks = used0 + blocks
         last = self.iterations
-        for st, c in zip(decode, computed.tolist()):
+        for st, c in zip(decode, ctxs):
             st.kv_blocks += (c + extra) // bs - c // bs
             st._iteration = last
         if self.timeline is not None:
