@@ -69,6 +69,11 @@ class PrefixCacheReport:
     stats: dict
 
 
+# A stretch's first iterations are priced one by one (cheaper for the short stretches most
+# are); a longer stretch continues with arrays (CostModel.decode_stretch_times).
+STRETCH_STEPS = 24
+
+
 def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | None:
     """Why a request can never be served on this replica (checked at arrival): its code and
     detail, or None."""
@@ -633,31 +638,37 @@ class Engine(ReplicaLoop):
         ctxs = [st.computed for st in decode]
         if free < B and sum([(c + 1) % bs == 0 for c in ctxs]) > free:
             return [end0], [dt0]       # iteration 1's blocks do not fit (a full cache, often)
-        computed = np.array(ctxs, dtype=np.int64)
         # Requests by the iteration (mod block size) at which they take their next block.
-        by_offset = np.bincount((-computed) % bs, minlength=bs)
-        kv1 = int(computed.sum()) + 2 * B        # the batch's KV at iteration 1
-        n = min(k_max, 16)
-        while True:      # iterations 0..n-1 considered; n doubles until an event bounds them
-            taken = np.cumsum(by_offset[np.arange(1, n) % bs])    # blocks by iteration 1..n-1
-            dts = np.asarray(self.cost_model.decode_stretch_times(B, kv1, n - 1), dtype=float)
-            ends = np.cumsum(np.concatenate(((end0,), dts)))       # iteration j ends at ends[j]
-            k = 1 + min(int(np.searchsorted(taken, free, "right")),
-                        int(np.searchsorted(ends[:-1], limit, "left")))
-            if k < n or n == k_max:
-                k = min(k, n)
-                break
-            n = min(2 * n, k_max)
-        extra = k - 1
+        by_offset = [0] * bs
+        for c in ctxs:
+            by_offset[-c % bs] += 1
+        kv = sum(ctxs) + 2 * B                   # the batch's KV at iteration 1
+        kv1 = kv
+        # The first iterations one by one (most stretches are short): iteration j runs if it
+        # starts (t, the end of iteration j - 1) before the limit and its blocks fit.
+        ends, dts, taken = [end0], [dt0], [0]
+        t, blocks, j = end0, 0, 1
+        iteration_time = self.cost_model.iteration_time
+        top = min(k_max, STRETCH_STEPS)
+        while j < top and t < limit and blocks + by_offset[j % bs] <= free:
+            dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
+            if not dt > 0:
+                raise self._nonpositive(dt, BatchShape(0, 0, 0, 0.0, B, kv))
+            blocks += by_offset[j % bs]
+            t += dt
+            kv += B
+            ends.append(t)
+            dts.append(dt)
+            taken.append(blocks)
+            j += 1
+        if j == top < k_max and t < limit and blocks + by_offset[j % bs] <= free:
+            self._long_stretch(ends, dts, taken, by_offset, B, kv, free, limit, k_max)
+        extra = len(ends) - 1
         if extra == 0:
-            return [end0], [dt0]
-        if not (dts[:extra] > 0).all():
-            j = int(np.argmin(dts[:extra] > 0))
-            raise self._nonpositive(float(dts[j]), BatchShape(decode_requests=B,
-                                                             decode_kv_tokens=kv1 + j * B))
+            return ends, dts
         first = self.iterations + 1
         self.iterations += extra
-        blocks = int(taken[extra - 1])
+        blocks = taken[extra]
         used0 = self.spec.num_blocks - free
         self.free_blocks = free - blocks
         if used0 + blocks > self.peak_used_blocks:
@@ -668,14 +679,42 @@ class Engine(ReplicaLoop):
             st._iteration = last
         if self.timeline is not None:
             resident, waiting = len(self.resident), self.view.num_waiting
-            rows = zip(ends[:extra].tolist(), dts[:extra].tolist(),
-                       range(kv1, kv1 + extra * B, B), ((used0 + taken[:extra]) * bs).tolist())
             self.timeline.extend(
-                TimelineRow(s, dt, 0, 0, B, kv, used, resident, waiting, 0)
-                for s, dt, kv, used in rows)
+                TimelineRow(s, dt, 0, 0, B, kv, (used0 + n) * bs, resident, waiting, 0)
+                for s, dt, kv, n in zip(ends, dts[1:], range(kv1, kv1 + extra * B, B),
+                                        taken[1:]))
         if self.progress is not None and (first - 1) // 1024 != last // 1024:
             self.progress(self.finished, self.total or 0)
-        return ends[:k].tolist(), [dt0] + dts[:extra].tolist()
+        return ends, dts
+
+    def _long_stretch(self, ends: list[float], dts: list[float], taken: list[int],
+                      by_offset: list[int], B: int, kv: int, free: int, limit: float,
+                      k_max: int) -> None:
+        """A stretch longer than STRETCH_STEPS: its further iterations priced as arrays
+        (``CostModel.decode_stretch_times``), in blocks that double until an event bounds
+        them; appended to ``ends``, ``dts`` and ``taken`` (blocks taken by each), iteration j0
+        = len(ends) at KV ``kv`` on."""
+        bs = len(by_offset)
+        j0 = len(ends)
+        t, blocks = ends[-1], taken[-1]
+        offsets = np.asarray(by_offset)
+        n = min(2 * j0, k_max)
+        while True:        # iterations j0..n-1 considered
+            m = n - j0
+            took = blocks + np.cumsum(offsets[np.arange(j0, n) % bs])
+            times = np.asarray(self.cost_model.decode_stretch_times(B, kv, m), dtype=float)
+            stops = np.cumsum(np.concatenate(((t,), times)))   # iteration j0 + i starts at [i]
+            runs = min(int(np.searchsorted(took, free, "right")),
+                       int(np.searchsorted(stops[:-1], limit, "left")))
+            if runs < m or n == k_max:
+                break
+            n = min(2 * n, k_max)
+        if not (times[:runs] > 0).all():
+            i = int(np.argmin(times[:runs] > 0))
+            raise self._nonpositive(float(times[i]), BatchShape(0, 0, 0, 0.0, B, kv + i * B))
+        ends.extend(stops[1:runs + 1].tolist())
+        dts.extend(times[:runs].tolist())
+        taken.extend(took[:runs].tolist())
 
     def _run_to_end(self, ends: list[float], dts: list[float]):
         """Advance the clock to the end of a stretch, reading exactly the step engine's time

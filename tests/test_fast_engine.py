@@ -7,6 +7,7 @@ ends, closed-loop session turns) and on the benchmark workloads at small size.""
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from simulator.config import RunConfig
 from simulator.cost.base import BatchShape, CostModel
 from simulator.cost.factory import build_cost_model
 from simulator.cost.linear import LinearCost
+from simulator import engine
 from simulator.engine import Engine
 from simulator.hardware import gpu_spec, model_spec
 from simulator.metrics import requests_table, timeline_table
@@ -92,8 +94,11 @@ grid_rows = st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]),
 @pytest.mark.parametrize("policy", STEADY)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=grid_rows, block_size=st.sampled_from([1, 4, 16]), scale=st.floats(1.0, 2.5),
-       sessions=st.booleans())
-def test_equal_when_arrivals_fall_on_iteration_ends(policy, rows, block_size, scale, sessions):
+       sessions=st.booleans(), steps=st.sampled_from([2, engine.STRETCH_STEPS]))
+def test_equal_when_arrivals_fall_on_iteration_ends(policy, rows, block_size, scale, sessions,
+                                                    steps):
+    """``steps``: how many iterations of a stretch are priced one by one before arrays take
+    over (2: nearly every stretch goes through the arrays)."""
     t, reqs = 0.0, []
     for i, (gap, prompt, output) in enumerate(rows):
         t += gap
@@ -105,13 +110,16 @@ def test_equal_when_arrivals_fall_on_iteration_ends(policy, rows, block_size, sc
     # is a case of its own, outside this comparison).
     largest = max(p + o for _, p, o in rows)
     kv = -(-int(scale * largest) // block_size) * block_size
-    _assert_same(reqs, policy, None, kv, block_size, GRID_COST)
+    with mock.patch.object(engine, "STRETCH_STEPS", steps):
+        _assert_same(reqs, policy, None, kv, block_size, GRID_COST)
 
 
-def test_stretches_replace_schedule_calls():
+@pytest.mark.parametrize("steps", [2, engine.STRETCH_STEPS])
+def test_stretches_replace_schedule_calls(steps):
     """Sparse arrivals, long outputs: most iterations run inside stretches."""
     reqs = [Request(i, 2.0 * i, 60, 100) for i in range(20)]
-    calls, iterations = _assert_same(reqs, "vllm-v1", None, 1 << 16, 16)
+    with mock.patch.object(engine, "STRETCH_STEPS", steps):
+        calls, iterations = _assert_same(reqs, "vllm-v1", None, 1 << 16, 16)
     assert iterations >= 20 * 100 and calls < iterations / 10
 
 
