@@ -3,20 +3,27 @@
     python experiments/bench_speed.py            # every benchmark
     python experiments/bench_speed.py --quick    # a tenth of the requests (a smoke test)
     python experiments/bench_speed.py --only azure-conv --only p512d20
+    python experiments/bench_speed.py --stepwise  # the step-by-step reference engine
 
 Each benchmark is a named function in ``BENCHMARKS`` that returns rows (one per simulated run);
 later work adds its own (a cluster, vLLM in the loop...) by appending to that list. Timings are
 of ``simulator.runner.simulate`` as the CLI calls it (workload generation, the SimPy run with the
 iteration timeline, and the per-request table and summary), in one Python process: one core.
-The machine's load inflates them; report it next to any figure.
+The machine's load inflates them; report it next to any figure. The ``process`` benchmark times
+whole ``servesim run`` processes instead (interpreter start, imports, output files): the figures
+the speed targets are stated in.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +53,19 @@ class Row:
     iterations: int
     wall_s: float
     cpu_s: float       # this process's CPU time: less inflated than wall time on a shared machine
+    max_rss_mb: float | None = None    # the ``process`` benchmark: the run's peak memory
 
     @property
     def requests_per_wall_s(self) -> float:
         return self.requests / self.wall_s
 
 
+STEPWISE = False      # --stepwise: every run on the step-by-step reference engine
+
+
 def timed_run(benchmark: str, cfg: RunConfig, workload=None) -> Row:
+    if STEPWISE:
+        cfg = dataclasses.replace(cfg, stepwise=True).validate()
     t0, c0 = time.perf_counter(), time.process_time()
     result = simulate(cfg, workload)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -135,11 +148,46 @@ def mooncake_prefix(quick: bool) -> list[Row]:
     return rows
 
 
+def process_run(benchmark: str, policy: str, args: list[str]) -> Row:
+    """One whole ``servesim run`` process (``python -m simulator``): its wall time, its own CPU
+    time and peak memory (os.wait4), and its summary."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "simulator", "run", "-q", "--policy", policy, "--out", out,
+               *args] + (["--stepwise"] if STEPWISE else [])
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if status != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed with status {status}")
+        s = json.loads((Path(out) / "summary.json").read_text())
+    return Row(benchmark, policy, s["workload"]["requests"], s["completed"], s["preemptions"],
+               s["duration_s"], s["iterations"], wall, usage.ru_utime + usage.ru_stime,
+               usage.ru_maxrss / 1024)
+
+
+def whole_process(quick: bool) -> list[Row]:
+    """The speed targets' runs as a user runs them, whole processes: p512d20 with 100,000
+    requests (``p512d20-100k``, vllm-v1), and the Azure conversation trace replayed
+    (``replay-process``, vllm-v1 and sarathi; as ``trace-replay``)."""
+    n = 10_000 if quick else 100_000
+    rows = [process_run("p512d20-100k", "vllm-v1", ["--rate", "22", "-n", str(n),
+                                                    "--prompt-len", "512", "--output-len", "20"])]
+    if AZURE_CONV.is_file():
+        extra = ["-n", "2000"] if quick else []
+        rows += [process_run("replay-process", policy,
+                             ["--trace", str(AZURE_CONV), "--truncate", *extra])
+                 for policy in ("vllm-v1", "sarathi")]
+    return rows
+
+
 BENCHMARKS: list[tuple[str, Callable[[bool], list[Row]]]] = [
     ("p512d20", p512d20),
     ("azure-conv", azure_conv),
     ("trace-replay", trace_replay),
     ("mooncake-prefix", mooncake_prefix),
+    ("process", whole_process),
 ]
 
 
@@ -156,19 +204,24 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", choices=names, help="run only this benchmark")
     ap.add_argument("--quick", action="store_true", help="a tenth of the requests")
     ap.add_argument("--cpu", type=int, help="pin the process to this CPU (Linux)")
+    ap.add_argument("--stepwise", action="store_true",
+                    help="run the step-by-step reference engine (RunConfig.stepwise)")
     args = ap.parse_args(argv)
+    global STEPWISE
+    STEPWISE = args.stepwise
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     print(f"machine: {machine()}")
-    print(f"{'benchmark':<12} {'policy':<9} {'requests':>9} {'completed':>9} {'preempt':>8} "
-          f"{'sim s':>9} {'iters':>8} {'wall s':>8} {'req/wall-s':>11} {'cpu s':>7}")
+    print(f"{'benchmark':<14} {'policy':<9} {'requests':>9} {'completed':>9} {'preempt':>8} "
+          f"{'sim s':>9} {'iters':>8} {'wall s':>8} {'req/wall-s':>11} {'cpu s':>7} {'MB':>5}")
     for name, bench in BENCHMARKS:
         if args.only and name not in args.only:
             continue
         for r in bench(args.quick):
-            print(f"{r.benchmark:<12} {r.policy:<9} {r.requests:>9,} {r.completed:>9,} "
+            print(f"{r.benchmark:<14} {r.policy:<9} {r.requests:>9,} {r.completed:>9,} "
                   f"{r.preemptions:>8,} {r.simulated_s:>9.1f} {r.iterations:>8,} "
-                  f"{r.wall_s:>8.2f} {r.requests_per_wall_s:>11,.0f} {r.cpu_s:>7.2f}", flush=True)
+                  f"{r.wall_s:>8.2f} {r.requests_per_wall_s:>11,.0f} {r.cpu_s:>7.2f} "
+                  f"{'' if r.max_rss_mb is None else f'{r.max_rss_mb:.0f}':>5}", flush=True)
     return 0
 
 

@@ -53,6 +53,14 @@ class Policy(abc.ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    # The promise that lets an engine run a stretch of identical decode iterations in one step
+    # (docs/writing-a-policy.md): when ``schedule`` returns a decode-only decision (no prefill,
+    # preemption or rejection), it would return the same decode list at every later iteration
+    # until the next event: an arrival, a completion, the decision's ``wake_at``, or the
+    # iteration whose new KV blocks would not fit in the free ones. Only the class's own
+    # declaration counts (``is_steady_decode``): a subclass that changes ``schedule`` may break
+    # the promise its parent made, so it makes it again or not at all.
+    steady_decode: ClassVar[bool] = False
     spec: ReplicaSpec           # the replica, set by bind() before any other call
 
     def __init__(self, params=None):
@@ -99,6 +107,12 @@ class Policy(abc.ABC):
 
     def describe(self) -> dict:
         return {"policy": self.name, **dataclasses.asdict(self.params)}
+
+
+def is_steady_decode(policy: Policy) -> bool:
+    """Whether ``policy``'s own class declares ``steady_decode`` (inherited promises do not
+    count: see ``Policy.steady_decode``)."""
+    return vars(type(policy)).get("steady_decode", False) is True
 
 
 # --------------------------------------------------------------------------------------------

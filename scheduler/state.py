@@ -232,6 +232,9 @@ class Decision:
     - ``reject``: (request, reason) for waiting requests the policy can never serve.
     - ``wake_at``: with an empty batch, the time at which to ask again even if nothing arrives
       (e.g. a threshold policy's patience timer). Otherwise the engine waits for an arrival.
+      With a decode-only batch from a ``steady_decode`` policy: ask again at the first
+      iteration that starts at or after this time (``view.now``: at the next iteration), even
+      if no other event comes first; None: only at the next event.
     """
 
     prefill: list[tuple[RequestState, int]] = field(default_factory=list)

@@ -18,6 +18,8 @@ until that instant's rows are read.
 
 from __future__ import annotations
 
+import heapq
+import math
 from typing import Callable
 
 import simpy
@@ -31,7 +33,7 @@ class ClosedLoopTurns:
     """
 
     __slots__ = ("env", "release", "close", "delay_s", "waiting", "_listed", "_to_come",
-                 "closed")
+                 "closed", "_release_times", "_rechecks")
 
     def __init__(self, env: simpy.Environment, release: Callable[[Request, float], object],
                  close: Callable[[], None]):
@@ -43,6 +45,8 @@ class ClosedLoopTurns:
         self._listed = False                  # the workload's list has been read
         self._to_come = 0                     # held turns that have not arrived yet
         self.closed = False
+        self._release_times: list[float] = []  # heap: when the turns on their way arrive
+        self._rechecks = 0                    # ends whose follower is looked for again
 
     def hold(self, r: Request) -> bool:
         """Hold ``r`` if it follows another turn (True), else leave it to the caller."""
@@ -57,15 +61,28 @@ class ClosedLoopTurns:
         arrives its think time later."""
         r = self.waiting.pop(request_id, None)
         if r is not None:
-            self.env.process(self._follow(r))
+            self._send(r)
         elif not self._listed:
             # Its follower may be a later row of this same instant: look again once they are read.
+            self._rechecks += 1
             self.env.timeout(0).callbacks.append(lambda _: self._recheck(request_id))
 
     def _recheck(self, request_id: int) -> None:
+        self._rechecks -= 1
         r = self.waiting.pop(request_id, None)
         if r is not None:
-            self.env.process(self._follow(r))
+            self._send(r)
+
+    def _send(self, r: Request) -> None:
+        heapq.heappush(self._release_times, self.env.now + max(r.think_s + self.delay_s, 0.0))
+        self.env.process(self._follow(r))
+
+    def next_release_s(self) -> float:
+        """The earliest time a held turn can arrive (now while an end's follower is still
+        looked for; infinity with none on its way): a stretch of the fast engine ends there."""
+        if self._rechecks:
+            return self.env.now
+        return self._release_times[0] if self._release_times else math.inf
 
     def listed(self) -> None:
         """The workload's list has been read (held turns may still arrive)."""
@@ -78,6 +95,7 @@ class ClosedLoopTurns:
         arrival_s = self.env.now + r.think_s
         if r.think_s + self.delay_s > 0:
             yield self.env.timeout(r.think_s + self.delay_s)
+        heapq.heappop(self._release_times)
         self._to_come -= 1
         self.release(r, arrival_s)
         self._maybe_close()

@@ -105,8 +105,9 @@ def _check_schedule(value: list, where: str) -> list:
 
 
 # Fields a replica group may set: what describes one replica and its policy. The served model
-# and the engine are the cluster's; a front-end delay is not modelled in a cluster.
-GROUP_EXCLUDED = ("model", "engine", "frontend_delay")
+# and the engine are the cluster's (its replicas run step by step: ``stepwise``); a front-end
+# delay is not modelled in a cluster.
+GROUP_EXCLUDED = ("model", "engine", "stepwise", "frontend_delay")
 
 
 def _check_groups(value: list, where: str) -> list:
@@ -220,6 +221,10 @@ class RunConfig:
     engine: str = run_field(
         "native", "Replica engine: servesim's own, or vLLM's real scheduler in the loop (needs "
         "the vllm extra).", group="policy", choices=ENGINES)
+    stepwise: bool = run_field(
+        False, "Native engine: run every iteration on its own, the reference, instead of a "
+        "stretch of identical decode iterations in one step (same tables, slower).",
+        group="policy")
     # replica
     model: str = run_field("llama-2-7b", "Model preset (see `servesim presets`), or a Hugging "
                            "Face config.json or its folder (docs/cost-models.md).",

@@ -6,6 +6,14 @@ duration from the cost model, advance the clock, apply the iteration (prefill pr
 per decode, first-token and completion times, KV growth). With nothing to run it sleeps until an
 arrival (or the policy's wake-up time): events, never polling.
 
+Between two events a decode-only batch repeats itself, its KV growing by one token per request
+per step. For a policy that promises so (``Policy.steady_decode``) the engine runs such a
+stretch in one step: it counts the identical iterations before the next event (an arrival, the
+first completion, the decision's ``wake_at``, the iteration whose new KV blocks would not fit),
+prices them all at once (``CostModel.decode_stretch_times``), waits once, and advances each
+request once. Its tables are the step-by-step engine's, to the bit (``stepwise``, the reference:
+tests/test_fast_engine.py).
+
 The engine owns all state and enforces the invariants whatever the policy asks: a request is
 scheduled at most once per iteration, only tokens that exist are computed, and KV never exceeds
 capacity. A violation is a bug in the policy and raises ``PolicyViolation``.
@@ -13,13 +21,16 @@ capacity. A violation is a bug in the policy and raises ``PolicyViolation``.
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
 import simpy
 
-from scheduler.base import Policy, check_victims, decide, violation
+from scheduler.base import Policy, check_victims, decide, is_steady_decode, violation
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
 from simulator.closed_loop import ClosedLoopTurns
 from simulator.config import PREEMPTIONS, RunConfig
@@ -56,6 +67,11 @@ class PrefixCacheReport:
     cached_prompt_tokens: dict[int, int]
     cached_blocks: list[int]
     stats: dict
+
+
+# A stretch's first iterations are priced one by one (cheaper for the short stretches most
+# are); a longer stretch continues with arrays (CostModel.decode_stretch_times).
+STRETCH_STEPS = 24
 
 
 def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | None:
@@ -106,6 +122,11 @@ class ReplicaLoop:
         # Closed-loop session turns, held until the turn they follow ends (a cluster replaces
         # them with its own, whose router places every turn).
         self.turns = ClosedLoopTurns(self.env, self.arrive, self.close_arrivals)
+        # When the next arrival can come, for a stretch to end at it: the time the arrival
+        # process waits for (the session turns on their way: ``turns.next_release_s``). Known
+        # only when this loop's own arrival process runs (``run``; a cluster routes arrivals).
+        self._own_arrivals = False
+        self._next_listed_s = 0.0
 
     @property
     def frontend_delay_s(self) -> float:
@@ -119,6 +140,7 @@ class ReplicaLoop:
 
     def run(self) -> EngineResult:
         wall0 = time.perf_counter()
+        self._own_arrivals = True
         self._start()
         self.env.process(self._arrivals())
         done = self.env.process(self._replica())
@@ -148,8 +170,10 @@ class ReplicaLoop:
                 continue
             delay = r.arrival_s + self.frontend_delay_s - env.now
             if delay > 0:
+                self._next_listed_s = env.now + delay     # the time SimPy will wake us at
                 yield env.timeout(delay)
             self.arrive(r)
+        self._next_listed_s = math.inf
         self.end_arrivals()
 
     def arrive(self, r: Request, arrival_s: float | None = None) -> RequestState:
@@ -183,6 +207,10 @@ class ReplicaLoop:
         """``st`` completed or was rejected: the session turn that follows it, if any, arrives
         its think time later."""
         self.turns.ended(st.request_id)
+
+    def _next_arrival_s(self) -> float:
+        """The earliest time a request can arrive next (with the arrival process its own)."""
+        return min(self._next_listed_s, self.turns.next_release_s())
 
     def close_arrivals(self) -> None:
         """No request will arrive any more: policies may drain."""
@@ -222,9 +250,13 @@ class ReplicaLoop:
     def _iteration_time(self, shape: BatchShape) -> float:
         dt = self.cost_model.iteration_time(shape)
         if not dt > 0:
-            raise PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
-                                  f"iteration time {dt!r} for {shape!r}")
+            raise self._nonpositive(dt, shape)
         return dt
+
+    def _nonpositive(self, dt, shape: BatchShape) -> PolicyViolation:
+        return PolicyViolation(f"cost model {self.cost_model.name} gave a non-positive "
+                               f"iteration time {dt!r} for {shape!r}")
+
 
 
 class Engine(ReplicaLoop):
@@ -234,7 +266,7 @@ class Engine(ReplicaLoop):
                  spec: ReplicaSpec, *, record_timeline: bool = True,
                  progress: Callable[[int, int], None] | None = None, total: int | None = None,
                  preemption: str = "recompute", prefix_caching: bool = False,
-                 env: simpy.Environment | None = None):
+                 stepwise: bool = False, env: simpy.Environment | None = None):
         if preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be one of {PREEMPTIONS}, got {preemption!r}")
         # "recompute" (vLLM): a preempted request keeps its generated tokens and recomputes
@@ -244,6 +276,9 @@ class Engine(ReplicaLoop):
         super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
                          progress=progress, total=total, env=env)
         self.policy = policy
+        # One iteration per step, always: the reference the stretches are tested against.
+        self.stepwise = stepwise
+        self._stretches = False
         self.view = ReplicaView(spec)
         self.resident: dict[int, RequestState] = {}
         self.view.resident = self.resident.values()   # live, admission order
@@ -267,6 +302,11 @@ class Engine(ReplicaLoop):
 
     def _start(self) -> None:
         self.policy.bind(self.spec)
+        # Stretches need the next arrival's time (this loop's own arrival process: a cluster's
+        # router may hand a request over at any time, and reads the replica's state as it
+        # does), and no prefix cache (blocks that fill mid-stretch would be registered late).
+        self._stretches = (not self.stepwise and self._own_arrivals and self.pool is None
+                           and is_steady_decode(self.policy))
 
     def _accept(self, st: RequestState, r: Request) -> None:
         self.unfinished += 1
@@ -425,6 +465,17 @@ class Engine(ReplicaLoop):
                     f"{len(self.resident)} resident)")
                 continue
             dt = self._start_iteration(d)
+            if self._stretches and not (d.prefill or d.preempt or d.reject):
+                ends, dts = self._start_stretch(d, dt)
+                if len(ends) > 1:
+                    early = yield from self._run_to_end(ends, dts)
+                    if early and ends[-1] == self._next_arrival_s():
+                        # An arrival due at the very end: the step engine's last timeout, made
+                        # as the last iteration started, after the arrival's, lets the arrival
+                        # in first. So do we.
+                        yield env.timeout(0)
+                    self._finish_stretch(d, len(ends))
+                    continue
             yield env.timeout(dt)
             self._finish_iteration(d)
 
@@ -470,7 +521,6 @@ class Engine(ReplicaLoop):
         pool = self.pool
         new_blocks = 0
         resident = self.resident
-        shape = BatchShape()
         pf_tokens = pf_kv = 0
         pf_pairs = 0.0
         for st, n in d.prefill:
@@ -495,15 +545,16 @@ class Engine(ReplicaLoop):
             pf_kv += ctx + n
             pf_pairs += n * ctx + n * (n + 1) / 2
         dec_kv = 0
+        RESIDENT = Status.RESIDENT
         for st in d.decode:
             if st._iteration == it:
                 raise self._violation(st, "was scheduled twice in one iteration")
             st._iteration = it
             ctx = st.computed
-            if st.status is not Status.RESIDENT or st.generated == 0 or \
-                    st.prompt_tokens + st.generated - ctx != 1:
-                if not (st.status is Status.WAITING and st.generated and pool is None and
-                        st.prompt_tokens + st.generated - ctx == 1):
+            g = st.generated
+            if not g or st.prompt_tokens + g - ctx != 1 or st.status is not RESIDENT:
+                if not (st.status is Status.WAITING and g and pool is None and
+                        st.prompt_tokens + g - ctx == 1):
                     raise self._violation(st, "was scheduled to decode but is not decoding")
                 # Received with its prompt's KV computed elsewhere (a disaggregated decode
                 # replica, simulator/disagg.py): admitted to decode, it takes its context's
@@ -512,10 +563,11 @@ class Engine(ReplicaLoop):
                 need = -(-(ctx + 1) // bs)
                 new_blocks += need
                 st.kv_blocks += need
-            elif ctx % bs == 0:        # the new token starts a new block
+            elif not ctx % bs:         # the new token starts a new block
                 new_blocks += 1
                 st.kv_blocks += 1
-            dec_kv += ctx + 1
+            dec_kv += ctx
+        dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
         if new_blocks > free:
             raise PolicyViolation(
@@ -536,13 +588,8 @@ class Engine(ReplicaLoop):
         used = self.spec.num_blocks - self.free_blocks
         if used > self.peak_used_blocks:
             self.peak_used_blocks = used
-        shape.prefill_tokens = pf_tokens
-        shape.prefill_requests = len(d.prefill)
-        shape.prefill_kv_tokens = pf_kv
-        shape.prefill_attn_pairs = pf_pairs
-        shape.decode_requests = len(d.decode)
-        shape.decode_kv_tokens = dec_kv
-        dt = self._iteration_time(shape)
+        dt = self._iteration_time(BatchShape(pf_tokens, len(d.prefill), pf_kv, pf_pairs,
+                                             len(d.decode), dec_kv))
         if self.timeline is not None:
             self.timeline.append(TimelineRow(
                 start_s=now, duration_s=dt, prefill_tokens=pf_tokens,
@@ -561,6 +608,143 @@ class Engine(ReplicaLoop):
         self.view.num_waiting -= 1
         if st.first_scheduled_s is None:
             st.first_scheduled_s = now
+
+    def _start_stretch(self, d, dt0: float) -> tuple[list[float], list[float]]:
+        """After the first iteration of a decode-only batch has started (``_start_iteration``),
+        the iterations that repeat it before the next event: start them all (KV, counters,
+        timeline rows). Returns the stretch's iterations' end times and durations (one of each:
+        just the first iteration).
+
+        Iteration j (0 = the first) of the stretch runs each request r at context c_r + j
+        (c_r = its computed tokens), so the batch's KV is S0 + j B; request r takes a new block
+        when (c_r + j) % block_size == 0. It runs when it starts before the next arrival and
+        ``wake_at``, every request still decodes (the first completion ends the stretch), and
+        the blocks taken since the first iteration fit in the free ones."""
+        decode = d.decode
+        end0 = self.env.now + dt0
+        limit = self._next_arrival_s()
+        if d.wake_at is not None and d.wake_at < limit:
+            limit = d.wake_at
+        if not end0 < limit:
+            return [end0], [dt0]
+        k_max = min([st.output_tokens - st.generated for st in decode])
+        if k_max <= 1:
+            return [end0], [dt0]
+        B = len(decode)
+        bs = self.spec.block_size
+        free = self.free_blocks
+        ctxs = [st.computed for st in decode]
+        if free < B and sum([(c + 1) % bs == 0 for c in ctxs]) > free:
+            return [end0], [dt0]       # iteration 1's blocks do not fit (a full cache, often)
+        # Requests by the iteration (mod block size) at which they take their next block.
+        by_offset = [0] * bs
+        for c in ctxs:
+            by_offset[-c % bs] += 1
+        kv = sum(ctxs) + 2 * B                   # the batch's KV at iteration 1
+        kv1 = kv
+        # The first iterations one by one (most stretches are short): iteration j runs if it
+        # starts (t, the end of iteration j - 1) before the limit and its blocks fit.
+        ends, dts, taken = [end0], [dt0], [0]
+        t, blocks, j = end0, 0, 1
+        iteration_time = self.cost_model.iteration_time
+        top = min(k_max, STRETCH_STEPS)
+        while j < top and t < limit and blocks + by_offset[j % bs] <= free:
+            dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
+            if not dt > 0:
+                raise self._nonpositive(dt, BatchShape(0, 0, 0, 0.0, B, kv))
+            blocks += by_offset[j % bs]
+            t += dt
+            kv += B
+            ends.append(t)
+            dts.append(dt)
+            taken.append(blocks)
+            j += 1
+        if j == top < k_max and t < limit and blocks + by_offset[j % bs] <= free:
+            self._long_stretch(ends, dts, taken, by_offset, B, kv, free, limit, k_max)
+        extra = len(ends) - 1
+        if extra == 0:
+            return ends, dts
+        first = self.iterations + 1
+        self.iterations += extra
+        blocks = taken[extra]
+        used0 = self.spec.num_blocks - free
+        self.free_blocks = free - blocks
+        if used0 + blocks > self.peak_used_blocks:
+            self.peak_used_blocks = used0 + blocks
+        last = self.iterations
+        for st, c in zip(decode, ctxs):
+            st.kv_blocks += (c + extra) // bs - c // bs
+            st._iteration = last
+        if self.timeline is not None:
+            resident, waiting = len(self.resident), self.view.num_waiting
+            self.timeline.extend(
+                TimelineRow(s, dt, 0, 0, B, kv, (used0 + n) * bs, resident, waiting, 0)
+                for s, dt, kv, n in zip(ends, dts[1:], range(kv1, kv1 + extra * B, B),
+                                        taken[1:]))
+        if self.progress is not None and (first - 1) // 1024 != last // 1024:
+            self.progress(self.finished, self.total or 0)
+        return ends, dts
+
+    def _long_stretch(self, ends: list[float], dts: list[float], taken: list[int],
+                      by_offset: list[int], B: int, kv: int, free: int, limit: float,
+                      k_max: int) -> None:
+        """A stretch longer than STRETCH_STEPS: its further iterations priced as arrays
+        (``CostModel.decode_stretch_times``), in blocks that double until an event bounds
+        them; appended to ``ends``, ``dts`` and ``taken`` (blocks taken by each), iteration j0
+        = len(ends) at KV ``kv`` on."""
+        bs = len(by_offset)
+        j0 = len(ends)
+        t, blocks = ends[-1], taken[-1]
+        offsets = np.asarray(by_offset)
+        n = min(2 * j0, k_max)
+        while True:        # iterations j0..n-1 considered
+            m = n - j0
+            took = blocks + np.cumsum(offsets[np.arange(j0, n) % bs])
+            times = np.asarray(self.cost_model.decode_stretch_times(B, kv, m), dtype=float)
+            stops = np.cumsum(np.concatenate(((t,), times)))   # iteration j0 + i starts at [i]
+            runs = min(int(np.searchsorted(took, free, "right")),
+                       int(np.searchsorted(stops[:-1], limit, "left")))
+            if runs < m or n == k_max:
+                break
+            n = min(2 * n, k_max)
+        if not (times[:runs] > 0).all():
+            i = int(np.argmin(times[:runs] > 0))
+            raise self._nonpositive(float(times[i]), BatchShape(0, 0, 0, 0.0, B, kv + i * B))
+        ends.extend(stops[1:runs + 1].tolist())
+        dts.extend(times[:runs].tolist())
+        taken.extend(took[:runs].tolist())
+
+    def _run_to_end(self, ends: list[float], dts: list[float]):
+        """Advance the clock to the end of a stretch, reading exactly the step engine's time
+        there (the iterations' times added one by one). One timeout does when now + (end - now)
+        is that time (Sterbenz: whenever end <= 2 now, so nearly always); otherwise hop to the
+        furthest iteration end exactly reachable so, or one iteration, as the step engine adds
+        it. Returns whether the last timeout was made before the last iteration's start."""
+        env = self.env
+        end = ends[-1]
+        i = 0                 # the clock is at the start of iteration i
+        while True:
+            now = env.now
+            if now + (end - now) == end:
+                yield env.timeout(end - now)
+                return i < len(ends) - 1
+            j = bisect.bisect_right(ends, 2 * now, i) - 1
+            if j >= i:
+                yield env.timeout(ends[j] - now)     # exact: now <= ends[j] <= 2 now
+                i = j + 1
+            else:
+                yield env.timeout(dts[i])
+                i += 1
+
+    def _finish_stretch(self, d, k: int) -> None:
+        """The stretch's ``k`` iterations have run: each request computed and emitted ``k``
+        tokens; those whose last token this was complete now."""
+        now = self.env.now
+        for st in d.decode:
+            st.computed += k
+            st.generated += k
+            if st.generated == st.output_tokens:
+                self._complete(st, now)
 
     def _finish_iteration(self, d) -> None:
         now = self.env.now
@@ -626,7 +810,8 @@ def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: Repl
     return Engine(workload.requests(), policy, spec.cost_model, spec,
                   record_timeline=cfg.timeline, progress=progress, total=len(workload),
                   preemption=cfg.preemption,
-                  prefix_caching=prefix_caching_on(cfg.prefix_caching, workload))
+                  prefix_caching=prefix_caching_on(cfg.prefix_caching, workload),
+                  stepwise=cfg.stepwise)
 
 
 def prefix_caching_on(setting: bool | None, workload: Workload) -> bool:

@@ -191,7 +191,8 @@ def simulate(reqs: list[Request], policy: str | type[Policy] | Policy = "vllm-v1
                        max_model_len=max_model_len, cost_model=cost,
                        workload_hint=workload_hint(Workload.from_requests(reqs), cost_model=cost),
                        seed=seed)
-    engine = Engine(reqs, pol, cost, spec, prefix_caching=prefix_caching)
+    # Step by step: the checker records, and counts, every decision the policy makes.
+    engine = Engine(reqs, pol, cost, spec, prefix_caching=prefix_caching, stepwise=True)
     recorder.engine = engine
     raw = engine.run()
     return Outcome(raw, recorder.steps, spec, engine.free_blocks)

@@ -42,6 +42,10 @@ class MCSF(ShortestPredictedFirst):
     summary = "MC-SF: shortest predicted output first, admitted only if future peak KV fits"
     Params = MCSFParams
     predictor_stream = 0x3C5F
+    # With requests waiting, the projection may admit one at any later round (running requests
+    # near their predicted end leave room), so a decode-only decision then asks again at the
+    # next iteration (wake_at = now); with none waiting, the batch changes only at an event.
+    steady_decode = True
 
     def expected_output(self, req) -> int:
         """The output length a request is projected to: its prediction."""
@@ -79,4 +83,7 @@ class MCSF(ShortestPredictedFirst):
                 break
             self.waiting.remove(req) if skip else self.waiting.pop()
             profile.add(base, rounds)
-        return plan.decision()
+        d = plan.decision()
+        if self.waiting and d.decode and not d.prefill:
+            d.wake_at = view.now
+        return d

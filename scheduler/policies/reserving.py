@@ -57,6 +57,8 @@ class _Reserving(QueuedPolicy):
 class Orca(_Reserving):
     name = "orca"
     summary = "Orca: iteration-level batching, whole prompts, max-length KV reservation, no preemption"
+    # Reservations and the queue change only at arrivals and completions.
+    steady_decode = True
 
     def schedule(self, view):
         plan = StepPlan(view, self.token_budget)
@@ -70,6 +72,7 @@ class Orca(_Reserving):
 class Static(_Reserving):
     name = "static"
     summary = "Static (request-level) batching: a batch runs until all members finish"
+    steady_decode = True        # the batch changes only when its last member finishes
 
     def schedule(self, view):
         plan = StepPlan(view, self.token_budget)

@@ -30,6 +30,9 @@ class Sarathi(QueuedPolicy):
     name = "sarathi"
     summary = "Sarathi-Serve: decodes first, then prefill chunks, fixed token budget per iteration"
     Params = SarathiParams
+    # Decode-only: no partial prefill got budget and no waiting chunk fitted; neither changes
+    # until an event (free blocks only shrink).
+    steady_decode = True
 
     def bind(self, spec):
         super().bind(spec)

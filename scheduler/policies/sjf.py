@@ -26,3 +26,4 @@ class ShortestJobFirst(ShortestPredictedFirst, VllmV1):
     summary = "Shortest predicted output first (oracle or noisy predictor), vLLM V1 step rules"
     Params = SJFParams
     predictor_stream = 0x5AF
+    steady_decode = True        # vLLM V1's step rules: the same reasons hold

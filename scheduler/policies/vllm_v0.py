@@ -31,6 +31,9 @@ class VllmV0(QueuedPolicy):
     name = "vllm"
     summary = "vLLM V0 default: prefill-prioritised FCFS, whole prompts, recompute preemption"
     Params = VllmV0Params
+    # Nothing admitted: the queue, budget, sequence cap and watermark gate refuse the same way
+    # until an event (free blocks only shrink); decodes keep their arrival order.
+    steady_decode = True
 
     def bind(self, spec):
         super().bind(spec)

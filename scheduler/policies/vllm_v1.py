@@ -58,6 +58,10 @@ class VllmV1(QueuedPolicy):
     name = "vllm-v1"
     summary = "vLLM V1 default: token budget, running first, chunked prefill, recompute preemption"
     Params = VllmV1Params
+    # A decode-only step admitted nothing: the queue, the budget, the sequence cap and the KV
+    # gate (free blocks only shrink until the next completion) refuse the same way until an
+    # event; the running list keeps its order.
+    steady_decode = True
 
     def bind(self, spec):
         super().bind(spec)

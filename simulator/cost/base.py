@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class BatchShape:
     """What a cost model needs to know about one iteration, aggregated over its requests.
@@ -83,6 +85,16 @@ class CostModel:
 
     def iteration_time(self, shape: BatchShape) -> float:
         raise NotImplementedError
+
+    def decode_stretch_times(self, requests: int, kv_tokens: int, iterations: int) -> np.ndarray:
+        """The times of ``iterations`` consecutive decode-only iterations of ``requests``
+        requests whose KV is ``kv_tokens`` in the first and grows by ``requests`` (one token
+        each) per iteration: the engine's stretches. Each equals ``iteration_time`` of its
+        batch, to the bit; a cost model with a closed form evaluates them at once, this
+        default asks ``iteration_time`` one by one."""
+        return np.array([self.iteration_time(BatchShape(decode_requests=requests,
+                                                        decode_kv_tokens=kv_tokens + i * requests))
+                         for i in range(iterations)], dtype=float)
 
     def describe(self) -> dict:
         return {"cost_model": self.name}

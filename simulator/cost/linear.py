@@ -54,6 +54,12 @@ class LinearCost(CostModel):
                 + self.c_decode * shape.decode_requests
                 + self.c_kv * (shape.prefill_kv_tokens + shape.decode_kv_tokens))
 
+    def decode_stretch_times(self, requests: int, kv_tokens: int, iterations: int) -> np.ndarray:
+        # iteration_time's operations in its order, on the KV of every iteration at once.
+        base = self.c0 + self.c_prefill * 0 + self.c_decode * requests
+        kv = np.arange(kv_tokens, kv_tokens + iterations * requests, requests, dtype=np.int64)
+        return base + self.c_kv * (0 + kv)
+
     def describe(self) -> dict:
         return {"cost_model": "linear", "c0": self.c0, "c_prefill": self.c_prefill,
                 "c_decode": self.c_decode, "c_kv": self.c_kv}

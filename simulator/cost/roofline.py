@@ -46,6 +46,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from simulator.cost.base import BatchShape, CostModel
 from simulator.errors import ConfigError
 from simulator.hardware import GPUSpec, ModelSpec, Parallelism
@@ -225,6 +227,15 @@ class RooflineCost(CostModel):
             return (self.overhead_s + self.dense_time(shape.num_tokens)
                     + self.lm_head_time(shape.num_requests) + self.attention_time(shape))
         return self.pipelined(self.stage_layers_time, shape, self.overhead_s)
+
+    def decode_stretch_times(self, requests: int, kv_tokens: int, iterations: int) -> np.ndarray:
+        # iteration_time's operations in its order (no prefill: its attention adds 0.0), on the
+        # KV of every iteration at once: only decode attention changes along a stretch.
+        base = self.overhead_s + self.dense_time(requests) + self.lm_head_time(requests)
+        kv = np.arange(kv_tokens, kv_tokens + iterations * requests, requests, dtype=np.int64)
+        compute = self._attn_flops_pair * kv * self._attn_flop_s
+        memory = kv * self.model.kv_bytes_per_token * self._kv_byte_s
+        return base + (0.0 + np.maximum(compute, memory))
 
     def describe(self) -> dict:
         out = {"cost_model": "roofline", "model": self.model.name, "gpu": self.gpu.name,

@@ -1,0 +1,207 @@
+"""The fast engine (stretches of identical decode iterations in one step) against the step-by-step
+reference (``stepwise``): the request and timeline tables must be equal, bit for bit, for every
+built-in policy, on Hypothesis workloads (bursts, KV barely above the largest request so that
+stretches end at KV shortages and preemptions follow, arrivals landing exactly on iteration
+ends, closed-loop session turns) and on the benchmark workloads at small size."""
+
+from __future__ import annotations
+
+import re
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler.base import is_steady_decode, make_policy, policy_class
+from scheduler.policies.vllm_v1 import VllmV1
+from scheduler.state import ReplicaSpec
+from simulator.config import RunConfig
+from simulator.cost.base import BatchShape, CostModel
+from simulator.cost.factory import build_cost_model
+from simulator.cost.linear import LinearCost
+from simulator import engine
+from simulator.engine import Engine
+from simulator.hardware import gpu_spec, model_spec
+from simulator.metrics import requests_table, timeline_table
+from simulator.policycheck import CHECK_COST, MAX_MODEL_LEN, cases
+from simulator.runner import simulate, workload_hint
+from tests.conftest import builtin_policy_names
+from traces.request import Request
+from traces.workload import Workload
+
+POLICIES = builtin_policy_names()
+STEADY = [p for p in POLICIES if is_steady_decode(make_policy(p))]
+
+
+def _run(reqs, policy, params, kv_tokens, block_size, cost, *, stepwise, seed=0):
+    # The checker's max_model_len (policycheck.MAX_MODEL_LEN): its workloads mix in requests
+    # longer than that, to be rejected.
+    spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
+                       max_model_len=MAX_MODEL_LEN, cost_model=cost,
+                       workload_hint=workload_hint(Workload.from_requests(reqs), cost_model=cost),
+                       seed=seed)
+    pol = make_policy(policy, params)
+    calls = []
+    schedule = pol.schedule
+    pol.schedule = lambda view: calls.append(view.now) or schedule(view)
+    raw = Engine(reqs, pol, cost, spec, stepwise=stepwise).run()
+    return raw, len(calls)
+
+
+def _no_address(message: str) -> str:
+    return re.sub(r" at 0x[0-9a-f]+", "", message)
+
+
+def _assert_same(reqs, policy, params, kv_tokens, block_size, cost=CHECK_COST, seed=0):
+    """Both engines on one workload: equal tables and counters. Returns (fast schedule calls,
+    iterations)."""
+    try:
+        step, _ = _run(reqs, policy, params, kv_tokens, block_size, cost, stepwise=True,
+                       seed=seed)
+    except Exception as e:  # noqa: BLE001  (a policy failing on a drawn workload: so must fast)
+        with pytest.raises(type(e)) as fast_error:
+            _run(reqs, policy, params, kv_tokens, block_size, cost, stepwise=False, seed=seed)
+        assert _no_address(str(fast_error.value)) == _no_address(str(e))
+        return 0, 0
+    fast, calls = _run(reqs, policy, params, kv_tokens, block_size, cost, stepwise=False,
+                       seed=seed)
+    pd.testing.assert_frame_equal(requests_table(fast.states), requests_table(step.states),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(timeline_table(fast.timeline), timeline_table(step.timeline),
+                                  check_exact=True)
+    assert (fast.end_s, fast.iterations, fast.preemptions, fast.peak_kv_blocks) == \
+        (step.end_s, step.iterations, step.preemptions, step.peak_kv_blocks)
+    return calls, fast.iterations
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_equal_to_the_step_engine_on_adversarial_workloads(policy, case):
+    _assert_same(case.requests(), policy, None, case.kv_tokens, case.block_size, seed=case.seed)
+
+
+# Every iteration takes 0.25 s and requests arrive on the same grid: arrivals fall exactly on
+# iteration ends, where the order of SimPy's events decides what a step sees.
+GRID_COST = LinearCost(c0=0.25)
+grid_rows = st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]),
+                               st.integers(1, 100), st.integers(1, 40)), min_size=1, max_size=14)
+
+
+@pytest.mark.parametrize("policy", STEADY)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=grid_rows, block_size=st.sampled_from([1, 4, 16]), scale=st.floats(1.0, 2.5),
+       sessions=st.booleans(), steps=st.sampled_from([2, engine.STRETCH_STEPS]))
+def test_equal_when_arrivals_fall_on_iteration_ends(policy, rows, block_size, scale, sessions,
+                                                    steps):
+    """``steps``: how many iterations of a stretch are priced one by one before arrays take
+    over (2: nearly every stretch goes through the arrays)."""
+    t, reqs = 0.0, []
+    for i, (gap, prompt, output) in enumerate(rows):
+        t += gap
+        # With sessions, every other request is the next turn of the one before it, sent a
+        # think time (the gap) after that one's answer.
+        follows = i - 1 if sessions and i % 2 else None
+        reqs.append(Request(i, t, prompt, output, follows=follows, think_s=gap))
+    # Room for the largest request (a session turn that follows a request rejected at arrival
+    # is a case of its own, outside this comparison).
+    largest = max(p + o for _, p, o in rows)
+    kv = -(-int(scale * largest) // block_size) * block_size
+    with mock.patch.object(engine, "STRETCH_STEPS", steps):
+        _assert_same(reqs, policy, None, kv, block_size, GRID_COST)
+
+
+@pytest.mark.parametrize("steps", [2, engine.STRETCH_STEPS])
+def test_stretches_replace_schedule_calls(steps):
+    """Sparse arrivals, long outputs: most iterations run inside stretches."""
+    reqs = [Request(i, 2.0 * i, 60, 100) for i in range(20)]
+    with mock.patch.object(engine, "STRETCH_STEPS", steps):
+        calls, iterations = _assert_same(reqs, "vllm-v1", None, 1 << 16, 16)
+    assert iterations >= 20 * 100 and calls < iterations / 10
+
+
+def test_a_stretch_ends_where_kv_runs_short():
+    """Two requests filling a small cache: the stretch stops before the iteration whose new block
+    does not fit; the policy then preempts, as step by step."""
+    reqs = [Request(0, 0.0, 20, 100), Request(1, 0.0, 20, 100)]   # 119 KV tokens each
+    calls, _ = _assert_same(reqs, "vllm-v1", None, 128, 16)
+    step, _ = _run(reqs, "vllm-v1", None, 128, 16, CHECK_COST, stepwise=True)
+    assert step.preemptions > 0 and calls > 2
+
+
+def test_wake_at_bounds_a_stretch():
+    """MC-SF with requests waiting asks again at every iteration (wake_at = now)."""
+    reqs = [Request(i, 0.0, 100, 50) for i in range(6)]   # 149 KV tokens each, at most
+    calls, iterations = _assert_same(reqs, "mcsf", None, 400, 16)
+    steps, _ = _run(reqs, "mcsf", None, 400, 16, CHECK_COST, stepwise=True)
+    assert iterations > calls     # stretches once nothing waits ...
+    assert calls > 6              # ... but not while something does
+
+
+BENCH = {
+    "p512d20": dict(rate=22.0, num_requests=400, prompt_len="512", output_len="20"),
+    "azure-like": dict(rate=4.0, num_requests=150, prompt_len="32:3000", output_len="1:600"),
+    "tight-kv": dict(rate=30.0, num_requests=200, prompt_len="32:512", output_len="8:256",
+                     kv_capacity=6144),
+}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("workload", list(BENCH))
+def test_equal_on_the_benchmark_workloads(policy, workload):
+    fast, step = (simulate(RunConfig(policy=policy, stepwise=s, **BENCH[workload]).validate())
+                  for s in (False, True))
+    pd.testing.assert_frame_equal(fast.requests, step.requests, check_exact=True)
+    pd.testing.assert_frame_equal(fast.timeline, step.timeline, check_exact=True)
+    drop = ("wall_s", "sim_requests_per_wall_s")
+    assert {k: v for k, v in fast.summary.items() if k not in drop} == \
+        {k: v for k, v in step.summary.items() if k not in drop}
+
+
+# -- the contract --------------------------------------------------------------------------
+
+
+def test_a_subclass_does_not_inherit_the_promise():
+    class Tweaked(VllmV1):
+        name = "tweaked"
+
+    assert is_steady_decode(VllmV1()) and not is_steady_decode(Tweaked())
+
+
+def test_threshold_policies_make_no_promise():
+    """WAIT's gates run on patience timers and token buckets refilled at every call."""
+    for name in ("wait", "nested-wait"):
+        assert not vars(policy_class(name)).get("steady_decode", False)
+
+
+# -- cost models: a stretch's times are iteration_time's, to the bit ------------------------
+
+
+class Quadratic(CostModel):
+    """A cost model without a closed form for stretches: the generic method applies."""
+
+    name = "quadratic"
+
+    def iteration_time(self, shape):
+        return 1e-3 + 1e-12 * shape.kv_tokens ** 2
+
+
+@pytest.mark.parametrize("cost", [
+    build_cost_model("roofline", model_spec("llama-2-7b"), gpu_spec("a100-80gb")),
+    build_cost_model("roofline", model_spec("llama-3.1-8b"), gpu_spec("h100-80gb")),
+    LinearCost(c0=0.013, c_prefill=1e-4, c_decode=3.3e-4, c_kv=7.1e-7),
+    Quadratic(),
+], ids=["roofline-a100", "roofline-h100", "linear", "generic"])
+@given(requests=st.integers(1, 512), kv=st.integers(1, 2_000_000), n=st.integers(1, 300))
+@settings(max_examples=60, deadline=None)
+def test_stretch_times_equal_iteration_time(cost, requests, kv, n):
+    kv = max(kv, requests)
+    times = cost.decode_stretch_times(requests, kv, n)
+    expected = [cost.iteration_time(BatchShape(decode_requests=requests,
+                                               decode_kv_tokens=kv + i * requests))
+                for i in range(n)]
+    assert times.shape == (n,)
+    assert np.array_equal(times, np.array(expected))
