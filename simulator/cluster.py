@@ -105,7 +105,10 @@ class EngineLoad:
         limit = (req.prompt_tokens - 1) // bs
         # The pool answers per segment of the chain (simulator/prefix_cache.py), generating
         # the chain only as far as the hit reaches.
-        return pool.hit_blocks(self._chains.chain(req, bs), limit) * bs if limit > 0 else 0
+        if limit <= 0:
+            return 0
+        hit, _, _ = pool.hit_blocks(self._chains.chain(req, bs), limit)
+        return hit * bs
 
 
 @dataclass

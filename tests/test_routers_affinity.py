@@ -122,11 +122,18 @@ def test_the_views_cache_read_is_the_admission_hit_and_changes_nothing():
     pool.register(first, 0, 15)              # 250 prompt + 5 output = 15 full blocks
     pool.release(first, 15, 1)
 
+    def as_values(x):
+        """The pool's state as plain values (its segments' slots read out), to compare."""
+        if hasattr(x, "__slots__") and not isinstance(x, type):
+            return tuple((k, as_values(getattr(x, k))) for k in x.__slots__ if hasattr(x, k))
+        if isinstance(x, dict):
+            return {k: as_values(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple, set, frozenset)) or type(x).__name__ == "deque":
+            return [as_values(v) for v in x] if not isinstance(x, (set, frozenset)) else set(x)
+        return copy.copy(x)
+
     def state():
-        segments = {sid: (g.cached, g.held, g.shared, dict(g.holds), dict(g.claims),
-                          [list(c) for c in g.chunks]) for sid, g in pool.segments.items()}
-        return (segments, [(k, list(v)) for k, v in pool.queue.items()], pool.plain_free,
-                pool.evictable, pool.cached_blocks, copy.copy(pool.stats), set(pool.dirty))
+        return as_values(pool)
 
     before = state()
     load = EngineLoad(0, engine)
