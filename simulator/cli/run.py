@@ -129,6 +129,11 @@ def print_summary(s: dict, console: Console) -> None:
             ("total token throughput (tok/s)", _fmt(s["total_token_throughput"])),
             ("peak KV used (tokens)", _fmt(s.get("peak_kv_tokens"))),
             ("iterations", _fmt(s.get("iterations")))]
+    if "prefix_cache_hit_rate" in s:     # prefix caching on (docs/prefix-caching.md)
+        rows += [("prefix cache: hit rate (tokens)", _fmt(s["prefix_cache_hit_rate"], 4)),
+                 ("prefix cache: hit / queried tokens, evictions",
+                  f"{_fmt(s['prefix_cache_hits'])} / {_fmt(s['prefix_cache_queries'])}, "
+                  f"{_fmt(s['prefix_cache_evictions'])}")]
     if "slo_attainment" in s:
         rows += [("SLO attainment", _fmt(s["slo_attainment"], 3)),
                  ("goodput (req/s)", _fmt(s["request_goodput"], 3))]
