@@ -193,3 +193,13 @@ def test_profile_missing_column_or_file(table_path, tmp_path):
         ProfileCost(table_path, LLAMA, A100, tensor_parallel=3)
     with pytest.raises(ConfigError, match="no measured profile for gpu h200"):
         build_cost_model("profile", LLAMA, gpu_spec("h200"))
+
+
+def test_fit_linear_ignores_non_finite_batches():
+    """A batch family scaled from an overflowing rate holds infinite sizes: the fit is the one of
+    its finite batches (and of the generic grid when none is finite), never an SVD failure."""
+    model = RooflineCost(model_spec("llama-2-7b"), gpu_spec("a100-80gb"))
+    good = representative_batches()[:20]
+    bad = BatchShape(decode_requests=math.inf, decode_kv_tokens=math.inf)
+    assert fit_linear(model, good + [bad]).cost == fit_linear(model, good).cost
+    assert fit_linear(model, [bad]).cost == fit_linear(model, representative_batches()).cost

@@ -147,6 +147,14 @@ def fit_linear(model: CostModel, batches: list[BatchShape] | None = None,
     cols = [TERMS.index(t) for t in terms]
     X = np.array([[_features(b)[i] for i in cols] for b in batches], dtype=float)
     y = np.array([model.iteration_time(b) for b in batches], dtype=float)
+    # A batch family scaled from an extreme rate (two arrivals a denormal gap apart make the
+    # measured rate overflow) can hold non-finite sizes; fit on the batches that are finite.
+    finite = np.isfinite(X).all(axis=1) & np.isfinite(y) & (y > 0)
+    if not finite.any():
+        return fit_linear(model, representative_batches(), terms, relative)
+    if not finite.all():
+        batches = [b for b, ok in zip(batches, finite) if ok]
+        X, y = X[finite], y[finite]
     w = 1.0 / y if relative else np.ones_like(y)
     active = list(range(len(cols)))
     while True:
