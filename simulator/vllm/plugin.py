@@ -410,7 +410,9 @@ class PolicySchedulingMixin:
         policy = self._policy()
         view = self._sync_view()
         decision = decide(policy, view)
-        self.wake_at = decision.wake_at
+        # A batch's wake_at (a steady policy's "ask again by then", MC-SF's "now") is no
+        # wake-up time for an idle engine: only an empty decision's is.
+        self.wake_at = decision.wake_at if decision.empty else None
         stats = self.servesim_stats
         stats.steps += 1
 
