@@ -173,11 +173,26 @@ class StepPlan:
         when the budget is spent or a request is itself preempted (vLLM V1's running loop)."""
         i = 0
         running = self.running
+        kv, scheduled, taken, preempted = self.kv, self.tokens, self.taken, self._preempted_set
+        bs = kv.block_size
         while i < len(running) and self.budget > 0:
             req = running[i]
-            n = req.remaining if tokens is None else tokens(req)
+            # RequestState.remaining, inlined (this loop runs once per running request per step)
+            n = req.prompt_tokens + req.generated - req.computed - req.cached \
+                if tokens is None else tokens(req)
             if n > self.budget:
                 n = int(self.budget)   # finite, since n exceeds it
+            # The common case, _reserve inlined: its blocks fit (a resident request has no
+            # prefix-cache hit and keeps no watermark). Otherwise schedule_resident preempts.
+            need = -(-(req.computed + n) // bs) - req.kv_blocks
+            if need <= kv.free and id(req) not in preempted:
+                if need > 0:
+                    kv.free -= need
+                    taken[req] = need
+                scheduled[req] = n
+                self.budget -= n
+                i += 1
+                continue
             if not self.schedule_resident(req, n):
                 break
             if i >= len(running) or running[i] is not req:

@@ -94,7 +94,8 @@ class VllmV1(QueuedPolicy):
         return t if 0 < t < n else n
 
     def schedule_running(self, plan: StepPlan) -> None:
-        plan.schedule_running(self.wanted)
+        # Without a chunk cap a request wants all it has left: the plan's default, no call.
+        plan.schedule_running(self.wanted if self.params.long_prefill_token_threshold else None)
 
     def admit_waiting(self, plan: StepPlan) -> None:
         p = self.params
