@@ -24,7 +24,9 @@ l - c tokens. In the paper's cost tau = d0 + d1 sum (l + s) a prefill of l token
 so the iterations charge the *compute work* w_j - c_j per request, while its KV stays w_j (the
 cached blocks are held like computed ones). Time terms (dT, the load d1 rho, the time
 conditions) use rho_c = sum_j lambda_j (w_j - c_j); memory terms (M*, M_pi, C) use rho and w_j.
-With c = 0 every formula is the paper's.
+With c = 0 every formula is the paper's. A disaggregated decode replica receives every prompt
+computed on the prefill side (c = l, hit rate 1): its iterations charge only the decode work
+w - l, the decode-only setting of the paper's own simulator, while memory keeps w.
 
 All memory figures are in KV tokens; the engine allocates in blocks, so a policy that must never
 exceed its capacity also checks blocks (see scheduler/policies/wait.py).
@@ -85,8 +87,8 @@ def from_request_types(types) -> list[FluidType]:
 
 def with_hit_rate(types: Sequence[FluidType], hit_rate: float) -> list[FluidType]:
     """``types`` whose prefills find ``hit_rate`` of their prompt tokens cached (c = h l)."""
-    if not 0 <= hit_rate < 1:
-        raise ValueError(f"hit_rate must be in [0, 1), got {hit_rate!r}")
+    if not 0 <= hit_rate <= 1:   # 1: a disaggregated decode replica's prompts arrive computed
+        raise ValueError(f"hit_rate must be in [0, 1], got {hit_rate!r}")
     return [dataclasses.replace(t, cached=hit_rate * t.prompt) for t in types]
 
 

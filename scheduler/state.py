@@ -166,8 +166,9 @@ class WorkloadHint:
     - ``cost_fit``: fits the fluid model's d0 + d1 KV line to the run's cost model, for the
       types a policy plans with (None: no cost model; give d0 and d1);
     - ``hit_rate``: the expected fraction of prompt tokens the prefix cache holds when a
-      request is admitted (0: no prefix caching, or nothing shared): the fluid policies shrink
-      each prefill's computed part by it (docs/fluid.md).
+      request is admitted (0: no prefix caching, or nothing shared; 1: a disaggregated decode
+      replica, whose prompts arrive computed): the fluid policies shrink each prefill's
+      computed part by it (docs/fluid.md).
     """
 
     types: tuple | None = None

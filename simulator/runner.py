@@ -191,13 +191,15 @@ def _refuse_shared_prefixes(cfg: RunConfig, workload: Workload, what: str) -> No
                           f"aggregated (--replicas N)")
 
 
-def _pool_spec(spec: ReplicaSpec, replicas: int, output_tokens=None) -> ReplicaSpec:
+def _pool_spec(spec: ReplicaSpec, replicas: int, output_tokens=None,
+               decode_only: bool = False) -> ReplicaSpec:
     """A pool replica's spec: its policy plans for an even share of the arrival rate (and, on
-    the prefill side, for the one output token each request has there)."""
+    the prefill side, for the one output token each request has there; on the decode side,
+    ``decode_only``, for prompts that arrive computed: the fluid policies' hit rate 1)."""
     hint = spec.workload_hint
     if hint is None:
         return spec
-    changes = {}
+    changes: dict = {"hit_rate": 1.0} if decode_only else {}
     if hint.arrival_rate is not None:
         changes["arrival_rate"] = hint.arrival_rate / replicas
     if output_tokens is not None and hint.lengths is not None:
@@ -287,7 +289,7 @@ def simulate_disaggregated(cfg: RunConfig, workload: Workload,
     _refuse_shared_prefixes(cfg, workload, "disaggregated serving")
     P, D = cfg.prefill_replicas, cfg.decode_replicas
     spec = build_replica(cfg, workload)
-    p_spec, d_spec = _pool_spec(spec, P, output_tokens=1), _pool_spec(spec, D)
+    p_spec, d_spec = _pool_spec(spec, P, output_tokens=1), _pool_spec(spec, D, decode_only=True)
     routers = tuple(make_router(name, params) for name, params in cfg.pool_routers)
     pools = [[make_policy(cfg.policy, cfg.policy_params) for _ in range(n)] for n in (P, D)]
     link = KVLink(cfg.kv_link_gbps, cfg.kv_link_latency_ms / 1e3)

@@ -167,3 +167,31 @@ def test_policies_plan_with_the_hints_hit_rate(policy):
         plans[caching] = (hint.hit_rate, pol.info["dT"])
     (h_on, dT_on), (h_off, dT_off) = plans[True], plans[False]
     assert h_off == 0.0 and h_on > 0.5 and dT_on < dT_off
+
+
+def test_wait_on_a_disaggregated_decode_pool_plans_decode_only():
+    """A decode replica receives every prompt computed (simulator/disagg.py): WAIT there plans
+    with hit rate 1, so its iterations charge each request's decode work w - l only (the
+    paper's own simulator's decode-only setting). dT by hand from the thresholds: d0 + d1 sum_j
+    n_j (w_j - l_j); memory keeps w."""
+    from simulator.runner import _pool_spec
+    cfg = RunConfig(policy="wait", policy_params={"d0": 0.01, "d1": 2e-6}, rate=8.0,
+                    num_requests=200, prompt_len="256:512", output_len="32:96", seed=2,
+                    prefill_replicas=1, decode_replicas=2).validate()
+    workload = build_workload(cfg)
+    spec = build_replica(cfg, workload)
+    decode = make_policy("wait", cfg.policy_params)
+    decode.bind(_pool_spec(spec, 2, decode_only=True))
+    aggregated = make_policy("wait", cfg.policy_params)
+    aggregated.bind(_pool_spec(spec, 2))
+    assert decode.info["hit_rate"] == 1.0 and "hit_rate" not in aggregated.info
+    f = workload.frame
+    types = with_hit_rate(types_from_lengths(f["prompt_tokens"], f["output_tokens"],
+                                             spec.workload_hint.arrival_rate / 2, 10,
+                                             "equal-width", "max"), 1.0)
+    plan = wait_thresholds(types, 0.01, 2e-6, 0.1, spec.kv_capacity_tokens)
+    assert decode.info["thresholds"] == pytest.approx(list(plan.thresholds))
+    by_hand = 0.01 + 2e-6 * sum(n * (t.work() - t.prompt)
+                                for n, t in zip(plan.thresholds, types))
+    assert decode.info["dT"] == pytest.approx(by_hand)
+    assert decode.info["dT"] < aggregated.info["dT"]
