@@ -285,6 +285,7 @@ class Engine(ReplicaLoop):
         self.free_blocks = spec.num_blocks
         self.unfinished = 0
         self._admissions = 0
+        self._progress_at = 1024        # the iteration count at which progress is reported next
         # Prefix caching (simulator/prefix_cache.py): the block pool, each live request's block
         # hashes, the waiting requests (their hits are looked up before each schedule call).
         self.pool = BlockPool(spec.num_blocks, spec.block_size) if prefix_caching else None
@@ -664,7 +665,6 @@ class Engine(ReplicaLoop):
         extra = len(ends) - 1
         if extra == 0:
             return ends, dts
-        first = self.iterations + 1
         self.iterations += extra
         blocks = taken[extra]
         used0 = self.spec.num_blocks - free
@@ -681,8 +681,6 @@ class Engine(ReplicaLoop):
                 TimelineRow(s, dt, 0, 0, B, kv, (used0 + n) * bs, resident, waiting, 0)
                 for s, dt, kv, n in zip(ends, dts[1:], range(kv1, kv1 + extra * B, B),
                                         taken[1:]))
-        if self.progress is not None and (first - 1) // 1024 != last // 1024:
-            self.progress(self.finished, self.total or 0)
         return ends, dts
 
     def _long_stretch(self, ends: list[float], dts: list[float], taken: list[int],
@@ -745,6 +743,8 @@ class Engine(ReplicaLoop):
             st.generated += k
             if st.generated == st.output_tokens:
                 self._complete(st, now)
+        if self.progress is not None:
+            self._report_progress()
 
     def _finish_iteration(self, d) -> None:
         now = self.env.now
@@ -759,7 +759,13 @@ class Engine(ReplicaLoop):
             st.generated += 1
             if st.generated == st.output_tokens:
                 self._complete(st, now)
-        if self.progress is not None and self.iterations % 1024 == 0:
+        if self.progress is not None:
+            self._report_progress()
+
+    def _report_progress(self) -> None:
+        """Every 1,024 iterations, once they have run (a stretch may pass several at once)."""
+        if self.iterations >= self._progress_at:
+            self._progress_at = self.iterations - self.iterations % 1024 + 1024
             self.progress(self.finished, self.total or 0)
 
     def _emit_token(self, st: RequestState, now: float) -> None:
