@@ -46,14 +46,32 @@ def hand_made(exp) -> pd.DataFrame:
 def test_tables_and_plot_come_from_the_csv(exp, tmp_path):
     table = hand_made(exp)
     table.to_csv(tmp_path / "cluster_replicas.csv", index=False)
-    assert exp.main(["--tables-only", "--out", str(tmp_path)]) == 0
+    assert exp.main(["--tables-only", "--out", str(tmp_path),
+                     "--trace", str(tmp_path / "absent.csv")]) == 0
     text = (tmp_path / "cluster_replicas.md").read_text()
+    assert "At 1x" not in text                      # no trace, no description of it
     # The size comes from the CSV, not from the flags' defaults.
     assert "(first 123 requests)" in text and "3 seeds pooled" in text
     assert "| 1x | 2 | 3 | 4 | 5 | 6 | 7 |" in text
     assert "| 3x | 5 | 6 | 7 | > 64 | 9 | 10 |" in text
     assert "| 1x | 0.950 (0.500) | 0.950 (0.510) |" in text
+    assert "| 3x | 0.950 (0.500) | 0.950 (0.510) | 0.950 (0.520) | - (0.530) |" in text
     assert (tmp_path / "cluster_replicas.png").stat().st_size > 0
+
+
+def test_the_markdown_describes_the_trace_it_was_run_on(exp, tmp_path):
+    hand_made(exp).assign(requests=4).to_csv(tmp_path / "cluster_replicas.csv", index=False)
+    trace = tmp_path / "azure.csv"
+    # Four requests 20 s apart (3 gaps over 60 s: 0.05 req/s; three in the first minute); the
+    # fifth row lies past the run's 4 requests (from the CSV) and must not count.
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:00:00.0,100,10\n2023-11-16 18:00:20.0,200,20\n"
+                     "2023-11-16 18:00:40.0,300,30\n2023-11-16 18:01:00.0,400,40\n"
+                     "2023-11-16 18:01:01.0,9000,900\n")
+    assert exp.main(["--tables-only", "--out", str(tmp_path), "--trace", str(trace)]) == 0
+    text = (tmp_path / "cluster_replicas.md").read_text()
+    assert ("At 1x these 4 requests span 1.0 minutes at 0.05 req/s on average (busiest minute "
+            "0.05 req/s), prompts 250 and outputs 25 tokens on average") in text
 
 
 def test_plot_lines_carry_the_csv(exp, tmp_path):
