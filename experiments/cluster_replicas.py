@@ -185,7 +185,7 @@ def plot(table, path: Path):
         at_1x = table[table.speedup == min(speedups)].replicas.min()
         if at_1x == at_1x:
             count.plot(speedups, [at_1x * k / min(speedups) for k in speedups], color="grey",
-                       linestyle="--", linewidth=1, label="linear in the rate")
+                       linestyle="--", linewidth=1, label="1x count x speed-up")
         fewer.axhline(ATTAINMENT, color="grey", linestyle="--", linewidth=1,
                       label=f"target {ATTAINMENT:g}")
         for ax in (count, fewer):
@@ -199,7 +199,7 @@ def plot(table, path: Path):
         fewer.set_ylabel("SLO attainment with one replica fewer")
         fewer.set_title("How far one replica fewer falls short")
         count.legend(fontsize=8)
-        fewer.legend(fontsize=8, loc="lower right")
+        fewer.legend(fontsize=8, loc="best")
         fig.suptitle(f"Azure conversation trace (TTFT <= {SLO['ttft_ms']:g} ms, TPOT <= "
                      f"{SLO['tpot_ms']:g} ms); llama-2-7b on a100-80gb, roofline")
         save(fig, path)

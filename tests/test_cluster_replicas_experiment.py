@@ -88,7 +88,7 @@ def test_plot_lines_carry_the_csv(exp, tmp_path):
             assert list(line.get_xdata().round()) == [1, 3]
             assert list(line.get_ydata()) == pytest.approx(list(rows.replicas), nan_ok=True)
     # The reference: the fewest replicas at 1x (2) scaled with the rate.
-    assert list(lines["linear in the rate"].get_ydata()) == [2, 6]
+    assert list(lines["1x count x speed-up"].get_ydata()) == [2, 6]
     one_fewer = {line.get_label(): line for line in fewer.get_lines()}
     assert list(one_fewer["vllm-v1 / power-of-d"].get_ydata()) == pytest.approx([0.51, 0.51])
 
