@@ -104,3 +104,16 @@ def test_a_missing_or_incomplete_csv_is_one_line_and_status_2(exp, tmp_path, cap
     assert exp.main(["--tables-only", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("doc", ["docs/clusters.md", "experiments/README.md"])
+def test_the_docs_table_is_the_committed_run(doc):
+    """The replica table quoted in the docs is the one the committed run wrote."""
+    results = (ROOT / "experiments" / "results" / "cluster_replicas.md").read_text()
+    counts = results.split("SLO attainment at that count")[0]
+    text = (ROOT / doc).read_text()
+    quoted = [line for line in text.splitlines() if line.startswith("| ") and "x | " in line
+              and line.split(" | ")[0][2:].rstrip("x").isdigit()]
+    assert len(quoted) == 4
+    for line in quoted:
+        assert line in counts, f"{doc} is stale against cluster_replicas.md: {line}"
