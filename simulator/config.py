@@ -251,7 +251,8 @@ class RunConfig:
         "VLLM_ALLOW_LONG_MAX_MODEL_LEN).", group="replica")
     prefix_caching: bool | None = run_field(
         None, "Automatic prefix caching, as vLLM's (default: on when the workload's requests "
-        "share prefixes: a trace's hash_ids, a system prompt, sessions; docs/prefix-caching.md).",
+        "share prefixes: a trace's hash_ids or prompt text, a system prompt, sessions; "
+        "docs/prefix-caching.md).",
         group="replica", flags=("--prefix-caching", "--no-prefix-caching"))
     preemption: str = run_field(
         "recompute", "A preempted request keeps its output and recomputes (vLLM), or restarts "
