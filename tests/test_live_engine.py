@@ -301,23 +301,35 @@ def test_a_kv_cache_too_small_for_the_batch_preempts_and_every_token_arrives(ser
 
 @pytest.mark.parametrize("server", ["vllm-v1"], indirect=True)
 def test_a_client_that_disconnects_leaves_the_policy_and_the_server_serves_on(server, tmp_path):
-    payload = {"model": MODEL_NAME, "prompt": list(range(1000, 1008)), "max_tokens": 300,
-               "ignore_eos": True, "stream": True}
-    req = urllib.request.Request(server.url + "/v1/completions", json.dumps(payload).encode(),
-                                 {"Content-Type": "application/json"})
-    resp = urllib.request.urlopen(req, timeout=30)
+    # As many tokens as max_model_len allows (8 + 370 <= 384): the tiny model streams about
+    # 150 tokens/s on an idle machine, so a short answer could finish before the server notices.
+    tokens = 370
+    body = json.dumps({"model": MODEL_NAME, "prompt": list(range(1000, 1008)),
+                       "max_tokens": tokens, "ignore_eos": True, "stream": True}).encode()
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    # A raw socket, shut down explicitly: urllib's response keeps its socket open past close()
+    # while a reference to the connection lives, and the server only sees a reset it is sent.
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: " + host.encode() +
+                 b"\r\nContent-Type: application/json\r\nContent-Length: " +
+                 str(len(body)).encode() + b"\r\n\r\n" + body)
+    stream = sock.makefile("rb")
     chunks = 0
     while chunks < 3:
-        if resp.readline().startswith(b"data:"):
+        line = stream.readline()
+        assert line, "the server closed the stream before three chunks"
+        if line.startswith(b"data:"):
             chunks += 1
-    resp.close()                                           # the client goes away mid-stream
+    stream.close()
+    sock.shutdown(socket.SHUT_RDWR)                        # the client goes away mid-stream
+    sock.close()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        aborted = [e for e in server.events_of("abort") if e["output"] == 300]
+        aborted = [e for e in server.events_of("abort") if e["output"] == tokens]
         if aborted:
             break
         time.sleep(0.2)
-    assert aborted and 3 <= aborted[0]["generated"] < 300, aborted
+    assert aborted and 3 <= aborted[0]["generated"] < tokens, aborted
     assert not [e for e in server.events_of("finish") if e["id"] == aborted[0]["id"] and
                 e["t"] < aborted[0]["t"]]
     records = bench(server, tmp_path, "--arrival", "deterministic", "--rate", "50", "-n", "3",
