@@ -16,7 +16,7 @@ from scheduler.base import Policy, QueuedPolicy, make_policy, register  # noqa: 
 from scheduler.plan import StepPlan  # noqa: E402
 from simulator.cost.linear import LinearCost  # noqa: E402
 from tests.fluid_helpers import hint, with_cost  # noqa: E402
-from tests.vllm_helpers import MODEL, OPTIONS, drive, drive_pipelined, spec  # noqa: E402
+from tests.vllm_helpers import MODEL, OPTIONS, RejectLong, drive, drive_pipelined, spec  # noqa: E402
 from traces.lengths import RequestType  # noqa: E402
 from simulator.vllm.loop import (build_scheduler, model_output,  # noqa: E402
                                    vllm_request)
@@ -311,28 +311,8 @@ def test_what_vllm_refuses_goes_back_to_the_policy():
     assert sched.servesim_stats.requeued > 0 and sched.servesim_stats.divergent_steps > 0
 
 
-@register
-class RejectLong(QueuedPolicy):
-    """FCFS, but rejects prompts over 64 tokens."""
-    name = "test-reject-long"
-
-    def schedule(self, view):
-        plan = StepPlan(view, float("inf"))
-        for req in plan.running:
-            plan.schedule_resident(req, req.remaining)
-        while self.waiting:
-            req = self.waiting.peek()
-            if req.prompt_tokens > 64:
-                plan.rejected.append((self.waiting.pop(), "prompt exceeds 64 tokens"))
-            elif plan.admit(req, req.remaining):
-                self.waiting.pop()
-            else:
-                break
-        return plan.decision()
-
-
 def test_policy_rejection_finishes_the_request_with_an_output():
-    sched = adapter(make_policy("test-reject-long"))
+    sched = adapter(make_policy(RejectLong))
     sched.add_request(vllm_request(Request(0, 0.0, 100, 3)))      # rejected by the policy
     sched.add_request(vllm_request(Request(1, 0.0, 30, 3)))
     out = sched.schedule()

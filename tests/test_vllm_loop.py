@@ -16,6 +16,7 @@ from simulator.engine import Engine  # noqa: E402
 from simulator.errors import SimulationStalled  # noqa: E402
 from simulator.hardware import model_spec  # noqa: E402
 from simulator.vllm.loop import VllmLoopEngine  # noqa: E402
+from tests.vllm_helpers import RejectLong  # noqa: E402
 from traces.request import Request  # noqa: E402
 
 COST = LinearCost.paper(d0=0.01, d1=1e-5)
@@ -95,34 +96,14 @@ def test_requests_that_can_never_fit_are_rejected_at_arrival():
     assert "capacity is 3200" in raw.states[2].reject_detail
 
 
-@register
-class RejectOver64(QueuedPolicy):
-    """FCFS, but rejects prompts over 64 tokens (a policy's own rejection)."""
-    name = "test-reject-over-64"
-
-    def schedule(self, view):
-        plan = StepPlan(view, float("inf"))
-        for req in plan.running:
-            plan.schedule_resident(req, req.remaining)
-        while self.waiting:
-            req = self.waiting.peek()
-            if req.prompt_tokens > 64:
-                plan.rejected.append((self.waiting.pop(), "prompt exceeds 64 tokens"))
-            elif plan.admit(req, req.remaining):
-                self.waiting.pop()
-            else:
-                break
-        return plan.decision()
-
-
 def test_a_policys_rejections_have_one_code_in_both_engines():
     """Native engine and vLLM in the loop: the code rejected_by_policy, the policy's reason as
     the detail, the arrival check's codes beside it, the summary counting each."""
     from simulator.metrics import Summary, requests_table
     reqs = [Request(0, 0.0, 16, 2), Request(1, 0.0, 100, 2), Request(2, 0.01, 4000, 200),
             Request(3, 0.02, 30, 2)]
-    for engine in (Engine(reqs, make_policy("test-reject-over-64"), COST, SPEC),
-                   VllmLoopEngine(reqs, make_policy("test-reject-over-64"), COST, SPEC,
+    for engine in (Engine(reqs, make_policy(RejectLong), COST, SPEC),
+                   VllmLoopEngine(reqs, make_policy(RejectLong), COST, SPEC,
                                   model_spec("llama-2-7b"))):
         frame = requests_table(engine.run().states)
         assert list(frame["status"]) == ["completed", "rejected", "rejected", "completed"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler.base import QueuedPolicy
+from scheduler.plan import StepPlan
 from scheduler.state import ReplicaSpec
 from simulator.hardware import model_spec
 from simulator.vllm.loop import TOKEN_ID, model_output, vllm_request
@@ -12,6 +14,26 @@ from simulator.vllm.loop import TOKEN_ID, model_output, vllm_request
 MODEL = model_spec("llama-2-7b")
 OPTIONS = {"max_num_seqs": 16, "max_num_batched_tokens": 256, "enable_chunked_prefill": True,
            "long_prefill_token_threshold": 0}
+
+
+class RejectLong(QueuedPolicy):
+    """FCFS, but rejects prompts over 64 tokens (a policy's own rejection). Not registered:
+    tests pass the class to make_policy, so no registry entry leaks into other test modules."""
+    name = "test-reject-long"
+
+    def schedule(self, view):
+        plan = StepPlan(view, float("inf"))
+        for req in plan.running:
+            plan.schedule_resident(req, req.remaining)
+        while self.waiting:
+            req = self.waiting.peek()
+            if req.prompt_tokens > 64:
+                plan.rejected.append((self.waiting.pop(), "prompt exceeds 64 tokens"))
+            elif plan.admit(req, req.remaining):
+                self.waiting.pop()
+            else:
+                break
+        return plan.decision()
 
 
 def spec(num_blocks=60, block_size=16, max_model_len=4096):
