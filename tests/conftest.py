@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,13 @@ def builtin_policy_names() -> list[str]:
     policies a parametrized test covers)."""
     from scheduler.base import policy_class, policy_names
     return [n for n in policy_names() if policy_class(n).__module__.startswith("scheduler.policies")]
+
+
+def load_experiment(name: str):
+    """The script experiments/NAME.py as a module (executed afresh), for its tests."""
+    path = ROOT / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

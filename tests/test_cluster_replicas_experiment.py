@@ -4,23 +4,16 @@ CSV's numbers, and a missing or incomplete CSV is one clear line and exit status
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_experiment
 
 
 def load():
-    path = ROOT / "experiments" / "cluster_replicas.py"
-    spec = importlib.util.spec_from_file_location("experiments_cluster_replicas", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("cluster_replicas")
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,16 @@ from its CSV."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import load_experiment
 from simulator.hardware import model_spec
 
 
 def load():
-    path = ROOT / "experiments" / "disagg.py"
-    spec = importlib.util.spec_from_file_location("experiments_disagg", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("disagg")
 
 
 def test_points_at_light_load_meet_the_slo_and_price_the_transfer():

@@ -3,27 +3,16 @@ derives from the measured profiles (so README and code cannot drift apart)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import pytest
 
-from conftest import ROOT, require_shared
+from conftest import ROOT, load_experiment, require_shared
 from simulator.cost.roofline import EFFICIENCY_DEFAULTS
-
-
-def load(name: str):
-    path = ROOT / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def calibration():
-    return load("calibrate_roofline")
+    return load_experiment("calibrate_roofline")
 
 
 def test_roofline_defaults_are_the_calibrated_medians(calibration):
@@ -48,7 +37,7 @@ def test_calibration_prints_the_readme_tables(calibration, capsys):
 
 
 def test_bench_speed_quick(capsys):
-    bench = load("bench_speed")
+    bench = load_experiment("bench_speed")
     assert [name for name, _ in bench.BENCHMARKS][:2] == ["p512d20", "azure-conv"]
     assert bench.main(["--quick", "--only", "p512d20"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()
