@@ -177,7 +177,7 @@ class LeastOutstanding(_Rotating):
     summary = "The replica with the fewest requests routed to it and not yet finished."
 
     def route(self, req, replicas):
-        return self.least(replicas, lambda r: r.outstanding)
+        return self.least(replicas, self.LOADS["outstanding"])
 
 
 @register_router
@@ -197,7 +197,7 @@ class ShortestPendingTokens(_Rotating):
               "in cache plus outputs not yet generated)."
 
     def route(self, req, replicas):
-        return self.least(replicas, lambda r: r.pending_tokens)
+        return self.least(replicas, self.LOADS["pending-tokens"])
 
 
 @dataclasses.dataclass
