@@ -9,6 +9,7 @@ has a higher hit rate than round-robin on synthetic sessions, same seeds.
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import pytest
@@ -128,8 +129,10 @@ def test_the_views_cache_read_is_the_admission_hit_and_changes_nothing():
             return tuple((k, as_values(getattr(x, k))) for k in x.__slots__ if hasattr(x, k))
         if isinstance(x, dict):
             return {k: as_values(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple, set, frozenset)) or type(x).__name__ == "deque":
-            return [as_values(v) for v in x] if not isinstance(x, (set, frozenset)) else set(x)
+        if isinstance(x, (set, frozenset)):
+            return set(x)
+        if isinstance(x, (list, tuple, collections.deque)):
+            return [as_values(v) for v in x]
         return copy.copy(x)
 
     def state():
