@@ -23,7 +23,7 @@ from simulator.cost.base import CostModel
 from simulator.cost.factory import build_cost_model
 from simulator.cost.linear import fit_cost
 from simulator.disagg import KVLink, native_disaggregated
-from simulator.engine import EngineResult
+from simulator.engine import EngineResult, prefix_caching_on
 from simulator.engines import engine_factory
 from simulator.errors import ConfigError
 from simulator.hardware import gpu_spec, kv_capacity_tokens, model_spec
@@ -119,18 +119,13 @@ def build_replica(cfg: RunConfig, workload: Workload | None = None) -> ReplicaSp
         num_blocks = kv_capacity_tokens(model, gpu, cfg.gpu_memory_utilization,
                                         block_size=cfg.block_size,
                                         parallel=parallel) // cfg.block_size
-    hint = workload_hint(workload, request_types(cfg), cost,
-                         cfg.block_size if _caches(cfg, workload) else None) \
-        if workload is not None else None
+    hint = None
+    if workload is not None:   # the fluid policies' hit rate at this block size, when caching
+        caching = prefix_caching_on(cfg.prefix_caching, workload)
+        hint = workload_hint(workload, request_types(cfg), cost,
+                             cfg.block_size if caching else None)
     return ReplicaSpec(num_blocks=num_blocks, block_size=cfg.block_size, max_model_len=max_len,
                        cost_model=cost, workload_hint=hint, seed=cfg.seed)
-
-
-def _caches(cfg: RunConfig, workload: Workload) -> bool:
-    """Whether the run's engine caches prefixes: as ``prefix_caching`` says (unset: when the
-    workload shares prefixes), the native engine and vLLM in the loop alike."""
-    from simulator.engine import prefix_caching_on
-    return prefix_caching_on(cfg.prefix_caching, workload)
 
 
 def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = None,
@@ -182,7 +177,6 @@ def simulate(cfg: RunConfig, workload: Workload | None = None,
 
 
 def _refuse_shared_prefixes(cfg: RunConfig, workload: Workload, what: str) -> None:
-    from simulator.engine import prefix_caching_on
     if prefix_caching_on(cfg.prefix_caching, workload) or cfg.session_turns > 1:
         # Not modelled yet across pools (a prompt's cached blocks would have to follow it over
         # the link): refuse rather than run shared prefixes as if nothing were cached.
@@ -211,7 +205,6 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
                      progress: Callable[[int, int], None] | None = None) -> RunResult:
     """``cfg.replicas`` replicas (identical, or in ``cfg.groups``) behind ``cfg.router`` and
     admission control (simulator/cluster.py)."""
-    from simulator.engine import prefix_caching_on
     n = cfg.replicas
     specs, policies, names, preemptions, caching = [], [], [], [], []
     for count, group in cfg.group_configs():
