@@ -9,13 +9,12 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, require_shared
+from conftest import ROOT, load_experiment, require_shared
 from experiments.peers.workloads import requests_of, servesim_flags, workload_fields, write_inputs
-from test_experiments import load
 
 
 def run_bench(tmp_path, capsys, *args):
-    bench = load("bench_peers")
+    bench = load_experiment("bench_peers")
     out = tmp_path / "peers.md"
     assert bench.main(["--only", "W1", "--num-requests", "40", "--reps", "1", "--no-warmup",
                        "--out", str(out), *args]) == 0
