@@ -91,8 +91,10 @@ class EngineLoad:
         live = [st for st in self._outstanding
                 if st.status is Status.WAITING or st.status is Status.RESIDENT]
         self._outstanding = live
+        # Mid-stretch, the tokens its iterations computed are not in the states yet (every
+        # request of a stretch is resident here, so among the outstanding).
         return sum(st.prompt_tokens + st.output_tokens - 1 - st.computed - st.cached
-                   for st in live)
+                   for st in live) - self.engine.uncommitted_tokens
 
     def cached_prefix_tokens(self, req: Request) -> int:
         # As the replica would look it up at admission (Engine._look_up_prefixes): the whole
@@ -224,15 +226,16 @@ def native_cluster(requests: Iterable[Request], router: Router,
                    seed: int = 0, admission: Admission | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    total: int | None = None,
-                   prefix_caching: Sequence[bool] | None = None) -> Cluster:
+                   prefix_caching: Sequence[bool] | None = None,
+                   stepwise: bool = False) -> Cluster:
     """A cluster of servesim's own engines: replica i runs ``policies[i]`` on ``specs[i]``
     with preemption mode ``preemptions[i]`` (default: recompute) and prefix caching if
-    ``prefix_caching[i]`` (default: off)."""
+    ``prefix_caching[i]`` (default: off); every iteration on its own if ``stepwise``."""
     def make(i: int, env: simpy.Environment) -> Engine:
         return Engine((), policies[i], specs[i].cost_model, specs[i],
                       record_timeline=record_timeline,
                       preemption=preemptions[i] if preemptions else "recompute",
                       prefix_caching=bool(prefix_caching[i]) if prefix_caching else False,
-                      env=env)
+                      stepwise=stepwise, env=env)
     return Cluster(requests, router, make, len(specs), admission=admission, seed=seed,
                    progress=progress, total=total)

@@ -105,7 +105,7 @@ def _check_schedule(value: list, where: str) -> list:
 
 
 # Fields a replica group may set: what describes one replica and its policy. The served model
-# and the engine are the cluster's (its replicas run step by step: ``stepwise``); a front-end
+# and the engine are the cluster's (and ``stepwise``, how its replicas run); a front-end
 # delay is not modelled in a cluster.
 GROUP_EXCLUDED = ("model", "engine", "stepwise", "frontend_delay")
 

@@ -268,19 +268,21 @@ def native_disaggregated(requests: Iterable[Request], prefill_router: Router,
                          kv_bytes_per_token: int, *, record_timeline: bool = True,
                          preemption: str = "recompute", seed: int = 0,
                          progress: Callable[[int, int], None] | None = None,
-                         total: int | None = None) -> Disaggregated:
+                         total: int | None = None, stepwise: bool = False) -> Disaggregated:
     """Disaggregated serving on servesim's own engines: each pool a (policies, spec) pair,
-    replica i of a pool running ``policies[i]``."""
+    replica i of a pool running ``policies[i]``; every iteration on its own if
+    ``stepwise``."""
     (p_policies, p_spec), (d_policies, d_spec) = prefill, decode
 
     def make_prefill(i: int, env: simpy.Environment, handed) -> PrefillReplica:
         return PrefillReplica((), p_policies[i], p_spec.cost_model, p_spec,
                               record_timeline=record_timeline, preemption=preemption, env=env,
-                              handed=handed)
+                              stepwise=stepwise, handed=handed)
 
     def make_decode(j: int, env: simpy.Environment) -> Engine:
         return Engine((), d_policies[j], d_spec.cost_model, d_spec,
-                      record_timeline=record_timeline, preemption=preemption, env=env)
+                      record_timeline=record_timeline, preemption=preemption, env=env,
+                      stepwise=stepwise)
     return Disaggregated(requests, prefill_router, decode_router, make_prefill, make_decode,
                          len(p_policies), len(d_policies), link, kv_bytes_per_token, seed=seed,
                          progress=progress, total=total)

@@ -74,6 +74,33 @@ class PrefixCacheReport:
 STRETCH_STEPS = 24
 
 
+class _Stretch:
+    """A planned stretch of identical decode iterations (``Engine._plan_stretch``): its batch,
+    each request's computed tokens at its start, the free blocks then, how many requests take
+    a new block at each iteration mod the block size, the time no iteration may start at or
+    after, the most iterations before a completion; and, planned so far, each iteration's end
+    time, duration and the blocks taken since the first, and the batch KV of the next one.
+    ``resident`` and ``waiting`` are the replica's counts as it starts (its timeline's)."""
+
+    __slots__ = ("decode", "ctxs", "free", "by_offset", "limit", "k_max", "ends", "dts",
+                 "taken", "kv1", "kv", "resident", "waiting")
+
+    def __init__(self, decode, ctxs: list[int], free: int, by_offset: list[int], limit: float,
+                 k_max: int, end0: float, dt0: float, kv1: int, resident: int, waiting: int):
+        self.resident = resident
+        self.waiting = waiting
+        self.decode = decode
+        self.ctxs = ctxs
+        self.free = free
+        self.by_offset = by_offset
+        self.limit = limit
+        self.k_max = k_max
+        self.ends = [end0]
+        self.dts = [dt0]
+        self.taken = [0]
+        self.kv1 = self.kv = kv1
+
+
 def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | None:
     """Why a request can never be served on this replica (checked at arrival): its code and
     detail, or None."""
@@ -279,6 +306,11 @@ class Engine(ReplicaLoop):
         # One iteration per step, always: the reference the stretches are tested against.
         self.stepwise = stepwise
         self._stretches = False
+        self._cut = False
+        self._decode_admitted = 0       # the last iteration that admitted a request to decode
+        # Tokens the iterations of a stepped stretch have computed so far, not yet added to its
+        # requests' states (a router reads pending tokens mid-stretch: simulator/cluster.py).
+        self.uncommitted_tokens = 0
         self.view = ReplicaView(spec)
         self.resident: dict[int, RequestState] = {}
         self.view.resident = self.resident.values()   # live, admission order
@@ -303,11 +335,16 @@ class Engine(ReplicaLoop):
 
     def _start(self) -> None:
         self.policy.bind(self.spec)
-        # Stretches need the next arrival's time (this loop's own arrival process: a cluster's
-        # router may hand a request over at any time, and reads the replica's state as it
-        # does), and no prefix cache (blocks that fill mid-stretch would be registered late).
-        self._stretches = (not self.stepwise and self._own_arrivals and self.pool is None
+        # Stretches need no prefix cache (blocks that fill mid-stretch would be registered
+        # late). With its own arrival process the replica knows when the next arrival comes
+        # and waits for a stretch's end at once; in a cluster (a router hands requests over at
+        # any time) it waits iteration by iteration (``_stepped_stretch``).
+        self._stretches = (not self.stepwise and self.pool is None
                            and is_steady_decode(self.policy))
+
+    def _wake(self) -> None:
+        self._cut = True      # a stepped stretch ends with the iteration running now
+        super()._wake()
 
     def _accept(self, st: RequestState, r: Request) -> None:
         self.unfinished += 1
@@ -467,16 +504,23 @@ class Engine(ReplicaLoop):
                 continue
             dt = self._start_iteration(d)
             if self._stretches and not (d.prefill or d.preempt or d.reject):
-                ends, dts = self._start_stretch(d, dt)
-                if len(ends) > 1:
-                    early = yield from self._run_to_end(ends, dts)
-                    if early and ends[-1] == self._next_arrival_s():
-                        # An arrival due at the very end: the step engine's last timeout, made
-                        # as the last iteration started, after the arrival's, lets the arrival
-                        # in first. So do we.
-                        yield env.timeout(0)
-                    self._finish_stretch(d, len(ends))
-                    continue
+                if self._own_arrivals:
+                    s = self._plan_stretch(d, dt, self._next_arrival_s(), STRETCH_STEPS)
+                    if s is not None:
+                        self._commit_stretch(s, len(s.ends))
+                        early = yield from self._run_to_end(s.ends, s.dts)
+                        if early and s.ends[-1] == self._next_arrival_s():
+                            # An arrival due at the very end: the step engine's last timeout,
+                            # made as the last iteration started, after the arrival's, lets
+                            # the arrival in first. So do we.
+                            yield env.timeout(0)
+                        self._finish_stretch(d.decode, len(s.ends))
+                        continue
+                else:
+                    s = self._plan_stretch(d, dt, math.inf, 2)
+                    if s is not None:
+                        yield from self._stepped_stretch(s)
+                        continue
             yield env.timeout(dt)
             self._finish_iteration(d)
 
@@ -561,6 +605,7 @@ class Engine(ReplicaLoop):
                 # replica, simulator/disagg.py): admitted to decode, it takes its context's
                 # blocks.
                 self._admit(st, now)
+                self._decode_admitted = it
                 need = -(-(ctx + 1) // bs)
                 new_blocks += need
                 st.kv_blocks += need
@@ -610,45 +655,57 @@ class Engine(ReplicaLoop):
         if st.first_scheduled_s is None:
             st.first_scheduled_s = now
 
-    def _start_stretch(self, d, dt0: float) -> tuple[list[float], list[float]]:
+    def _plan_stretch(self, d, dt0: float, limit: float, top: int) -> _Stretch | None:
         """After the first iteration of a decode-only batch has started (``_start_iteration``),
-        the iterations that repeat it before the next event: start them all (KV, counters,
-        timeline rows). Returns the stretch's iterations' end times and durations (one of each:
-        just the first iteration).
+        plan the iterations that repeat it before ``limit`` (the next arrival or ``wake_at``),
+        at most ``top`` of them priced one by one (``_extend_stretch`` goes on); None when
+        not even a second one can run. Commits nothing (``_commit_stretch`` does).
 
         Iteration j (0 = the first) of the stretch runs each request r at context c_r + j
         (c_r = its computed tokens), so the batch's KV is S0 + j B; request r takes a new block
-        when (c_r + j) % block_size == 0. It runs when it starts before the next arrival and
-        ``wake_at``, every request still decodes (the first completion ends the stretch), and
-        the blocks taken since the first iteration fit in the free ones."""
+        when (c_r + j) % block_size == 0. It runs when it starts before ``limit``, every
+        request still decodes (the first completion ends the stretch), and the blocks taken
+        since the first iteration fit in the free ones."""
+        if self._decode_admitted == self.iterations:
+            # It admitted received requests to decode: the next decision may admit more.
+            return None
         decode = d.decode
         end0 = self.env.now + dt0
-        limit = self._next_arrival_s()
         if d.wake_at is not None and d.wake_at < limit:
             limit = d.wake_at
         if not end0 < limit:
-            return [end0], [dt0]
+            return None
         k_max = min([st.output_tokens - st.generated for st in decode])
         if k_max <= 1:
-            return [end0], [dt0]
+            return None
         B = len(decode)
         bs = self.spec.block_size
         free = self.free_blocks
         ctxs = [st.computed for st in decode]
         if free < B and sum([(c + 1) % bs == 0 for c in ctxs]) > free:
-            return [end0], [dt0]       # iteration 1's blocks do not fit (a full cache, often)
+            return None        # iteration 1's blocks do not fit (a full cache, often)
         # Requests by the iteration (mod block size) at which they take their next block.
         by_offset = [0] * bs
         for c in ctxs:
             by_offset[-c % bs] += 1
-        kv = sum(ctxs) + 2 * B                   # the batch's KV at iteration 1
-        kv1 = kv
-        # The first iterations one by one (most stretches are short): iteration j runs if it
-        # starts (t, the end of iteration j - 1) before the limit and its blocks fit.
-        ends, dts, taken = [end0], [dt0], [0]
-        t, blocks, j = end0, 0, 1
+        s = _Stretch(decode, ctxs, free, by_offset, limit, k_max, end0, dt0,
+                     sum(ctxs) + 2 * B,           # the batch's KV at iteration 1
+                     len(self.resident), self.view.num_waiting)
+        self._extend_stretch(s, top)
+        return s if len(s.ends) > 1 else None
+
+    def _extend_stretch(self, s: _Stretch, top: int) -> None:
+        """Plan more of stretch ``s``: one by one up to iteration ``top`` (at most
+        STRETCH_STEPS), and from iteration STRETCH_STEPS on as arrays, to its end."""
+        ends, dts, taken, by_offset = s.ends, s.dts, s.taken, s.by_offset
+        bs = len(by_offset)
+        j = len(ends)
+        t, blocks, kv, B = ends[-1], taken[-1], s.kv, len(s.decode)
+        free, limit, k_max = s.free, s.limit, s.k_max
         iteration_time = self.cost_model.iteration_time
-        top = min(k_max, STRETCH_STEPS)
+        top = min(k_max, top, STRETCH_STEPS)
+        # Iteration j runs if it starts (t, the end of iteration j - 1) before the limit and
+        # its blocks fit.
         while j < top and t < limit and blocks + by_offset[j % bs] <= free:
             dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
             if not dt > 0:
@@ -660,40 +717,21 @@ class Engine(ReplicaLoop):
             dts.append(dt)
             taken.append(blocks)
             j += 1
-        if j == top < k_max and t < limit and blocks + by_offset[j % bs] <= free:
-            self._long_stretch(ends, dts, taken, by_offset, B, kv, free, limit, k_max)
-        extra = len(ends) - 1
-        if extra == 0:
-            return ends, dts
-        self.iterations += extra
-        blocks = taken[extra]
-        used0 = self.spec.num_blocks - free
-        self.free_blocks = free - blocks
-        if used0 + blocks > self.peak_used_blocks:
-            self.peak_used_blocks = used0 + blocks
-        last = self.iterations
-        for st, c in zip(decode, ctxs):
-            st.kv_blocks += (c + extra) // bs - c // bs
-            st._iteration = last
-        if self.timeline is not None:
-            resident, waiting = len(self.resident), self.view.num_waiting
-            self.timeline.extend(
-                TimelineRow(s, dt, 0, 0, B, kv, (used0 + n) * bs, resident, waiting, 0)
-                for s, dt, kv, n in zip(ends, dts[1:], range(kv1, kv1 + extra * B, B),
-                                        taken[1:]))
-        return ends, dts
+        s.kv = kv
+        if j == STRETCH_STEPS < k_max and t < limit and blocks + by_offset[j % bs] <= free:
+            self._long_stretch(s)
 
-    def _long_stretch(self, ends: list[float], dts: list[float], taken: list[int],
-                      by_offset: list[int], B: int, kv: int, free: int, limit: float,
-                      k_max: int) -> None:
-        """A stretch longer than STRETCH_STEPS: its further iterations priced as arrays
-        (``CostModel.decode_stretch_times``), in blocks that double until an event bounds
-        them; appended to ``ends``, ``dts`` and ``taken`` (blocks taken by each), iteration j0
-        = len(ends) at KV ``kv`` on."""
-        bs = len(by_offset)
+    def _long_stretch(self, s: _Stretch) -> None:
+        """Stretch ``s`` beyond its iterations priced one by one: its further iterations
+        priced as arrays (``CostModel.decode_stretch_times``), in blocks that double until an
+        event bounds them; appended to its ``ends``, ``dts`` and ``taken`` (blocks taken by
+        each), iteration j0 = len(ends) at KV ``s.kv`` on."""
+        ends, dts, taken = s.ends, s.dts, s.taken
+        bs = len(s.by_offset)
+        B, kv, free, limit, k_max = len(s.decode), s.kv, s.free, s.limit, s.k_max
         j0 = len(ends)
         t, blocks = ends[-1], taken[-1]
-        offsets = np.asarray(by_offset)
+        offsets = np.asarray(s.by_offset)
         n = min(2 * j0, k_max)
         while True:        # iterations j0..n-1 considered
             m = n - j0
@@ -711,6 +749,63 @@ class Engine(ReplicaLoop):
         ends.extend(stops[1:runs + 1].tolist())
         dts.extend(times[:runs].tolist())
         taken.extend(took[:runs].tolist())
+        s.kv = kv + runs * B
+        s.k_max = len(ends)        # planned to its end: nothing more to extend
+
+    def _commit_stretch(self, s: _Stretch, k: int) -> None:
+        """The first ``k`` iterations of stretch ``s`` start (the first one did, in
+        ``_start_iteration``): counters, KV blocks and timeline rows as the step engine has them
+        after starting iteration k - 1."""
+        extra = k - 1
+        if extra == 0:
+            return
+        bs = self.spec.block_size
+        self.iterations += extra
+        blocks = s.taken[extra]
+        free = s.free
+        used0 = self.spec.num_blocks - free
+        self.free_blocks = free - blocks
+        if used0 + blocks > self.peak_used_blocks:
+            self.peak_used_blocks = used0 + blocks
+        last = self.iterations
+        for st, c in zip(s.decode, s.ctxs):
+            st.kv_blocks += (c + extra) // bs - c // bs
+            st._iteration = last
+        if self.timeline is not None:
+            B = len(s.decode)
+            kv1 = s.kv1
+            resident, waiting = s.resident, s.waiting
+            self.timeline.extend(
+                TimelineRow(t, dt, 0, 0, B, kv, (used0 + n) * bs, resident, waiting, 0)
+                for t, dt, kv, n in zip(s.ends, s.dts[1:k], range(kv1, kv1 + extra * B, B),
+                                        s.taken[1:k]))
+
+    def _stepped_stretch(self, s: _Stretch):
+        """Run stretch ``s`` in a cluster: one timeout per iteration, as the step engine takes
+        them (so every event keeps its order against the other replicas' and the router's),
+        but no decision, admission or per-request update until it ends. It ends at its planned
+        end, or at the end of the iteration running when a request arrives here (``_wake``):
+        the step engine's next decision there sees the arrival. While it runs, the router reads
+        the free blocks (updated as each iteration starts) and the tokens computed so far
+        (``uncommitted_tokens``)."""
+        env = self.env
+        B = len(s.decode)
+        free, taken, dts = s.free, s.taken, s.dts
+        self._cut = False
+        yield env.timeout(dts[0])
+        k = 1              # iterations finished
+        while not self._cut:
+            if k == len(dts):
+                self._extend_stretch(s, k + 1)     # priced as it goes: most end early
+                if k == len(dts):
+                    break
+            self.free_blocks = free - taken[k]
+            self.uncommitted_tokens = k * B
+            yield env.timeout(dts[k])
+            k += 1
+        self.uncommitted_tokens = 0
+        self._commit_stretch(s, k)
+        self._finish_stretch(s.decode, k)
 
     def _run_to_end(self, ends: list[float], dts: list[float]):
         """Advance the clock to the end of a stretch, reading exactly the step engine's time
@@ -734,11 +829,11 @@ class Engine(ReplicaLoop):
                 yield env.timeout(dts[i])
                 i += 1
 
-    def _finish_stretch(self, d, k: int) -> None:
+    def _finish_stretch(self, decode, k: int) -> None:
         """The stretch's ``k`` iterations have run: each request computed and emitted ``k``
         tokens; those whose last token this was complete now."""
         now = self.env.now
-        for st in d.decode:
+        for st in decode:
             st.computed += k
             st.generated += k
             if st.generated == st.output_tokens:

@@ -219,7 +219,7 @@ def simulate_cluster(cfg: RunConfig, workload: Workload,
     raw = native_cluster(workload.requests(), router, policies, specs,
                          record_timeline=cfg.timeline, preemptions=preemptions, seed=cfg.seed,
                          admission=admission, progress=progress, total=len(workload),
-                         prefix_caching=caching).run()
+                         prefix_caching=caching, stepwise=cfg.stepwise).run()
     caches = [r.prefix_cache for r in raw.replicas]
     cached = any(c is not None for c in caches)
     frame = requests_table(raw.states, replica_of=raw.replica_of, cached_prompt_tokens={
@@ -290,7 +290,7 @@ def simulate_disaggregated(cfg: RunConfig, workload: Workload,
         workload.requests(), *routers, (pools[0], p_spec), (pools[1], d_spec), link,
         model_spec(cfg.model).kv_bytes_per_token, record_timeline=cfg.timeline,
         preemption=cfg.preemption, seed=cfg.seed, progress=progress,
-        total=len(workload)).run()
+        total=len(workload), stepwise=cfg.stepwise).run()
     frame = requests_table(raw.states, handoffs=raw.handoffs)
     counters = tuple([replica_counters(cfg.gpu, cfg.policy, r) for r in results]
                      for results in (raw.prefill, raw.decode))
