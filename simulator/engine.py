@@ -335,12 +335,13 @@ class Engine(ReplicaLoop):
 
     def _start(self) -> None:
         self.policy.bind(self.spec)
-        # Stretches need no prefix cache (blocks that fill mid-stretch would be registered
-        # late). With its own arrival process the replica knows when the next arrival comes
-        # and waits for a stretch's end at once; in a cluster (a router hands requests over at
-        # any time) it waits iteration by iteration (``_stepped_stretch``).
-        self._stretches = (not self.stepwise and self.pool is None
-                           and is_steady_decode(self.policy))
+        # With its own arrival process the replica knows when the next arrival comes and waits
+        # for a stretch's end at once; in a cluster (a router hands requests over at any time)
+        # it waits iteration by iteration (``_stepped_stretch``), and only without a prefix
+        # cache (a router reads the cache as it is at the arrival: blocks filled mid-stretch
+        # would be registered late).
+        self._stretches = (not self.stepwise and is_steady_decode(self.policy)
+                           and (self.pool is None or self._own_arrivals))
 
     def _wake(self) -> None:
         self._cut = True      # a stepped stretch ends with the iteration running now
@@ -382,11 +383,13 @@ class Engine(ReplicaLoop):
             b.hit = 0
         st.cached = st.cached_shared_blocks = 0
 
-    def _look_up_prefixes(self) -> None:
+    def _look_up_prefixes(self) -> bool:
         """Fill what policies read of the cache: each waiting request's hit (``cached``,
         ``cached_shared_blocks``) and each resident one's ``shared_blocks``. Along a request's
         chain each is a prefix (simulator/prefix_cache.py), so it can only have changed if a
-        segment at its boundary changed since the last look-up: only those are looked up."""
+        segment at its boundary changed since the last look-up: only those are looked up.
+        Returns whether any of them changed."""
+        changed = False
         pool = self.pool
         dirty = pool.dirty
         bs = self.spec.block_size
@@ -406,8 +409,10 @@ class Engine(ReplicaLoop):
                 pool.want(b, b.hit, hit)
                 b.hit = hit
             held, g0, g1 = pool.held_blocks(b, hit)
-            st.cached = hit * bs
-            st.cached_shared_blocks = held
+            if st.cached != hit * bs or st.cached_shared_blocks != held:
+                changed = True
+                st.cached = hit * bs
+                st.cached_shared_blocks = held
             b.watch = _watch(watchers, rid, b.watch, (h0, h1, g0, g1))
         stale.clear()
         # After the waiting requests: what they want counts in a resident's shared blocks.
@@ -421,11 +426,14 @@ class Engine(ReplicaLoop):
             st = resident[rid]
             b = blocks[rid]
             shared, h0, h1 = pool.shared_blocks(b, b.registered)
-            st.shared_blocks = shared
+            if st.shared_blocks != shared:
+                changed = True
+                st.shared_blocks = shared
             b.shared_watch = _watch(watchers, rid, b.shared_watch, (h0, h1))
         stale.clear()
         dirty.clear()
         self.free_blocks = pool.free_blocks
+        return changed
 
     def _admit_hit(self, st: RequestState) -> None:
         """A waiting request is admitted: it holds the cached blocks of its hit."""
@@ -497,6 +505,11 @@ class Engine(ReplicaLoop):
             if not (d.prefill or d.decode):
                 if view.arrivals_done and self.unfinished == 0:
                     return
+                if d.preempt or d.reject:
+                    # It freed KV or the queue's head and ran nothing (vLLM V1 schedules no
+                    # waiting request in a step that preempts): ask again at once, as vLLM's
+                    # engine loop calls the scheduler again.
+                    continue
                 yield from self._sleep(
                     d.wake_at, f"policy {policy.name}",
                     f"{self.unfinished} unfinished requests ({view.num_waiting} waiting, "
@@ -691,8 +704,51 @@ class Engine(ReplicaLoop):
         s = _Stretch(decode, ctxs, free, by_offset, limit, k_max, end0, dt0,
                      sum(ctxs) + 2 * B,           # the batch's KV at iteration 1
                      len(self.resident), self.view.num_waiting)
-        self._extend_stretch(s, top)
+        if self.pool is None:
+            self._extend_stretch(s, top)
+        else:
+            self._extend_pooled_stretch(s)
         return s if len(s.ends) > 1 else None
+
+    def _extend_pooled_stretch(self, s: _Stretch) -> None:
+        """Plan stretch ``s`` with prefix caching: iteration by iteration, each one's new
+        blocks taken from the pool and its blocks that fill cached as it is planned (as
+        ``_start_iteration`` does), so its evictions and cached blocks are the step engine's.
+        It ends before an iteration whose decision could differ: where the look-up before it
+        changes what a policy reads of the cache (a waiting request's hit, a resident's shared
+        blocks), as an eviction reaching a waiting request's hit does."""
+        pool = self.pool
+        ends, dts, taken, by_offset = s.ends, s.dts, s.taken, s.by_offset
+        bs = len(by_offset)
+        # Requests (with their computed tokens at the start) by the iteration mod block size
+        # at which their block fills: (c + j + 1) % bs == 0.
+        fills: list[list] = [[] for _ in range(bs)]
+        for st, c in zip(s.decode, s.ctxs):
+            fills[(-c - 1) % bs].append((st, c))
+        j = len(ends)
+        t, blocks, kv, B = ends[-1], taken[-1], s.kv, len(s.decode)
+        free, limit, k_max = s.free, s.limit, s.k_max
+        iteration_time = self.cost_model.iteration_time
+        cached_blocks = self.cached_blocks
+        while j < k_max and t < limit and blocks + by_offset[j % bs] <= free:
+            if self._look_up_prefixes():
+                break
+            dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
+            if not dt > 0:
+                raise self._nonpositive(dt, BatchShape(0, 0, 0, 0.0, B, kv))
+            pool.allocate(by_offset[j % bs])
+            for st, c in fills[j % bs]:
+                self._register_full_blocks(st, c + j + 1)
+            cached_blocks.append(pool.cached_blocks)
+            # Net of the blocks that registering gave back (a block cached already adopted).
+            blocks = free - pool.free_blocks
+            t += dt
+            kv += B
+            ends.append(t)
+            dts.append(dt)
+            taken.append(blocks)
+            j += 1
+        s.kv = kv
 
     def _extend_stretch(self, s: _Stretch, top: int) -> None:
         """Plan more of stretch ``s``: one by one up to iteration ``top`` (at most
@@ -761,10 +817,14 @@ class Engine(ReplicaLoop):
             return
         bs = self.spec.block_size
         self.iterations += extra
-        blocks = s.taken[extra]
         free = s.free
         used0 = self.spec.num_blocks - free
-        self.free_blocks = free - blocks
+        if self.pool is None:
+            blocks = s.taken[extra]
+            self.free_blocks = free - blocks
+        else:       # adoptions can give blocks back: the most taken need not be the last
+            blocks = max(s.taken[1:k])
+            self.free_blocks = self.pool.free_blocks
         if used0 + blocks > self.peak_used_blocks:
             self.peak_used_blocks = used0 + blocks
         last = self.iterations

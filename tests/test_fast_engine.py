@@ -205,3 +205,85 @@ def test_stretch_times_equal_iteration_time(cost, requests, kv, n):
                 for i in range(n)]
     assert times.shape == (n,)
     assert np.array_equal(times, np.array(expected))
+
+
+# -- prefix caching: stretches with the block pool ---------------------------------------------
+
+
+def _run_cached(reqs, policy, kv_tokens, block_size, *, stepwise):
+    spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
+                       max_model_len=4096, cost_model=CHECK_COST,
+                       workload_hint=workload_hint(Workload.from_requests(reqs),
+                                                   cost_model=CHECK_COST))
+    pol = make_policy(policy)
+    calls = []
+    schedule = pol.schedule
+    pol.schedule = lambda view: calls.append(view.now) or schedule(view)
+    return Engine(reqs, pol, CHECK_COST, spec, prefix_caching=True, stepwise=stepwise).run(), \
+        len(calls)
+
+
+def _assert_same_cached(reqs, policy, kv_tokens, block_size) -> tuple[int, int, int]:
+    """Both engines with prefix caching on: equal tables, counters and cache report (hits per
+    request, cached blocks after every iteration, hits, queries, evictions). Returns (fast
+    schedule calls, iterations, evictions)."""
+    step, _ = _run_cached(reqs, policy, kv_tokens, block_size, stepwise=True)
+    fast, calls = _run_cached(reqs, policy, kv_tokens, block_size, stepwise=False)
+    pd.testing.assert_frame_equal(requests_table(fast.states), requests_table(step.states),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(timeline_table(fast.timeline), timeline_table(step.timeline),
+                                  check_exact=True)
+    assert (fast.end_s, fast.iterations, fast.preemptions, fast.peak_kv_blocks) == \
+        (step.end_s, step.iterations, step.preemptions, step.peak_kv_blocks)
+    a, b = fast.prefix_cache, step.prefix_cache
+    assert (a.cached_prompt_tokens, a.cached_blocks, a.stats) == \
+        (b.cached_prompt_tokens, b.cached_blocks, b.stats)
+    return calls, fast.iterations, a.stats["prefix_cache_evictions"]
+
+
+@pytest.mark.parametrize("policy", STEADY)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 100_000), block_size=st.sampled_from([1, 3, 4, 16]),
+       scale=st.sampled_from([1.2, 2.0, 6.0, 100.0]), n=st.integers(2, 40))
+def test_equal_with_prefix_caching(policy, seed, block_size, scale, n):
+    """Shared system prompts, hash_ids-like trees and session turns (the prefix-cache
+    reference's workloads), caches from barely the largest request (evictions, preemptions) to
+    room for everything."""
+    import random
+
+    from tests.test_prefix_reference import random_workload
+    reqs = random_workload(random.Random(seed), n)
+    largest = max(r.prompt_tokens + r.output_tokens for r in reqs)
+    kv = -(-int(scale * largest) // block_size) * block_size
+    _assert_same_cached(reqs, policy, kv, block_size)
+
+
+def test_pooled_stretches_replace_schedule_calls_and_evict_as_step_by_step():
+    """Sessions of long answers in a cache that must evict: stretches run with the pool, and
+    its evictions and cached blocks are the step engine's."""
+    from traces.request import ANSWER_OF, PROMPT_OF, TokenRuns
+    reqs, t = [], 0.0
+    for i in range(30):
+        t += 1.5
+        prev = reqs[i - 3] if i >= 3 else None
+        runs = ((PROMPT_OF, prev.request_id, prev.prompt_tokens),
+                (ANSWER_OF, prev.request_id, prev.output_tokens)) if prev else ()
+        prompt = (prev.prompt_tokens + prev.output_tokens if prev else 0) + 40
+        reqs.append(Request(i, t, min(prompt, 900), 120,
+                            prefix=TokenRuns(runs) if runs else None))
+    calls, iterations, evictions = _assert_same_cached(reqs, "vllm-v1", 2048, 16)
+    assert evictions > 0 and calls < iterations / 4, (calls, iterations, evictions)
+
+
+def test_a_step_that_only_preempts_is_followed_by_a_decision_at_once():
+    """Two residents whose blocks are all shared fill the cache: freeing one frees nothing, so
+    sarathi preempts both and (as vLLM V1 after a preemption) admits nobody in that step. The
+    engine asks again at once instead of sleeping (it used to report a stall)."""
+    import random
+
+    from tests.test_prefix_reference import random_workload
+    reqs = random_workload(random.Random(16), 13)
+    (raw, _), (fast, _) = (_run_cached(reqs, "sarathi", 97, 1, stepwise=s) for s in (True, False))
+    assert all(st.status.value == "finished" for st in raw.states)
+    assert raw.preemptions >= 2
+    _assert_same_cached(reqs, "sarathi", 97, 1)
