@@ -61,6 +61,13 @@ class Policy(abc.ABC):
     # declaration counts (``is_steady_decode``): a subclass that changes ``schedule`` may break
     # the promise its parent made, so it makes it again or not at all.
     steady_decode: ClassVar[bool] = False
+    # With prefix caching, a further promise for such a stretch (``cache_read_by``): a
+    # decode-only decision read the cache state (``cached``, ``cached_shared_blocks``) of no
+    # waiting request but the head of ``self.waiting`` (admission in queue order that stops at
+    # the first refusal), and no resident's ``shared_blocks`` (read only to preempt). The
+    # stretch then runs on while evictions move other waiting requests' hits. Own declaration
+    # only, as ``steady_decode``.
+    reads_cache_of_head: ClassVar[bool] = False
     spec: ReplicaSpec           # the replica, set by bind() before any other call
 
     def __init__(self, params=None):
@@ -113,6 +120,16 @@ def is_steady_decode(policy: Policy) -> bool:
     """Whether ``policy``'s own class declares ``steady_decode`` (inherited promises do not
     count: see ``Policy.steady_decode``)."""
     return vars(type(policy)).get("steady_decode", False) is True
+
+
+def cache_read_by(policy: Policy) -> set[int] | None:
+    """The ids of the waiting requests whose prefix-cache state a decode-only decision of
+    ``policy`` just read: its queue's head (none with an empty queue) if its own class declares
+    ``reads_cache_of_head``; None (any request, residents too) otherwise."""
+    if vars(type(policy)).get("reads_cache_of_head", False) is not True:
+        return None
+    waiting = getattr(policy, "waiting", None)
+    return {waiting.peek().request_id} if waiting else set()
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from typing import Callable, Iterable
 import numpy as np
 import simpy
 
-from scheduler.base import Policy, check_victims, decide, is_steady_decode, violation
+from scheduler.base import (Policy, cache_read_by, check_victims, decide, is_steady_decode,
+                            violation)
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
 from simulator.closed_loop import ClosedLoopTurns
 from simulator.config import PREEMPTIONS, RunConfig
@@ -383,12 +384,18 @@ class Engine(ReplicaLoop):
             b.hit = 0
         st.cached = st.cached_shared_blocks = 0
 
-    def _look_up_prefixes(self) -> bool:
+    def _look_up_prefixes(self, read: set[int] | None = None) -> bool:
         """Fill what policies read of the cache: each waiting request's hit (``cached``,
         ``cached_shared_blocks``) and each resident one's ``shared_blocks``. Along a request's
         chain each is a prefix (simulator/prefix_cache.py), so it can only have changed if a
         segment at its boundary changed since the last look-up: only those are looked up.
-        Returns whether any of them changed."""
+        Returns whether any of them changed.
+
+        Inside a stretch, ``read`` names the waiting requests the stretch's decision read
+        (``scheduler.base.cache_read_by``): only they are looked up, and only their changes
+        count; the others stay due for the next full look-up. A look-up's answer is a function
+        of the pool as it is then (what the waiting want changes only who shares), so looking
+        up later gives the step engine's answers at the next decision."""
         changed = False
         pool = self.pool
         dirty = pool.dirty
@@ -400,7 +407,7 @@ class Engine(ReplicaLoop):
             for sid in watchers.keys() & dirty:     # iterates the smaller of the two
                 stale.update(watchers[sid])
         waiting = self._waiting
-        for rid in stale:
+        for rid in (stale if read is None else stale & read):
             st = waiting[rid]
             b = blocks[rid]
             limit = (st.prompt_tokens + st.generated - 1) // bs
@@ -414,7 +421,10 @@ class Engine(ReplicaLoop):
                 st.cached = hit * bs
                 st.cached_shared_blocks = held
             b.watch = _watch(watchers, rid, b.watch, (h0, h1, g0, g1))
-        stale.clear()
+        if read is None:
+            stale.clear()
+        else:
+            stale -= read
         # After the waiting requests: what they want counts in a resident's shared blocks.
         # Besides a change at its boundary, a resident is looked up when it is admitted and
         # when it caches blocks while all it had were shared (_register_full_blocks).
@@ -422,15 +432,16 @@ class Engine(ReplicaLoop):
         if dirty:
             for sid in watchers.keys() & dirty:
                 stale.update(watchers[sid])
-        for rid in stale:
-            st = resident[rid]
-            b = blocks[rid]
-            shared, h0, h1 = pool.shared_blocks(b, b.registered)
-            if st.shared_blocks != shared:
-                changed = True
-                st.shared_blocks = shared
-            b.shared_watch = _watch(watchers, rid, b.shared_watch, (h0, h1))
-        stale.clear()
+        if read is None:
+            for rid in stale:
+                st = resident[rid]
+                b = blocks[rid]
+                shared, h0, h1 = pool.shared_blocks(b, b.registered)
+                if st.shared_blocks != shared:
+                    changed = True
+                    st.shared_blocks = shared
+                b.shared_watch = _watch(watchers, rid, b.shared_watch, (h0, h1))
+            stale.clear()
         dirty.clear()
         self.free_blocks = pool.free_blocks
         return changed
@@ -715,9 +726,11 @@ class Engine(ReplicaLoop):
         blocks taken from the pool and its blocks that fill cached as it is planned (as
         ``_start_iteration`` does), so its evictions and cached blocks are the step engine's.
         It ends before an iteration whose decision could differ: where the look-up before it
-        changes what a policy reads of the cache (a waiting request's hit, a resident's shared
-        blocks), as an eviction reaching a waiting request's hit does."""
+        changes what the decision read of the cache (a waiting request's hit, a resident's
+        shared blocks: ``cache_read_by``), as an eviction reaching a hit does, or where free
+        blocks grew (a filled block adopted a cached copy and gave its own back)."""
         pool = self.pool
+        read = cache_read_by(self.policy)
         ends, dts, taken, by_offset = s.ends, s.dts, s.taken, s.by_offset
         bs = len(by_offset)
         # Requests (with their computed tokens at the start) by the iteration mod block size
@@ -730,18 +743,22 @@ class Engine(ReplicaLoop):
         free, limit, k_max = s.free, s.limit, s.k_max
         iteration_time = self.cost_model.iteration_time
         cached_blocks = self.cached_blocks
-        while j < k_max and t < limit and blocks + by_offset[j % bs] <= free:
-            if self._look_up_prefixes():
+        grew = False
+        while j < k_max and t < limit and blocks + by_offset[j % bs] <= free and not grew:
+            if self._look_up_prefixes(read):
                 break
             dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
             if not dt > 0:
                 raise self._nonpositive(dt, BatchShape(0, 0, 0, 0.0, B, kv))
-            pool.allocate(by_offset[j % bs])
+            new = by_offset[j % bs]
+            pool.allocate(new)
             for st, c in fills[j % bs]:
                 self._register_full_blocks(st, c + j + 1)
             cached_blocks.append(pool.cached_blocks)
             # Net of the blocks that registering gave back (a block cached already adopted).
-            blocks = free - pool.free_blocks
+            taken_now = free - pool.free_blocks
+            grew = taken_now < blocks + new
+            blocks = taken_now
             t += dt
             kv += B
             ends.append(t)

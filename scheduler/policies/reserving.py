@@ -59,6 +59,7 @@ class Orca(_Reserving):
     summary = "Orca: iteration-level batching, whole prompts, max-length KV reservation, no preemption"
     # Reservations and the queue change only at arrivals and completions.
     steady_decode = True
+    reads_cache_of_head = True   # admits in queue order, stopping at the head
 
     def schedule(self, view):
         plan = StepPlan(view, self.token_budget)
@@ -73,6 +74,7 @@ class Static(_Reserving):
     name = "static"
     summary = "Static (request-level) batching: a batch runs until all members finish"
     steady_decode = True        # the batch changes only when its last member finishes
+    reads_cache_of_head = True   # admits in queue order, stopping at the head
 
     def schedule(self, view):
         plan = StepPlan(view, self.token_budget)

@@ -33,6 +33,7 @@ class Sarathi(QueuedPolicy):
     # Decode-only: no partial prefill got budget and no waiting chunk fitted; neither changes
     # until an event (free blocks only shrink).
     steady_decode = True
+    reads_cache_of_head = True   # admits in queue order, stopping at the head
 
     def bind(self, spec):
         super().bind(spec)

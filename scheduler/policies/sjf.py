@@ -27,3 +27,4 @@ class ShortestJobFirst(ShortestPredictedFirst, VllmV1):
     Params = SJFParams
     predictor_stream = 0x5AF
     steady_decode = True        # vLLM V1's step rules: the same reasons hold
+    reads_cache_of_head = True   # admits in queue order, stopping at the head

@@ -34,6 +34,7 @@ class VllmV0(QueuedPolicy):
     # Nothing admitted: the queue, budget, sequence cap and watermark gate refuse the same way
     # until an event (free blocks only shrink); decodes keep their arrival order.
     steady_decode = True
+    reads_cache_of_head = True   # admits in queue order, stopping at the head
 
     def bind(self, spec):
         super().bind(spec)

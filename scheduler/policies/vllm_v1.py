@@ -62,6 +62,7 @@ class VllmV1(QueuedPolicy):
     # gate (free blocks only shrink until the next completion) refuse the same way until an
     # event; the running list keeps its order.
     steady_decode = True
+    reads_cache_of_head = True   # admits in queue order, stopping at the head
 
     def bind(self, spec):
         super().bind(spec)
