@@ -171,6 +171,26 @@ def test_a_subclass_does_not_inherit_the_promise():
     assert is_steady_decode(VllmV1()) and not is_steady_decode(Tweaked())
 
 
+def test_the_cache_read_by_a_decision_is_the_head_only_for_policies_declaring_it():
+    from scheduler.base import cache_read_by
+    from scheduler.state import RequestState
+
+    class Tweaked(VllmV1):
+        name = "tweaked"
+        steady_decode = True
+
+    spec = ReplicaSpec(num_blocks=64, block_size=16, max_model_len=4096, cost_model=CHECK_COST)
+    own, sub = VllmV1(), Tweaked()
+    for pol in (own, sub):
+        pol.bind(spec)
+    assert cache_read_by(own) == set() and cache_read_by(sub) is None
+    for pol in (own, sub):
+        for i in (7, 3):
+            pol.on_arrival(RequestState(i, 0.0, 10, 10))
+    assert cache_read_by(own) == {7} and cache_read_by(sub) is None
+    assert cache_read_by(make_policy("wait")) is None
+
+
 def test_threshold_policies_make_no_promise():
     """WAIT's gates run on patience timers and token buckets refilled at every call."""
     for name in ("wait", "nested-wait"):
