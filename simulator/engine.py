@@ -84,7 +84,7 @@ class _Stretch:
     ``resident`` and ``waiting`` are the replica's counts as it starts (its timeline's)."""
 
     __slots__ = ("decode", "ctxs", "free", "by_offset", "limit", "k_max", "ends", "dts",
-                 "taken", "kv1", "kv", "resident", "waiting")
+                 "taken", "kv1", "kv", "resident", "waiting", "fills", "read", "grew")
 
     def __init__(self, decode, ctxs: list[int], free: int, by_offset: list[int], limit: float,
                  k_max: int, end0: float, dt0: float, kv1: int, resident: int, waiting: int):
@@ -100,6 +100,12 @@ class _Stretch:
         self.dts = [dt0]
         self.taken = [0]
         self.kv1 = self.kv = kv1
+        # With prefix caching (Engine._extend_pooled_stretch): the requests whose blocks fill at
+        # each iteration mod the block size, the waiting requests whose hit the decision read
+        # (None: any), and whether free blocks grew at the last iteration planned.
+        self.fills: list[list] | None = None
+        self.read: set[int] | None = None
+        self.grew = False
 
 
 def arrival_rejection(spec: ReplicaSpec, st: RequestState) -> tuple[str, str] | None:
@@ -309,6 +315,7 @@ class Engine(ReplicaLoop):
         self._stretches = False
         self._cut = False
         self._decode_admitted = 0       # the last iteration that admitted a request to decode
+        self._adopted = False           # the last iteration's filled blocks gave blocks back
         # Tokens the iterations of a stepped stretch have computed so far, not yet added to its
         # requests' states (a router reads pending tokens mid-stretch: simulator/cluster.py).
         self.uncommitted_tokens = 0
@@ -337,12 +344,10 @@ class Engine(ReplicaLoop):
     def _start(self) -> None:
         self.policy.bind(self.spec)
         # With its own arrival process the replica knows when the next arrival comes and waits
-        # for a stretch's end at once; in a cluster (a router hands requests over at any time)
-        # it waits iteration by iteration (``_stepped_stretch``), and only without a prefix
-        # cache (a router reads the cache as it is at the arrival: blocks filled mid-stretch
-        # would be registered late).
-        self._stretches = (not self.stepwise and is_steady_decode(self.policy)
-                           and (self.pool is None or self._own_arrivals))
+        # for a stretch's end at once; in a cluster (a router hands requests over at any time,
+        # and reads the replica's load and cache as it does) it waits iteration by iteration
+        # (``_stepped_stretch``).
+        self._stretches = not self.stepwise and is_steady_decode(self.policy)
 
     def _wake(self) -> None:
         self._cut = True      # a stepped stretch ends with the iteration running now
@@ -529,7 +534,8 @@ class Engine(ReplicaLoop):
             dt = self._start_iteration(d)
             if self._stretches and not (d.prefill or d.preempt or d.reject):
                 if self._own_arrivals:
-                    s = self._plan_stretch(d, dt, self._next_arrival_s(), STRETCH_STEPS)
+                    s = self._plan_stretch(d, dt, self._next_arrival_s(),
+                                           STRETCH_STEPS if self.pool is None else 1 << 62)
                     if s is not None:
                         self._commit_stretch(s, len(s.ends))
                         early = yield from self._run_to_end(s.ends, s.dts)
@@ -541,7 +547,7 @@ class Engine(ReplicaLoop):
                         self._finish_stretch(d.decode, len(s.ends))
                         continue
                 else:
-                    s = self._plan_stretch(d, dt, math.inf, 2)
+                    s = self._plan_stretch(d, dt, math.inf, 2 if self.pool is None else 1)
                     if s is not None:
                         yield from self._stepped_stretch(s)
                         continue
@@ -653,6 +659,9 @@ class Engine(ReplicaLoop):
             for st in d.decode:
                 if (st.computed + 1) % bs == 0:
                     self._register_full_blocks(st, st.computed + 1)
+            # A block that filled adopted a cached copy and gave its own back: free blocks grew
+            # (a stretch may not start: the next decision may admit with them).
+            self._adopted = pool.free_blocks > free - new_blocks
             self.free_blocks = pool.free_blocks
             self.cached_blocks.append(pool.cached_blocks)
         used = self.spec.num_blocks - self.free_blocks
@@ -690,8 +699,9 @@ class Engine(ReplicaLoop):
         when (c_r + j) % block_size == 0. It runs when it starts before ``limit``, every
         request still decodes (the first completion ends the stretch), and the blocks taken
         since the first iteration fit in the free ones."""
-        if self._decode_admitted == self.iterations:
-            # It admitted received requests to decode: the next decision may admit more.
+        if self._decode_admitted == self.iterations or self._adopted:
+            # It admitted received requests to decode (the next decision may admit more), or
+            # its blocks that filled gave blocks back (free blocks grew).
             return None
         decode = d.decode
         end0 = self.env.now + dt0
@@ -717,34 +727,43 @@ class Engine(ReplicaLoop):
                      len(self.resident), self.view.num_waiting)
         if self.pool is None:
             self._extend_stretch(s, top)
+        elif top > 1:
+            self._extend_pooled_stretch(s, top)
         else:
-            self._extend_pooled_stretch(s)
+            # A stepped stretch with the cache (a cluster): the pool takes each iteration's
+            # blocks as it starts, where a router may read them (_stepped_stretch).
+            return s
         return s if len(s.ends) > 1 else None
 
-    def _extend_pooled_stretch(self, s: _Stretch) -> None:
-        """Plan stretch ``s`` with prefix caching: iteration by iteration, each one's new
-        blocks taken from the pool and its blocks that fill cached as it is planned (as
-        ``_start_iteration`` does), so its evictions and cached blocks are the step engine's.
-        It ends before an iteration whose decision could differ: where the look-up before it
-        changes what the decision read of the cache (a waiting request's hit, a resident's
-        shared blocks: ``cache_read_by``), as an eviction reaching a hit does, or where free
-        blocks grew (a filled block adopted a cached copy and gave its own back)."""
+    def _extend_pooled_stretch(self, s: _Stretch, top: int) -> None:
+        """Plan stretch ``s`` with prefix caching up to iteration ``top``: iteration by
+        iteration, each one's new blocks taken from the pool and its blocks that fill cached
+        as it is planned (as ``_start_iteration`` does), so its evictions and cached blocks are
+        the step engine's. It ends before an iteration whose decision could differ: where the
+        look-up before it changes what the decision read of the cache (a waiting request's
+        hit, a resident's shared blocks: ``cache_read_by``), as an eviction reaching a hit
+        does, or where free blocks grew (a filled block adopted a cached copy and gave its own
+        back)."""
         pool = self.pool
-        read = cache_read_by(self.policy)
         ends, dts, taken, by_offset = s.ends, s.dts, s.taken, s.by_offset
         bs = len(by_offset)
-        # Requests (with their computed tokens at the start) by the iteration mod block size
-        # at which their block fills: (c + j + 1) % bs == 0.
-        fills: list[list] = [[] for _ in range(bs)]
-        for st, c in zip(s.decode, s.ctxs):
-            fills[(-c - 1) % bs].append((st, c))
+        if s.fills is None:
+            # Requests (with their computed tokens at the start) by the iteration mod block
+            # size at which their block fills: (c + j + 1) % bs == 0.
+            s.fills = [[] for _ in range(bs)]
+            for st, c in zip(s.decode, s.ctxs):
+                s.fills[(-c - 1) % bs].append((st, c))
+            # In a cluster a router reads every waiting request's hit (pending tokens), as the
+            # step engine looks them up at every iteration: so does a stepped stretch.
+            s.read = cache_read_by(self.policy) if self._own_arrivals else None
+        fills, read = s.fills, s.read
         j = len(ends)
         t, blocks, kv, B = ends[-1], taken[-1], s.kv, len(s.decode)
-        free, limit, k_max = s.free, s.limit, s.k_max
+        free, limit = s.free, s.limit
+        top = min(s.k_max, top)
         iteration_time = self.cost_model.iteration_time
         cached_blocks = self.cached_blocks
-        grew = False
-        while j < k_max and t < limit and blocks + by_offset[j % bs] <= free and not grew:
+        while j < top and t < limit and blocks + by_offset[j % bs] <= free and not s.grew:
             if self._look_up_prefixes(read):
                 break
             dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
@@ -757,7 +776,7 @@ class Engine(ReplicaLoop):
             cached_blocks.append(pool.cached_blocks)
             # Net of the blocks that registering gave back (a block cached already adopted).
             taken_now = free - pool.free_blocks
-            grew = taken_now < blocks + new
+            s.grew = taken_now < blocks + new
             blocks = taken_now
             t += dt
             kv += B
@@ -873,7 +892,12 @@ class Engine(ReplicaLoop):
         k = 1              # iterations finished
         while not self._cut:
             if k == len(dts):
-                self._extend_stretch(s, k + 1)     # priced as it goes: most end early
+                # Priced as it goes (most end early); with the cache, iteration k takes its
+                # blocks now, as it starts.
+                if self.pool is None:
+                    self._extend_stretch(s, k + 1)
+                else:
+                    self._extend_pooled_stretch(s, k + 1)
                 if k == len(dts):
                     break
             self.free_blocks = free - taken[k]

@@ -38,7 +38,7 @@ def _spec(kv_tokens: int, block_size: int, cost) -> ReplicaSpec:
                        max_model_len=1 << 20, cost_model=cost)
 
 
-def _cluster(reqs, policy, router, n, spec, *, stepwise, max_queue=None):
+def _cluster(reqs, policy, router, n, spec, *, stepwise, max_queue=None, caching=False):
     calls = []
 
     def counted():
@@ -48,7 +48,8 @@ def _cluster(reqs, policy, router, n, spec, *, stepwise, max_queue=None):
         return pol
     admission = Admission(max_queue=max_queue) if max_queue else None
     raw = native_cluster(reqs, make_router(router), [counted() for _ in range(n)], [spec] * n,
-                         admission=admission, seed=3, stepwise=stepwise).run()
+                         admission=admission, seed=3, stepwise=stepwise,
+                         prefix_caching=[caching] * n).run()
     return raw, len(calls)
 
 
@@ -62,6 +63,10 @@ def _assert_equal_results(fast, step) -> None:
                                       check_exact=True)
         assert (f.iterations, f.preemptions, f.peak_kv_blocks) == \
             (s.iterations, s.preemptions, s.peak_kv_blocks)
+        if f.prefix_cache is not None:
+            a, b = f.prefix_cache, s.prefix_cache
+            assert (a.cached_prompt_tokens, a.cached_blocks, a.stats) == \
+                (b.cached_prompt_tokens, b.cached_blocks, b.stats)
 
 
 def _assert_same(reqs, policy, router, n, spec, **kw) -> tuple[int, int]:
@@ -156,3 +161,23 @@ def test_disaggregated_equal_to_the_step_engine(policy, seed, prefill, decode, r
         pd.testing.assert_frame_equal(timeline_table(f.timeline), timeline_table(s.timeline),
                                       check_exact=True)
         assert (f.iterations, f.peak_kv_blocks) == (s.iterations, s.peak_kv_blocks)
+
+
+@pytest.mark.parametrize("policy", STEADY)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=hs.integers(0, 100_000), router=hs.sampled_from(ROUTERS), n=hs.integers(2, 3),
+       block_size=hs.sampled_from([1, 4, 16]), scale=hs.sampled_from([1.5, 4.0, 100.0]))
+def test_cluster_with_prefix_caching_equal_to_the_step_engine(policy, seed, router, n,
+                                                              block_size, scale):
+    """Every replica with its block pool: routers that read the cache (prefix-affinity) and
+    pending tokens (the waiting requests' hits) mid-stretch; the prefix-cache reference's
+    workloads (system prompts, hash-id trees, session turns)."""
+    import random
+
+    from tests.test_prefix_reference import random_workload
+    reqs = random_workload(random.Random(seed), 40)
+    largest = max(r.prompt_tokens + r.output_tokens for r in reqs)
+    kv = -(-int(scale * largest) // block_size) * block_size
+    spec = ReplicaSpec(num_blocks=kv // block_size, block_size=block_size,
+                       max_model_len=4096, cost_model=COST)
+    _assert_same(reqs, policy, router, n, spec, caching=True)
