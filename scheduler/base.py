@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 import typing
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from scheduler.queues import FCFSQueue
 from scheduler.state import Decision, ReplicaSpec, ReplicaView, RequestState, Status
@@ -72,6 +72,14 @@ class Policy(abc.ABC):
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
+
+    def look_up_on_peek(self, look_up: Callable[[RequestState], None]) -> bool:
+        """Offered, after ``bind``, by an engine with prefix caching: the policy calls
+        ``look_up(req)`` before it reads a waiting request's cache state (``cached``,
+        ``cached_shared_blocks``), so the engine need not look every waiting request up before
+        each decision. Returns whether it will (default: no; every hit is then up to date at
+        every call)."""
+        return False
 
     def bind(self, spec: ReplicaSpec) -> None:
         self.spec = spec
@@ -187,6 +195,14 @@ class QueuedPolicy(Policy):
 
     def requeue_preempted(self, req: RequestState) -> None:
         self.waiting.prepend(req)
+
+    def look_up_on_peek(self, look_up: Callable[[RequestState], None]) -> bool:
+        # A queue-order policy (reads_cache_of_head) reads a waiting request's cache state only
+        # as its queue's peek returns it.
+        if cache_read_by(self) is None:
+            return False
+        self.waiting.on_peek = look_up
+        return True
 
     def on_requeue(self, req: RequestState) -> None:
         self.requeue_preempted(req)

@@ -13,18 +13,22 @@ class StepKV:
     vLLM V0 keeps free when admitting new prefills) is StepPlan's, inlined on its hot path.
     """
 
-    __slots__ = ("free", "block_size", "watermark")
+    __slots__ = ("free", "block_size", "watermark", "_settle")
 
     def __init__(self, view: ReplicaView, watermark_blocks: int = 0):
         self.free = view.free_blocks
         self.block_size = view.spec.block_size
         self.watermark = watermark_blocks
+        self._settle = view.settle_cache
 
     def need(self, req: RequestState, tokens: int) -> int:
         return max(0, req.blocks_to_take(tokens, self.block_size))
 
     def release(self, req: RequestState) -> None:
         # A block another live request holds stays in use (a prefix-cache block counts once).
+        if self._settle is not None:        # shared blocks looked up lazily: bring them up
+            self._settle()
+            self._settle = None
         self.free += req.kv_blocks - req.shared_blocks
 
 

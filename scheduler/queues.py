@@ -11,7 +11,13 @@ from scheduler.state import RequestState
 
 
 class FCFSQueue:
-    """Arrival order; preempted requests go back to the front (vLLM's recompute behaviour)."""
+    """Arrival order; preempted requests go back to the front (vLLM's recompute behaviour).
+
+    ``on_peek``, if set, is called with the request ``peek`` returns, before the caller reads
+    it: an engine that looks up prefix-cache hits only as policies read them sets it
+    (``Policy.look_up_on_peek``)."""
+
+    on_peek: Callable[[RequestState], None] | None = None
 
     def __init__(self):
         self._q: deque[RequestState] = deque()
@@ -35,7 +41,10 @@ class FCFSQueue:
         self._q.appendleft(req)
 
     def peek(self) -> RequestState:
-        return self._q[0]
+        req = self._q[0]
+        if self.on_peek is not None:
+            self.on_peek(req)
+        return req
 
     def pop(self) -> RequestState:
         return self._q.popleft()
@@ -52,6 +61,8 @@ class PriorityQueue:
     per request would revive the stale entry when a removed request is added again, as when an
     admitted request is handed back, and the request would then be queued twice.)
     """
+
+    on_peek: Callable[[RequestState], None] | None = None     # as FCFSQueue's
 
     def __init__(self, key: Callable[[RequestState], object]):
         self._key = key
@@ -86,7 +97,10 @@ class PriorityQueue:
 
     def peek(self) -> RequestState:
         self._drop_stale()
-        return self._heap[0][2]
+        req = self._heap[0][2]
+        if self.on_peek is not None:
+            self.on_peek(req)
+        return req
 
     def pop(self) -> RequestState:
         self._drop_stale()

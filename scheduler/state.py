@@ -210,10 +210,14 @@ class ReplicaView:
     in blocks. The sequences are the engine's own: iterate, never mutate.
     """
 
-    __slots__ = ("now", "resident", "free_blocks", "num_waiting", "spec", "arrivals_done")
+    __slots__ = ("now", "resident", "free_blocks", "num_waiting", "spec", "arrivals_done",
+                 "settle_cache")
 
     def __init__(self, spec: ReplicaSpec):
         self.spec = spec
+        # Set by an engine that looks up prefix-cache state lazily: brings every request's up
+        # to date; called before a resident's ``shared_blocks`` is read (StepKV.release).
+        self.settle_cache: Callable[[], None] | None = None
         self.now = 0.0
         self.resident: Sequence[RequestState] = ()
         self.free_blocks = spec.num_blocks

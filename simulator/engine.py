@@ -25,7 +25,7 @@ import bisect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import AbstractSet, Callable, Iterable
 
 import numpy as np
 import simpy
@@ -316,6 +316,7 @@ class Engine(ReplicaLoop):
         self._cut = False
         self._decode_admitted = 0       # the last iteration that admitted a request to decode
         self._adopted = False           # the last iteration's filled blocks gave blocks back
+        self._lazy_hits = False         # waiting requests looked up as the policy reads them
         # Tokens the iterations of a stepped stretch have computed so far, not yet added to its
         # requests' states (a router reads pending tokens mid-stretch: simulator/cluster.py).
         self.uncommitted_tokens = 0
@@ -348,6 +349,17 @@ class Engine(ReplicaLoop):
         # and reads the replica's load and cache as it does) it waits iteration by iteration
         # (``_stepped_stretch``).
         self._stretches = not self.stepwise and is_steady_decode(self.policy)
+        # Lazy hits (single replica, cache on, not the stepwise reference): a queue-order policy
+        # looks a waiting request up as its queue's peek returns it, and residents' shared
+        # blocks are settled when it first releases a victim's blocks. A look-up gives the
+        # pool's answer at that moment, and between the decision's start and its reads nothing
+        # changes the pool, so the answers are the eager engine's; what the waiting want
+        # changes only shared blocks, settled before they are read. In a cluster a router
+        # reads every waiting request's hit (pending tokens): eager there.
+        self._lazy_hits = (self.pool is not None and not self.stepwise and self._own_arrivals
+                           and self.policy.look_up_on_peek(self._look_up_one))
+        if self._lazy_hits:
+            self.view.settle_cache = self._look_up_prefixes
 
     def _wake(self) -> None:
         self._cut = True      # a stepped stretch ends with the iteration running now
@@ -389,7 +401,7 @@ class Engine(ReplicaLoop):
             b.hit = 0
         st.cached = st.cached_shared_blocks = 0
 
-    def _look_up_prefixes(self, read: set[int] | None = None) -> bool:
+    def _look_up_prefixes(self, read: AbstractSet[int] | None = None) -> bool:
         """Fill what policies read of the cache: each waiting request's hit (``cached``,
         ``cached_shared_blocks``) and each resident one's ``shared_blocks``. Along a request's
         chain each is a prefix (simulator/prefix_cache.py), so it can only have changed if a
@@ -451,6 +463,11 @@ class Engine(ReplicaLoop):
         self.free_blocks = pool.free_blocks
         return changed
 
+    def _look_up_one(self, st: RequestState) -> None:
+        """Lazy hits: ``st``, waiting, is about to be read: look it up if it is due."""
+        if st.request_id in self._unlooked:
+            self._look_up_prefixes({st.request_id})
+
     def _admit_hit(self, st: RequestState) -> None:
         """A waiting request is admitted: it holds the cached blocks of its hit."""
         pool = self.pool
@@ -479,7 +496,7 @@ class Engine(ReplicaLoop):
         b = self.request_blocks[st.request_id]
         full = tokens // self.spec.block_size
         if full > b.registered:
-            if st.shared_blocks == b.registered:
+            if st.shared_blocks == b.registered or self._lazy_hits:
                 # All its cached blocks were shared: the new ones may be too. Otherwise they
                 # are held by fewer requests than its first unshared block: the count stands.
                 self._unshared.add(st.request_id)
@@ -510,7 +527,7 @@ class Engine(ReplicaLoop):
         while True:
             view.now = env.now
             if self.pool is not None:
-                self._look_up_prefixes()
+                self._look_up_prefixes(_NONE if self._lazy_hits else None)
             view.free_blocks = self.free_blocks
             d = decide(policy, view)
             if d.reject:
@@ -983,6 +1000,9 @@ class Engine(ReplicaLoop):
         self.policy.on_finish(st)
         if self.turns.waiting:
             self._ended(st)
+
+
+_NONE: frozenset = frozenset()      # lazy hits: no waiting request looked up before a decision
 
 
 def _watch(watchers: dict[int, set[int]], rid: int, old: frozenset | None,

@@ -307,3 +307,33 @@ def test_a_step_that_only_preempts_is_followed_by_a_decision_at_once():
     assert all(st.status.value == "finished" for st in raw.states)
     assert raw.preemptions >= 2
     _assert_same_cached(reqs, "sarathi", 97, 1)
+
+
+def test_hits_are_looked_up_lazily_only_for_queue_order_policies_off_the_reference():
+    """A queue-order policy has a waiting request looked up as its queue's peek returns it
+    (FCFS and priority queues call ``on_peek``); WAIT, the stepwise reference and a run without
+    the cache look every waiting request up before each decision."""
+    import random
+
+    from scheduler.queues import FCFSQueue, PriorityQueue
+    from scheduler.state import RequestState
+    from tests.test_prefix_reference import random_workload
+    seen = []
+    for q in (FCFSQueue(), PriorityQueue(key=lambda r: -r.request_id)):
+        q.on_peek = seen.append
+        for i in (1, 2):
+            q.append(RequestState(i, 0.0, 5, 5))
+        assert q.peek() is seen[-1] and seen[-1].request_id == (1 if isinstance(q, FCFSQueue)
+                                                                 else 2)
+    reqs = random_workload(random.Random(3), 12)
+    spec = ReplicaSpec(num_blocks=64, block_size=4, max_model_len=4096, cost_model=CHECK_COST,
+                       workload_hint=workload_hint(Workload.from_requests(reqs),
+                                                   cost_model=CHECK_COST))
+
+    def lazy(policy, **kw):
+        e = Engine(reqs, make_policy(policy), CHECK_COST, spec, **kw)
+        e.run()
+        return e._lazy_hits
+    assert lazy("vllm-v1", prefix_caching=True) and lazy("sarathi", prefix_caching=True)
+    assert not lazy("vllm-v1", prefix_caching=True, stepwise=True)
+    assert not lazy("vllm-v1") and not lazy("wait", prefix_caching=True)
