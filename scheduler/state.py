@@ -168,7 +168,9 @@ class WorkloadHint:
     - ``hit_rate``: the expected fraction of prompt tokens the prefix cache holds when a
       request is admitted (0: no prefix caching, or nothing shared; 1: a disaggregated decode
       replica, whose prompts arrive computed): the fluid policies shrink each prefill's
-      computed part by it (docs/fluid.md).
+      computed part by it (docs/fluid.md). Given as ``expected_hit_rate``: the value, or a
+      function computing it at the first read (a pass over every request's prefix, which only
+      the policies that read it pay for).
     """
 
     types: tuple | None = None
@@ -176,7 +178,15 @@ class WorkloadHint:
     arrival_rate: float | None = None
     lengths: tuple[Any, Any] | None = None
     cost_fit: CostFitter | None = None
-    hit_rate: float = 0.0
+    expected_hit_rate: float | Callable[[], float] = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        rate = self.expected_hit_rate
+        if callable(rate):
+            rate = float(rate())
+            object.__setattr__(self, "expected_hit_rate", rate)    # computed once
+        return rate
 
     @property
     def described(self) -> bool:

@@ -138,14 +138,16 @@ def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = No
     hit rate: the workload's repeated-prefix fraction (``traces.prefix_reuse``)."""
     f = workload.frame
     rate = workload.meta.get("mean_rate") or workload.summary().get("mean_rate")
-    hit_rate = repeated_prefix_fraction(workload.requests(), prefix_block_size) \
-        if prefix_block_size and workload.prefix_columns else 0.0
+    hit_rate: float | Callable[[], float] = 0.0
+    if prefix_block_size and workload.prefix_columns:
+        def hit_rate() -> float:
+            return repeated_prefix_fraction(workload.requests(), prefix_block_size)
     return WorkloadHint(
         types=types, workload=workload.meta,
         arrival_rate=float(rate) if rate and math.isfinite(rate) else None,
         lengths=(f["prompt_tokens"].to_numpy(), f["output_tokens"].to_numpy()),
         cost_fit=functools.partial(fit_cost, cost_model) if cost_model is not None else None,
-        hit_rate=hit_rate)
+        expected_hit_rate=hit_rate)
 
 
 def simulate(cfg: RunConfig, workload: Workload | None = None,
@@ -193,7 +195,7 @@ def _pool_spec(spec: ReplicaSpec, replicas: int, output_tokens=None,
     hint = spec.workload_hint
     if hint is None:
         return spec
-    changes: dict = {"hit_rate": 1.0} if decode_only else {}
+    changes: dict = {"expected_hit_rate": 1.0} if decode_only else {}
     if hint.arrival_rate is not None:
         changes["arrival_rate"] = hint.arrival_rate / replicas
     if output_tokens is not None and hint.lengths is not None:
