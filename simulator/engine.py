@@ -422,7 +422,7 @@ class Engine(ReplicaLoop):
         watchers = self._watchers
         if dirty:
             for sid in watchers.keys() & dirty:     # iterates the smaller of the two
-                stale.update(watchers[sid])
+                stale.update(watchers.pop(sid))   # due until looked up again
         waiting = self._waiting
         for rid in (stale if read is None else stale & read):
             st = waiting[rid]
@@ -448,7 +448,7 @@ class Engine(ReplicaLoop):
         stale, watchers, resident = self._unshared, self._shared_watchers, self.resident
         if dirty:
             for sid in watchers.keys() & dirty:
-                stale.update(watchers[sid])
+                stale.update(watchers.pop(sid))   # due until looked up again
         if read is None:
             for rid in stale:
                 st = resident[rid]
@@ -1008,15 +1008,17 @@ _NONE: frozenset = frozenset()      # lazy hits: no waiting request looked up be
 def _watch(watchers: dict[int, set[int]], rid: int, old: frozenset | None,
            boundaries: tuple | None) -> frozenset | None:
     """Index request ``rid`` in ``watchers`` by the segments at its look-up's boundaries
-    instead of by ``old`` (None: by none); returns the segments it is indexed by now."""
+    instead of by ``old`` (None: by none); returns the segments it is indexed by now. A
+    segment's watchers are dropped from the index when it changes (``_look_up_prefixes``), so
+    ``rid`` may be missing under ``old``'s segments, and is indexed again under each of its
+    new ones."""
     watch = None if boundaries is None else frozenset(boundaries).difference((None,))
-    if watch == old:
-        return old
     for sid in old or ():
-        ids = watchers[sid]
-        ids.discard(rid)
-        if not ids:
-            del watchers[sid]
+        ids = watchers.get(sid)
+        if ids is not None:
+            ids.discard(rid)
+            if not ids:
+                del watchers[sid]
     for sid in watch or ():
         ids = watchers.get(sid)
         if ids is None:
