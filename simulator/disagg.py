@@ -79,6 +79,13 @@ class PrefillReplica(Engine):
         self.held_blocks += blocks
         self.handed(self, st, blocks)
 
+    def _start(self) -> None:
+        super()._start()
+        # Its free blocks change between iterations (``release``), which a stretch, keeping
+        # them as it planned them, would overwrite. (Its requests end at their first token, so
+        # it never runs a decode-only batch anyway.)
+        self._stretches = False
+
     def release(self, blocks: int) -> None:
         self.free_blocks += blocks
         self.held_blocks -= blocks

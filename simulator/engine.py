@@ -70,6 +70,12 @@ class PrefixCacheReport:
     stats: dict
 
 
+# A policy that preempts this many times without any request finishing in between is taken to
+# be in a livelock (every request it admits is preempted again before it finishes: with restart
+# preemption it loses its progress each time): the run stops with SimulationStalled instead of
+# simulating for ever. Far above what a tight cache causes in a run that makes progress.
+LIVELOCK_PREEMPTIONS = 10_000
+
 # A stretch's first iterations are priced one by one (cheaper for the short stretches most
 # are); a longer stretch continues with arrays (CostModel.decode_stretch_times).
 STRETCH_STEPS = 24
@@ -317,6 +323,7 @@ class Engine(ReplicaLoop):
         self._decode_admitted = 0       # the last iteration that admitted a request to decode
         self._adopted = False           # the last iteration's filled blocks gave blocks back
         self._lazy_hits = False         # waiting requests looked up as the policy reads them
+        self._preempted_since_finish = 0
         # Tokens the iterations of a stepped stretch have computed so far, not yet added to its
         # requests' states (a router reads pending tokens mid-stretch: simulator/cluster.py).
         self.uncommitted_tokens = 0
@@ -585,6 +592,13 @@ class Engine(ReplicaLoop):
                 del self.request_blocks[st.request_id]
 
     def _apply_preemptions(self, victims) -> None:
+        self._preempted_since_finish += len(victims)
+        if self._preempted_since_finish > LIVELOCK_PREEMPTIONS:
+            raise SimulationStalled(
+                f"policy {self.policy.name} preempted {self._preempted_since_finish} times "
+                f"since a request last finished (t={self.env.now:.3f}s, {self.unfinished} "
+                f"unfinished): a livelock, every request it admits is preempted before it "
+                f"finishes (try recompute preemption or more KV cache)")
         for st in victims:
             if st.status is not Status.RESIDENT:
                 raise PolicyViolation(f"policy {self.policy.name} preempted request "
@@ -997,6 +1011,7 @@ class Engine(ReplicaLoop):
         del self.resident[st.request_id]
         self.unfinished -= 1
         self.finished += 1
+        self._preempted_since_finish = 0
         self.policy.on_finish(st)
         if self.turns.waiting:
             self._ended(st)

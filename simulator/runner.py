@@ -128,6 +128,10 @@ def build_replica(cfg: RunConfig, workload: Workload | None = None) -> ReplicaSp
                        cost_model=cost, workload_hint=hint, seed=cfg.seed)
 
 
+def _repeated_prefix_fraction(workload: Workload, block_size: int) -> float:
+    return repeated_prefix_fraction(workload.requests(), block_size)
+
+
 def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = None,
                   cost_model: CostModel | None = None,
                   prefix_block_size: int | None = None) -> WorkloadHint:
@@ -138,10 +142,11 @@ def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = No
     hit rate: the workload's repeated-prefix fraction (``traces.prefix_reuse``)."""
     f = workload.frame
     rate = workload.meta.get("mean_rate") or workload.summary().get("mean_rate")
+    # Computed at its first read (only fluid policies read it); a partial, so that the hint
+    # pickles (a sweep's worker processes).
     hit_rate: float | Callable[[], float] = 0.0
     if prefix_block_size and workload.prefix_columns:
-        def hit_rate() -> float:
-            return repeated_prefix_fraction(workload.requests(), prefix_block_size)
+        hit_rate = functools.partial(_repeated_prefix_fraction, workload, prefix_block_size)
     return WorkloadHint(
         types=types, workload=workload.meta,
         arrival_rate=float(rate) if rate and math.isfinite(rate) else None,

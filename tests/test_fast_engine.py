@@ -337,3 +337,45 @@ def test_hits_are_looked_up_lazily_only_for_queue_order_policies_off_the_referen
     assert lazy("vllm-v1", prefix_caching=True) and lazy("sarathi", prefix_caching=True)
     assert not lazy("vllm-v1", prefix_caching=True, stepwise=True)
     assert not lazy("vllm-v1") and not lazy("wait", prefix_caching=True)
+
+
+def test_a_livelock_of_preemptions_stops_the_run_in_one_line():
+    """vllm V0 with restart preemption, a tight cache and a victim whose blocks are all shared
+    (preempting it frees nothing): every request it admits is preempted again before it
+    finishes, for ever. Both engines stop with SimulationStalled once LIVELOCK_PREEMPTIONS
+    preemptions passed without a completion; with recompute preemption the run finishes."""
+    import random
+
+    from simulator.errors import SimulationStalled
+    from tests.test_prefix_reference import random_workload
+    reqs = random_workload(random.Random(5), 18)
+    spec = ReplicaSpec(num_blocks=88 // 4, block_size=4, max_model_len=4096,
+                       cost_model=CHECK_COST)
+
+    def run(preemption, stepwise):
+        return Engine(reqs, make_policy("vllm", {"max_num_seqs": 3}), CHECK_COST, spec,
+                      prefix_caching=True, preemption=preemption, stepwise=stepwise).run()
+    with mock.patch.object(engine, "LIVELOCK_PREEMPTIONS", 300):
+        for stepwise in (True, False):
+            with pytest.raises(SimulationStalled, match=r"preempted 301 times since a request "
+                                                        r"last finished .* a livelock"):
+                run("restart", stepwise)
+            done = run("recompute", stepwise)
+            assert all(st.status.value == "finished" for st in done.states)
+
+
+def test_a_cached_workloads_hint_pickles_and_computes_its_hit_rate_once():
+    """The hint's hit rate is a pass over every request's prefix: made at its first read (a
+    fluid policy's), by a function that pickles (a sweep's workers)."""
+    import pickle
+
+    from simulator.runner import build_workload
+    from traces.prefix_reuse import repeated_prefix_fraction
+    workload = build_workload(RunConfig(num_requests=60, system_prompt_len=300,
+                                        system_prompt_share=0.6, rate=5.0, seed=2).validate())
+    hint = workload_hint(workload, prefix_block_size=16)
+    assert callable(hint.expected_hit_rate)
+    copy = pickle.loads(pickle.dumps(hint))
+    expected = repeated_prefix_fraction(workload.requests(), 16)
+    assert 0 < expected < 1
+    assert hint.hit_rate == copy.hit_rate == expected and hint.expected_hit_rate == expected
