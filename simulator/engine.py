@@ -792,14 +792,11 @@ class Engine(ReplicaLoop):
         t, blocks, kv, B = ends[-1], taken[-1], s.kv, len(s.decode)
         free, limit = s.free, s.limit
         top = min(s.k_max, top)
-        iteration_time = self.cost_model.iteration_time
         cached_blocks = self.cached_blocks
         while j < top and t < limit and blocks + by_offset[j % bs] <= free and not s.grew:
             if self._look_up_prefixes(read):
                 break
-            dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
-            if not dt > 0:
-                raise self._nonpositive(dt, BatchShape(0, 0, 0, 0.0, B, kv))
+            dt = self._iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
             new = by_offset[j % bs]
             pool.allocate(new)
             for st, c in fills[j % bs]:
@@ -825,14 +822,11 @@ class Engine(ReplicaLoop):
         j = len(ends)
         t, blocks, kv, B = ends[-1], taken[-1], s.kv, len(s.decode)
         free, limit, k_max = s.free, s.limit, s.k_max
-        iteration_time = self.cost_model.iteration_time
         top = min(k_max, top, STRETCH_STEPS)
         # Iteration j runs if it starts (t, the end of iteration j - 1) before the limit and
         # its blocks fit.
         while j < top and t < limit and blocks + by_offset[j % bs] <= free:
-            dt = iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
-            if not dt > 0:
-                raise self._nonpositive(dt, BatchShape(0, 0, 0, 0.0, B, kv))
+            dt = self._iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
             blocks += by_offset[j % bs]
             t += dt
             kv += B
