@@ -53,6 +53,15 @@ def builtin_policy_names() -> list[str]:
     return [n for n in policy_names() if policy_class(n).__module__.startswith("scheduler.policies")]
 
 
+def take_sigint() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT (as Ctrl-C would): it takes the
+    signal even when the test run itself ignores it. A shell without job control starts a
+    background command (``pytest ... &`` in a script) with SIGINT ignored, and children
+    inherit that (POSIX), so such a child would not notice the test's Ctrl-C at all."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def load_experiment(name: str):
     """The script experiments/NAME.py as a module (executed afresh), for its tests."""
     path = ROOT / "experiments" / f"{name}.py"

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ON_CI, ROOT
+from tests.conftest import ON_CI, ROOT, take_sigint
 
 try:
     from aiohttp import web
@@ -214,7 +214,7 @@ def test_interrupted_run_keeps_what_it_measured(stub, tmp_path):
          "--out", str(out), "-n", "40", "--rate", "10", "--arrival", "deterministic",
          "--prompt-len", "20", "--output-len", "5", "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=take_sigint)
     deadline = time.time() + 60
     while time.time() < deadline:        # wait until some requests have finished
         if (out / RECORDS).is_file() and len(read_records(out / RECORDS)) >= 5:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ON_CI, ROOT, require_vllm
+from tests.conftest import ON_CI, ROOT, require_vllm, take_sigint
 
 require_vllm()
 
@@ -147,7 +147,7 @@ def start(spec: ServerSpec, model: Path, folder: Path) -> LiveServer:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.monotonic()
     launcher = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=take_sigint)
     try:
         active, ready = wait_for_ready(spec, launcher, t0)
     except BaseException:                 # a failed or interrupted start leaves nothing behind
