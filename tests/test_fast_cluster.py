@@ -24,6 +24,7 @@ from simulator.cost.linear import LinearCost
 from simulator.disagg import KVLink, native_disaggregated
 from simulator.metrics import requests_table, timeline_table
 from tests.conftest import builtin_policy_names
+from tests.test_fast_engine import assert_same_result, counted_policy, kv_room, turn_requests
 from traces.request import Request
 
 STEADY = [p for p in builtin_policy_names() if is_steady_decode(make_policy(p))]
@@ -39,15 +40,10 @@ def _spec(kv_tokens: int, block_size: int, cost) -> ReplicaSpec:
 
 
 def _cluster(reqs, policy, router, n, spec, *, stepwise, max_queue=None, caching=False):
-    calls = []
-
-    def counted():
-        pol = make_policy(policy)
-        schedule = pol.schedule
-        pol.schedule = lambda view: calls.append(view.now) or schedule(view)
-        return pol
+    calls: list = []
     admission = Admission(max_queue=max_queue) if max_queue else None
-    raw = native_cluster(reqs, make_router(router), [counted() for _ in range(n)], [spec] * n,
+    raw = native_cluster(reqs, make_router(router),
+                         [counted_policy(policy, None, calls) for _ in range(n)], [spec] * n,
                          admission=admission, seed=3, stepwise=stepwise,
                          prefix_caching=[caching] * n).run()
     return raw, len(calls)
@@ -59,14 +55,7 @@ def _assert_equal_results(fast, step) -> None:
     assert fast.replica_of == step.replica_of
     assert fast.end_s == step.end_s
     for f, s in zip(fast.replicas, step.replicas):
-        pd.testing.assert_frame_equal(timeline_table(f.timeline), timeline_table(s.timeline),
-                                      check_exact=True)
-        assert (f.iterations, f.preemptions, f.peak_kv_blocks) == \
-            (s.iterations, s.preemptions, s.peak_kv_blocks)
-        if f.prefix_cache is not None:
-            a, b = f.prefix_cache, s.prefix_cache
-            assert (a.cached_prompt_tokens, a.cached_blocks, a.stats) == \
-                (b.cached_prompt_tokens, b.cached_blocks, b.stats)
+        assert_same_result(f, s)
 
 
 def _assert_same(reqs, policy, router, n, spec, **kw) -> tuple[int, int]:
@@ -89,13 +78,8 @@ requests_rows = hs.lists(hs.tuples(hs.floats(0.0, 0.3), hs.integers(1, 300),
        steps=hs.sampled_from([2, engine.STRETCH_STEPS]))
 def test_cluster_equal_to_the_step_engine(policy, rows, router, n, block_size, scale, sessions,
                                           max_queue, steps):
-    t, reqs = 0.0, []
-    for i, (gap, prompt, output) in enumerate(rows):
-        t += gap
-        follows = i - 1 if sessions and i % 2 else None
-        reqs.append(Request(i, t, prompt, output, follows=follows, think_s=gap))
-    largest = max(p + o for _, p, o in rows)
-    kv = -(-int(scale * largest) // block_size) * block_size
+    reqs = turn_requests(rows, sessions)
+    kv = kv_room(reqs, scale, block_size)
     with mock.patch.object(engine, "STRETCH_STEPS", steps):
         _assert_same(reqs, policy, router, n, _spec(kv, block_size, COST), max_queue=max_queue)
 
@@ -110,13 +94,8 @@ grid_rows = hs.lists(hs.tuples(hs.sampled_from([0.0, 0.25, 0.5, 1.0]), hs.intege
        block_size=hs.sampled_from([1, 4, 16]), sessions=hs.booleans())
 def test_cluster_equal_when_arrivals_fall_on_iteration_ends(policy, rows, router, n,
                                                             block_size, sessions):
-    t, reqs = 0.0, []
-    for i, (gap, prompt, output) in enumerate(rows):
-        t += gap
-        follows = i - 1 if sessions and i % 2 else None
-        reqs.append(Request(i, t, prompt, output, follows=follows, think_s=gap))
-    largest = max(p + o for _, p, o in rows)
-    kv = -(-int(1.5 * largest) // block_size) * block_size
+    reqs = turn_requests(rows, sessions)
+    kv = kv_room(reqs, 1.5, block_size)
     _assert_same(reqs, policy, router, n, _spec(kv, block_size, GRID_COST))
 
 
@@ -176,8 +155,7 @@ def test_cluster_with_prefix_caching_equal_to_the_step_engine(policy, seed, rout
 
     from tests.test_prefix_reference import random_workload
     reqs = random_workload(random.Random(seed), 40)
-    largest = max(r.prompt_tokens + r.output_tokens for r in reqs)
-    kv = -(-int(scale * largest) // block_size) * block_size
+    kv = kv_room(reqs, scale, block_size)
     spec = ReplicaSpec(num_blocks=kv // block_size, block_size=block_size,
                        max_model_len=4096, cost_model=COST)
     _assert_same(reqs, policy, router, n, spec, caching=True)

@@ -36,19 +36,60 @@ POLICIES = builtin_policy_names()
 STEADY = [p for p in POLICIES if is_steady_decode(make_policy(p))]
 
 
-def _run(reqs, policy, params, kv_tokens, block_size, cost, *, stepwise, seed=0):
-    # The checker's max_model_len (policycheck.MAX_MODEL_LEN): its workloads mix in requests
-    # longer than that, to be rejected.
-    spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
-                       max_model_len=MAX_MODEL_LEN, cost_model=cost,
-                       workload_hint=workload_hint(Workload.from_requests(reqs), cost_model=cost),
-                       seed=seed)
+def counted_policy(policy, params, calls: list):
+    """Policy ``policy`` whose every ``schedule`` call appends the view's time to ``calls``."""
     pol = make_policy(policy, params)
-    calls = []
     schedule = pol.schedule
     pol.schedule = lambda view: calls.append(view.now) or schedule(view)
-    raw = Engine(reqs, pol, cost, spec, stepwise=stepwise).run()
+    return pol
+
+
+def kv_room(reqs, scale: float, block_size: int) -> int:
+    """KV tokens for ``scale`` times the largest request, in whole blocks."""
+    largest = max(r.prompt_tokens + r.output_tokens for r in reqs)
+    return -(-int(scale * largest) // block_size) * block_size
+
+
+def turn_requests(rows, sessions: bool) -> list[Request]:
+    """Requests from (gap, prompt, output) rows. With sessions, every other request is the next
+    turn of the one before it, sent a think time (the gap) after that one's answer."""
+    t, reqs = 0.0, []
+    for i, (gap, prompt, output) in enumerate(rows):
+        t += gap
+        follows = i - 1 if sessions and i % 2 else None
+        reqs.append(Request(i, t, prompt, output, follows=follows, think_s=gap))
+    return reqs
+
+
+def _run(reqs, policy, params, kv_tokens, block_size, cost, *, stepwise, seed=0,
+         prefix_caching=False, max_model_len=MAX_MODEL_LEN):
+    # The checker's max_model_len (policycheck.MAX_MODEL_LEN) by default: its workloads mix in
+    # requests longer than that, to be rejected.
+    spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
+                       max_model_len=max_model_len, cost_model=cost,
+                       workload_hint=workload_hint(Workload.from_requests(reqs), cost_model=cost),
+                       seed=seed)
+    calls: list = []
+    raw = Engine(reqs, counted_policy(policy, params, calls), cost, spec,
+                 prefix_caching=prefix_caching, stepwise=stepwise).run()
     return raw, len(calls)
+
+
+def assert_same_result(fast, step) -> None:
+    """Two runs of one replica (EngineResult) equal: request and timeline tables, end time,
+    counters and, with prefix caching, the cache report (hits per request, cached blocks after
+    every iteration, hits, queries, evictions)."""
+    pd.testing.assert_frame_equal(requests_table(fast.states), requests_table(step.states),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(timeline_table(fast.timeline), timeline_table(step.timeline),
+                                  check_exact=True)
+    assert (fast.end_s, fast.iterations, fast.preemptions, fast.peak_kv_blocks) == \
+        (step.end_s, step.iterations, step.preemptions, step.peak_kv_blocks)
+    assert (fast.prefix_cache is None) == (step.prefix_cache is None)
+    if fast.prefix_cache is not None:
+        a, b = fast.prefix_cache, step.prefix_cache
+        assert (a.cached_prompt_tokens, a.cached_blocks, a.stats) == \
+            (b.cached_prompt_tokens, b.cached_blocks, b.stats)
 
 
 def _no_address(message: str) -> str:
@@ -68,12 +109,7 @@ def _assert_same(reqs, policy, params, kv_tokens, block_size, cost=CHECK_COST, s
         return 0, 0
     fast, calls = _run(reqs, policy, params, kv_tokens, block_size, cost, stepwise=False,
                        seed=seed)
-    pd.testing.assert_frame_equal(requests_table(fast.states), requests_table(step.states),
-                                  check_exact=True)
-    pd.testing.assert_frame_equal(timeline_table(fast.timeline), timeline_table(step.timeline),
-                                  check_exact=True)
-    assert (fast.end_s, fast.iterations, fast.preemptions, fast.peak_kv_blocks) == \
-        (step.end_s, step.iterations, step.preemptions, step.peak_kv_blocks)
+    assert_same_result(fast, step)
     return calls, fast.iterations
 
 
@@ -99,17 +135,10 @@ def test_equal_when_arrivals_fall_on_iteration_ends(policy, rows, block_size, sc
                                                     steps):
     """``steps``: how many iterations of a stretch are priced one by one before arrays take
     over (2: nearly every stretch goes through the arrays)."""
-    t, reqs = 0.0, []
-    for i, (gap, prompt, output) in enumerate(rows):
-        t += gap
-        # With sessions, every other request is the next turn of the one before it, sent a
-        # think time (the gap) after that one's answer.
-        follows = i - 1 if sessions and i % 2 else None
-        reqs.append(Request(i, t, prompt, output, follows=follows, think_s=gap))
+    reqs = turn_requests(rows, sessions)
     # Room for the largest request (a session turn that follows a request rejected at arrival
     # is a case of its own, outside this comparison).
-    largest = max(p + o for _, p, o in rows)
-    kv = -(-int(scale * largest) // block_size) * block_size
+    kv = kv_room(reqs, scale, block_size)
     with mock.patch.object(engine, "STRETCH_STEPS", steps):
         _assert_same(reqs, policy, None, kv, block_size, GRID_COST)
 
@@ -231,34 +260,17 @@ def test_stretch_times_equal_iteration_time(cost, requests, kv, n):
 
 
 def _run_cached(reqs, policy, kv_tokens, block_size, *, stepwise):
-    spec = ReplicaSpec(num_blocks=kv_tokens // block_size, block_size=block_size,
-                       max_model_len=4096, cost_model=CHECK_COST,
-                       workload_hint=workload_hint(Workload.from_requests(reqs),
-                                                   cost_model=CHECK_COST))
-    pol = make_policy(policy)
-    calls = []
-    schedule = pol.schedule
-    pol.schedule = lambda view: calls.append(view.now) or schedule(view)
-    return Engine(reqs, pol, CHECK_COST, spec, prefix_caching=True, stepwise=stepwise).run(), \
-        len(calls)
+    return _run(reqs, policy, None, kv_tokens, block_size, CHECK_COST, stepwise=stepwise,
+                prefix_caching=True, max_model_len=4096)
 
 
 def _assert_same_cached(reqs, policy, kv_tokens, block_size) -> tuple[int, int, int]:
-    """Both engines with prefix caching on: equal tables, counters and cache report (hits per
-    request, cached blocks after every iteration, hits, queries, evictions). Returns (fast
-    schedule calls, iterations, evictions)."""
+    """Both engines with prefix caching on: equal tables, counters and cache report. Returns
+    (fast schedule calls, iterations, evictions)."""
     step, _ = _run_cached(reqs, policy, kv_tokens, block_size, stepwise=True)
     fast, calls = _run_cached(reqs, policy, kv_tokens, block_size, stepwise=False)
-    pd.testing.assert_frame_equal(requests_table(fast.states), requests_table(step.states),
-                                  check_exact=True)
-    pd.testing.assert_frame_equal(timeline_table(fast.timeline), timeline_table(step.timeline),
-                                  check_exact=True)
-    assert (fast.end_s, fast.iterations, fast.preemptions, fast.peak_kv_blocks) == \
-        (step.end_s, step.iterations, step.preemptions, step.peak_kv_blocks)
-    a, b = fast.prefix_cache, step.prefix_cache
-    assert (a.cached_prompt_tokens, a.cached_blocks, a.stats) == \
-        (b.cached_prompt_tokens, b.cached_blocks, b.stats)
-    return calls, fast.iterations, a.stats["prefix_cache_evictions"]
+    assert_same_result(fast, step)
+    return calls, fast.iterations, fast.prefix_cache.stats["prefix_cache_evictions"]
 
 
 @pytest.mark.parametrize("policy", STEADY)
@@ -273,9 +285,7 @@ def test_equal_with_prefix_caching(policy, seed, block_size, scale, n):
 
     from tests.test_prefix_reference import random_workload
     reqs = random_workload(random.Random(seed), n)
-    largest = max(r.prompt_tokens + r.output_tokens for r in reqs)
-    kv = -(-int(scale * largest) // block_size) * block_size
-    _assert_same_cached(reqs, policy, kv, block_size)
+    _assert_same_cached(reqs, policy, kv_room(reqs, scale, block_size), block_size)
 
 
 def test_pooled_stretches_replace_schedule_calls_and_evict_as_step_by_step():
