@@ -27,8 +27,7 @@ class StepKV:
     def release(self, req: RequestState) -> None:
         # A block another live request holds stays in use (a prefix-cache block counts once).
         if self._settle is not None:        # shared blocks looked up lazily: bring them up
-            self._settle()
-            self._settle = None
+            self._settle(req)
         self.free += req.kv_blocks - req.shared_blocks
 
 

@@ -225,9 +225,9 @@ class ReplicaView:
 
     def __init__(self, spec: ReplicaSpec):
         self.spec = spec
-        # Set by an engine that looks up prefix-cache state lazily: brings every request's up
-        # to date; called before a resident's ``shared_blocks`` is read (StepKV.release).
-        self.settle_cache: Callable[[], None] | None = None
+        # Set by an engine that looks up prefix-cache state lazily: brings a resident's
+        # ``shared_blocks`` up to date; called before it is read (StepKV.release).
+        self.settle_cache: Callable[[RequestState], None] | None = None
         self.now = 0.0
         self.resident: Sequence[RequestState] = ()
         self.free_blocks = spec.num_blocks

@@ -27,7 +27,7 @@ from scheduler.state import ReplicaSpec, RequestState, Status
 from simulator.closed_loop import ClosedLoopTurns
 from simulator.engine import Engine, EngineResult, reject
 from simulator.errors import PolicyViolation
-from simulator.prefix_cache import RequestBlocks
+from simulator.prefix_cache import ChainLayout, RequestBlocks
 from traces.request import Request
 
 
@@ -35,11 +35,12 @@ class _ArrivalChains:
     """The block hashes of the request being routed, per block size: computed once for all the
     replicas a router asks, as far as any of them needed."""
 
-    __slots__ = ("request_id", "by_block_size")
+    __slots__ = ("request_id", "by_block_size", "layout")
 
-    def __init__(self):
+    def __init__(self, layout: ChainLayout | None = None):
         self.request_id: int | None = None
         self.by_block_size: dict[int, RequestBlocks] = {}
+        self.layout = layout if layout is not None else ChainLayout(None)
 
     def chain(self, req: Request, block_size: int) -> RequestBlocks:
         if req.request_id != self.request_id:
@@ -47,8 +48,7 @@ class _ArrivalChains:
             self.by_block_size = {}
         chain = self.by_block_size.get(block_size)
         if chain is None:
-            chain = self.by_block_size[block_size] = RequestBlocks(
-                req.prefix, req.request_id, req.prompt_tokens, block_size)
+            chain = self.by_block_size[block_size] = self.layout.blocks(req, block_size)
         return chain
 
 
@@ -132,14 +132,17 @@ class Cluster:
     def __init__(self, requests: Iterable[Request], router: Router,
                  make_replica: Callable[[int, simpy.Environment], Engine], num_replicas: int,
                  *, admission: Admission | None = None, seed: int = 0,
-                 progress: Callable[[int, int], None] | None = None, total: int | None = None):
+                 progress: Callable[[int, int], None] | None = None, total: int | None = None,
+                 chains: ChainLayout | None = None):
         self.env = simpy.Environment()
         self.requests = requests
         self.router = router
         self.admission = admission if admission is not None and admission.active else None
         self.engines = [make_replica(i, self.env) for i in range(num_replicas)]
-        chains = _ArrivalChains()
-        self.loads: Sequence[EngineLoad] = tuple(EngineLoad(i, e, chains)
+        # The replicas' and the router's chains are cut by one layout (``chains``: that of
+        # the replicas with prefix caching), so they name the same segments.
+        arrival_chains = _ArrivalChains(chains)
+        self.loads: Sequence[EngineLoad] = tuple(EngineLoad(i, e, arrival_chains)
                                                  for i, e in enumerate(self.engines))
         # Session turns wait for the turn they follow on whichever replica it ended: every
         # replica reports its ends to the cluster's turns, which the router then places.
@@ -231,11 +234,16 @@ def native_cluster(requests: Iterable[Request], router: Router,
     """A cluster of servesim's own engines: replica i runs ``policies[i]`` on ``specs[i]``
     with preemption mode ``preemptions[i]`` (default: recompute) and prefix caching if
     ``prefix_caching[i]`` (default: off); every iteration on its own if ``stepwise``."""
+    chains = None
+    if prefix_caching and any(prefix_caching):
+        requests = list(requests)
+        chains = ChainLayout(requests)
+
     def make(i: int, env: simpy.Environment) -> Engine:
         return Engine((), policies[i], specs[i].cost_model, specs[i],
                       record_timeline=record_timeline,
                       preemption=preemptions[i] if preemptions else "recompute",
                       prefix_caching=bool(prefix_caching[i]) if prefix_caching else False,
-                      stepwise=stepwise, env=env)
+                      stepwise=stepwise, env=env, chains=chains)
     return Cluster(requests, router, make, len(specs), admission=admission, seed=seed,
-                   progress=progress, total=total)
+                   progress=progress, total=total, chains=chains)

@@ -39,7 +39,7 @@ from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
 from simulator.metrics import BY_POLICY, OVER_KV_CAPACITY, OVER_MAX_MODEL_LEN, TimelineRow
-from simulator.prefix_cache import BlockPool, RequestBlocks
+from simulator.prefix_cache import BlockPool, ChainLayout, RequestBlocks, second_largest as _second
 from traces.request import Request
 from traces.workload import Workload
 
@@ -306,13 +306,20 @@ class Engine(ReplicaLoop):
                  spec: ReplicaSpec, *, record_timeline: bool = True,
                  progress: Callable[[int, int], None] | None = None, total: int | None = None,
                  preemption: str = "recompute", prefix_caching: bool = False,
-                 stepwise: bool = False, env: simpy.Environment | None = None):
+                 stepwise: bool = False, env: simpy.Environment | None = None,
+                 chains: ChainLayout | None = None):
         if preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be one of {PREEMPTIONS}, got {preemption!r}")
         # "recompute" (vLLM): a preempted request keeps its generated tokens and recomputes
         # prompt + generated as one prefill. "restart" (the model of Ao et al.): it loses them and
         # starts over from its prompt.
         self.restart = preemption == "restart"
+        if prefix_caching and chains is None:
+            # The requests' chains cut for the pool (simulator/prefix_cache.py): it needs them
+            # all. Requests handed over later (a cluster's router) come with the cluster's.
+            requests = list(requests)
+            chains = ChainLayout(requests or None)
+        self.chains = chains
         super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
                          progress=progress, total=total, env=env)
         self.policy = policy
@@ -346,6 +353,9 @@ class Engine(ReplicaLoop):
         self._unlooked: set[int] = set()
         self._shared_watchers: dict[int, set[int]] = {}
         self._unshared: set[int] = set()
+        # Lazy hits: the waiting requests by each segment their look-up can reach.
+        self._waiting_in: dict[int, set[int]] = {}
+        self._deferred = 0      # blocks full and cached, not yet registered (deferred)
         self.cached_prompt_tokens: dict[int, int] = {}
         self.cached_blocks: list[int] = []
 
@@ -366,7 +376,7 @@ class Engine(ReplicaLoop):
         self._lazy_hits = (self.pool is not None and not self.stepwise and self._own_arrivals
                            and self.policy.look_up_on_peek(self._look_up_one))
         if self._lazy_hits:
-            self.view.settle_cache = self._look_up_prefixes
+            self.view.settle_cache = self._settle_shared
 
     def _wake(self) -> None:
         self._cut = True      # a stepped stretch ends with the iteration running now
@@ -376,8 +386,7 @@ class Engine(ReplicaLoop):
         self.unfinished += 1
         self.view.num_waiting += 1
         if self.pool is not None:
-            self.request_blocks[st.request_id] = RequestBlocks(
-                r.prefix, r.request_id, r.prompt_tokens, self.spec.block_size)
+            self.request_blocks[st.request_id] = self.chains.blocks(r, self.spec.block_size)
             self._enter_waiting(st)
         self.policy.on_arrival(st)
 
@@ -393,14 +402,43 @@ class Engine(ReplicaLoop):
         return self._waiting.values()
 
     def _enter_waiting(self, st: RequestState) -> None:
-        self._waiting[st.request_id] = st
-        self._unlooked.add(st.request_id)
+        rid = st.request_id
+        self._waiting[rid] = st
+        self._unlooked.add(rid)
+        if self._lazy_hits:
+            index = self._waiting_in
+            for sid in self._lookup_segments(st):
+                ids = index.get(sid)
+                if ids is None:
+                    index[sid] = {rid}
+                else:
+                    ids.add(rid)
+
+    def _lookup_segments(self, st: RequestState) -> list[int]:
+        """The segments a waiting request's hit can reach (its look-up's limit)."""
+        b = self.request_blocks[st.request_id]
+        limit = (st.prompt_tokens + st.generated - 1) // self.spec.block_size
+        if not limit:
+            return []
+        b.upto(limit)
+        return b.sids[:b.segment(limit - 1) + 1]
+
+    def _unindex_waiting(self, st: RequestState) -> None:
+        rid = st.request_id
+        del self._waiting[rid]
+        self._unlooked.discard(rid)
+        if self._lazy_hits:
+            index = self._waiting_in
+            for sid in self._lookup_segments(st):
+                ids = index[sid]
+                ids.discard(rid)
+                if not ids:
+                    del index[sid]
 
     def _leave_waiting(self, st: RequestState) -> None:
         """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
         rid = st.request_id
-        del self._waiting[rid]
-        self._unlooked.discard(rid)
+        self._unindex_waiting(st)
         b = self.request_blocks[rid]
         b.watch = _watch(self._watchers, rid, b.watch, None)
         if b.hit:
@@ -470,6 +508,32 @@ class Engine(ReplicaLoop):
         self.free_blocks = pool.free_blocks
         return changed
 
+    def _settle_shared(self, st: RequestState) -> None:
+        """Lazy hits: resident ``st``'s ``shared_blocks`` is about to be read (StepKV.release):
+        bring it up to date. It counts the blocks of its cached prefix that another live
+        request holds or a waiting one's hit covers; along its chain, segment by segment, it
+        stands where two holders cover its part already, and elsewhere can change only with
+        the hits of the waiting requests whose chains reach that segment (``_waiting_in``): only
+        those due are looked up first, the others stay due. Then its count is the eager
+        engine's: as there, every claim on its segments is up to date."""
+        b = self.request_blocks[st.request_id]
+        registered = b.registered
+        if not registered:
+            st.shared_blocks = 0
+            return
+        segs, index = self.pool.segments, self._waiting_in
+        sids, starts, ends = b.sids, b.starts, b.ends
+        due: set[int] = set()
+        for i in range(b.segment(registered - 1) + 1):
+            sid = sids[i]
+            if _second(segs[sid].holds) < (ends[i] if ends[i] < registered else registered) \
+                    - starts[i]:
+                ids = index.get(sid)
+                if ids:
+                    due |= ids
+        self._look_up_prefixes(due)
+        st.shared_blocks = self.pool.shared_blocks(b, registered)[0]
+
     def _look_up_one(self, st: RequestState) -> None:
         """Lazy hits: ``st``, waiting, is about to be read: look it up if it is due."""
         if st.request_id in self._unlooked:
@@ -481,8 +545,7 @@ class Engine(ReplicaLoop):
         b = self.request_blocks[st.request_id]
         hit = b.hit
         rid = st.request_id
-        del self._waiting[rid]
-        self._unlooked.discard(rid)
+        self._unindex_waiting(st)
         b.watch = _watch(self._watchers, rid, b.watch, None)
         pool.take_hit(b, hit)
         b.hit = 0
@@ -498,17 +561,33 @@ class Engine(ReplicaLoop):
             self.cached_prompt_tokens[st.request_id] = st.computed
         st.cached = st.cached_shared_blocks = 0
 
-    def _register_full_blocks(self, st: RequestState, tokens: int) -> None:
-        """The blocks of ``st`` full once its first ``tokens`` tokens are computed are cached."""
+    def _register_full_blocks(self, st: RequestState, before: int, tokens: int) -> None:
+        """The blocks of ``st`` full once its first ``tokens`` tokens are computed (``before``
+        were) are cached.
+
+        Deferred, in its private last segment (``RequestBlocks.private``: its own prompt and
+        answer, in no other chain) once it holds all of that segment that is cached: no other
+        request can hit, hold or adopt those blocks, and it adopts none (nothing cached lies
+        beyond what it holds), so they change nothing but the count of cached blocks
+        (``_deferred``) until it frees them (``_free_kv``). A decode fills a block every
+        block_size steps: that is most registrations."""
         b = self.request_blocks[st.request_id]
-        full = tokens // self.spec.block_size
+        bs = self.spec.block_size
+        full = tokens // bs
+        if b.deferring:
+            self._deferred += full - before // bs
+            return
         if full > b.registered:
-            if st.shared_blocks == b.registered or self._lazy_hits:
+            if st.shared_blocks == b.registered and not self._lazy_hits:
                 # All its cached blocks were shared: the new ones may be too. Otherwise they
                 # are held by fewer requests than its first unshared block: the count stands.
                 self._unshared.add(st.request_id)
-            self.pool.register(b, b.registered, full)
+            pool = self.pool
+            pool.register(b, b.registered, full)
             b.registered = full
+            if b.private and full > b.starts[-1]:
+                tail = pool.segments[b.sids[-1]]
+                b.deferring = tail.cached == full - b.starts[-1]
 
     def _free_kv(self, st: RequestState) -> None:
         """``st`` gives its KV blocks back (finished or preempted)."""
@@ -517,6 +596,13 @@ class Engine(ReplicaLoop):
         else:
             rid = st.request_id
             b = self.request_blocks[rid]
+            if b.deferring:         # its deferred blocks are cached first
+                b.deferring = False
+                full = st.computed // self.spec.block_size
+                if full > b.registered:
+                    self.pool.register(b, b.registered, full)
+                    self._deferred -= full - b.registered
+                    b.registered = full
             self.pool.release(b, b.registered, st.kv_blocks - b.registered)
             b.registered = 0
             st.shared_blocks = 0
@@ -686,15 +772,15 @@ class Engine(ReplicaLoop):
             pool.allocate(new_blocks)
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
-                self._register_full_blocks(st, st.computed + n)
+                self._register_full_blocks(st, st.computed, st.computed + n)
             for st in d.decode:
                 if (st.computed + 1) % bs == 0:
-                    self._register_full_blocks(st, st.computed + 1)
+                    self._register_full_blocks(st, st.computed, st.computed + 1)
             # A block that filled adopted a cached copy and gave its own back: free blocks grew
             # (a stretch may not start: the next decision may admit with them).
             self._adopted = pool.free_blocks > free - new_blocks
             self.free_blocks = pool.free_blocks
-            self.cached_blocks.append(pool.cached_blocks)
+            self.cached_blocks.append(pool.cached_blocks + self._deferred)
         used = self.spec.num_blocks - self.free_blocks
         if used > self.peak_used_blocks:
             self.peak_used_blocks = used
@@ -800,8 +886,8 @@ class Engine(ReplicaLoop):
             new = by_offset[j % bs]
             pool.allocate(new)
             for st, c in fills[j % bs]:
-                self._register_full_blocks(st, c + j + 1)
-            cached_blocks.append(pool.cached_blocks)
+                self._register_full_blocks(st, c + j, c + j + 1)
+            cached_blocks.append(pool.cached_blocks + self._deferred)
             # Net of the blocks that registering gave back (a block cached already adopted).
             taken_now = free - pool.free_blocks
             s.grew = taken_now < blocks + new

@@ -50,9 +50,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from traces.request import ANSWER_OF, PROMPT_OF, TokenRuns
+from traces.request import ANSWER_OF, PROMPT_OF, Request, TokenRuns
 
 ROOT_HASH = 0     # the parent hash of a request's first block (vLLM's NONE_HASH)
 ENDLESS = 1 << 62  # the answer run's length: output tokens follow the prompt without end
@@ -88,6 +88,8 @@ def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
             off += count * block_size
             h = hash((h, ns, key, off - block_size)) if count > 1 else sid
             yield sid, count
+            if n == ENDLESS:
+                return         # the answer's segment: it covers everything after it
             continue
         piece: list[int] = [h]
         need = block_size
@@ -117,20 +119,109 @@ def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
             yield [hash((sid, j)) for j in range(lo, min(count, lo + batch))]
 
 
+class ChainLayout:
+    """The segments of a known set of requests' chains, per block size, with runs of segments
+    that always come together joined into one (a radix tree's path compression).
+
+    Segment ``s`` at its longest length in these chains (``c`` blocks) is joined with the
+    segment ``t`` after it when every chain carrying ``s`` at length ``c`` goes on with ``t``:
+    the joined segment, named ``s``, is ``s``'s ``c`` blocks and then ``t``'s. Every chain
+    that has any of ``t`` has all of ``s`` before it (``t``'s name hashes ``s``'s last block),
+    and a chain with less of ``s`` holds a prefix of the joined segment and then leaves it, so
+    two chains still share block ``j`` of a segment exactly when they share that block. The
+    pool then works per run of content that no two chains tell apart: the Mooncake
+    conversation trace's 26 segments per request become 3. Only the requests it was built from
+    can be cut so (``blocks`` refuses others); ``ChainLayout(None)`` joins nothing."""
+
+    __slots__ = ("_requests", "_by_block_size")
+
+    def __init__(self, requests: Iterable[Request] | None):
+        self._requests = None if requests is None else {r.request_id: r for r in requests}
+        self._by_block_size: dict[int, dict[int, tuple[list, list, list, bool]]] = {}
+
+    def blocks(self, req: Request, block_size: int) -> RequestBlocks:
+        """A new ``RequestBlocks`` for ``req``'s chain."""
+        if self._requests is None:
+            return RequestBlocks(req.prefix, req.request_id, req.prompt_tokens, block_size)
+        layout = self._by_block_size.get(block_size)
+        if layout is None:
+            layout = self._by_block_size[block_size] = self._join(block_size)
+        cut = layout.get(req.request_id)
+        if cut is None:
+            raise ValueError(f"request {req.request_id} is not one of the requests this "
+                             f"chain layout was built from")
+        return RequestBlocks(req.prefix, req.request_id, req.prompt_tokens, block_size, cut)
+
+    def _join(self, block_size: int) -> dict[int, tuple[list, list, list, bool]]:
+        assert self._requests is not None
+        chains = [(rid, list(segments(r.prefix, rid, r.prompt_tokens, block_size)))
+                  for rid, r in self._requests.items()]
+        # Per segment: its longest length in any chain, and the segment that every chain with
+        # that length goes on with (None: none, or not the same in all of them).
+        longest: dict[int, tuple[int, int | None]] = {}
+        get = longest.get
+        again: set[int] = set()       # segments found in more than one chain
+        for _, segs in chains:
+            sid, c = segs[0]
+            for i in range(1, len(segs)):
+                after, n = segs[i]
+                seen = get(sid)
+                if seen is None:
+                    longest[sid] = (c, after)
+                else:
+                    again.add(sid)
+                    if c > seen[0]:
+                        longest[sid] = (c, after)
+                    elif c == seen[0] and seen[1] != after:
+                        longest[sid] = (c, None)
+                sid, c = after, n
+            if sid in longest:
+                again.add(sid)
+            longest[sid] = (c, None)      # the answer's, endless: nothing comes after it
+        cuts = {}
+        for rid, segs in chains:
+            sids: list[int] = []
+            ends: list[int] = []
+            end = 0
+            join = False
+            for sid, c in segs:
+                end += c
+                if join:
+                    ends[-1] = end
+                else:
+                    sids.append(sid)
+                    ends.append(end)
+                seen = longest[sid]
+                join = seen[0] == c and seen[1] is not None
+            cuts[rid] = (sids, [0, *ends[:-1]], ends, sids[-1] not in again)
+        return cuts
+
+
 class RequestBlocks:
     """One request's chain, its segments generated as far as they are needed (``sids``, each
-    starting at block ``starts[i]`` and ending before ``ends[i]``); how many of its blocks (its
-    first ``registered``) are cached blocks it holds; while it waits, its hit."""
+    starting at block ``starts[i]`` and ending before ``ends[i]``), or all of them as a
+    ``ChainLayout`` cut them (``cut``); how many of its blocks (its first ``registered``) are
+    cached blocks it holds; while it waits, its hit.
+
+    ``private``: its last segment (its own prompt and answer, once joined) is in no other
+    chain. ``deferring``: the engine caches its blocks that fill in that segment only when it
+    frees them (simulator/engine.py, ``_register_full_blocks``)."""
 
     __slots__ = ("sids", "starts", "ends", "_more", "registered", "hit", "watch",
-                 "shared_watch", "hit_at", "held_at", "shared_at")
+                 "shared_watch", "hit_at", "held_at", "shared_at", "private", "deferring")
 
     def __init__(self, prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
-                 block_size: int):
-        self.sids: list[int] = []
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-        self._more = segments(prefix, request_id, prompt_tokens, block_size)
+                 block_size: int, cut: tuple[list, list, list, bool] | None = None):
+        if cut is None:
+            self.sids: list[int] = []
+            self.starts: list[int] = []
+            self.ends: list[int] = []
+            self._more = segments(prefix, request_id, prompt_tokens, block_size)
+            self.private = False
+        else:        # shared by the chain's RequestBlocks on every replica: read only
+            self.sids, self.starts, self.ends, self.private = cut
+            self._more = iter(())
+        self.deferring = False
         self.registered = 0
         self.hit = 0          # while waiting: its hit, in blocks, as last looked up
         # The segments at the boundaries of its last lookup (None: look up): the answer can
@@ -193,7 +284,7 @@ def _drop(counts: dict[int, int], k: int) -> None:
         del counts[k]
 
 
-def _second(counts: dict[int, int]) -> int:
+def second_largest(counts: dict[int, int]) -> int:
     """The second largest element of a multiset ``{value: count}`` (0 with fewer than two)."""
     first = second = 0
     for k, n in counts.items():
@@ -343,7 +434,7 @@ class BlockPool:
                 _drop(claims, a)
             if b:
                 _add(claims, b)
-            shared = _second(claims)
+            shared = second_largest(claims)
             if shared != seg.shared:
                 seg.shared = shared
                 dirty.add(sid)
@@ -474,7 +565,7 @@ class BlockPool:
         if b > held:
             seg.held = b
             dirty.add(sid)
-        shared = _second(claims)
+        shared = second_largest(claims)
         if shared != seg.shared:
             seg.shared = shared
             dirty.add(sid)
@@ -524,7 +615,7 @@ class BlockPool:
                 self.evictable += held - new_held
                 seg.held = new_held
                 dirty.add(sid)
-            shared = _second(claims) if claims else 0
+            shared = second_largest(claims) if claims else 0
             if shared != seg.shared:
                 seg.shared = shared
                 dirty.add(sid)
