@@ -25,7 +25,7 @@ import bisect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Iterable
+from typing import AbstractSet, Callable, Iterable, Iterator
 
 import numpy as np
 import simpy
@@ -90,7 +90,8 @@ class _Stretch:
     ``resident`` and ``waiting`` are the replica's counts as it starts (its timeline's)."""
 
     __slots__ = ("decode", "ctxs", "free", "by_offset", "limit", "k_max", "ends", "dts",
-                 "taken", "kv1", "kv", "resident", "waiting", "fills", "read", "grew")
+                 "taken", "kv1", "kv", "resident", "waiting", "fills", "deferred_fills",
+                 "read", "grew")
 
     def __init__(self, decode, ctxs: list[int], free: int, by_offset: list[int], limit: float,
                  k_max: int, end0: float, dt0: float, kv1: int, resident: int, waiting: int):
@@ -107,9 +108,11 @@ class _Stretch:
         self.taken = [0]
         self.kv1 = self.kv = kv1
         # With prefix caching (Engine._extend_pooled_stretch): the requests whose blocks fill at
-        # each iteration mod the block size, the waiting requests whose hit the decision read
-        # (None: any), and whether free blocks grew at the last iteration planned.
+        # each iteration mod the block size (and how many more whose registrations are
+        # deferred), the waiting requests whose hit the decision read (None: any), and whether
+        # free blocks grew at the last iteration planned.
         self.fills: list[list] | None = None
+        self.deferred_fills: list[int] | None = None
         self.read: set[int] | None = None
         self.grew = False
 
@@ -317,8 +320,9 @@ class Engine(ReplicaLoop):
         if prefix_caching and chains is None:
             # The requests' chains cut for the pool (simulator/prefix_cache.py): it needs them
             # all. Requests handed over later (a cluster's router) come with the cluster's.
-            requests = list(requests)
-            chains = ChainLayout(requests or None)
+            listed = list(requests)
+            chains = ChainLayout(listed or None, (spec.block_size,))
+            requests = drained(listed)
         self.chains = chains
         super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
                          progress=progress, total=total, env=env)
@@ -534,6 +538,22 @@ class Engine(ReplicaLoop):
         self._look_up_prefixes(due)
         st.shared_blocks = self.pool.shared_blocks(b, registered)[0]
 
+    def _read_changed(self, read: set[int] | None) -> bool:
+        """Inside a stretch, before an iteration: whether the look-up then changes what the
+        stretch's decision read (``_look_up_prefixes(read)``). A read request's answer can only
+        have changed if it is due or a segment at its boundaries changed (``dirty``): otherwise
+        no look-up is made, and the changes wait in ``dirty`` for the next one."""
+        dirty = self.pool.dirty
+        if read is None:
+            return self._look_up_prefixes(read)
+        if dirty:
+            stale, blocks = self._unlooked, self.request_blocks
+            for rid in read:
+                watch = blocks[rid].watch
+                if rid in stale or watch is None or not dirty.isdisjoint(watch):
+                    return self._look_up_prefixes(read)
+        return False
+
     def _look_up_one(self, st: RequestState) -> None:
         """Lazy hits: ``st``, waiting, is about to be read: look it up if it is due."""
         if st.request_id in self._unlooked:
@@ -738,6 +758,7 @@ class Engine(ReplicaLoop):
             pf_pairs += n * ctx + n * (n + 1) / 2
         dec_kv = 0
         RESIDENT = Status.RESIDENT
+        filling = []            # decoding requests whose last block fills in this iteration
         for st in d.decode:
             if st._iteration == it:
                 raise self._violation(st, "was scheduled twice in one iteration")
@@ -759,6 +780,8 @@ class Engine(ReplicaLoop):
             elif not ctx % bs:         # the new token starts a new block
                 new_blocks += 1
                 st.kv_blocks += 1
+            elif (ctx + 1) % bs == 0:
+                filling.append(st)
             dec_kv += ctx
         dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
@@ -773,9 +796,10 @@ class Engine(ReplicaLoop):
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
                 self._register_full_blocks(st, st.computed, st.computed + n)
-            for st in d.decode:
-                if (st.computed + 1) % bs == 0:
-                    self._register_full_blocks(st, st.computed, st.computed + 1)
+            if bs == 1:          # each token starts a block and fills it
+                filling = list(d.decode)
+            for st in filling:
+                self._register_full_blocks(st, st.computed, st.computed + 1)
             # A block that filled adopted a cached copy and gave its own back: free blocks grew
             # (a stretch may not start: the next decision may admit with them).
             self._adopted = pool.free_blocks > free - new_blocks
@@ -868,25 +892,32 @@ class Engine(ReplicaLoop):
             # Requests (with their computed tokens at the start) by the iteration mod block
             # size at which their block fills: (c + j + 1) % bs == 0.
             s.fills = [[] for _ in range(bs)]
+            s.deferred_fills = [0] * bs
+            blocks_of = self.request_blocks
             for st, c in zip(s.decode, s.ctxs):
-                s.fills[(-c - 1) % bs].append((st, c))
+                if blocks_of[st.request_id].deferring:
+                    s.deferred_fills[(-c - 1) % bs] += 1
+                else:
+                    s.fills[(-c - 1) % bs].append((st, c))
             # In a cluster a router reads every waiting request's hit (pending tokens), as the
             # step engine looks them up at every iteration: so does a stepped stretch.
             s.read = cache_read_by(self.policy) if self._own_arrivals else None
-        fills, read = s.fills, s.read
+        fills, deferred_fills, read = s.fills, s.deferred_fills, s.read
+        assert deferred_fills is not None
         j = len(ends)
         t, blocks, kv, B = ends[-1], taken[-1], s.kv, len(s.decode)
         free, limit = s.free, s.limit
         top = min(s.k_max, top)
         cached_blocks = self.cached_blocks
         while j < top and t < limit and blocks + by_offset[j % bs] <= free and not s.grew:
-            if self._look_up_prefixes(read):
+            if self._read_changed(read):
                 break
             dt = self._iteration_time(BatchShape(0, 0, 0, 0.0, B, kv))
             new = by_offset[j % bs]
             pool.allocate(new)
             for st, c in fills[j % bs]:
                 self._register_full_blocks(st, c + j, c + j + 1)
+            self._deferred += deferred_fills[j % bs]
             cached_blocks.append(pool.cached_blocks + self._deferred)
             # Net of the blocks that registering gave back (a block cached already adopted).
             taken_now = free - pool.free_blocks
@@ -1095,6 +1126,14 @@ class Engine(ReplicaLoop):
         self.policy.on_finish(st)
         if self.turns.waiting:
             self._ended(st)
+
+
+def drained(items: list) -> Iterator:
+    """``items`` in order, each let go as it is handed out (a long trace's requests and their
+    prefixes are not all kept alive to the end of the run)."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 _NONE: frozenset = frozenset()      # lazy hits: no waiting request looked up before a decision

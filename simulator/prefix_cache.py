@@ -50,7 +50,11 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
+import itertools
+from operator import itemgetter
 from typing import Iterable, Iterator
+
+import numpy as np
 
 from traces.request import ANSWER_OF, PROMPT_OF, Request, TokenRuns
 
@@ -70,18 +74,26 @@ def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
     is its last block's, hashed as its first one. ``hash`` of a tuple of ints is the same in
     every process."""
     runs = list(prefix.runs) if prefix is not None else []
-    own = prompt_tokens - sum(n for _, _, n in runs)
+    own = prompt_tokens - sum(map(itemgetter(2), runs))
     if own > 0:
         runs.append((PROMPT_OF, request_id, own))
     runs.append((ANSWER_OF, request_id, ENDLESS))
     h = ROOT_HASH
-    i, off = 0, 0
-    ns, key, n = runs[0]
-    while True:
-        while off == n:        # a run used up: a block starting the next one lies inside it
-            i += 1
-            ns, key, n = runs[i]
-            off = 0
+    piece: list[int] | None = None      # a block across runs, as it is filled
+    need = 0                            # the tokens it still needs
+    for ns, key, n in runs:
+        if not n:
+            continue
+        off = 0
+        if piece is not None:
+            off = need if need < n else n
+            piece += (ns, key, 0, off)
+            need -= off
+            if need:
+                continue                # the run ends inside the block
+            h = hash(tuple(piece))
+            piece = None
+            yield h, 1
         if n - off >= block_size:
             count = (n - off) // block_size
             sid = hash((h, ns, key, off))
@@ -90,21 +102,9 @@ def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
             yield sid, count
             if n == ENDLESS:
                 return         # the answer's segment: it covers everything after it
-            continue
-        piece: list[int] = [h]
-        need = block_size
-        while need:
-            take = min(need, n - off)
-            if take:
-                piece += (ns, key, off, take)
-                off += take
-                need -= take
-            if off == n:
-                i += 1
-                ns, key, n = runs[i]
-                off = 0
-        h = hash(tuple(piece))
-        yield h, 1
+        if off < n:                     # a block starts inside the run and goes on past it
+            piece = [h, ns, key, off, n - off]
+            need = block_size - (n - off)
 
 
 def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
@@ -130,70 +130,95 @@ class ChainLayout:
     and a chain with less of ``s`` holds a prefix of the joined segment and then leaves it, so
     two chains still share block ``j`` of a segment exactly when they share that block. The
     pool then works per run of content that no two chains tell apart: the Mooncake
-    conversation trace's 26 segments per request become 3. Only the requests it was built from
-    can be cut so (``blocks`` refuses others); ``ChainLayout(None)`` joins nothing."""
+    conversation trace's 26 segments per request become 3. Cut once for each block size
+    given, it holds no request; only the requests it was cut from can be cut so (``blocks``
+    refuses others). ``ChainLayout(None)`` joins nothing."""
 
-    __slots__ = ("_requests", "_by_block_size")
+    __slots__ = ("_by_block_size",)
 
-    def __init__(self, requests: Iterable[Request] | None):
-        self._requests = None if requests is None else {r.request_id: r for r in requests}
-        self._by_block_size: dict[int, dict[int, tuple[list, list, list, bool]]] = {}
+    def __init__(self, requests: Iterable[Request] | None, block_sizes: Iterable[int] = ()):
+        self._by_block_size: dict[int, dict[int, tuple[list, list, list, bool]]] | None = None
+        if requests is not None:
+            requests = list(requests)
+            self._by_block_size = {bs: self._join(requests, bs) for bs in set(block_sizes)}
 
     def blocks(self, req: Request, block_size: int) -> RequestBlocks:
         """A new ``RequestBlocks`` for ``req``'s chain."""
-        if self._requests is None:
+        if self._by_block_size is None:
             return RequestBlocks(req.prefix, req.request_id, req.prompt_tokens, block_size)
         layout = self._by_block_size.get(block_size)
         if layout is None:
-            layout = self._by_block_size[block_size] = self._join(block_size)
+            raise ValueError(f"this chain layout was not cut for block size {block_size}")
         cut = layout.get(req.request_id)
         if cut is None:
             raise ValueError(f"request {req.request_id} is not one of the requests this "
-                             f"chain layout was built from")
+                             f"chain layout was cut from")
         return RequestBlocks(req.prefix, req.request_id, req.prompt_tokens, block_size, cut)
 
-    def _join(self, block_size: int) -> dict[int, tuple[list, list, list, bool]]:
-        assert self._requests is not None
-        chains = [(rid, list(segments(r.prefix, rid, r.prompt_tokens, block_size)))
-                  for rid, r in self._requests.items()]
-        # Per segment: its longest length in any chain, and the segment that every chain with
-        # that length goes on with (None: none, or not the same in all of them).
-        longest: dict[int, tuple[int, int | None]] = {}
-        get = longest.get
-        again: set[int] = set()       # segments found in more than one chain
-        for _, segs in chains:
-            sid, c = segs[0]
-            for i in range(1, len(segs)):
-                after, n = segs[i]
-                seen = get(sid)
-                if seen is None:
-                    longest[sid] = (c, after)
-                else:
-                    again.add(sid)
-                    if c > seen[0]:
-                        longest[sid] = (c, after)
-                    elif c == seen[0] and seen[1] != after:
-                        longest[sid] = (c, None)
-                sid, c = after, n
-            if sid in longest:
-                again.add(sid)
-            longest[sid] = (c, None)      # the answer's, endless: nothing comes after it
+    @staticmethod
+    def _join(requests: list[Request], block_size: int
+              ) -> dict[int, tuple[list, list, list, bool]]:
+        """Each request's segments, joined; and whether its last one is in no other chain.
+        Vectorised: a trace holds a few hundred thousand segments."""
+        flat: list[tuple[int, int]] = []
+        lengths: list[int] = []
+        extend, length = flat.extend, lengths.append
+        done = 0
+        for r in requests:
+            extend(segments(r.prefix, r.request_id, r.prompt_tokens, block_size))
+            length(len(flat) - done)
+            done = len(flat)
+        if not flat:
+            return {}
+        n = len(flat)
+        table = np.fromiter(itertools.chain.from_iterable(flat), dtype=np.int64, count=2 * n)
+        sid, count = table[0::2], table[1::2]
+        last = np.cumsum(lengths) - 1               # each chain's last (endless) segment
+        first = last - np.asarray(lengths) + 1
+        after = np.empty(n, dtype=np.int64)         # the segment after each one in its chain
+        after[:-1] = sid[1:]
+        endless = np.zeros(n, dtype=bool)
+        endless[last] = True
+        # Per segment (a group): its longest length, and whether the segment after it is the
+        # same wherever it has that length (none of them endless).
+        order = np.argsort(sid, kind="stable")
+        s_sid = sid[order]
+        new_group = np.ones(n, dtype=bool)
+        new_group[1:] = s_sid[1:] != s_sid[:-1]
+        heads = np.flatnonzero(new_group)
+        group_of = np.empty(n, dtype=np.int64)
+        group_of[order] = np.cumsum(new_group) - 1
+        sizes = np.diff(np.append(heads, n))
+        at_longest = count == np.maximum.reduceat(count[order], heads)[group_of]
+        big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        lowest = np.minimum.reduceat(np.where(at_longest, after, big)[order], heads)
+        highest = np.maximum.reduceat(np.where(at_longest, after, small)[order], heads)
+        ends_there = np.maximum.reduceat((at_longest & endless)[order], heads)
+        joins = (lowest == highest) & ~ends_there
+        g = group_of
+        join = joins[g] & at_longest                # joined with the segment after it
+        starts_segment = np.ones(n, dtype=bool)
+        starts_segment[1:] = ~join[:-1]
+        starts_segment[first] = True
+        # Block ends inside each chain (the endless last count added on its own: no overflow).
+        finite = np.where(endless, 0, count)
+        csum = np.cumsum(finite)
+        base = (csum[first] - finite[first]).repeat(lengths)
+        end_at = csum - base
+        end_at[last] += count[last]
+        seg_first = np.flatnonzero(starts_segment)
+        seg_last = np.flatnonzero(np.append(starts_segment[1:], True))
+        names = sid[seg_first].tolist()
+        ends = end_at[seg_last].tolist()
+        shared_name = (sizes[g[seg_first]] > 1).tolist()
+        per_chain = np.add.reduceat(starts_segment.astype(np.int64), first).tolist()
         cuts = {}
-        for rid, segs in chains:
-            sids: list[int] = []
-            ends: list[int] = []
-            end = 0
-            join = False
-            for sid, c in segs:
-                end += c
-                if join:
-                    ends[-1] = end
-                else:
-                    sids.append(sid)
-                    ends.append(end)
-                seen = longest[sid]
-                join = seen[0] == c and seen[1] is not None
-            cuts[rid] = (sids, [0, *ends[:-1]], ends, sids[-1] not in again)
+        k = 0
+        for r, m in zip(requests, per_chain):
+            e = ends[k:k + m]
+            cuts[r.request_id] = (names[k:k + m], [0, *e[:-1]], e,
+                                  not shared_name[k + m - 1])
+            k += m
         return cuts
 
 
