@@ -357,7 +357,8 @@ class Engine(ReplicaLoop):
         self._unlooked: set[int] = set()
         self._shared_watchers: dict[int, set[int]] = {}
         self._unshared: set[int] = set()
-        # Lazy hits: the waiting requests by each segment their look-up can reach.
+        # Lazy hits: the waiting requests by each segment of their chains (as far as they are
+        # generated when they begin to wait: at least as far as their hits can reach).
         self._waiting_in: dict[int, set[int]] = {}
         self._deferred = 0      # blocks full and cached, not yet registered (deferred)
         self.cached_prompt_tokens: dict[int, int] = {}
@@ -411,21 +412,14 @@ class Engine(ReplicaLoop):
         self._unlooked.add(rid)
         if self._lazy_hits:
             index = self._waiting_in
-            for sid in self._lookup_segments(st):
+            b = self.request_blocks[rid]
+            b.upto((st.prompt_tokens + st.generated - 1) // self.spec.block_size)
+            for sid in b.sids:          # (no more are generated while it waits)
                 ids = index.get(sid)
                 if ids is None:
                     index[sid] = {rid}
                 else:
                     ids.add(rid)
-
-    def _lookup_segments(self, st: RequestState) -> list[int]:
-        """The segments a waiting request's hit can reach (its look-up's limit)."""
-        b = self.request_blocks[st.request_id]
-        limit = (st.prompt_tokens + st.generated - 1) // self.spec.block_size
-        if not limit:
-            return []
-        b.upto(limit)
-        return b.sids[:b.segment(limit - 1) + 1]
 
     def _unindex_waiting(self, st: RequestState) -> None:
         rid = st.request_id
@@ -433,7 +427,7 @@ class Engine(ReplicaLoop):
         self._unlooked.discard(rid)
         if self._lazy_hits:
             index = self._waiting_in
-            for sid in self._lookup_segments(st):
+            for sid in self.request_blocks[rid].sids:
                 ids = index[sid]
                 ids.discard(rid)
                 if not ids:
