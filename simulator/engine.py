@@ -372,8 +372,8 @@ class Engine(ReplicaLoop):
         # (``_stepped_stretch``).
         self._stretches = not self.stepwise and is_steady_decode(self.policy)
         # Lazy hits (single replica, cache on, not the stepwise reference): a queue-order policy
-        # looks a waiting request up as its queue's peek returns it, and residents' shared
-        # blocks are settled when it first releases a victim's blocks. A look-up gives the
+        # looks a waiting request up as its queue's peek returns it, and a resident's shared
+        # blocks are settled as it releases that victim (``_settle_shared``). A look-up gives the
         # pool's answer at that moment, and between the decision's start and its reads nothing
         # changes the pool, so the answers are the eager engine's; what the waiting want
         # changes only shared blocks, settled before they are read. In a cluster a router
