@@ -39,7 +39,7 @@ from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
 from simulator.metrics import BY_POLICY, OVER_KV_CAPACITY, OVER_MAX_MODEL_LEN, TimelineRow
-from simulator.prefix_cache import BlockPool, ChainLayout, RequestBlocks, second_largest as _second
+from simulator.prefix_cache import BlockPool, ChainLayout, RequestBlocks, second_largest
 from traces.request import Request
 from traces.workload import Workload
 
@@ -524,7 +524,7 @@ class Engine(ReplicaLoop):
         due: set[int] = set()
         for i in range(b.segment(registered - 1) + 1):
             sid = sids[i]
-            if _second(segs[sid].holds) < (ends[i] if ends[i] < registered else registered) \
+            if second_largest(segs[sid].holds) < (ends[i] if ends[i] < registered else registered) \
                     - starts[i]:
                 ids = index.get(sid)
                 if ids:
