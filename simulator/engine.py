@@ -506,6 +506,19 @@ class Engine(ReplicaLoop):
         self.free_blocks = pool.free_blocks
         return changed
 
+    def _mark_due(self) -> None:
+        """Lazy hits, before a decision (``_look_up_prefixes`` with no request read): the
+        waiting requests at whose boundaries a segment changed are due, looked up as the policy
+        reads them. (Residents' shared blocks are settled as they are read, never watched.)"""
+        pool = self.pool
+        dirty = pool.dirty
+        if dirty:
+            watchers, due = self._watchers, self._unlooked
+            for sid in watchers.keys() & dirty:
+                due.update(watchers.pop(sid))
+            dirty.clear()
+        self.free_blocks = pool.free_blocks
+
     def _settle_shared(self, st: RequestState) -> None:
         """Lazy hits: resident ``st``'s ``shared_blocks`` is about to be read (StepKV.release):
         bring it up to date. It counts the blocks of its cached prefix that another live
@@ -633,8 +646,10 @@ class Engine(ReplicaLoop):
         env, view, policy = self.env, self.view, self.policy
         while True:
             view.now = env.now
-            if self.pool is not None:
-                self._look_up_prefixes(_NONE if self._lazy_hits else None)
+            if self._lazy_hits:
+                self._mark_due()
+            elif self.pool is not None:
+                self._look_up_prefixes()
             view.free_blocks = self.free_blocks
             d = decide(policy, view)
             if d.reject:
@@ -1130,7 +1145,6 @@ def drained(items: list) -> Iterator:
         yield items.pop()
 
 
-_NONE: frozenset = frozenset()      # lazy hits: no waiting request looked up before a decision
 
 
 def _watch(watchers: dict[int, set[int]], rid: int, old: frozenset | None,

@@ -63,9 +63,9 @@ ENDLESS = 1 << 62  # the answer run's length: output tokens follow the prompt wi
 
 
 def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
-             block_size: int) -> Iterator[tuple[int, int]]:
-    """A request's chain as segments ``(sid, blocks)``, endless (output tokens follow the
-    prompt). The whole blocks inside one run form one segment, named by its first block's
+             block_size: int) -> list[tuple[int, int]]:
+    """A request's chain as segments ``(sid, blocks)``, the last one endless (output tokens
+    follow the prompt). The whole blocks inside one run form one segment, named by its first block's
     hash: the hash before it (which stands for everything earlier), namespace, key and offset
     in the run. A block across runs is a segment of one block, hashing the hash before it and,
     per run it overlaps, namespace, key, offset and tokens taken (so a Mooncake hash id, 512
@@ -79,6 +79,7 @@ def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
         runs.append((PROMPT_OF, request_id, own))
     runs.append((ANSWER_OF, request_id, ENDLESS))
     h = ROOT_HASH
+    out: list[tuple[int, int]] = []
     piece: list[int] | None = None      # a block across runs, as it is filled
     need = 0                            # the tokens it still needs
     for ns, key, n in runs:
@@ -93,18 +94,19 @@ def segments(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
                 continue                # the run ends inside the block
             h = hash(tuple(piece))
             piece = None
-            yield h, 1
+            out.append((h, 1))
         if n - off >= block_size:
             count = (n - off) // block_size
             sid = hash((h, ns, key, off))
             off += count * block_size
             h = hash((h, ns, key, off - block_size)) if count > 1 else sid
-            yield sid, count
+            out.append((sid, count))
             if n == ENDLESS:
-                return         # the answer's segment: it covers everything after it
+                return out     # the answer's segment: it covers everything after it
         if off < n:                     # a block starts inside the run and goes on past it
             piece = [h, ns, key, off, n - off]
             need = block_size - (n - off)
+    raise AssertionError("the answer's run is endless")
 
 
 def block_hashes(prefix: TokenRuns | None, request_id: int, prompt_tokens: int,
@@ -241,7 +243,7 @@ class RequestBlocks:
             self.sids: list[int] = []
             self.starts: list[int] = []
             self.ends: list[int] = []
-            self._more = segments(prefix, request_id, prompt_tokens, block_size)
+            self._more = iter(segments(prefix, request_id, prompt_tokens, block_size))
             self.private = False
         else:        # shared by the chain's RequestBlocks on every replica: read only
             self.sids, self.starts, self.ends, self.private = cut
