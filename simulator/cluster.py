@@ -25,9 +25,9 @@ from scheduler.base import Policy
 from scheduler.routers import Router
 from scheduler.state import ReplicaSpec, RequestState, Status
 from simulator.closed_loop import ClosedLoopTurns
-from simulator.engine import Engine, EngineResult, drained, reject
+from simulator.engine import Engine, EngineResult, reject
 from simulator.errors import PolicyViolation
-from simulator.prefix_cache import ChainLayout, RequestBlocks
+from simulator.prefix_cache import ChainLayout, RequestBlocks, laid_out
 from traces.request import Request
 
 
@@ -236,9 +236,7 @@ def native_cluster(requests: Iterable[Request], router: Router,
     ``prefix_caching[i]`` (default: off); every iteration on its own if ``stepwise``."""
     chains = None
     if prefix_caching and any(prefix_caching):
-        listed = list(requests)
-        chains = ChainLayout(listed, (spec.block_size for spec in specs))
-        requests = drained(listed)
+        requests, chains = laid_out(requests, (spec.block_size for spec in specs))
 
     def make(i: int, env: simpy.Environment) -> Engine:
         return Engine((), policies[i], specs[i].cost_model, specs[i],

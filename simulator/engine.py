@@ -25,7 +25,7 @@ import bisect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Iterable, Iterator
+from typing import AbstractSet, Callable, Iterable
 
 import numpy as np
 import simpy
@@ -39,7 +39,8 @@ from simulator.cost.base import BatchShape, CostModel
 from simulator.engines import register_engine
 from simulator.errors import PolicyViolation, SimulationStalled
 from simulator.metrics import BY_POLICY, OVER_KV_CAPACITY, OVER_MAX_MODEL_LEN, TimelineRow
-from simulator.prefix_cache import BlockPool, ChainLayout, RequestBlocks, second_largest
+from simulator.prefix_cache import (BlockPool, ChainLayout, RequestBlocks, laid_out,
+                                     second_largest)
 from traces.request import Request
 from traces.workload import Workload
 
@@ -320,9 +321,7 @@ class Engine(ReplicaLoop):
         if prefix_caching and chains is None:
             # The requests' chains cut for the pool (simulator/prefix_cache.py): it needs them
             # all. Requests handed over later (a cluster's router) come with the cluster's.
-            listed = list(requests)
-            chains = ChainLayout(listed or None, (spec.block_size,))
-            requests = drained(listed)
+            requests, chains = laid_out(requests, (spec.block_size,))
         self.chains = chains
         super().__init__(requests, cost_model, spec, record_timeline=record_timeline,
                          progress=progress, total=total, env=env)
@@ -1135,14 +1134,6 @@ class Engine(ReplicaLoop):
         self.policy.on_finish(st)
         if self.turns.waiting:
             self._ended(st)
-
-
-def drained(items: list) -> Iterator:
-    """``items`` in order, each let go as it is handed out (a long trace's requests and their
-    prefixes are not all kept alive to the end of the run)."""
-    items.reverse()
-    while items:
-        yield items.pop()
 
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
+import gc
 import itertools
 from operator import itemgetter
 from typing import Iterable, Iterator
@@ -222,6 +223,29 @@ class ChainLayout:
                                   not shared_name[k + m - 1])
             k += m
         return cuts
+
+
+def laid_out(requests: Iterable[Request], block_sizes: Iterable[int]
+             ) -> tuple[Iterator[Request], ChainLayout]:
+    """The requests (each let go as it is handed out, so that a long trace's requests and their
+    prefixes are not all kept alive to the end of the run) and their chain layout. Built with
+    the garbage collector paused: a few hundred thousand objects made at once, none of them
+    garbage, would only trigger collections that walk them all."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        listed = list(requests)
+        layout = ChainLayout(listed or None, block_sizes)
+    finally:
+        if enabled:
+            gc.enable()
+    return _drained(listed), layout
+
+
+def _drained(items: list) -> Iterator:
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 class RequestBlocks:
