@@ -912,6 +912,11 @@ class Engine(ReplicaLoop):
             s.read = cache_read_by(self.policy) if self._own_arrivals else None
         fills, deferred_fills, read = s.fills, s.deferred_fills, s.read
         assert deferred_fills is not None
+        if len(ends) == 1 and read is not None and not any(fills):
+            watched = self._watched_by(read)
+            if watched is not None:
+                self._extend_deferred_stretch(s, watched)
+                return
         j = len(ends)
         t, blocks, kv, B = ends[-1], taken[-1], s.kv, len(s.decode)
         free, limit = s.free, s.limit
@@ -938,6 +943,59 @@ class Engine(ReplicaLoop):
             taken.append(blocks)
             j += 1
         s.kv = kv
+
+    def _watched_by(self, read: set[int]) -> set[int] | None:
+        """The segments at the boundaries of the read requests' last look-ups, if those are
+        up to date (none due, none of those segments changed since); else None."""
+        dirty, due, blocks = self.pool.dirty, self._unlooked, self.request_blocks
+        watched: set[int] = set()
+        for rid in read:
+            watch = blocks[rid].watch
+            if rid in due or watch is None or not dirty.isdisjoint(watch):
+                return None
+            watched |= watch
+        return watched
+
+    def _extend_deferred_stretch(self, s: _Stretch, watched: set[int]) -> None:
+        """``_extend_pooled_stretch`` when every request's filling blocks are deferred
+        (``_register_full_blocks``) and what the decision read is up to date: then the pool's
+        only change is the eviction of cached blocks, from the head of the free queue, for the
+        iterations' new blocks (no block adopts a copy). So the stretch is planned as without
+        the cache (``_extend_stretch``), up to the iteration before which an eviction would
+        have reached a segment that the read requests' look-ups watch (the step engine looks
+        them up again there), and the pool takes all its blocks at once; the cached blocks
+        after each iteration follow from how many it evicted."""
+        pool = self.pool
+        plain = pool.plain_free
+        self._extend_stretch(s, STRETCH_STEPS)
+        ends, taken = s.ends, s.taken
+        if watched and taken[-1] > plain:
+            evicted = 0          # the evictions before the queue's chunk reaching a watched one
+            for sid, lo, hi in pool.queue:
+                if sid in watched and lo < hi:
+                    # Iteration j runs if the evictions before it (of iterations 1..j-1) stay
+                    # below: taken[j - 1] - plain <= evicted.
+                    m = bisect.bisect_right(taken, plain + evicted) + 1
+                    if m < len(ends):
+                        del ends[m:], s.dts[m:], taken[m:]
+                        s.kv = s.kv1 + (m - 1) * len(s.decode)
+                        s.k_max = m
+                    break
+                evicted += hi - lo
+                if evicted >= taken[-1] - plain:
+                    break
+        cached = pool.cached_blocks
+        pool.allocate(taken[-1])
+        bs = len(s.by_offset)
+        fills = s.deferred_fills
+        assert fills is not None
+        deferred = self._deferred
+        cached_blocks = self.cached_blocks
+        for j in range(1, len(ends)):
+            deferred += fills[j % bs]
+            n = taken[j] - plain
+            cached_blocks.append(cached - n + deferred if n > 0 else cached + deferred)
+        self._deferred = deferred
 
     def _extend_stretch(self, s: _Stretch, top: int) -> None:
         """Plan more of stretch ``s``: one by one up to iteration ``top`` (at most
