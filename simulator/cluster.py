@@ -61,7 +61,7 @@ class EngineLoad:
         self.index = index
         self.engine = engine
         self._outstanding: list[RequestState] = []   # routed here, pruned when read
-        self._chains = chains if chains is not None else _ArrivalChains()
+        self._chains = chains if chains is not None else _ArrivalChains(engine.chains)
 
     @property
     def spec(self) -> ReplicaSpec:
@@ -141,6 +141,11 @@ class Cluster:
         self.engines = [make_replica(i, self.env) for i in range(num_replicas)]
         # The replicas' and the router's chains are cut by one layout (``chains``: that of
         # the replicas with prefix caching), so they name the same segments.
+        for i, e in enumerate(self.engines):
+            if e.pool is not None and e.chains is not chains and e.chains.joins:
+                raise ValueError(f"replica {i} cuts its chains by a layout of its own (an "
+                                 f"Engine given its requests): give the cluster and every "
+                                 f"replica one layout (chains=)")
         arrival_chains = _ArrivalChains(chains)
         self.loads: Sequence[EngineLoad] = tuple(EngineLoad(i, e, arrival_chains)
                                                  for i, e in enumerate(self.engines))

@@ -576,7 +576,8 @@ class Engine(ReplicaLoop):
         pool.take_hit(b, hit)
         b.hit = 0
         b.registered = hit
-        self._unshared.add(rid)
+        if not self._lazy_hits:     # (lazy hits settle shared blocks as they are read)
+            self._unshared.add(rid)
         st.kv_blocks = hit
         st.computed = hit * self.spec.block_size
         stats = pool.stats

@@ -145,6 +145,11 @@ class ChainLayout:
             requests = list(requests)
             self._by_block_size = {bs: self._join(requests, bs) for bs in set(block_sizes)}
 
+    @property
+    def joins(self) -> bool:
+        """Whether it was cut from requests (else it cuts every chain run by run)."""
+        return self._by_block_size is not None
+
     def blocks(self, req: Request, block_size: int) -> RequestBlocks:
         """A new ``RequestBlocks`` for ``req``'s chain."""
         if self._by_block_size is None:

@@ -150,3 +150,19 @@ def test_joined_segments_and_deferred_registrations_change_nothing(
     joined = _run(reqs, policy, kv, block_size, chains=None, stepwise=stepwise,
                   preemption=preemption)
     assert_same_result(joined, plain)
+
+
+def test_a_cluster_refuses_replicas_with_layouts_of_their_own():
+    """A router names a request's blocks by the cluster's layout; a replica built with its own
+    requests would cut them by another, and hits read across would be silently wrong."""
+    from scheduler.routers import make_router
+    from simulator.cluster import Cluster
+    reqs = random_workload(random.Random(3), 10)
+    spec = ReplicaSpec(num_blocks=kv_room(reqs, 4.0, 16) // 16, block_size=16,
+                       max_model_len=4096, cost_model=CHECK_COST)
+
+    def own(i, env):
+        return Engine(reqs, make_policy("vllm-v1"), CHECK_COST, spec, prefix_caching=True,
+                      env=env)
+    with pytest.raises(ValueError, match="replica 0 cuts its chains by a layout of its own"):
+        Cluster(reqs, make_router("prefix-affinity"), own, 2)
