@@ -410,27 +410,16 @@ class Engine(ReplicaLoop):
         self._waiting[rid] = st
         self._unlooked.add(rid)
         if self._lazy_hits:
-            index = self._waiting_in
             b = self.request_blocks[rid]
             b.upto((st.prompt_tokens + st.generated - 1) // self.spec.block_size)
-            for sid in b.sids:          # (no more are generated while it waits)
-                ids = index.get(sid)
-                if ids is None:
-                    index[sid] = {rid}
-                else:
-                    ids.add(rid)
+            _watch(self._waiting_in, rid, None, b.sids)  # (no more are generated while it waits)
 
     def _unindex_waiting(self, st: RequestState) -> None:
         rid = st.request_id
         del self._waiting[rid]
         self._unlooked.discard(rid)
         if self._lazy_hits:
-            index = self._waiting_in
-            for sid in self.request_blocks[rid].sids:
-                ids = index[sid]
-                ids.discard(rid)
-                if not ids:
-                    del index[sid]
+            _watch(self._waiting_in, rid, self.request_blocks[rid].sids, None)
 
     def _leave_waiting(self, st: RequestState) -> None:
         """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
@@ -549,15 +538,8 @@ class Engine(ReplicaLoop):
         stretch's decision read (``_look_up_prefixes(read)``). A read request's answer can only
         have changed if it is due or a segment at its boundaries changed (``dirty``): otherwise
         no look-up is made, and the changes wait in ``dirty`` for the next one."""
-        dirty = self.pool.dirty
-        if read is None:
+        if read is None or (self.pool.dirty and self._watched_by(read) is None):
             return self._look_up_prefixes(read)
-        if dirty:
-            stale, blocks = self._unlooked, self.request_blocks
-            for rid in read:
-                watch = blocks[rid].watch
-                if rid in stale or watch is None or not dirty.isdisjoint(watch):
-                    return self._look_up_prefixes(read)
         return False
 
     def _look_up_one(self, st: RequestState) -> None:
@@ -767,7 +749,6 @@ class Engine(ReplicaLoop):
             pf_pairs += n * ctx + n * (n + 1) / 2
         dec_kv = 0
         RESIDENT = Status.RESIDENT
-        filling = []            # decoding requests whose last block fills in this iteration
         for st in d.decode:
             if st._iteration == it:
                 raise self._violation(st, "was scheduled twice in one iteration")
@@ -789,8 +770,6 @@ class Engine(ReplicaLoop):
             elif not ctx % bs:         # the new token starts a new block
                 new_blocks += 1
                 st.kv_blocks += 1
-            elif (ctx + 1) % bs == 0:
-                filling.append(st)
             dec_kv += ctx
         dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
@@ -805,10 +784,9 @@ class Engine(ReplicaLoop):
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
                 self._register_full_blocks(st, st.computed, st.computed + n)
-            if bs == 1:          # each token starts a block and fills it
-                filling = list(d.decode)
-            for st in filling:
-                self._register_full_blocks(st, st.computed, st.computed + 1)
+            for st in d.decode:
+                if (st.computed + 1) % bs == 0:
+                    self._register_full_blocks(st, st.computed, st.computed + 1)
             # A block that filled adopted a cached copy and gave its own back: free blocks grew
             # (a stretch may not start: the next decision may admit with them).
             self._adopted = pool.free_blocks > free - new_blocks
@@ -1195,12 +1173,11 @@ class Engine(ReplicaLoop):
             self._ended(st)
 
 
-
-
-def _watch(watchers: dict[int, set[int]], rid: int, old: frozenset | None,
-           boundaries: tuple | None) -> frozenset | None:
-    """Index request ``rid`` in ``watchers`` by the segments at its look-up's boundaries
-    instead of by ``old`` (None: by none); returns the segments it is indexed by now. A
+def _watch(watchers: dict[int, set[int]], rid: int, old: Iterable[int] | None,
+           boundaries: Iterable[int | None] | None) -> frozenset | None:
+    """Index request ``rid`` in ``watchers`` by the segments at its look-up's boundaries (for
+    ``_waiting_in``, its chain's) instead of by ``old`` (None: by none); returns the segments
+    it is indexed by now. A
     segment's watchers are dropped from the index when it changes (``_look_up_prefixes``), so
     ``rid`` may be missing under ``old``'s segments, and is indexed again under each of its
     new ones."""

@@ -47,11 +47,11 @@ and a hit or an adoption takes its lowest evictable blocks, the most recently fr
 
 from __future__ import annotations
 
+import gc
+import itertools
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
-import gc
-import itertools
 from operator import itemgetter
 from typing import Iterable, Iterator
 
