@@ -168,19 +168,19 @@ class ChainLayout:
               ) -> dict[int, tuple[list, list, list, bool]]:
         """Each request's segments, joined; and whether its last one is in no other chain.
         Vectorised: a trace holds a few hundred thousand segments."""
-        flat: list[tuple[int, int]] = []
-        lengths: list[int] = []
-        extend, length = flat.extend, lengths.append
-        done = 0
-        for r in requests:
-            extend(segments(r.prefix, r.request_id, r.prompt_tokens, block_size))
-            length(len(flat) - done)
-            done = len(flat)
-        if not flat:
+        if not requests:
             return {}
-        n = len(flat)
-        table = np.fromiter(itertools.chain.from_iterable(flat), dtype=np.int64, count=2 * n)
-        sid, count = table[0::2], table[1::2]
+        cut = _cut_chains(requests, block_size)
+        if cut is None:         # keys beyond 64 bits: cut one by one, named by segments()
+            flat = [segments(r.prefix, r.request_id, r.prompt_tokens, block_size)
+                    for r in requests]
+            lengths = np.fromiter(map(len, flat), np.int64, len(flat))
+            table = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(
+                flat)), dtype=np.int64, count=2 * int(lengths.sum()))
+            sid, count = table[0::2], table[1::2]
+        else:
+            sid, count, lengths = cut
+        n = len(sid)
         last = np.cumsum(lengths) - 1               # each chain's last (endless) segment
         first = last - np.asarray(lengths) + 1
         after = np.empty(n, dtype=np.int64)         # the segment after each one in its chain
@@ -228,6 +228,104 @@ class ChainLayout:
                                   not shared_name[k + m - 1])
             k += m
         return cuts
+
+
+_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_SHIFTS = tuple(np.uint64(s) for s in (30, 27, 31))
+_POSITION_BITS = 36      # a chain's token positions, under 2^36: packed under its index
+
+
+def _mix(state: np.ndarray, *fields: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of ``state`` and ``fields`` per element: each field xored into the state,
+    then SplitMix64's finaliser (a bijection of 64-bit words that scatters every bit)."""
+    a, b, c = _SHIFTS
+    z = state
+    for f in fields:
+        z = z ^ f.astype(np.uint64, copy=False)
+        z = (z ^ (z >> a)) * _MIX_1
+        z = (z ^ (z >> b)) * _MIX_2
+        z = z ^ (z >> c)
+    return z
+
+
+def _cut_chains(requests: list[Request], block_size: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Every request's chain cut into segments as ``segments()`` cuts it, for all of them at
+    once: their names, their lengths in blocks (a chain's last, endless) and how many each
+    chain has. A segment is named by the identity of all tokens up to its first block's end:
+    the runs before the run that block ends in (a sum of the runs' hashes, position-mixed),
+    and that run's namespace, key and how far into it the block ends. Two chains' segments
+    have one name exactly when those tokens are the same, as under ``segments()``' hash
+    chain (up to 64-bit collisions in both), though the names themselves differ: a pool
+    names every chain by one layout. None when a key does not fit 64 bits."""
+    prefixes = [r.prefix.runs if r.prefix is not None else () for r in requests]
+    n_chains = len(requests)
+    m = np.fromiter(map(len, prefixes), np.int64, n_chains)
+    try:
+        given = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(prefixes)),
+                            np.int64, 3 * int(m.sum())).reshape(-1, 3)
+        rid = np.fromiter((r.request_id for r in requests), np.int64, n_chains)
+    except OverflowError:
+        return None
+    prompt = np.fromiter((r.prompt_tokens for r in requests), np.int64, n_chains)
+    chain_of_given = np.repeat(np.arange(n_chains), m)
+    own = prompt - np.bincount(chain_of_given, weights=given[:, 2], minlength=n_chains
+                               ).astype(np.int64)
+    # The chains' runs in order: the given ones, the request's own prompt, its endless answer.
+    has_own = own > 0
+    rows_per = m + has_own + 1
+    row0 = np.cumsum(rows_per) - rows_per
+    runs = np.empty((int(rows_per.sum()), 3), dtype=np.int64)
+    runs[np.arange(len(given)) + (row0 - (np.cumsum(m) - m)).repeat(m)] = given
+    own_rows = (row0 + m)[has_own]
+    runs[own_rows] = np.stack([np.full(len(own_rows), PROMPT_OF), rid[has_own], own[has_own]], 1)
+    answer_rows = row0 + rows_per - 1
+    runs[answer_rows] = np.stack([np.full(n_chains, ANSWER_OF), rid, np.full(n_chains, ENDLESS)], 1)
+    chain = np.repeat(np.arange(n_chains), rows_per)
+    keep = runs[:, 2] > 0                     # a run of no tokens is no content
+    runs, chain = runs[keep], chain[keep]
+    ns, key, n = runs[:, 0], runs[:, 1], runs[:, 2]
+    rows = len(runs)
+    first = np.ones(rows, dtype=bool)
+    first[1:] = chain[1:] != chain[:-1]
+    first_row = np.flatnonzero(first)
+    endless = np.append(first[1:], True)      # each chain's last run: its answer
+    finite = np.where(endless, 0, n)
+    csum = np.cumsum(finite)
+    start = csum - finite                     # each run's first token in its chain
+    start -= start[first_row].repeat(np.diff(np.append(first_row, rows)))
+    if rows and int(start.max()) + block_size >= 1 << _POSITION_BITS:
+        return None
+    # The identity of the runs before each one: the sum of the runs' own hashes (each mixed
+    # with its place in its chain), per chain.
+    place = np.arange(rows) - first_row.repeat(np.diff(np.append(first_row, rows)))
+    run_hash = _mix(_GOLDEN * place.astype(np.uint64), ns, key, n)
+    before = np.cumsum(run_hash, dtype=np.uint64) - run_hash
+    before -= before[first_row].repeat(np.diff(np.append(first_row, rows)))
+    bs = block_size
+    # Whole blocks inside a run: a segment, named by the tokens up to its first block's end.
+    head = -(-start // bs)
+    count = (start + n) // bs - head           # (the answer's: endless, without overflow)
+    whole = count > 0
+    whole_name = _mix(before[whole], ns[whole], key[whole], (head * bs - start + bs)[whole])
+    # A block across runs (it starts before a run starts): a segment of one block, named by
+    # the tokens up to its end, in the run where it ends.
+    across = start % bs != 0
+    across &= ~np.append(False, across[:-1] & (start[1:] // bs == start[:-1] // bs)
+                         & ~first[1:])       # one per block however many runs start in it
+    block = start[across] // bs
+    packed = (chain << _POSITION_BITS) | start
+    ends_in = np.searchsorted(packed, (chain[across] << _POSITION_BITS) | ((block + 1) * bs - 1),
+                              side="right") - 1
+    across_name = _mix(before[ends_in], ns[ends_in], key[ends_in],
+                       (block + 1) * bs - start[ends_in])
+    # Both kinds, in each chain's block order.
+    seg_chain = np.concatenate([chain[whole], chain[across]])
+    order = np.lexsort((np.concatenate([head[whole], block]), seg_chain))
+    sid = np.concatenate([whole_name, across_name])[order].view(np.int64)
+    blocks = np.concatenate([count[whole], np.ones(len(block), dtype=np.int64)])[order]
+    return sid, blocks, np.bincount(seg_chain, minlength=n_chains)
 
 
 def laid_out(requests: Iterable[Request], block_sizes: Iterable[int]

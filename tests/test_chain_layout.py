@@ -16,7 +16,7 @@ from scheduler.base import make_policy
 from scheduler.state import ReplicaSpec
 from simulator.engine import Engine
 from simulator.policycheck import CHECK_COST
-from simulator.prefix_cache import ChainLayout, RequestBlocks
+from simulator.prefix_cache import ChainLayout, RequestBlocks, _cut_chains, segments
 from tests.test_fast_engine import POLICIES, assert_same_result, kv_room
 from tests.test_prefix_reference import random_workload, tokens
 from traces.request import Request, TokenRuns
@@ -72,6 +72,40 @@ def test_joined_chains_share_exactly_the_blocks_their_tokens_share(seed, block_s
         raw_segments += len(raw.sids)
         joined_segments += len(chains[r.request_id].sids)
     assert joined_segments <= raw_segments
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 100_000), block_size=st.sampled_from([1, 2, 3, 5, 8, 16]),
+       n=st.integers(1, 30))
+def test_the_vectorised_cut_is_segments_renamed(seed, block_size, n):
+    """All chains cut at once (NumPy) give every chain ``segments()``' segments, with the same
+    lengths, under names that map one to one onto ``segments()``' names."""
+    reqs = random_workload(random.Random(seed), n)
+    cut = _cut_chains(reqs, block_size)
+    assert cut is not None
+    sid, count, lengths = (a.tolist() for a in cut)
+    assert len(lengths) == len(reqs)
+    forward: dict[int, int] = {}
+    backward: dict[int, int] = {}
+    k = 0
+    for r, m in zip(reqs, lengths):
+        old = segments(r.prefix, r.request_id, r.prompt_tokens, block_size)
+        assert [c for _, c in old] == count[k:k + m]
+        for (a, _), b in zip(old, sid[k:k + m]):
+            assert forward.setdefault(a, b) == b and backward.setdefault(b, a) == a
+        k += m
+    assert k == len(sid)
+
+
+def test_keys_beyond_64_bits_are_cut_one_by_one():
+    """A key NumPy cannot hold: the layout falls back to ``segments()``, and shares as before."""
+    big = 1 << 70
+    a = Request(0, 0.0, 40, 5, prefix=TokenRuns(((MOONCAKE, big, 32),)))
+    b = Request(1, 0.0, 40, 5, prefix=TokenRuns(((MOONCAKE, big, 32),)))
+    assert _cut_chains([a, b], 16) is None
+    layout = ChainLayout([a, b], (16,))
+    x, y = layout.blocks(a, 16), layout.blocks(b, 16)
+    assert x.block_ids(2) == y.block_ids(2) and x.block_ids(3) != y.block_ids(3)
 
 
 def test_runs_that_always_come_together_are_one_segment():
