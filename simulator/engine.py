@@ -360,6 +360,9 @@ class Engine(ReplicaLoop):
         # generated when they begin to wait: at least as far as their hits can reach).
         self._waiting_in: dict[int, set[int]] = {}
         self._deferred = 0      # blocks full and cached, not yet registered (deferred)
+        # The resident requests whose filling blocks are registered as they fill (not
+        # deferring): a stretch with none of them plans no registration.
+        self._undeferred: set[int] = set()
         self.cached_prompt_tokens: dict[int, int] = {}
         self.cached_blocks: list[int] = []
 
@@ -447,7 +450,6 @@ class Engine(ReplicaLoop):
         changed = False
         pool = self.pool
         dirty = pool.dirty
-        bs = self.spec.block_size
         blocks = self.request_blocks
         stale = self._unlooked
         watchers = self._watchers
@@ -455,20 +457,9 @@ class Engine(ReplicaLoop):
             for sid in watchers.keys() & dirty:     # iterates the smaller of the two
                 stale.update(watchers.pop(sid))   # due until looked up again
         waiting = self._waiting
+        look_up = self._look_up_waiting
         for rid in (stale if read is None else stale & read):
-            st = waiting[rid]
-            b = blocks[rid]
-            limit = (st.prompt_tokens + st.generated - 1) // bs
-            hit, h0, h1 = pool.hit_blocks(b, limit)
-            if hit != b.hit:
-                pool.want(b, b.hit, hit)
-                b.hit = hit
-            held, g0, g1 = pool.held_blocks(b, hit)
-            if st.cached != hit * bs or st.cached_shared_blocks != held:
-                changed = True
-                st.cached = hit * bs
-                st.cached_shared_blocks = held
-            b.watch = _watch(watchers, rid, b.watch, (h0, h1, g0, g1))
+            changed |= look_up(waiting[rid], blocks[rid])
         if read is None:
             stale.clear()
         else:
@@ -493,6 +484,22 @@ class Engine(ReplicaLoop):
         dirty.clear()
         self.free_blocks = pool.free_blocks
         return changed
+
+    def _look_up_waiting(self, st: RequestState, b: RequestBlocks) -> bool:
+        """Look waiting request ``st`` up (``_look_up_prefixes``): its hit, the part of it that
+        live requests hold, and the segments to watch; whether what policies read changed."""
+        pool, bs = self.pool, self.spec.block_size
+        hit, h0, h1 = pool.hit_blocks(b, (st.prompt_tokens + st.generated - 1) // bs)
+        if hit != b.hit:
+            pool.want(b, b.hit, hit)
+            b.hit = hit
+        held, g0, g1 = pool.held_blocks(b, hit)
+        b.watch = _watch(self._watchers, st.request_id, b.watch, (h0, h1, g0, g1))
+        if st.cached != hit * bs or st.cached_shared_blocks != held:
+            st.cached = hit * bs
+            st.cached_shared_blocks = held
+            return True
+        return False
 
     def _mark_due(self) -> None:
         """Lazy hits, before a decision (``_look_up_prefixes`` with no request read): the
@@ -543,9 +550,23 @@ class Engine(ReplicaLoop):
         return False
 
     def _look_up_one(self, st: RequestState) -> None:
-        """Lazy hits: ``st``, waiting, is about to be read: look it up if it is due."""
-        if st.request_id in self._unlooked:
-            self._look_up_prefixes({st.request_id})
+        """Lazy hits: ``st``, waiting, is about to be read: look it up if it is due. (As
+        ``_look_up_prefixes({st.request_id})``, without the sets: this is every admission's.)"""
+        rid = st.request_id
+        due = self._unlooked
+        if rid not in due:
+            return
+        pool = self.pool
+        dirty = pool.dirty
+        if dirty:
+            for watchers, stale in ((self._watchers, due),
+                                    (self._shared_watchers, self._unshared)):
+                for sid in watchers.keys() & dirty:
+                    stale.update(watchers.pop(sid))     # due until looked up again
+            dirty.clear()
+        self._look_up_waiting(st, self.request_blocks[rid])
+        due.discard(rid)
+        self.free_blocks = pool.free_blocks
 
     def _admit_hit(self, st: RequestState) -> None:
         """A waiting request is admitted: it holds the cached blocks of its hit."""
@@ -558,6 +579,7 @@ class Engine(ReplicaLoop):
         pool.take_hit(b, hit)
         b.hit = 0
         b.registered = hit
+        self._undeferred.add(rid)
         if not self._lazy_hits:     # (lazy hits settle shared blocks as they are read)
             self._unshared.add(rid)
         st.kv_blocks = hit
@@ -597,6 +619,8 @@ class Engine(ReplicaLoop):
             if b.private and full > b.starts[-1]:
                 tail = pool.segments[b.sids[-1]]
                 b.deferring = tail.cached == full - b.starts[-1]
+                if b.deferring:
+                    self._undeferred.discard(st.request_id)
 
     def _free_kv(self, st: RequestState) -> None:
         """``st`` gives its KV blocks back (finished or preempted)."""
@@ -617,6 +641,7 @@ class Engine(ReplicaLoop):
             st.shared_blocks = 0
             b.shared_watch = _watch(self._shared_watchers, rid, b.shared_watch, None)
             self._unshared.discard(rid)
+            self._undeferred.discard(rid)
             self.free_blocks = self.pool.free_blocks
         st.kv_blocks = 0
 
@@ -879,13 +904,17 @@ class Engine(ReplicaLoop):
             # Requests (with their computed tokens at the start) by the iteration mod block
             # size at which their block fills: (c + j + 1) % bs == 0.
             s.fills = [[] for _ in range(bs)]
-            s.deferred_fills = [0] * bs
-            blocks_of = self.request_blocks
-            for st, c in zip(s.decode, s.ctxs):
-                if blocks_of[st.request_id].deferring:
-                    s.deferred_fills[(-c - 1) % bs] += 1
-                else:
-                    s.fills[(-c - 1) % bs].append((st, c))
+            it, resident = self.iterations, self.resident
+            if any(resident[rid]._iteration == it for rid in self._undeferred):
+                s.deferred_fills = [0] * bs
+                blocks_of = self.request_blocks
+                for st, c in zip(s.decode, s.ctxs):
+                    if blocks_of[st.request_id].deferring:
+                        s.deferred_fills[(-c - 1) % bs] += 1
+                    else:
+                        s.fills[(-c - 1) % bs].append((st, c))
+            else:     # (the usual case) every one defers: they fill a block a step before
+                s.deferred_fills = by_offset[1:] + by_offset[:1]   # they take the next one
             # In a cluster a router reads every waiting request's hit (pending tokens), as the
             # step engine looks them up at every iteration: so does a stepped stretch.
             s.read = cache_read_by(self.policy) if self._own_arrivals else None

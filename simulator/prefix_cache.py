@@ -284,7 +284,8 @@ def _cut_chains(requests: list[Request], block_size: int
     runs[answer_rows] = np.stack([np.full(n_chains, ANSWER_OF), rid, np.full(n_chains, ENDLESS)], 1)
     chain = np.repeat(np.arange(n_chains), rows_per)
     keep = runs[:, 2] > 0                     # a run of no tokens is no content
-    runs, chain = runs[keep], chain[keep]
+    if not keep.all():
+        runs, chain = runs[keep], chain[keep]
     ns, key, n = runs[:, 0], runs[:, 1], runs[:, 2]
     rows = len(runs)
     first = np.ones(rows, dtype=bool)
@@ -308,24 +309,33 @@ def _cut_chains(requests: list[Request], block_size: int
     head = -(-start // bs)
     count = (start + n) // bs - head           # (the answer's: endless, without overflow)
     whole = count > 0
-    whole_name = _mix(before[whole], ns[whole], key[whole], (head * bs - start + bs)[whole])
+    whole_name = _mix(before, ns, key, head * bs - start + bs)[whole]
     # A block across runs (it starts before a run starts): a segment of one block, named by
     # the tokens up to its end, in the run where it ends.
     across = start % bs != 0
     across &= ~np.append(False, across[:-1] & (start[1:] // bs == start[:-1] // bs)
                          & ~first[1:])       # one per block however many runs start in it
-    block = start[across] // bs
-    packed = (chain << _POSITION_BITS) | start
-    ends_in = np.searchsorted(packed, (chain[across] << _POSITION_BITS) | ((block + 1) * bs - 1),
-                              side="right") - 1
-    across_name = _mix(before[ends_in], ns[ends_in], key[ends_in],
-                       (block + 1) * bs - start[ends_in])
-    # Both kinds, in each chain's block order.
-    seg_chain = np.concatenate([chain[whole], chain[across]])
-    order = np.lexsort((np.concatenate([head[whole], block]), seg_chain))
-    sid = np.concatenate([whole_name, across_name])[order].view(np.int64)
-    blocks = np.concatenate([count[whole], np.ones(len(block), dtype=np.int64)])[order]
-    return sid, blocks, np.bincount(seg_chain, minlength=n_chains)
+    at = np.flatnonzero(across)
+    block_end = (start[at] // bs + 1) * bs
+    ends_in = at.copy()          # the run holding the block's last token: later if runs are short
+    while True:
+        later = ends_in + 1 < rows
+        later[later] = ~first[ends_in[later] + 1] & (start[ends_in[later] + 1] < block_end[later])
+        if not later.any():
+            break
+        ends_in += later
+    across_name = _mix(before[ends_in], ns[ends_in], key[ends_in], block_end - start[ends_in])
+    # Both kinds, in each chain's block order: per run, the block across its start (if it is
+    # that block's first run), then its whole blocks.
+    names = np.empty(2 * rows, dtype=np.uint64)
+    names[2 * at] = across_name
+    names[2 * np.flatnonzero(whole) + 1] = whole_name
+    blocks = np.ones(2 * rows, dtype=np.int64)
+    blocks[1::2] = count
+    kept = np.empty(2 * rows, dtype=bool)
+    kept[0::2], kept[1::2] = across, whole
+    per_chain = np.bincount(chain, weights=across.astype(np.int64) + whole, minlength=n_chains)
+    return names[kept].view(np.int64), blocks[kept], per_chain.astype(np.int64)
 
 
 def laid_out(requests: Iterable[Request], block_sizes: Iterable[int]
