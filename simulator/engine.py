@@ -608,19 +608,29 @@ class Engine(ReplicaLoop):
         if b.deferring:
             self._deferred += full - before // bs
             return
-        if full > b.registered:
+        if full <= b.registered:
+            return
+        pool = self.pool
+        rid = st.request_id
+        # Nothing of its private segment cached (so it holds all of it that is): deferred from
+        # its first block on; only the blocks before it are registered.
+        tail = b.starts[-1] if b.private else full
+        defer = full > tail and b.sids[-1] not in pool.segments
+        top = tail if defer else full
+        if top > b.registered:
             if st.shared_blocks == b.registered and not self._lazy_hits:
                 # All its cached blocks were shared: the new ones may be too. Otherwise they
                 # are held by fewer requests than its first unshared block: the count stands.
-                self._unshared.add(st.request_id)
-            pool = self.pool
-            pool.register(b, b.registered, full)
-            b.registered = full
-            if b.private and full > b.starts[-1]:
-                tail = pool.segments[b.sids[-1]]
-                b.deferring = tail.cached == full - b.starts[-1]
-                if b.deferring:
-                    self._undeferred.discard(st.request_id)
+                self._unshared.add(rid)
+            pool.register(b, b.registered, top)
+            b.registered = top
+        if defer:
+            b.deferring = True
+            self._deferred += full - tail
+        elif full > tail:      # (a restart re-filling its own cached blocks)
+            b.deferring = pool.segments[b.sids[-1]].cached == full - tail
+        if b.deferring:
+            self._undeferred.discard(rid)
 
     def _free_kv(self, st: RequestState) -> None:
         """``st`` gives its KV blocks back (finished or preempted)."""
@@ -809,13 +819,20 @@ class Engine(ReplicaLoop):
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
                 self._register_full_blocks(st, st.computed, st.computed + n)
-            for st in d.decode:
-                if (st.computed + 1) % bs == 0:
-                    self._register_full_blocks(st, st.computed, st.computed + 1)
+            last = bs - 1
+            filled = [st for st in d.decode if st.computed % bs == last]
+            if filled:
+                undeferred = self._undeferred     # (the others only count theirs: deferred)
+                for st in filled:
+                    if st.request_id in undeferred:
+                        self._register_full_blocks(st, st.computed, st.computed + 1)
+                    else:
+                        self._deferred += 1
             # A block that filled adopted a cached copy and gave its own back: free blocks grew
             # (a stretch may not start: the next decision may admit with them).
-            self._adopted = pool.free_blocks > free - new_blocks
-            self.free_blocks = pool.free_blocks
+            now_free = pool.free_blocks
+            self._adopted = now_free > free - new_blocks
+            self.free_blocks = now_free
             self.cached_blocks.append(pool.cached_blocks + self._deferred)
         used = self.spec.num_blocks - self.free_blocks
         if used > self.peak_used_blocks:
