@@ -415,14 +415,16 @@ class Engine(ReplicaLoop):
         if self._lazy_hits:
             b = self.request_blocks[rid]
             b.upto((st.prompt_tokens + st.generated - 1) // self.spec.block_size)
-            _watch(self._waiting_in, rid, None, b.sids)  # (no more are generated while it waits)
+            # (No more are generated while it waits.) A private segment is no victim's.
+            _watch(self._waiting_in, rid, None, b.sids[:-1] if b.private else b.sids)
 
     def _unindex_waiting(self, st: RequestState) -> None:
         rid = st.request_id
         del self._waiting[rid]
         self._unlooked.discard(rid)
         if self._lazy_hits:
-            _watch(self._waiting_in, rid, self.request_blocks[rid].sids, None)
+            b = self.request_blocks[rid]
+            _watch(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids, None)
 
     def _leave_waiting(self, st: RequestState) -> None:
         """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
@@ -575,7 +577,8 @@ class Engine(ReplicaLoop):
         hit = b.hit
         rid = st.request_id
         self._unindex_waiting(st)
-        b.watch = _watch(self._watchers, rid, b.watch, None)
+        if b.watch is not None:
+            b.watch = _watch(self._watchers, rid, b.watch, None)
         pool.take_hit(b, hit)
         b.hit = 0
         b.registered = hit
@@ -639,17 +642,22 @@ class Engine(ReplicaLoop):
         else:
             rid = st.request_id
             b = self.request_blocks[rid]
-            if b.deferring:         # its deferred blocks are cached first
+            late = 0                # its deferred blocks, cached as they are freed
+            if b.deferring:
                 b.deferring = False
                 full = st.computed // self.spec.block_size
                 if full > b.registered:
-                    self.pool.register(b, b.registered, full)
                     self._deferred -= full - b.registered
-                    b.registered = full
-            self.pool.release(b, b.registered, st.kv_blocks - b.registered)
+                    if b.registered == b.starts[-1] and b.sids[-1] not in self.pool.segments:
+                        late = full - b.registered       # nothing of its segment cached
+                    else:
+                        self.pool.register(b, b.registered, full)
+                        b.registered = full
+            self.pool.release(b, b.registered, st.kv_blocks - b.registered - late, late)
             b.registered = 0
             st.shared_blocks = 0
-            b.shared_watch = _watch(self._shared_watchers, rid, b.shared_watch, None)
+            if b.shared_watch is not None:
+                b.shared_watch = _watch(self._shared_watchers, rid, b.shared_watch, None)
             self._unshared.discard(rid)
             self._undeferred.discard(rid)
             self.free_blocks = self.pool.free_blocks

@@ -735,13 +735,26 @@ class BlockPool:
             dirty.add(sid)
         return adopted
 
-    def release(self, chain: RequestBlocks, registered: int, plain: int) -> None:
+    def release(self, chain: RequestBlocks, registered: int, plain: int,
+                unregistered: int = 0) -> None:
         """A request frees its blocks: ``plain`` uncached ones (to the head of the free queue)
-        and its ``registered`` cached ones, last first, to the tail of those evictable."""
+        and its ``registered`` cached ones, last first, to the tail of those evictable.
+        ``unregistered`` more, after those, full but not registered: its private last segment's
+        (nothing of which is cached: none adopt), cached as they are freed, first in line."""
         self.plain_free += plain
+        segs, dirty, queue = self.segments, self.dirty, self.queue
+        if unregistered:
+            sid = chain.sids[-1]
+            seg = segs[sid] = Segment()
+            seg.cached = unregistered
+            chunk = [sid, 0, unregistered]
+            queue.append(chunk)
+            seg.chunks.append(chunk)
+            self.evictable += unregistered
+            self.cached_blocks += unregistered
+            dirty.add(sid)
         if not registered:
             return
-        segs, dirty, queue = self.segments, self.dirty, self.queue
         sids, starts, ends = chain.sids, chain.starts, chain.ends
         for i in range(chain.segment(registered - 1), -1, -1):
             sid = sids[i]
