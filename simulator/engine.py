@@ -112,7 +112,7 @@ class _Stretch:
         # each iteration mod the block size (and how many more whose registrations are
         # deferred), the waiting requests whose hit the decision read (None: any), and whether
         # free blocks grew at the last iteration planned.
-        self.fills: list[list] | None = None
+        self.fills: list | None = None
         self.deferred_fills: list[int] | None = None
         self.read: set[int] | None = None
         self.grew = False
@@ -896,6 +896,13 @@ class Engine(ReplicaLoop):
         ctxs = [st.computed for st in decode]
         if free < B and sum([(c + 1) % bs == 0 for c in ctxs]) > free:
             return None        # iteration 1's blocks do not fit (a full cache, often)
+        read = None
+        if self.pool is not None and self._own_arrivals:
+            # What the decision read of the cache, looked up again before iteration 1 (as
+            # _extend_pooled_stretch would first): changed, the stretch ends before it.
+            read = cache_read_by(self.policy)
+            if read is not None and self._read_changed(read):
+                return None
         # Requests by the iteration (mod block size) at which they take their next block.
         by_offset = [0] * bs
         for c in ctxs:
@@ -903,6 +910,7 @@ class Engine(ReplicaLoop):
         s = _Stretch(decode, ctxs, free, by_offset, limit, k_max, end0, dt0,
                      sum(ctxs) + 2 * B,           # the batch's KV at iteration 1
                      len(self.resident), self.view.num_waiting)
+        s.read = read
         if self.pool is None:
             self._extend_stretch(s, top)
         elif top > 1:
@@ -928,9 +936,9 @@ class Engine(ReplicaLoop):
         if s.fills is None:
             # Requests (with their computed tokens at the start) by the iteration mod block
             # size at which their block fills: (c + j + 1) % bs == 0.
-            s.fills = [[] for _ in range(bs)]
             it, resident = self.iterations, self.resident
             if any(resident[rid]._iteration == it for rid in self._undeferred):
+                s.fills = [[] for _ in range(bs)]
                 s.deferred_fills = [0] * bs
                 blocks_of = self.request_blocks
                 for st, c in zip(s.decode, s.ctxs):
@@ -939,10 +947,11 @@ class Engine(ReplicaLoop):
                     else:
                         s.fills[(-c - 1) % bs].append((st, c))
             else:     # (the usual case) every one defers: they fill a block a step before
-                s.deferred_fills = by_offset[1:] + by_offset[:1]   # they take the next one
+                s.fills = [()] * bs                                # they take the next one
+                s.deferred_fills = by_offset[1:] + by_offset[:1]
             # In a cluster a router reads every waiting request's hit (pending tokens), as the
             # step engine looks them up at every iteration: so does a stepped stretch.
-            s.read = cache_read_by(self.policy) if self._own_arrivals else None
+            # (_plan_stretch read it with its own arrivals.)
         fills, deferred_fills, read = s.fills, s.deferred_fills, s.read
         assert deferred_fills is not None
         if len(ends) == 1 and read is not None and not any(fills):
