@@ -416,7 +416,7 @@ class Engine(ReplicaLoop):
             b = self.request_blocks[rid]
             b.upto((st.prompt_tokens + st.generated - 1) // self.spec.block_size)
             # (No more are generated while it waits.) A private segment is no victim's.
-            _watch(self._waiting_in, rid, None, b.sids[:-1] if b.private else b.sids)
+            _index(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
 
     def _unindex_waiting(self, st: RequestState) -> None:
         rid = st.request_id
@@ -424,7 +424,7 @@ class Engine(ReplicaLoop):
         self._unlooked.discard(rid)
         if self._lazy_hits:
             b = self.request_blocks[rid]
-            _watch(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids, None)
+            _unindex(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
 
     def _leave_waiting(self, st: RequestState) -> None:
         """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
@@ -1245,19 +1245,31 @@ def _watch(watchers: dict[int, set[int]], rid: int, old: Iterable[int] | None,
     ``rid`` may be missing under ``old``'s segments, and is indexed again under each of its
     new ones."""
     watch = None if boundaries is None else frozenset(boundaries).difference((None,))
-    for sid in old or ():
-        ids = watchers.get(sid)
+    if old:
+        _unindex(watchers, rid, old)
+    if watch:
+        _index(watchers, rid, watch)
+    return watch
+
+
+def _index(index: dict[int, set[int]], rid: int, sids: Iterable[int]) -> None:
+    """Request ``rid`` under each of ``sids`` in ``index``."""
+    for sid in sids:
+        ids = index.get(sid)
+        if ids is None:
+            index[sid] = {rid}
+        else:
+            ids.add(rid)
+
+
+def _unindex(index: dict[int, set[int]], rid: int, sids: Iterable[int]) -> None:
+    """Request ``rid`` no longer under ``sids`` in ``index`` (where it still is)."""
+    for sid in sids:
+        ids = index.get(sid)
         if ids is not None:
             ids.discard(rid)
             if not ids:
-                del watchers[sid]
-    for sid in watch or ():
-        ids = watchers.get(sid)
-        if ids is None:
-            watchers[sid] = {rid}
-        else:
-            ids.add(rid)
-    return watch
+                del index[sid]
 
 
 def native_engine(cfg: RunConfig, workload: Workload, policy: Policy, spec: ReplicaSpec,
