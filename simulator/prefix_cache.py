@@ -56,6 +56,7 @@ from operator import itemgetter
 from typing import Iterable, Iterator
 
 import numpy as np
+import pandas as pd
 
 from traces.request import ANSWER_OF, PROMPT_OF, Request, TokenRuns
 
@@ -187,23 +188,23 @@ class ChainLayout:
         after[:-1] = sid[1:]
         endless = np.zeros(n, dtype=bool)
         endless[last] = True
-        # Per segment (a group): its longest length, and whether the segment after it is the
-        # same wherever it has that length (none of them endless).
-        order = np.argsort(sid, kind="stable")
-        s_sid = sid[order]
-        new_group = np.ones(n, dtype=bool)
-        new_group[1:] = s_sid[1:] != s_sid[:-1]
-        heads = np.flatnonzero(new_group)
-        group_of = np.empty(n, dtype=np.int64)
-        group_of[order] = np.cumsum(new_group) - 1
-        sizes = np.diff(np.append(heads, n))
-        at_longest = count == np.maximum.reduceat(count[order], heads)[group_of]
-        big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-        lowest = np.minimum.reduceat(np.where(at_longest, after, big)[order], heads)
-        highest = np.maximum.reduceat(np.where(at_longest, after, small)[order], heads)
-        ends_there = np.maximum.reduceat((at_longest & endless)[order], heads)
+        # Per segment (a group, found by hashing: pandas' factorize): its longest length, and
+        # whether the segment after it is the same wherever it has that length (none of them
+        # endless).
+        g, names_of_groups = pd.factorize(sid)
+        groups = len(names_of_groups)
+        sizes = np.bincount(g, minlength=groups)
+        longest = np.zeros(groups, dtype=np.int64)
+        np.maximum.at(longest, g, count)
+        at_longest = count == longest[g]
+        g_longest, after_longest = g[at_longest], after[at_longest]
+        lowest = np.full(groups, np.iinfo(np.int64).max)
+        np.minimum.at(lowest, g_longest, after_longest)
+        highest = np.full(groups, np.iinfo(np.int64).min)
+        np.maximum.at(highest, g_longest, after_longest)
+        ends_there = np.zeros(groups, dtype=bool)
+        ends_there[g[at_longest & endless]] = True
         joins = (lowest == highest) & ~ends_there
-        g = group_of
         join = joins[g] & at_longest                # joined with the segment after it
         starts_segment = np.ones(n, dtype=bool)
         starts_segment[1:] = ~join[:-1]
