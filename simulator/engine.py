@@ -823,7 +823,8 @@ class Engine(ReplicaLoop):
         if pool is None:
             self.free_blocks = free - new_blocks
         else:
-            pool.allocate(new_blocks)
+            if new_blocks:
+                pool.allocate(new_blocks)
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
                 self._register_full_blocks(st, st.computed, st.computed + n)
