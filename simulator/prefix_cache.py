@@ -234,7 +234,6 @@ class ChainLayout:
 _MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SHIFTS = tuple(np.uint64(s) for s in (30, 27, 31))
-_POSITION_BITS = 36      # a chain's token positions, under 2^36: packed under its index
 
 
 def _mix(state: np.ndarray, *fields: np.ndarray) -> np.ndarray:
@@ -259,7 +258,8 @@ def _cut_chains(requests: list[Request], block_size: int
     and that run's namespace, key and how far into it the block ends. Two chains' segments
     have one name exactly when those tokens are the same, as under ``segments()``' hash
     chain (up to 64-bit collisions in both), though the names themselves differ: a pool
-    names every chain by one layout. None when a key does not fit 64 bits."""
+    names every chain by one layout. None when a key does not fit 64 bits (or a prompt is
+    2^62 tokens long)."""
     prefixes = [r.prefix.runs if r.prefix is not None else () for r in requests]
     n_chains = len(requests)
     m = np.fromiter(map(len, prefixes), np.int64, n_chains)
@@ -297,7 +297,7 @@ def _cut_chains(requests: list[Request], block_size: int
     csum = np.cumsum(finite)
     start = csum - finite                     # each run's first token in its chain
     start -= start[first_row].repeat(np.diff(np.append(first_row, rows)))
-    if rows and int(start.max()) + block_size >= 1 << _POSITION_BITS:
+    if rows and int(start.max()) >= ENDLESS:     # (an answer's end would overflow int64)
         return None
     # The identity of the runs before each one: the sum of the runs' own hashes (each mixed
     # with its place in its chain), per chain.
