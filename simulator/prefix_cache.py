@@ -271,8 +271,9 @@ def _cut_chains(requests: list[Request], block_size: int
         return None
     prompt = np.fromiter((r.prompt_tokens for r in requests), np.int64, n_chains)
     chain_of_given = np.repeat(np.arange(n_chains), m)
-    own = prompt - np.bincount(chain_of_given, weights=given[:, 2], minlength=n_chains
-                               ).astype(np.int64)
+    given_tokens = np.zeros(n_chains, dtype=np.int64)   # (summed in int64: float weights
+    np.add.at(given_tokens, chain_of_given, given[:, 2])  # round past 2^53 tokens)
+    own = prompt - given_tokens
     # The chains' runs in order: the given ones, the request's own prompt, its endless answer.
     has_own = own > 0
     rows_per = m + has_own + 1

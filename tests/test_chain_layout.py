@@ -19,7 +19,7 @@ from simulator.policycheck import CHECK_COST
 from simulator.prefix_cache import ChainLayout, RequestBlocks, _cut_chains, segments
 from tests.test_fast_engine import POLICIES, assert_same_result, kv_room
 from tests.test_prefix_reference import random_workload, tokens
-from traces.request import Request, TokenRuns
+from traces.request import ANSWER_OF, Request, TokenRuns
 
 MOONCAKE = 7       # a namespace for hash_ids-like runs in the hand-made example
 
@@ -200,3 +200,17 @@ def test_a_cluster_refuses_replicas_with_layouts_of_their_own():
                       env=env)
     with pytest.raises(ValueError, match="replica 0 cuts its chains by a layout of its own"):
         Cluster(reqs, make_router("prefix-affinity"), own, 2)
+
+
+def test_the_vectorised_cut_counts_long_prompts_exactly():
+    """A prompt of 2^53 + 1 tokens, all in one run: no tokens of its own (a float sum would
+    round the run to 2^53 and give it one). Its answer's first block, across the run's end,
+    is the same as that of a later turn repeating the run and the answer."""
+    run = (MOONCAKE, 1, (1 << 53) + 1)
+    first = Request(0, 0.0, run[2], 20, prefix=TokenRuns((run,)))
+    turn = Request(1, 0.0, run[2] + 20, 2, prefix=TokenRuns((run, (ANSWER_OF, 0, 20))))
+    sid, count, lengths = (a.tolist() for a in _cut_chains([first, turn], 16))
+    old = [segments(r.prefix, r.request_id, r.prompt_tokens, 16) for r in (first, turn)]
+    assert lengths == [len(o) for o in old]
+    assert count == [c for o in old for _, c in o]
+    assert old[0][1][0] == old[1][1][0] and sid[1] == sid[lengths[0] + 1]
