@@ -171,6 +171,11 @@ class ChainLayout:
         Vectorised: a trace holds a few hundred thousand segments."""
         if not requests:
             return {}
+        too_long = next((r for r in requests if r.prompt_tokens >= ENDLESS), None)
+        if too_long is not None:
+            raise ValueError(f"request {too_long.request_id}: a prompt of "
+                             f"{too_long.prompt_tokens} tokens is beyond what a chain can hold "
+                             f"(under 2^62)")
         cut = _cut_chains(requests, block_size)
         if cut is None:         # keys beyond 64 bits: cut one by one, named by segments()
             flat = [segments(r.prefix, r.request_id, r.prompt_tokens, block_size)
@@ -267,9 +272,9 @@ def _cut_chains(requests: list[Request], block_size: int
         given = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(prefixes)),
                             np.int64, 3 * int(m.sum())).reshape(-1, 3)
         rid = np.fromiter((r.request_id for r in requests), np.int64, n_chains)
+        prompt = np.fromiter((r.prompt_tokens for r in requests), np.int64, n_chains)
     except OverflowError:
         return None
-    prompt = np.fromiter((r.prompt_tokens for r in requests), np.int64, n_chains)
     chain_of_given = np.repeat(np.arange(n_chains), m)
     given_tokens = np.zeros(n_chains, dtype=np.int64)   # (summed in int64: float weights
     np.add.at(given_tokens, chain_of_given, given[:, 2])  # round past 2^53 tokens)
