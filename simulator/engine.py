@@ -22,6 +22,7 @@ capacity. A violation is a bug in the policy and raises ``PolicyViolation``.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -455,9 +456,7 @@ class Engine(ReplicaLoop):
         blocks = self.request_blocks
         stale = self._unlooked
         watchers = self._watchers
-        if dirty:
-            for sid in watchers.keys() & dirty:     # iterates the smaller of the two
-                stale.update(watchers.pop(sid))   # due until looked up again
+        _mark_watchers(watchers, dirty, stale)
         waiting = self._waiting
         look_up = self._look_up_waiting
         for rid in (stale if read is None else stale & read):
@@ -470,9 +469,7 @@ class Engine(ReplicaLoop):
         # Besides a change at its boundary, a resident is looked up when it is admitted and
         # when it caches blocks while all it had were shared (_register_full_blocks).
         stale, watchers, resident = self._unshared, self._shared_watchers, self.resident
-        if dirty:
-            for sid in watchers.keys() & dirty:
-                stale.update(watchers.pop(sid))   # due until looked up again
+        _mark_watchers(watchers, dirty, stale)
         if read is None:
             for rid in stale:
                 st = resident[rid]
@@ -510,9 +507,7 @@ class Engine(ReplicaLoop):
         pool = self.pool
         dirty = pool.dirty
         if dirty:
-            watchers, due = self._watchers, self._unlooked
-            for sid in watchers.keys() & dirty:
-                due.update(watchers.pop(sid))
+            _mark_watchers(self._watchers, dirty, self._unlooked)
             dirty.clear()
         self.free_blocks = pool.free_blocks
 
@@ -561,10 +556,8 @@ class Engine(ReplicaLoop):
         pool = self.pool
         dirty = pool.dirty
         if dirty:
-            for watchers, stale in ((self._watchers, due),
-                                    (self._shared_watchers, self._unshared)):
-                for sid in watchers.keys() & dirty:
-                    stale.update(watchers.pop(sid))     # due until looked up again
+            _mark_watchers(self._watchers, dirty, due)
+            _mark_watchers(self._shared_watchers, dirty, self._unshared)
             dirty.clear()
         self._look_up_waiting(st, self.request_blocks[rid])
         due.discard(rid)
@@ -792,6 +785,8 @@ class Engine(ReplicaLoop):
             pf_pairs += n * ctx + n * (n + 1) / 2
         dec_kv = 0
         RESIDENT = Status.RESIDENT
+        last = bs - 1
+        filled = []         # decoding requests whose new token fills their last block
         for st in d.decode:
             if st._iteration == it:
                 raise self._violation(st, "was scheduled twice in one iteration")
@@ -810,9 +805,13 @@ class Engine(ReplicaLoop):
                 need = -(-(ctx + 1) // bs)
                 new_blocks += need
                 st.kv_blocks += need
-            elif not ctx % bs:         # the new token starts a new block
-                new_blocks += 1
-                st.kv_blocks += 1
+            else:
+                r = ctx % bs
+                if not r:              # the new token starts a new block
+                    new_blocks += 1
+                    st.kv_blocks += 1
+                if r == last:
+                    filled.append(st)
             dec_kv += ctx
         dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
@@ -828,8 +827,6 @@ class Engine(ReplicaLoop):
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
                 self._register_full_blocks(st, st.computed, st.computed + n)
-            last = bs - 1
-            filled = [st for st in d.decode if st.computed % bs == last]
             if filled:
                 undeferred = self._undeferred     # (the others only count theirs: deferred)
                 for st in filled:
@@ -938,7 +935,8 @@ class Engine(ReplicaLoop):
             # Requests (with their computed tokens at the start) by the iteration mod block
             # size at which their block fills: (c + j + 1) % bs == 0.
             it, resident = self.iterations, self.resident
-            if any(resident[rid]._iteration == it for rid in self._undeferred):
+            undeferred = self._undeferred
+            if undeferred and any(resident[rid]._iteration == it for rid in undeferred):
                 s.fills = [[] for _ in range(bs)]
                 s.deferred_fills = [0] * bs
                 blocks_of = self.request_blocks
@@ -1032,13 +1030,14 @@ class Engine(ReplicaLoop):
         bs = len(s.by_offset)
         fills = s.deferred_fills
         assert fills is not None
-        deferred = self._deferred
-        cached_blocks = self.cached_blocks
-        for j in range(1, len(ends)):
-            deferred += fills[j % bs]
-            n = taken[j] - plain
-            cached_blocks.append(cached - n + deferred if n > 0 else cached + deferred)
-        self._deferred = deferred
+        # The deferred blocks after each iteration (a running sum), and the cached ones less
+        # the evictions since the stretch's first.
+        deferred = list(itertools.accumulate([fills[j % bs] for j in range(1, len(ends))],
+                                             initial=self._deferred))
+        self._deferred = deferred[-1]
+        self.cached_blocks.extend([cached + m - (n - plain if n > plain else 0)
+                                   for m, n in zip(itertools.islice(deferred, 1, None),
+                                                   itertools.islice(taken, 1, None))])
 
     def _extend_stretch(self, s: _Stretch, top: int) -> None:
         """Plan more of stretch ``s``: one by one up to iteration ``top`` (at most
@@ -1251,6 +1250,15 @@ def _watch(watchers: dict[int, set[int]], rid: int, old: Iterable[int] | None,
     if watch:
         _index(watchers, rid, watch)
     return watch
+
+
+def _mark_watchers(watchers: dict[int, set[int]], changed: set[int], due: set[int]) -> None:
+    """The requests watching a ``changed`` segment are ``due`` (looked up again before they are
+    read), and leave its index until then."""
+    for sid in changed:
+        ids = watchers.pop(sid, None)
+        if ids:
+            due |= ids
 
 
 def _index(index: dict[int, set[int]], rid: int, sids: Iterable[int]) -> None:

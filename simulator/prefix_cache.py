@@ -438,8 +438,11 @@ class Segment:
         """Nothing of it cached; or its first ``held`` blocks cached by one request."""
         self.cached = self.held = held
         self.shared = 0
-        self.holds: dict[int, int] = {held: 1} if held else {}   # prefix length -> holders
-        self.claims: dict[int, int] = dict(self.holds)  # the same, holding or (waiting) wanting
+        if held:
+            self.holds: dict[int, int] = {held: 1}      # prefix length -> holders
+            self.claims: dict[int, int] = {held: 1}     # the same, holding or (waiting) wanting
+        else:
+            self.holds, self.claims = {}, {}
         self.chunks: list[list] = []        # evictable: [sid, lo, hi], oldest first
 
 
@@ -556,7 +559,9 @@ class BlockPool:
     def hit_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
         """How many of the first ``limit`` blocks of a chain are cached (and the segments at
         the end of them)."""
-        chain.upto(limit)
+        ends = chain.ends
+        if not ends or ends[-1] < limit:
+            chain.upto(limit)
         get = self.segments.get
         k, before, after, chain.hit_at = self._prefix(
             chain, limit, lambda sid: seg.cached if (seg := get(sid)) else 0, chain.hit_at)
@@ -579,14 +584,6 @@ class BlockPool:
         return k, before, after
 
     # -- a request's claims on segments ----------------------------------------------------------
-    def _spans(self, chain: RequestBlocks, lo: int, hi: int) -> Iterator[tuple]:
-        """For each segment of a chain overlapping blocks ``[lo, hi)`` (0 < hi): its sid and
-        how many of its blocks the chain's first ``lo`` and first ``hi`` blocks cover."""
-        sids, starts, ends = chain.sids, chain.starts, chain.ends
-        for i in range(chain.segment(lo), chain.segment(hi - 1) + 1):
-            s, e = starts[i], ends[i]
-            yield sids[i], (min(e, lo) - s if lo > s else 0), min(e, hi) - s
-
     def want(self, chain: RequestBlocks, old: int, new: int) -> None:
         """A waiting request's hit went from its first ``old`` blocks to its first ``new``."""
         if old == new:
@@ -594,7 +591,7 @@ class BlockPool:
         segs, dirty = self.segments, self.dirty
         sids, starts, ends = chain.sids, chain.starts, chain.ends
         lo, hi = (old, new) if old < new else (new, old)
-        i = chain.segment(lo)
+        i = chain.segment(lo) if lo else 0
         while True:             # hot (an eviction moves the hits of waiting requests): inlined
             sid, s, e = sids[i], starts[i], ends[i]
             a = (old if old < e else e) - s if old > s else 0    # its old claim, its new one
@@ -620,14 +617,21 @@ class BlockPool:
         they are no longer only wanted (so the claims stay as they were)."""
         if not blocks:
             return
-        segs, dirty = self.segments, self.dirty
-        for sid, _, b in self._spans(chain, 0, blocks):
+        segs = self.segments
+        sids, starts, ends = chain.sids, chain.starts, chain.ends
+        i = 0
+        while True:                 # each segment of its first blocks (every admission's)
+            sid, e = sids[i], ends[i]
+            b = (blocks if blocks < e else e) - starts[i]
             seg = segs[sid]
             _add(seg.holds, b)
             if b > seg.held:
                 self._unfree(seg, seg.held, b)
                 seg.held = b
-                dirty.add(sid)
+                self.dirty.add(sid)
+            if e >= blocks:
+                return
+            i += 1
 
     def _unfree(self, seg: Segment, lo: int, hi: int) -> None:
         """Evictable blocks ``[lo, hi)`` of a segment, its lowest, are held again: out of the
@@ -686,7 +690,7 @@ class BlockPool:
             chain.upto(end)
         segs, dirty = self.segments, self.dirty
         # A decode fills a block of the chain's last segment (its answer): no search.
-        i = len(sids) - 1 if start >= starts[-1] else chain.segment(start)
+        i = len(sids) - 1 if start >= starts[-1] else chain.segment(start) if start else 0
         adopted = 0
         while True:          # hot (a decode fills a block every block_size steps): inlined
             sid, s, e = sids[i], starts[i], ends[i]
