@@ -1237,14 +1237,18 @@ class Engine(ReplicaLoop):
 
 
 def _watch(watchers: dict[int, set[int]], rid: int, old: Iterable[int] | None,
-           boundaries: Iterable[int | None] | None) -> frozenset | None:
+           boundaries: Iterable[int | None] | None) -> set[int] | None:
     """Index request ``rid`` in ``watchers`` by the segments at its look-up's boundaries (for
     ``_waiting_in``, its chain's) instead of by ``old`` (None: by none); returns the segments
     it is indexed by now. A
     segment's watchers are dropped from the index when it changes (``_look_up_prefixes``), so
     ``rid`` may be missing under ``old``'s segments, and is indexed again under each of its
     new ones."""
-    watch = None if boundaries is None else frozenset(boundaries).difference((None,))
+    if boundaries is None:
+        watch = None
+    else:
+        watch = set(boundaries)      # (read only once made)
+        watch.discard(None)
     if old:
         _unindex(watchers, rid, old)
     if watch:

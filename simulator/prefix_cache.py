@@ -397,8 +397,8 @@ class RequestBlocks:
         self.hit = 0          # while waiting: its hit, in blocks, as last looked up
         # The segments at the boundaries of its last lookup (None: look up): the answer can
         # only have changed if one of them did (see BlockPool.dirty).
-        self.watch: frozenset | None = None
-        self.shared_watch: frozenset | None = None  # the same for a resident's shared_blocks
+        self.watch: set[int] | None = None
+        self.shared_watch: set[int] | None = None  # the same for a resident's shared_blocks
         # The segments where its last hit, held and shared prefixes ended (where the next
         # look-up starts searching).
         self.hit_at = self.held_at = self.shared_at = 0
