@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import AbstractSet, Callable, Iterable
@@ -785,8 +786,6 @@ class Engine(ReplicaLoop):
             pf_pairs += n * ctx + n * (n + 1) / 2
         dec_kv = 0
         RESIDENT = Status.RESIDENT
-        last = bs - 1
-        filled = []         # decoding requests whose new token fills their last block
         for st in d.decode:
             if st._iteration == it:
                 raise self._violation(st, "was scheduled twice in one iteration")
@@ -805,13 +804,9 @@ class Engine(ReplicaLoop):
                 need = -(-(ctx + 1) // bs)
                 new_blocks += need
                 st.kv_blocks += need
-            else:
-                r = ctx % bs
-                if not r:              # the new token starts a new block
-                    new_blocks += 1
-                    st.kv_blocks += 1
-                if r == last:
-                    filled.append(st)
+            elif not ctx % bs:         # the new token starts a new block
+                new_blocks += 1
+                st.kv_blocks += 1
             dec_kv += ctx
         dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
@@ -827,6 +822,8 @@ class Engine(ReplicaLoop):
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
                 self._register_full_blocks(st, st.computed, st.computed + n)
+            last = bs - 1
+            filled = [st for st in d.decode if st.computed % bs == last]
             if filled:
                 undeferred = self._undeferred     # (the others only count theirs: deferred)
                 for st in filled:
@@ -1030,14 +1027,21 @@ class Engine(ReplicaLoop):
         bs = len(s.by_offset)
         fills = s.deferred_fills
         assert fills is not None
-        # The deferred blocks after each iteration (a running sum), and the cached ones less
-        # the evictions since the stretch's first.
-        deferred = list(itertools.accumulate([fills[j % bs] for j in range(1, len(ends))],
+        # The deferred blocks after each iteration j >= 1 (a running sum of the fills, which
+        # repeat with the block size), and the cached ones: less those evicted since the
+        # stretch's first iteration, taken[j] - plain once positive (taken never falls here).
+        # Built in C (map, accumulate): a long run has some 100,000 such iterations.
+        k = len(ends)
+        rotated = fills[1:] + fills[:1]
+        deferred = list(itertools.accumulate((rotated * (k // bs + 1))[:k - 1],
                                              initial=self._deferred))
         self._deferred = deferred[-1]
-        self.cached_blocks.extend([cached + m - (n - plain if n > plain else 0)
-                                   for m, n in zip(itertools.islice(deferred, 1, None),
-                                                   itertools.islice(taken, 1, None))])
+        m = bisect.bisect_right(taken, plain)          # (taken[0] = 0: m >= 1)
+        cached_blocks = self.cached_blocks
+        cached_blocks.extend(map(cached.__add__, itertools.islice(deferred, 1, m)))
+        cached_blocks.extend(map(operator.sub,
+                                 map((cached + plain).__add__, itertools.islice(deferred, m, None)),
+                                 itertools.islice(taken, m, None)))
 
     def _extend_stretch(self, s: _Stretch, top: int) -> None:
         """Plan more of stretch ``s``: one by one up to iteration ``top`` (at most
@@ -1259,10 +1263,8 @@ def _watch(watchers: dict[int, set[int]], rid: int, old: Iterable[int] | None,
 def _mark_watchers(watchers: dict[int, set[int]], changed: set[int], due: set[int]) -> None:
     """The requests watching a ``changed`` segment are ``due`` (looked up again before they are
     read), and leave its index until then."""
-    for sid in changed:
-        ids = watchers.pop(sid, None)
-        if ids:
-            due |= ids
+    for sid in watchers.keys() & changed:     # (a set operation: iterates the smaller one)
+        due |= watchers.pop(sid)
 
 
 def _index(index: dict[int, set[int]], rid: int, sids: Iterable[int]) -> None:
