@@ -45,3 +45,22 @@ def test_bench_speed_quick(capsys):
     assert [r[1] for r in rows] == list(bench.BASELINES)
     for r in rows:
         assert r[2] == r[3] == "1,000"          # requests == completed
+
+
+def test_bench_bytecodes_counts_the_cache_model(capsys):
+    require_shared("traces", "conversation_trace.jsonl")
+    bench = load_experiment("bench_bytecodes")
+    counts = bench.mooncake_counts(30, "vllm-v1")
+    assert bench.mooncake_counts(30, "vllm-v1") == counts    # a count: the same every run
+    off, on = counts["off"], counts["on"]
+    pool = [key for key in on if key.startswith("prefix_cache.py:") and
+            key.endswith((":allocate", ":release", ":register"))]
+    assert len(pool) == 3 and all(on[key] > 0 and off[key] == 0 for key in pool)
+    assert bench.main(["--requests", "30", "--top", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total_off, total_on = sum(off.values()), sum(on.values())
+    assert lines[0] == (f"bytecodes, vllm-v1, 30 requests: cache off {total_off:,}, on "
+                        f"{total_on:,}, on / off {total_on / total_off:.3f}")
+    assert len(lines) == 2 + 4
+    assert bench.main(["--requests", "5", "--policy", "fastest"]) == 2
+    assert "unknown policy 'fastest'" in capsys.readouterr().err
