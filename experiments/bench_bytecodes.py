@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import sys
 from pathlib import Path
 from typing import Callable
@@ -48,11 +49,20 @@ def count_bytecodes(run: Callable[[], object]) -> collections.Counter:
             return on_opcode
         return on_opcode
 
+    # The collector paused: a collection runs the callbacks other libraries put in gc.callbacks
+    # (Hypothesis has one), whose bytecodes would be counted as often as collections happen.
+    # (A run's garbage is all freed by reference counting or after it: its peak memory is the
+    # same.)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
     sys.settrace(on_call)
     try:
         run()
     finally:
         sys.settrace(None)
+        if enabled:
+            gc.enable()
     return counts
 
 
