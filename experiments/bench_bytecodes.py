@@ -3,12 +3,13 @@
     python experiments/bench_bytecodes.py                  # the whole Mooncake trace (minutes)
     python experiments/bench_bytecodes.py --requests 3000 --policy sarathi --top 40
 
-The Mooncake benchmark of experiments/bench_speed.py (``mooncake-prefix``: the conversation
-trace at MOONCAKE_RATE on llama-3.1-8b / h100-80gb) run twice in this process, prefix caching off
-then on, with every bytecode counted per function (``sys.settrace`` with opcode events). A count
-does not move with the machine's load, as times on a shared machine do by 20-40% between runs,
-so two versions of the code compare in one run each: the ratio on / off is the cache model's
-cost in interpreted work (it leaves out time in C: NumPy, dicts, sets; and cache misses).
+The Mooncake benchmark of experiments/bench_speed.py (``mooncake-prefix``, ``mooncake_config``:
+the conversation trace at MOONCAKE_RATE on llama-3.1-8b / h100-80gb) run twice in this process,
+prefix caching off then on, with every bytecode counted per function (``sys.settrace`` with
+opcode events). A count does not move with the machine's load, as times on a shared machine do
+by 20-40% between runs, so two versions of the code compare in one run each: the ratio on / off
+is the cache model's cost in interpreted work (it leaves out time in C: NumPy, dicts, sets; and
+cache misses).
 Prints the totals, their ratio, and the functions whose counts differ most.
 """
 
@@ -24,8 +25,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.bench_speed import MOONCAKE_CONV, MOONCAKE_RATE  # noqa: E402
-from simulator.config import RunConfig  # noqa: E402
+from experiments.bench_speed import MOONCAKE_CONV, mooncake_config  # noqa: E402
 from simulator.runner import simulate  # noqa: E402
 from traces.errors import UserError  # noqa: E402
 
@@ -70,14 +70,10 @@ def mooncake_counts(requests: int | None, policy: str) -> dict[str, collections.
     """Per-function bytecode counts of the Mooncake benchmark, prefix caching off and on."""
     if not MOONCAKE_CONV.is_file():
         raise SystemExit(f"error: the Mooncake trace {MOONCAKE_CONV} is not there")
-    def config(caching: bool, n: int | None) -> RunConfig:
-        return RunConfig(trace=str(MOONCAKE_CONV), num_requests=n, policy=policy,
-                         target_rate=MOONCAKE_RATE, model="llama-3.1-8b", gpu="h100-80gb",
-                         prefix_caching=caching).validate()
-
     for caching in (False, True):     # first calls fill caches (lazy imports, compiled regexes)
-        simulate(config(caching, 50))
-    return {"on" if caching else "off": count_bytecodes(lambda: simulate(config(caching, requests)))
+        simulate(mooncake_config(policy, caching, 50))
+    return {"on" if caching else "off":
+            count_bytecodes(lambda: simulate(mooncake_config(policy, caching, requests)))
             for caching in (False, True)}
 
 

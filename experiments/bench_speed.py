@@ -129,6 +129,13 @@ def trace_replay(quick: bool) -> list[Row]:
 MOONCAKE_RATE = 1.5
 
 
+def mooncake_config(policy: str, caching: bool, requests: int | None = None) -> RunConfig:
+    """The ``mooncake-prefix`` benchmark's run: the trace's first ``requests`` (None: all)."""
+    return RunConfig(trace=str(MOONCAKE_CONV), num_requests=requests, policy=policy,
+                     target_rate=MOONCAKE_RATE, model="llama-3.1-8b", gpu="h100-80gb",
+                     prefix_caching=caching).validate()
+
+
 def mooncake_prefix(quick: bool) -> list[Row]:
     """The cost of the prefix-cache model (docs/prefix-caching.md): the Mooncake conversation
     trace (12,031 requests, about 12k prompt tokens each, hash_ids) replayed at MOONCAKE_RATE
@@ -141,10 +148,8 @@ def mooncake_prefix(quick: bool) -> list[Row]:
     rows = []
     for policy in ("vllm-v1", "sarathi"):
         for caching in (False, True):
-            cfg = RunConfig(trace=str(MOONCAKE_CONV), num_requests=n, policy=policy,
-                            target_rate=MOONCAKE_RATE, model="llama-3.1-8b", gpu="h100-80gb",
-                            prefix_caching=caching).validate()
-            rows.append(timed_run("mooncake-apc" if caching else "mooncake", cfg))
+            rows.append(timed_run("mooncake-apc" if caching else "mooncake",
+                                  mooncake_config(policy, caching, n)))
     return rows
 
 
