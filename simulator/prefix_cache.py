@@ -243,14 +243,23 @@ _SHIFTS = tuple(np.uint64(s) for s in (30, 27, 31))
 
 def _mix(state: np.ndarray, *fields: np.ndarray) -> np.ndarray:
     """A 64-bit hash of ``state`` and ``fields`` per element: each field xored into the state,
-    then SplitMix64's finaliser (a bijection of 64-bit words that scatters every bit)."""
+    then SplitMix64's finaliser (a bijection of 64-bit words that scatters every bit). In place
+    on one new array and one scratch array: a trace's few hundred thousand runs make arrays of
+    megabytes, and each temporary would be one more pass through memory."""
     a, b, c = _SHIFTS
-    z = state
+    z = state.astype(np.uint64)              # (a copy: ``state`` is left as it is)
+    t = np.empty_like(z)
     for f in fields:
-        z = z ^ f.astype(np.uint64, copy=False)
-        z = (z ^ (z >> a)) * _MIX_1
-        z = (z ^ (z >> b)) * _MIX_2
-        z = z ^ (z >> c)
+        # int64 to uint64 keeps the bits (two's complement): a view, not a cast.
+        z ^= f.view(np.uint64) if f.dtype == np.int64 else f.astype(np.uint64)
+        np.right_shift(z, a, out=t)
+        z ^= t
+        z *= _MIX_1
+        np.right_shift(z, b, out=t)
+        z ^= t
+        z *= _MIX_2
+        np.right_shift(z, c, out=t)
+        z ^= t
     return z
 
 
