@@ -786,28 +786,49 @@ class Engine(ReplicaLoop):
             pf_pairs += n * ctx + n * (n + 1) / 2
         dec_kv = 0
         RESIDENT = Status.RESIDENT
-        for st in d.decode:
-            if st._iteration == it:
-                raise self._violation(st, "was scheduled twice in one iteration")
-            st._iteration = it
-            ctx = st.computed
-            g = st.generated
-            if not g or st.prompt_tokens + g - ctx != 1 or st.status is not RESIDENT:
-                if not (st.status is Status.WAITING and g and pool is None and
-                        st.prompt_tokens + g - ctx == 1):
+        if pool is None:
+            for st in d.decode:
+                if st._iteration == it:
+                    raise self._violation(st, "was scheduled twice in one iteration")
+                st._iteration = it
+                ctx = st.computed
+                g = st.generated
+                if not g or st.prompt_tokens + g - ctx != 1 or st.status is not RESIDENT:
+                    if not (st.status is Status.WAITING and g and st.prompt_tokens + g - ctx == 1):
+                        raise self._violation(st, "was scheduled to decode but is not decoding")
+                    # Received with its prompt's KV computed elsewhere (a disaggregated decode
+                    # replica, simulator/disagg.py): admitted to decode, it takes its context's
+                    # blocks.
+                    self._admit(st, now)
+                    self._decode_admitted = it
+                    need = -(-(ctx + 1) // bs)
+                    new_blocks += need
+                    st.kv_blocks += need
+                elif not ctx % bs:         # the new token starts a new block
+                    new_blocks += 1
+                    st.kv_blocks += 1
+                dec_kv += ctx
+        else:
+            # The same with the cache (which receives no request to decode: disaggregation runs
+            # without it), also finding the blocks that fill: a loop of its own, so that the
+            # uncached one, every run's hot path, makes no test for them.
+            last = bs - 1
+            filled = []
+            for st in d.decode:
+                if st._iteration == it:
+                    raise self._violation(st, "was scheduled twice in one iteration")
+                st._iteration = it
+                ctx = st.computed
+                g = st.generated
+                if not g or st.prompt_tokens + g - ctx != 1 or st.status is not RESIDENT:
                     raise self._violation(st, "was scheduled to decode but is not decoding")
-                # Received with its prompt's KV computed elsewhere (a disaggregated decode
-                # replica, simulator/disagg.py): admitted to decode, it takes its context's
-                # blocks.
-                self._admit(st, now)
-                self._decode_admitted = it
-                need = -(-(ctx + 1) // bs)
-                new_blocks += need
-                st.kv_blocks += need
-            elif not ctx % bs:         # the new token starts a new block
-                new_blocks += 1
-                st.kv_blocks += 1
-            dec_kv += ctx
+                r = ctx % bs
+                if not r:              # the new token starts a new block
+                    new_blocks += 1
+                    st.kv_blocks += 1
+                if r == last:          # its block is full after it (with a block size of 1: both)
+                    filled.append(st)
+                dec_kv += ctx
         dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
         if new_blocks > free:
@@ -822,8 +843,6 @@ class Engine(ReplicaLoop):
             # Blocks full after this batch are cached now, as vLLM's allocate_slots does.
             for st, n in d.prefill:
                 self._register_full_blocks(st, st.computed, st.computed + n)
-            last = bs - 1
-            filled = [st for st in d.decode if st.computed % bs == last]
             if filled:
                 undeferred = self._undeferred     # (the others only count theirs: deferred)
                 for st in filled:

@@ -23,7 +23,8 @@ def requests(*rows) -> list[Request]:
 
 def simulate(reqs: list[Request], policy: str | Policy = "vllm-v1", params: dict | None = None,
              *, kv_tokens: int = 1 << 20, block_size: int = 16, max_model_len: int = 4096,
-             cost: CostModel = TEST_COST, seed: int = 0) -> Outcome:
+             cost: CostModel = TEST_COST, seed: int = 0, prefix_caching: bool = False) -> Outcome:
     """Run ``reqs`` through one replica with ``kv_tokens`` of KV cache (rounded down to blocks)."""
     return _simulate(reqs, policy, params, kv_tokens=kv_tokens, block_size=block_size,
-                     max_model_len=max_model_len, cost=cost, seed=seed)
+                     max_model_len=max_model_len, cost=cost, seed=seed,
+                     prefix_caching=prefix_caching)

@@ -98,6 +98,10 @@ class _Broken(QueuedPolicy):
             return Decision(prefill=[(req, req.remaining + 1)])
         if m == "decode a prefill":
             return Decision(decode=[req])
+        if m == "decode twice":
+            if resident and not req.is_prefill:
+                return Decision(decode=[req, req])
+            return Decision(prefill=[(req, req.remaining)])
         if m == "preempt a waiting request":
             return Decision(prefill=[(req, 1)], preempt=[req]) if not resident else \
                 Decision(preempt=[self.waiting.peek()])
@@ -118,11 +122,14 @@ class _Broken(QueuedPolicy):
     ("preempt a waiting request", "which is waiting"),
     ("reject a resident", "which is resident"),
     ("over-allocate", "over-allocated KV"),
+    ("decode twice", "scheduled twice"),
 ])
-def test_engine_refuses_invalid_decisions(mistake, message):
+@pytest.mark.parametrize("caching", [False, True], ids=["no-cache", "prefix-cache"])
+def test_engine_refuses_invalid_decisions(mistake, message, caching):
+    # (With the cache, decodes are checked by a loop of their own: Engine._start_iteration.)
     reqs = requests((0.0, 40, 3), (0.0, 40, 3), (0.0, 40, 3))
     with pytest.raises(PolicyViolation, match=message):
-        simulate(reqs, _Broken(mistake), kv_tokens=64, block_size=16)
+        simulate(reqs, _Broken(mistake), kv_tokens=64, block_size=16, prefix_caching=caching)
 
 
 class _Stuck(QueuedPolicy):
