@@ -357,14 +357,22 @@ def _cut_chains(requests: list[Request], block_size: int
 def laid_out(requests: Iterable[Request], block_sizes: Iterable[int]
              ) -> tuple[Iterator[Request], ChainLayout]:
     """The requests (each let go as it is handed out, so that a long trace's requests and their
-    prefixes are not all kept alive to the end of the run) and their chain layout. Built with
-    the garbage collector paused: a few hundred thousand objects made at once, none of them
-    garbage, would only trigger collections that walk them all."""
+    prefixes are not all kept alive to the end of the run) and their chain layout.
+
+    Built with the garbage collector paused, and what it built moved straight to the oldest
+    generation (``gc.freeze`` then ``gc.unfreeze``): a few hundred thousand objects made at
+    once (the requests' prefixes), none of them garbage, would otherwise be walked by the next
+    young collection and again by the one after, cold in memory each time. Moved so they wait
+    for a full collection, rare, and are freed as usual when their last reference goes. (Not
+    where the process keeps objects frozen itself: unfreezing would end its freeze.)"""
     enabled = gc.isenabled()
     gc.disable()
     try:
         listed = list(requests)
         layout = ChainLayout(listed or None, block_sizes)
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
     finally:
         if enabled:
             gc.enable()

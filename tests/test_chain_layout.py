@@ -6,6 +6,7 @@ registrations change no result."""
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -16,7 +17,7 @@ from scheduler.base import make_policy
 from scheduler.state import ReplicaSpec
 from simulator.engine import Engine
 from simulator.policycheck import CHECK_COST
-from simulator.prefix_cache import ChainLayout, RequestBlocks, _cut_chains, segments
+from simulator.prefix_cache import ChainLayout, RequestBlocks, _cut_chains, laid_out, segments
 from tests.test_fast_engine import POLICIES, assert_same_result, kv_room
 from tests.test_prefix_reference import random_workload, tokens
 from traces.request import ANSWER_OF, Request, TokenRuns
@@ -214,3 +215,42 @@ def test_the_vectorised_cut_counts_long_prompts_exactly():
     assert lengths == [len(o) for o in old]
     assert count == [c for o in old for _, c in o]
     assert old[0][1][0] == old[1][1][0] and sid[1] == sid[lengths[0] + 1]
+
+
+def _prefixed(n: int) -> list[Request]:
+    return [Request(i, 0.1 * i, 64, 4, prefix=TokenRuns(((MOONCAKE, i % 3, 32),)))
+            for i in range(n)]
+
+
+def test_laid_out_moves_what_it_built_to_the_oldest_generation():
+    gc.collect()
+    before = gc.get_count()
+    handed, layout = laid_out(_prefixed(300), (16,))
+    # Nothing it made is left young (the next young collection would walk it all), nothing
+    # stays frozen, and no collection ran (the counts would have been reset).
+    assert layout.joins and gc.get_freeze_count() == 0
+    assert gc.get_count()[0] <= before[0] + 5
+    first = next(handed)
+    assert any(o is first for o in gc.get_objects(generation=2))
+    assert [r.request_id for r in handed] == list(range(1, 300))
+
+
+def test_laid_out_leaves_a_freeze_of_the_process_alone():
+    keep = [[] for _ in range(10)]
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        handed, _ = laid_out(_prefixed(5), (16,))
+        assert gc.get_freeze_count() == frozen       # not unfrozen by the layout
+        assert len(list(handed)) == 5
+    finally:
+        gc.unfreeze()
+    del keep
+
+
+def test_a_run_with_the_cache_leaves_nothing_frozen():
+    engine = Engine(_prefixed(20), make_policy("vllm-v1"), CHECK_COST,
+                    ReplicaSpec(num_blocks=64, block_size=16, max_model_len=256,
+                                cost_model=CHECK_COST), prefix_caching=True)
+    engine.run()
+    assert gc.get_freeze_count() == 0
