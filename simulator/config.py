@@ -407,6 +407,10 @@ class RunConfig:
                               "a trace carries its own sharing (hash_ids)")
         if self.session_turns > 1 and self.duration is not None:
             raise ConfigError("session_turns needs num_requests (sessions of turns), not duration")
+        if self.session_turns > 1 and (self.prompt_range or self.output_range):
+            raise ConfigError("prompt_range and output_range keep single requests; with "
+                              "session_turns they would drop turns from inside a session: "
+                              "bound the messages with prompt_len and output_len instead")
         if self.session_turns > 1 and self.types:
             raise ConfigError("session_turns draws messages from prompt_len/output_len, not "
                               "from types")

@@ -197,6 +197,63 @@ def test_session_turns_arrive_after_the_previous_answer_plus_think_time():
     assert result.summary["prefix_cache_evictions"] == 0
 
 
+def test_a_system_prompt_on_part_of_the_sessions_is_on_all_their_turns():
+    """A share below 1 with sessions picks sessions, not turns: every turn of a session that
+    carries the system prompt holds it first, and each later turn's prompt is still the
+    previous prompt + answer + a new message; with nothing evicted, a later turn finds all the
+    previous turn's computed full blocks cached, and a carrying session's first turn the
+    system prompt's (after the first carrier)."""
+    cfg = RunConfig(num_requests=160, session_turns=4, think_time=1.0, rate=0.05,
+                    prompt_len="32:200", output_len="8:100", system_prompt_len=256,
+                    system_prompt_share=0.5, seed=3).validate()
+    workload = build_workload(cfg)
+    table = workload.frame.set_index("request_id")
+    carried = table.groupby("session_id")["system_prompt_tokens"]
+    assert (carried.nunique() == 1).all()                        # whole sessions
+    assert 5 < (carried.first() == 256).sum() < 35
+    runs = dict(zip(table.index, workload.requests()))
+    result = simulate_run(cfg, workload)
+    frame = result.requests.set_index("request_id")
+    first_carrier = None
+    for rid, row in table.iterrows():
+        prefix = runs[rid].prefix
+        carries = row["system_prompt_tokens"] == 256
+        assert (prefix is not None and prefix.runs[:1] == ((SYSTEM_PROMPT, 0, 256),)) == carries
+        if row["think_s"] > 0:                                   # a later turn
+            prev = table.loc[rid - 1]
+            assert row["prompt_tokens"] > prev["prompt_tokens"] + prev["output_tokens"]
+            computed = prev["prompt_tokens"] + prev["output_tokens"] - 1
+            assert frame.loc[rid, "cached_prompt_tokens"] == computed // 16 * 16
+        elif carries:
+            hit = 0 if first_carrier is None else 256
+            first_carrier = rid if first_carrier is None else first_carrier
+            assert frame.loc[rid, "cached_prompt_tokens"] == hit
+    assert result.summary["prefix_cache_evictions"] == 0
+
+
+def test_a_session_workload_reports_its_session_rate_and_the_request_rate_it_offers():
+    """Sessions start at the arrival rate; each brings its turns, so the requests offered per
+    second are the rate times the turns (what a fluid policy plans with): as given, measured
+    from the table, and unchanged by a system prompt (which moves no arrival)."""
+    from simulator.runner import workload_hint
+    for extra in ({}, {"system_prompt_len": 128}):
+        cfg = RunConfig(num_requests=400, session_turns=4, think_time=1.0, rate=8.0,
+                        prompt_len="32:64", output_len="8:16", **extra).validate()
+        workload = build_workload(cfg)
+        assert workload.meta["session_rate"] == 8.0 and workload.meta["mean_rate"] == 32.0
+        measured = workload.summary()
+        starts = workload.frame.groupby("session_id")["arrival_s"].first()
+        assert measured["session_rate"] == pytest.approx(99 / (starts.iloc[-1] - starts.iloc[0]))
+        assert measured["mean_rate"] == pytest.approx(4 * measured["session_rate"])
+        assert workload_hint(workload).arrival_rate == 32.0
+
+
+def test_length_filters_on_sessions_are_refused_in_one_line():
+    for field in ("prompt_range", "output_range"):
+        with pytest.raises(ConfigError, match="prompt_range and output_range .*session_turns"):
+            RunConfig(session_turns=4, **{field: "10:100"}).validate()
+
+
 def test_system_prompt_hit_rate_equals_its_closed_form():
     """A 300-token system prompt on a seeded 60% of the requests, one request at a time and no
     eviction: every carrier after the first finds floor(300 / 16) blocks cached, nobody else

@@ -133,6 +133,16 @@ JSONL_CASES = {
         ['{"timestamp": 0, "input_length": 5, "output_length": 2, "hash_ids": [1, 2]}',
          '{"timestamp": 1, "input_length": 5, "output_length": 2, "hash_ids": "3,4"}'],
         "{f} line 2, column 'hash_ids': expected a list of integers (block hashes), got '3,4'"),
+    "more hash_ids than blocks": (
+        ['{"timestamp": 0, "input_length": 1024, "output_length": 2, "hash_ids": [1, 2]}',
+         '{"timestamp": 1, "input_length": 1100, "output_length": 2, "hash_ids": [1, 2, 3, 4]}'],
+        "{f} line 2, column 'hash_ids': 4 block hashes for a prompt of 1100 tokens: at most 3, "
+        "one per 512 tokens"),
+    "hash id beyond 64 bits": (
+        ['{"timestamp": 0, "input_length": 1024, "output_length": 2, '
+         '"hash_ids": [0, 9223372036854775808]}'],
+        "{f} line 1, column 'hash_ids': block hash 9223372036854775808 is outside the signed "
+        "64-bit range [-2^63, 2^63)"),
     "key given twice": (
         ['{"timestamp": 0, "input_length": 5, "output_length": 2}',
          '{"timestamp": 1, "input_length": 5, "output_length": 2, "input_length": 6}'],

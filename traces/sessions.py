@@ -1,8 +1,9 @@
 """Synthetic prefix sharing: a system prompt some requests start with, and multi-turn sessions
 whose turns arrive in closed loop.
 
-- ``system_prompt``: each request carries, with probability ``share`` (seeded), one shared
-  system prompt of ``tokens`` tokens ahead of its own prompt (its prompt grows by that much).
+- ``system_prompt``: each request (with sessions: each session, on all its turns) carries,
+  with probability ``share`` (seeded), one shared system prompt of ``tokens`` tokens ahead of
+  its own prompt (its prompt grows by that much).
 - ``synthesize_sessions``: sessions start at the arrival process's times; turn 1's prompt is a
   drawn message, turn k's prompt is turn k-1's prompt + its answer + a new drawn message (so it
   shares a prefix with everything the session said before). A turn after the first arrives a
@@ -23,18 +24,25 @@ from traces.workload import SESSION, SYSTEM_PROMPT_TOKENS, THINK_S, Workload, st
 
 
 def system_prompt(w: Workload, tokens: int, share: float, seed: int) -> Workload:
-    """``w`` with a shared system prompt of ``tokens`` tokens on a ``share`` of its requests."""
+    """``w`` with a shared system prompt of ``tokens`` tokens on a ``share`` of its requests;
+    with sessions, on a ``share`` of its sessions, every turn of which carries it (turn k's
+    prompt holds turn 1's). Arrivals are unchanged, and so is the workload's rate."""
     if not (isinstance(tokens, (int, np.integer)) and tokens >= 1):
         raise WorkloadError(f"system prompt length must be an integer >= 1, got {tokens!r}")
     if not 0 <= share <= 1:
         raise WorkloadError(f"system prompt share must be in [0, 1], got {share!r}")
-    carries = stream_rng(seed, "system_prompt").random(len(w)) < share
     frame = w.frame.copy()
+    if SESSION in frame:
+        session = frame[SESSION].to_numpy()
+        carries = (stream_rng(seed, "system_prompt").random(int(session.max()) + 1)
+                   < share)[session]
+    else:
+        carries = stream_rng(seed, "system_prompt").random(len(w)) < share
     frame[SYSTEM_PROMPT_TOKENS] = np.where(carries, int(tokens), 0).astype(np.int64)
     frame["prompt_tokens"] = frame["prompt_tokens"] + frame[SYSTEM_PROMPT_TOKENS]
     return _derive(w, frame, {"op": "system_prompt", "tokens": int(tokens),
                               "share": float(share), "carried": int(carries.sum()),
-                              "seed": int(seed)})
+                              "seed": int(seed)}, restamp=False)
 
 
 def synthesize_sessions(arrival: ArrivalProcess, lengths: LengthDistribution, seed: int,
@@ -59,7 +67,11 @@ def synthesize_sessions(arrival: ArrivalProcess, lengths: LengthDistribution, se
             context = prompts[i] + int(outputs[i])
     turn = np.tile(np.arange(turns), sessions)
     think[turn == 0] = 0.0
-    meta = {"source": "synthetic", "arrival": arrival.name, "mean_rate": arrival.mean_rate,
+    # The arrival process starts sessions: the requests offered per second are its rate times
+    # the turns (Workload.summary measures the same way).
+    rate = arrival.mean_rate
+    meta = {"source": "synthetic", "arrival": arrival.name,
+            "mean_rate": None if rate is None else rate * turns, "session_rate": rate,
             "lengths": f"sessions of {turns} turns, messages "
                        f"{lengths.describe() if hasattr(lengths, 'describe') else lengths}",
             "sessions": {"count": sessions, "turns": turns, "think_time_s": think_time_s,

@@ -25,16 +25,22 @@ def stamp(meta: dict, frame: pd.DataFrame) -> dict:
     timed = s["span_s"] == s["span_s"]          # NaN without arrival times
     meta.update(requests=s["requests"], span_s=s["span_s"] if timed else 0.0,
                 mean_rate=s["mean_rate"] if timed else None)
+    if "session_rate" in s:
+        meta["session_rate"] = s["session_rate"] if timed else None
     return meta
 
 
-def _derive(w: Workload, frame: pd.DataFrame, record: dict, **meta_updates) -> Workload:
+def _derive(w: Workload, frame: pd.DataFrame, record: dict, restamp: bool = True,
+            **meta_updates) -> Workload:
+    """``w`` with a new frame, ``record`` appended to its transforms; its count, span and rate
+    measured again (``stamp``) unless ``restamp`` is False (the arrivals did not change: a
+    process's nominal rate stays)."""
     frame = frame.reset_index(drop=True)
     if len(frame) == 0:
         raise WorkloadError(f"{record['op']}: no requests left ({_describe(record)})")
     frame["request_id"] = np.arange(len(frame), dtype=np.int64)
     meta = {**w.meta, **meta_updates, "transforms": [*w.meta.get("transforms", []), record]}
-    return Workload(frame, stamp(meta, frame))
+    return Workload(frame, stamp(meta, frame) if restamp else meta)
 
 
 def _describe(record: dict) -> str:

@@ -154,12 +154,24 @@ class Workload:
                    dict(meta or {}))
 
     def summary(self) -> dict:
+        """Count, span, mean rate (requests/s) and mean lengths. With sessions, whose turns all
+        carry the session's start time, the rate is the sessions' start rate times their mean
+        number of turns (the requests a stable server is offered per second; what a policy
+        planning with an arrival rate needs), and ``session_rate`` is the start rate."""
         f = self.frame
         span = float(f["arrival_s"].iloc[-1] - f["arrival_s"].iloc[0]) if len(f) > 1 else 0.0
+        rate = (len(f) - 1) / span if span > 0 else None
+        sessions = {}
+        if SESSION in f:
+            n = int(f[SESSION].nunique())
+            starts = (n - 1) / span if span > 0 and n > 1 else None
+            rate = starts * len(f) / n if starts else None
+            sessions = {"session_rate": starts}
         return {
             "requests": len(f),
             "span_s": span,
-            "mean_rate": (len(f) - 1) / span if span > 0 else None,
+            "mean_rate": rate,
+            **sessions,
             "mean_prompt_tokens": float(f["prompt_tokens"].mean()) if len(f) else None,
             "mean_output_tokens": float(f["output_tokens"].mean()) if len(f) else None,
         }

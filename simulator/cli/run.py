@@ -96,6 +96,15 @@ def _fmt(v, digits=1):
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _rate(w: dict) -> str:
+    """The workload's arrival rate; with sessions, the sessions started per second and the
+    requests that offers."""
+    if "session_rate" in w:
+        return (f"{_fmt(w['session_rate'], 2)} sessions/s ({_fmt(w.get('mean_rate'), 2)} "
+                f"req/s offered)")
+    return f"{_fmt(w.get('mean_rate'), 2)} req/s"
+
+
 def print_summary(s: dict, console: Console) -> None:
     pol = s.get("policy", {})
     w = s.get("workload", {})
@@ -103,8 +112,8 @@ def print_summary(s: dict, console: Console) -> None:
                   f"({s.get('cost', {}).get('cost_model')} cost"
                   f"{', vLLM ' + s['vllm']['version'] + ' scheduler' if 'vllm' in s else ''}), KV capacity "
                   f"{s.get('kv_capacity_tokens', 0):,} tokens; workload: {w.get('requests')} "
-                  f"requests, {w.get('arrival', w.get('source', ''))} @ "
-                  f"{_fmt(w.get('mean_rate'), 2)} req/s, {w.get('lengths', '')}")
+                  f"requests, {w.get('arrival', w.get('source', ''))} @ {_rate(w)}, "
+                  f"{w.get('lengths', '')}")
     for t in w.get("transforms", []):
         console.print(f"  {t['op']}: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in t.items()
                                                   if k != "op"))

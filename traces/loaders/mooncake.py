@@ -12,14 +12,17 @@ does not see ten simultaneous arrivals every 3 s (``traces.transforms.jitter``).
 from __future__ import annotations
 
 from traces.loaders.base import Parsed, TraceFormat, jitter_option
-from traces.loaders.table import RawTable, int_lists, seconds, tokens
+from traces.loaders.table import RawTable, block_lists_fit, int_lists, seconds, tokens
+from traces.workload import MOONCAKE_BLOCK_TOKENS
 
 
 def parse(table: RawTable, options: dict, seed: int) -> Parsed:
     parsed = Parsed(seconds(table, "timestamp", per_second=1000.0),
                     tokens(table, "input_length"), tokens(table, "output_length"))
     if "hash_ids" in table.frame.columns:
-        parsed.extra["hash_ids"] = int_lists(table, "hash_ids")
+        ids = int_lists(table, "hash_ids")
+        block_lists_fit(table, "hash_ids", ids, parsed.prompt, MOONCAKE_BLOCK_TOKENS)
+        parsed.extra["hash_ids"] = ids
     return parsed
 
 

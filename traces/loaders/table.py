@@ -432,11 +432,28 @@ def int_lists(table: RawTable, column: str) -> np.ndarray:
                 out[i] = cell
             return out
     for i, cell in enumerate(cells):      # name the first bad cell
-        if not (isinstance(cell, list) and all(
-                type(x) is int and -2 ** 63 <= x < 2 ** 63 for x in cell)):
+        if not (isinstance(cell, list) and all(type(x) is int for x in cell)):
             _bad(table, i, column, "missing value" if cell is None else
                  f"expected a list of integers (block hashes), got {show(series.iloc[i])}")
+        wide = next((x for x in cell if not -2 ** 63 <= x < 2 ** 63), None)
+        if wide is not None:
+            _bad(table, i, column, f"block hash {show(wide)} is outside the signed 64-bit range "
+                                   f"[-2^63, 2^63)")
     raise AssertionError("unreachable: a bad cell was found above")
+
+
+def block_lists_fit(table: RawTable, column: str, lists: np.ndarray, prompt: np.ndarray,
+                    block_tokens: int) -> None:
+    """Refuse a row whose list names more blocks than its prompt has (a hash per
+    ``block_tokens`` tokens, the last block partial): the extra ones would be dropped unread.
+    Fewer are allowed: the prompt's tail is then its own."""
+    counts = np.fromiter(map(len, lists), np.int64, len(lists))
+    over = np.flatnonzero(counts > -(-prompt // block_tokens))
+    if len(over):
+        i = int(over[0])
+        _bad(table, i, column, f"{counts[i]} block hashes for a prompt of {prompt[i]} tokens: "
+                               f"at most {-(-prompt[i] // block_tokens)}, one per {block_tokens} "
+                               f"tokens")
 
 
 # Time-zone suffix of an ISO 8601 date-time: Z, +HH, +HHMM or +HH:MM after the time of day;
