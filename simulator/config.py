@@ -402,11 +402,20 @@ class RunConfig:
             raise ConfigError("preemption restart needs engine native (vLLM always recomputes)")
         if self.num_requests is not None and self.duration is not None:
             raise ConfigError("give num_requests or duration, not both")
-        if (self.system_prompt_len or self.session_turns > 1) and self.trace:
-            raise ConfigError("system_prompt_len and session_turns describe synthetic workloads; "
-                              "a trace carries its own sharing (hash_ids)")
+        synthetic_only = [name for name, given in (("system_prompt_len", self.system_prompt_len),
+                                                   ("session_turns", self.session_turns > 1))
+                          if given]
+        if self.trace and synthetic_only:
+            raise ConfigError(f"{synthetic_only[0]} shapes synthetic workloads, not a trace "
+                              f"replay (a trace's requests carry their own prefix identity, if "
+                              f"any: hash_ids or prompt text)")
         if self.session_turns > 1 and self.duration is not None:
             raise ConfigError("session_turns needs num_requests (sessions of turns), not duration")
+        if self.session_turns > 1 and self.num_requests is not None and \
+                self.num_requests < self.session_turns:
+            raise ConfigError(f"session_turns {self.session_turns} needs num_requests >= "
+                              f"{self.session_turns} (one session's turns), got "
+                              f"{self.num_requests}")
         if self.session_turns > 1 and (self.prompt_range or self.output_range):
             raise ConfigError("prompt_range and output_range keep single requests; with "
                               "session_turns they would drop turns from inside a session: "
@@ -636,6 +645,22 @@ class RunConfig:
                 check_number(value, f"policy {self.policy}: parameter {name}")
             typed[name] = list(value) if isinstance(value, tuple) else value
         self.policy_params = typed
+
+    def unused_workload_settings(self) -> list[str]:
+        """Workload settings this config gives that shape nothing (said as warnings, not
+        refused: a sweep may vary one without the other)."""
+        out = []
+        if self.think_time and self.session_turns == 1:
+            out.append(f"think_time {self.think_time:g} s is unused: it spaces the turns of "
+                       f"sessions (session_turns > 1)")
+        if self.system_prompt_share != 1.0 and not self.system_prompt_len:
+            out.append(f"system_prompt_share {self.system_prompt_share:g} is unused without "
+                       f"system_prompt_len")
+        n, k = self.requests_or_default, self.session_turns
+        if k > 1 and n is not None and n % k:
+            out.append(f"num_requests {n:,} makes {n // k:,} sessions of {k} turns: "
+                       f"{n // k * k:,} requests")
+        return out
 
     @property
     def requests_or_default(self) -> int | None:

@@ -273,5 +273,25 @@ def test_system_prompt_hit_rate_equals_its_closed_form():
 
 
 def test_sessions_on_a_trace_are_refused_in_one_line():
-    with pytest.raises(ConfigError, match="session_turns"):
+    with pytest.raises(ConfigError, match="^session_turns shapes synthetic workloads"):
         RunConfig(trace="x.jsonl", session_turns=3).validate()
+    with pytest.raises(ConfigError, match="^system_prompt_len shapes synthetic workloads"):
+        RunConfig(trace="x.jsonl", system_prompt_len=100).validate()
+    with pytest.raises(ConfigError, match=r"^session_turns 4 needs num_requests >= 4 \(one "
+                                          r"session's turns\), got 3$"):
+        RunConfig(session_turns=4, num_requests=3).validate()
+
+
+@pytest.mark.parametrize("fields,warning", [
+    (dict(think_time=5.0), "think_time 5 s is unused: it spaces the turns of sessions"),
+    (dict(system_prompt_share=0.5), "system_prompt_share 0.5 is unused without"),
+    (dict(session_turns=4, num_requests=10), "num_requests 10 makes 2 sessions of 4 turns: 8 "
+                                             "requests"),
+])
+def test_workload_settings_that_shape_nothing_are_warned_of(fields, warning):
+    """Said in the summary's workload warnings (the CLI prints them), not silently dropped."""
+    cfg = RunConfig(**{"num_requests": 12, **fields}).validate()
+    warnings = simulate_run(cfg).summary["workload"]["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith(warning)
+    assert "warnings" not in simulate_run(RunConfig(num_requests=12).validate()).summary[
+        "workload"]

@@ -159,13 +159,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke test)")
     ap.add_argument("--trace", type=Path, default=MOONCAKE, help="the Mooncake trace")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help=f"folder for parity_vllm.csv and .md (default: {RESULTS}, "
+                         f"the committed results)")
     ap.add_argument("--only", action="append", help="run only this case (repeatable)")
     args = ap.parse_args(argv)
     rows = [compare(name, fields) for name, fields in cases(args.trace, args.quick).items()
             if not args.only or name in args.only]
     frame = pd.DataFrame(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(RESULTS / "parity_vllm.csv", index=False)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "parity_vllm.csv", index=False)
     counts = ["case", "requests", "equal", "same_step_hit", "same_step_eviction",
               "after_divergence", "unexplained", "cached_equal", "hits_gained_in_step",
               "hits_lost_in_step", "first_divergence_s"]
@@ -180,7 +184,7 @@ def main(argv=None) -> int:
             + "\n\n## Latency\n\n" + markdown(frame[latency])
             + "\n\n## Cost of the runs (seconds; a shared 2-core machine)\n\n"
             + markdown(frame[cost]) + "\n")
-    (RESULTS / "parity_vllm.md").write_text(text)
+    (out / "parity_vllm.md").write_text(text)
     print(text)
     return 1 if frame["unexplained"].any() else 0
 

@@ -90,28 +90,32 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke test)")
     ap.add_argument("--trace", type=Path, default=MOONCAKE, help="the Mooncake trace")
+    ap.add_argument("--out", type=Path, default=RESULTS,
+                    help=f"folder for the tables, figures and results.md (default: {RESULTS}, "
+                         f"the committed results)")
     args = ap.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     parts = []
     if args.trace.is_file():
         m = mooncake(args.trace, args.quick)
-        m.to_csv(RESULTS / "mooncake.csv", index=False)
+        m.to_csv(out / "mooncake.csv", index=False)
         title = f"Mooncake conversation trace, {MOONCAKE_RATE} req/s" + \
             (" (first 1,200 requests)" if args.quick else "")
-        save(mooncake_figure(m, title), RESULTS / "mooncake.png")
+        save(mooncake_figure(m, title), out / "mooncake.png")
         parts.append((title, m, "mooncake.png"))
     else:
         print(f"skipping mooncake: {args.trace} not found", file=sys.stderr)
     s = sessions(args.quick)
-    s.to_csv(RESULTS / "sessions.csv", index=False)
+    s.to_csv(out / "sessions.csv", index=False)
     title = "Multi-turn sessions, closed loop, think time 2 s"
-    save(sessions_figure(s, title), RESULTS / "sessions.png")
+    save(sessions_figure(s, title), out / "sessions.png")
     parts.append((title, s, "sessions.png"))
     text = "# Prefix caching results\n\nWritten by `python -m experiments.prefix.run" + \
         (" --quick" if args.quick else "") + "`.\n"
     for title, frame, figure in parts:
         text += f"\n## {title}\n\n" + markdown(frame) + f"\n\n![{title}]({figure})\n"
-    (RESULTS / "results.md").write_text(text)
+    (out / "results.md").write_text(text)
     print(text)
     return 0
 
