@@ -337,7 +337,8 @@ class RunConfig:
         0, "Tokens of a shared system prompt ahead of each prompt that carries it (0: none; "
         "synthetic workloads).", group="workload", low=0, high=MAX_TOKENS)
     system_prompt_share: float = run_field(
-        1.0, "Fraction of requests that carry the system prompt (seeded).", group="workload",
+        1.0, "Fraction of requests (with sessions: of sessions) that carry the system prompt "
+        "(seeded).", group="workload",
         low=0, high=1)
     session_turns: int = run_field(
         1, "Turns per multi-turn session: turn k's prompt is the previous prompt + answer + a "
@@ -411,11 +412,11 @@ class RunConfig:
                               f"any: hash_ids or prompt text)")
         if self.session_turns > 1 and self.duration is not None:
             raise ConfigError("session_turns needs num_requests (sessions of turns), not duration")
-        if self.session_turns > 1 and self.num_requests is not None and \
-                self.num_requests < self.session_turns:
+        if self.session_turns > 1 and self.duration is None and \
+                self.requests_or_default < self.session_turns:
             raise ConfigError(f"session_turns {self.session_turns} needs num_requests >= "
                               f"{self.session_turns} (one session's turns), got "
-                              f"{self.num_requests}")
+                              f"{self.requests_or_default}")
         if self.session_turns > 1 and (self.prompt_range or self.output_range):
             raise ConfigError("prompt_range and output_range keep single requests; with "
                               "session_turns they would drop turns from inside a session: "

@@ -364,8 +364,10 @@ def laid_out(requests: Iterable[Request], block_sizes: Iterable[int]
     once (the requests' prefixes), none of them garbage, would otherwise be walked by the next
     young collection and again by the one after, cold in memory each time. Moved so they wait
     for a full collection, rare, and are freed as usual when their last reference goes. (Not
-    where the process keeps objects frozen itself: unfreezing would end its freeze.)"""
+    where the process keeps objects frozen itself: unfreezing would end its freeze.) The young
+    generations are collected first, so that no garbage of the process's is moved with them."""
     enabled = gc.isenabled()
+    gc.collect(1)
     gc.disable()
     try:
         listed = list(requests)

@@ -97,9 +97,9 @@ def build_workload(cfg: RunConfig) -> Workload:
         if cfg.system_prompt_len:
             workload = system_prompt(workload, cfg.system_prompt_len, cfg.system_prompt_share,
                                      cfg.seed)
-        unused = cfg.unused_workload_settings()
-        if unused:
-            workload.meta["warnings"] = [*workload.meta.get("warnings", []), *unused]
+    unused = cfg.unused_workload_settings()
+    if unused:
+        workload.meta["warnings"] = [*workload.meta.get("warnings", []), *unused]
     if cfg.truncate:
         workload = truncate(workload, cfg.max_model_len or model_spec(cfg.model).max_model_len)
     return workload

@@ -289,6 +289,8 @@ def free_port() -> int:
     (["--max-concurrency", "0"], "--max-concurrency must be a whole number >= 1, got 0"),
     (["--max-concurrency", "-2"], "--max-concurrency must be a whole number >= 1, got -2"),
     (["--out", ""], "out may not be empty"),
+    (["--session-turns", "2"], "session_turns: servesim bench sends every request at its "
+                               "arrival time and does not replay closed-loop sessions"),
 ])
 def test_bench_rejects_bad_options_in_one_line_before_anything(capsys, tmp_path, flags,
                                                                  message):

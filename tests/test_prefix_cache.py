@@ -210,7 +210,10 @@ def test_a_system_prompt_on_part_of_the_sessions_is_on_all_their_turns():
     table = workload.frame.set_index("request_id")
     carried = table.groupby("session_id")["system_prompt_tokens"]
     assert (carried.nunique() == 1).all()                        # whole sessions
-    assert 5 < (carried.first() == 256).sum() < 35
+    sessions = int((carried.first() == 256).sum())
+    assert 5 < sessions < 35
+    record = workload.meta["transforms"][-1]
+    assert (record["sessions_carried"], record["carried"]) == (sessions, 4 * sessions)
     runs = dict(zip(table.index, workload.requests()))
     result = simulate_run(cfg, workload)
     frame = result.requests.set_index("request_id")
@@ -280,6 +283,8 @@ def test_sessions_on_a_trace_are_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^session_turns 4 needs num_requests >= 4 \(one "
                                           r"session's turns\), got 3$"):
         RunConfig(session_turns=4, num_requests=3).validate()
+    with pytest.raises(ConfigError, match=r"needs num_requests >= 2000 .*got 1000$"):
+        RunConfig(session_turns=2000).validate()          # against the default count
 
 
 @pytest.mark.parametrize("fields,warning", [
@@ -289,9 +294,14 @@ def test_sessions_on_a_trace_are_refused_in_one_line():
                                              "requests"),
 ])
 def test_workload_settings_that_shape_nothing_are_warned_of(fields, warning):
-    """Said in the summary's workload warnings (the CLI prints them), not silently dropped."""
+    """Said in the summary's workload warnings (the CLI prints them), not silently dropped; on
+    a trace replay too."""
     cfg = RunConfig(**{"num_requests": 12, **fields}).validate()
     warnings = simulate_run(cfg).summary["workload"]["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith(warning)
+    if "session_turns" not in fields:
+        replay = RunConfig(trace=str(require_shared("traces/conversation_trace.jsonl")),
+                           num_requests=12, model="llama-3.1-8b", **fields).validate()
+        assert build_workload(replay).meta["warnings"][-1].startswith(warning)
     assert "warnings" not in simulate_run(RunConfig(num_requests=12).validate()).summary[
         "workload"]

@@ -218,6 +218,16 @@ def test_zero_token_requests_dropped_with_warning_or_rejected_when_strict(tmp_pa
         read_trace(f, strict=True)
 
 
+def test_a_zero_token_request_with_hash_ids_is_dropped_not_refused(tmp_path):
+    """The block-count check leaves a prompt of 0 tokens to the common drop (and its warning)."""
+    f = tmp_path / "z.jsonl"
+    f.write_text('{"timestamp": 0, "input_length": 1024, "output_length": 2, "hash_ids": [1, 2]}\n'
+                 '{"timestamp": 1, "input_length": 0, "output_length": 2, "hash_ids": [3]}\n'
+                 '{"timestamp": 2, "input_length": 600, "output_length": 2, "hash_ids": [1, 4]}\n')
+    w = read_trace(f)
+    assert len(w) == 2 and w.meta["dropped"] == {"zero_tokens": 1}
+
+
 def test_unknown_format_and_options(tmp_path):
     f = azure(tmp_path, AZURE_HEADER + ROW1)
     with pytest.raises(WorkloadError, match=r"unknown trace format 'azur'; known: azure, "):

@@ -32,17 +32,18 @@ def system_prompt(w: Workload, tokens: int, share: float, seed: int) -> Workload
     if not 0 <= share <= 1:
         raise WorkloadError(f"system prompt share must be in [0, 1], got {share!r}")
     frame = w.frame.copy()
+    record = {"op": "system_prompt", "tokens": int(tokens), "share": float(share)}
     if SESSION in frame:
         session = frame[SESSION].to_numpy()
-        carries = (stream_rng(seed, "system_prompt").random(int(session.max()) + 1)
-                   < share)[session]
+        picked = stream_rng(seed, "system_prompt").random(int(session.max()) + 1) < share
+        carries = picked[session]
+        record["sessions_carried"] = int(picked[np.unique(session)].sum())
     else:
         carries = stream_rng(seed, "system_prompt").random(len(w)) < share
     frame[SYSTEM_PROMPT_TOKENS] = np.where(carries, int(tokens), 0).astype(np.int64)
     frame["prompt_tokens"] = frame["prompt_tokens"] + frame[SYSTEM_PROMPT_TOKENS]
-    return _derive(w, frame, {"op": "system_prompt", "tokens": int(tokens),
-                              "share": float(share), "carried": int(carries.sum()),
-                              "seed": int(seed)}, restamp=False)
+    record.update(carried=int(carries.sum()), seed=int(seed))   # carried: requests
+    return _derive(w, frame, record, restamp=False)
 
 
 def synthesize_sessions(arrival: ArrivalProcess, lengths: LengthDistribution, seed: int,

@@ -63,10 +63,18 @@ def run_bench(cfg, bopts, out: str, replace: bool = False) -> dict:
     from simulator.run_folder import clear, prepare
     from simulator.runner import build_workload
     from simulator.vllm.bench import RECORDS, Replayer, check_server, read_records, write_outputs
+    if cfg.session_turns > 1:
+        # The client sends each request at its arrival time; a session's later turn would have
+        # to wait for the previous answer and a think time (closed loop), which it does not.
+        raise ConfigError("session_turns: servesim bench sends every request at its arrival "
+                          "time and does not replay closed-loop sessions; simulate them with "
+                          "servesim run (--engine vllm runs vLLM's scheduler in the loop)")
     workload = build_workload(cfg)
     requests = list(workload.requests())
     if not requests:
         raise ConfigError("the workload has no requests to send")
+    for message in workload.meta.get("warnings", []):
+        click.echo(f"servesim: warning: {message}", err=True)
     folder, previous = prepare(out, replace)
     import asyncio   # here, not at import: every command's start-up would pay for it
     bopts.stream_token_ids = asyncio.run(check_server(bopts))

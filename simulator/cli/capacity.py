@@ -116,9 +116,11 @@ def capacity(**opts):
     if opts["as_json"]:
         click.echo(json.dumps(record, indent=2, default=str))
         return
-    click.echo(result_line(result))
+    # With sessions the rate starts sessions (each brings session_turns requests).
+    unit = "sessions/s" if cfg.session_turns > 1 else "req/s"
+    click.echo(result_line(result, unit))
     if not opts["quiet"]:
-        print_bracket(result, stdout_console())
+        print_bracket(result, stdout_console(), unit)
 
 
 def write_record(out: str, replace: bool, record: dict, **info) -> None:
@@ -137,20 +139,21 @@ def replicas_line(r: ReplicaCountResult) -> str:
     return f"{what}: {r.replicas} (passes at {r.replicas}{below})"
 
 
-def result_line(r: CapacityResult) -> str:
+def result_line(r: CapacityResult, unit: str = "req/s") -> str:
+    """``unit``: what the searched rate counts (with sessions, sessions started per second)."""
     what = ("SLO capacity" if r.criterion == "slo" else "lambda* (largest stable rate)")
     if r.capacity is None:
-        return f"{what}: below {r.high.rate:.4g} req/s (the lowest rate probed fails)"
+        return f"{what}: below {r.high.rate:.4g} {unit} (the lowest rate probed fails)"
     if r.high is None:
-        return f"{what}: at least {r.capacity:.4g} req/s (the highest rate probed passes)"
-    return (f"{what}: {r.capacity:.4g} req/s (passes at {r.low.rate:.4g}, fails at "
+        return f"{what}: at least {r.capacity:.4g} {unit} (the highest rate probed passes)"
+    return (f"{what}: {r.capacity:.4g} {unit} (passes at {r.low.rate:.4g}, fails at "
             f"{r.high.rate:.4g}; tolerance {r.tol:g})")
 
 
-def print_bracket(r: CapacityResult, console: Console) -> None:
+def print_bracket(r: CapacityResult, console: Console, unit: str = "req/s") -> None:
     """The bracketing runs, one row per seed."""
     from rich.table import Table
-    t = Table(title="bracketing runs (rates in req/s, latencies in ms)", title_justify="left")
+    t = Table(title=f"bracketing runs (rates in {unit}, latencies in ms)", title_justify="left")
     for col in ("rate", "result", "seed", "attain", "growth", "TTFT", "p99 TTFT", "E2E",
                 "p99 E2E", "thru"):
         t.add_column(col, justify="right")

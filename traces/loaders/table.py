@@ -448,7 +448,8 @@ def block_lists_fit(table: RawTable, column: str, lists: np.ndarray, prompt: np.
     ``block_tokens`` tokens, the last block partial): the extra ones would be dropped unread.
     Fewer are allowed: the prompt's tail is then its own."""
     counts = np.fromiter(map(len, lists), np.int64, len(lists))
-    over = np.flatnonzero(counts > -(-prompt // block_tokens))
+    # (A row of no prompt tokens is the loaders' to drop, with its warning: not checked.)
+    over = np.flatnonzero((counts > -(-prompt // block_tokens)) & (prompt > 0))
     if len(over):
         i = int(over[0])
         _bad(table, i, column, f"{counts[i]} block hashes for a prompt of {prompt[i]} tokens: "
