@@ -190,3 +190,20 @@ def test_sweep_points_carry_the_fluid_bound():
     assert out.status == "ok"
     # Thr* = sum_j lambda_j o_j output tokens per second.
     assert out.summary["fluid"]["throughput_bound"] == pytest.approx(12 * 20)
+
+
+def test_a_session_sweeps_rate_axis_is_labelled_in_sessions(tmp_path, monkeypatch):
+    """With sessions the swept rate starts sessions (each brings session_turns requests)."""
+    import simulator.report.figures as figures
+    spec = tmp_path / "spec.yaml"
+    spec.write_text('name: sessions\nbase: {num_requests: 40, session_turns: 2, think_time: 0.5, '
+                    'prompt_len: "32:64", output_len: "8:16"}\naxes:\n  rate: [1, 2]\n')
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "res"), "-j", "1", "-q"]) == 0
+    labels = []
+    original = figures.latency_vs_rate
+    monkeypatch.setattr(figures, "latency_vs_rate",
+                        lambda agg, x, label: labels.append(label) or original(agg, x, label))
+    assert main(["report", str(tmp_path / "res")]) == 0
+    assert labels == ["session start rate (sessions/s)"]
+    table = pd.read_parquet(tmp_path / "res" / "results.parquet")
+    assert (table["offered_rate"] == 2 * table["workload.session_rate"]).all()

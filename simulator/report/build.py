@@ -157,7 +157,9 @@ def sweep_report(results_dir: Path, out: str | Path | None = None,
     metrics = [m for m in METRICS if m in ok.columns] + ([bound] if bound else [])
     agg = aggregate(ok, x, metrics)
     agg.attrs["series_title"] = ", ".join(series_cols) or None
-    x_label = {"rate": "arrival rate (req/s)",
+    # With sessions, the rate starts sessions (offered_rate stays requests: rate x turns).
+    sessions = "workload.session_rate" in ok and ok["workload.session_rate"].notna().all()
+    x_label = {"rate": "session start rate (sessions/s)" if sessions else "arrival rate (req/s)",
                "offered_rate": "offered arrival rate (req/s)"}.get(x, x)
     paths = [figures.save(figures.latency_vs_rate(agg, x, x_label), fig_dir / "latency_vs_rate.png"),
              figures.save(figures.throughput_vs_rate(agg, x, x_label, bound),
