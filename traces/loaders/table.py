@@ -448,13 +448,13 @@ def block_lists_fit(table: RawTable, column: str, lists: np.ndarray, prompt: np.
     ``block_tokens`` tokens, the last block partial): the extra ones would be dropped unread.
     Fewer are allowed: the prompt's tail is then its own."""
     counts = np.fromiter(map(len, lists), np.int64, len(lists))
+    most = -(-prompt // block_tokens)
     # (A row of no prompt tokens is the loaders' to drop, with its warning: not checked.)
-    over = np.flatnonzero((counts > -(-prompt // block_tokens)) & (prompt > 0))
+    over = np.flatnonzero((counts > most) & (prompt > 0))
     if len(over):
         i = int(over[0])
         _bad(table, i, column, f"{counts[i]} block hashes for a prompt of {prompt[i]} tokens: "
-                               f"at most {-(-prompt[i] // block_tokens)}, one per {block_tokens} "
-                               f"tokens")
+                               f"at most {most[i]}, one per {block_tokens} tokens")
 
 
 # Time-zone suffix of an ISO 8601 date-time: Z, +HH, +HHMM or +HH:MM after the time of day;
