@@ -55,7 +55,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('poisson-tight-kv', 'mcsf', ''):
         ('0b10b74a36bcc57f', '3a884268923b3c33', '0f228a71bc83847c'),
     ('poisson-tight-kv', 'nested-wait', ''):
-        ('d814af83d7969e9d', 'de2e4ec0f95f15f3', '0379a95b944e5890'),
+        ('d814af83d7969e9d', 'de2e4ec0f95f15f3', '89d2210932ab756d'),
     ('poisson-tight-kv', 'orca', ''):
         ('30035dc9e29aea25', '4faa981fc4e8de59', '0fcf63f9f11d28d6'),
     ('poisson-tight-kv', 'sarathi', ''):
@@ -69,29 +69,29 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('poisson-tight-kv', 'vllm-v1', ''):
         ('df2f8b81cf48e323', 'f4a9df30224480af', '170df7b0214e75c7'),
     ('poisson-tight-kv', 'wait', ''):
-        ('b6f339895567a0a4', '1494f08d144b7578', '8273412016f4e06d'),
+        ('b6f339895567a0a4', '1494f08d144b7578', 'c3643de7feca0d18'),
     ('types-linear', 'mcsf', ''):
-        ('44ac1d7caef9bbef', 'eaca222bc9a6ff63', '8eab9e0282f8a7b9'),
+        ('5fc98a96d74fffec', 'eaca222bc9a6ff63', '890d4e973784a8d0'),
     ('types-linear', 'nested-wait', ''):
-        ('b8676bf940624ec1', 'c7c1a9de56d3178c', '504b752738becd98'),
+        ('0c208c6bc55094ff', 'c7c1a9de56d3178c', '67bcbd47712a7e1f'),
     ('types-linear', 'orca', ''):
-        ('00b0707fd09394de', '62ddfc0744ac83f6', '5ba0d3afbf5603f5'),
+        ('1af65226a4c93141', '62ddfc0744ac83f6', '7e91c03856b06b9c'),
     ('types-linear', 'sarathi', ''):
-        ('c5af0e95a0b87f0f', '0ac934ed2978a7a3', '49a61be8985123c3'),
+        ('4ad5ae86c621e7a4', '0ac934ed2978a7a3', 'cde7b11506587205'),
     ('types-linear', 'sjf', ''):
-        ('85524f9eaf881fee', '4c9821ab5ca30d39', '3eba8a6d7fdc73d6'),
+        ('aeca0edb079f7bf2', '4c9821ab5ca30d39', 'ef7da96d8b706d7b'),
     ('types-linear', 'static', ''):
-        ('c6296979bbaec7a8', '7c13b40286252c58', '54d6ded49524111e'),
+        ('db8fcae2f16d1c23', '7c13b40286252c58', '944e3970efd77f06'),
     ('types-linear', 'vllm', ''):
-        ('68dadfc25a9e07a3', '4cadc58df03d0892', 'add6d8a55fa3d81a'),
+        ('627ed7a5ca74f9ad', '4cadc58df03d0892', 'afa6a637cc9a3726'),
     ('types-linear', 'vllm-v1', ''):
-        ('60b1a6927f4d4951', '4fd418a9a82c983a', 'cc74c266f86a75c7'),
+        ('ec1f2f4d8812ef9c', '4fd418a9a82c983a', 'ef9add750ec32efe'),
     ('types-linear', 'wait', ''):
-        ('960dd9c957191764', '92ad196f2b121d57', 'e79ec209aaaba79e'),
+        ('efa7c3f7470a417e', '92ad196f2b121d57', 'a0b68dd2d2130d92'),
     ('restart-gamma', 'mcsf', ''):
         ('5d1886a21f783bd9', 'c625c54dd984281d', 'be49f4703a7c0eab'),
     ('restart-gamma', 'nested-wait', ''):
-        ('98b83928a43b0ab7', '0932ac65806c0c60', 'e863857c1ec972e2'),
+        ('98b83928a43b0ab7', '0932ac65806c0c60', '3caa5b939d8a1074'),
     ('restart-gamma', 'orca', ''):
         ('84adc8213ba7fd7c', 'b54367b1df32099b', '776645dfd0b100e4'),
     ('restart-gamma', 'sarathi', ''):
@@ -105,23 +105,23 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str, str]] = {
     ('restart-gamma', 'vllm-v1', ''):
         ('f0877a2f74031766', '3782a8ca1b93c804', '01cb95165bc0a8e1'),
     ('restart-gamma', 'wait', ''):
-        ('ed13455882b339a4', '90c3ed6e2335608b', '4c6b45a75903076c'),
+        ('ed13455882b339a4', '90c3ed6e2335608b', '7b6f5cd389270455'),
     ('poisson-tight-kv', 'wait', 'chunk_size=256'):
-        ('85f03d6dc648825e', 'de873ff904f8ec39', '9425a47bd04d49e5'),
+        ('85f03d6dc648825e', 'de873ff904f8ec39', '3462d62aab04cee2'),
     ('poisson-tight-kv', 'nested-wait', 'segments=3'):
-        ('883244e2017b37c0', '4b92532db5ea7bf1', '6202be0ec3156cdf'),
+        ('883244e2017b37c0', '4b92532db5ea7bf1', '9b8aac84325fc342'),
     ('poisson-tight-kv', 'vllm-v1', 'max_num_batched_tokens=512'):
         ('b4b321f386e83cbe', '9852a6ef3e59d6ed', 'daaf2057d16ddb9c'),
     ('types-linear', 'wait', 'chunk_size=256'):
-        ('57a56880f1482f11', '208e74118fca9786', '3b2efeae0dbce9bb'),
+        ('1ed1b551e7487ebc', '208e74118fca9786', '5f33794922e4c30c'),
     ('types-linear', 'nested-wait', 'segments=3'):
-        ('9db5b543c61faf33', '8fec5a1279b7f343', '98db3632fbe0b0b9'),
+        ('3b92fa0142e71d61', '8fec5a1279b7f343', '012d68438b30fcf3'),
     ('types-linear', 'vllm-v1', 'max_num_batched_tokens=512'):
-        ('2681297ec0eaa6fa', 'adcdedb38e9ba20c', '0358eba2dc135a4e'),
+        ('8a57fc9e3f138d89', 'adcdedb38e9ba20c', 'ecfb46e23185da99'),
     ('restart-gamma', 'wait', 'chunk_size=256'):
-        ('ed13455882b339a4', '90c3ed6e2335608b', 'd8f0ecd788d4d536'),
+        ('ed13455882b339a4', '90c3ed6e2335608b', 'ea3450fc909b2e36'),
     ('restart-gamma', 'nested-wait', 'segments=3'):
-        ('d9f12754973afb9c', 'cbfceaf907412ac7', 'b607c8001ff575d5'),
+        ('d9f12754973afb9c', 'cbfceaf907412ac7', 'f7bca72f4ac8443d'),
     ('restart-gamma', 'vllm-v1', 'max_num_batched_tokens=512'):
         ('9ce5b412a3e79462', '582130000e4e715e', '85b35330410d70e5'),
 }

@@ -164,11 +164,17 @@ def fit_linear(model: CostModel, batches: list[BatchShape] | None = None,
         active.pop(int(np.argmin(coef_a)))   # drop the most negative term and refit
     coef = np.zeros(len(cols))
     coef[active] = np.maximum(coef_a, 0.0)
+    # The solution's last bits depend on the BLAS kernels this CPU gets (OpenBLAS picks them
+    # per CPU model): rounded to 12 significant digits, far below the fit's own error, the
+    # coefficients, and so every iteration a run prices with them, are the same on every
+    # machine (but where a coefficient falls within 1e-16 of a rounding boundary). The
+    # residuals are summed without BLAS, exactly (math.fsum), for the same reason.
+    coef = np.array([float(f"{c:.12g}") for c in coef.tolist()])
     values = dict(zip(terms, coef.tolist()))
     cost = LinearCost(**values)
-    pred = X @ coef
-    return LinearFit(cost, float(np.sqrt(np.mean((pred - y) ** 2))),
-                     float(np.max(np.abs(pred - y) / y)), len(batches))
+    err = ((X * coef).sum(axis=1) - y).tolist()
+    return LinearFit(cost, math.sqrt(math.fsum(e * e for e in err) / len(err)),
+                     max(abs(e) / t for e, t in zip(err, y.tolist())), len(batches))
 
 
 def fit_cost(cost_model: CostModel, types: Sequence[TypeRates] | None = None,
