@@ -97,12 +97,22 @@ def build_workload(cfg: RunConfig) -> Workload:
         if cfg.system_prompt_len:
             workload = system_prompt(workload, cfg.system_prompt_len, cfg.system_prompt_share,
                                      cfg.seed)
-    unused = cfg.unused_workload_settings()
+    unused = cfg.unused_workload_settings() + _router_warnings(cfg, workload)
     if unused:
         workload.meta["warnings"] = [*workload.meta.get("warnings", []), *unused]
     if cfg.truncate:
         workload = truncate(workload, cfg.max_model_len or model_spec(cfg.model).max_model_len)
     return workload
+
+
+def _router_warnings(cfg: RunConfig, workload: Workload) -> list[str]:
+    """prefix-affinity routes by what the replicas' prefix caches hold: with the cache off on
+    every replica it routes by load alone. Said, not refused: a sweep may vary the cache."""
+    if cfg.router != "prefix-affinity" or not cfg.clustered or any(
+            prefix_caching_on(group.prefix_caching, workload) for _, group in cfg.group_configs()):
+        return []
+    return ["router prefix-affinity routes by load only: prefix caching is off on every replica "
+            "(--prefix-caching turns it on)"]
 
 
 def build_replica(cfg: RunConfig, workload: Workload | None = None) -> ReplicaSpec:
@@ -161,6 +171,10 @@ def workload_hint(workload: Workload, types: tuple[RequestType, ...] | None = No
 def simulate(cfg: RunConfig, workload: Workload | None = None,
              progress: Callable[[int, int], None] | None = None) -> RunResult:
     workload = workload if workload is not None else build_workload(cfg)
+    if cfg.prefix_caching is None:
+        # The run's config.json says whether the cache was on, not "as the workload decides":
+        # the same run again, whatever the default becomes.
+        cfg = dataclasses.replace(cfg, prefix_caching=prefix_caching_on(None, workload))
     if cfg.disaggregated:
         return simulate_disaggregated(cfg, workload, progress)
     if cfg.clustered:

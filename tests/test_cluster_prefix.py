@@ -11,6 +11,8 @@ random clusters with caching, and determinism.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,6 +151,36 @@ def test_groups_may_cache_or_not():
     assert (req[req.replica == 1]["cached_prompt_tokens"] == 0).all()
     assert (tl[tl.replica == 1]["cached_blocks"] == 0).all()
     assert result.summary["prefix_cache_hits"] == per[0]["prefix_cache_hits"] > 0
+
+
+def test_prefix_affinity_without_any_cache_is_warned_of():
+    """With the cache off on every replica it can only route by load: said in the workload's
+    warnings (the CLI prints them); not with one group caching, nor with another router."""
+    said = "router prefix-affinity routes by load only: prefix caching is off on every replica"
+
+    def warnings(**fields):
+        cfg = build_config({"replicas": 2, "num_requests": 20, "router": "prefix-affinity",
+                            **fields})
+        return build_workload(cfg).meta.get("warnings", [])
+    assert any(w.startswith(said) for w in warnings())                    # nothing shared
+    assert any(w.startswith(said) for w in warnings(prefix_caching=False, **SESSIONS))
+    assert not any(w.startswith(said) for w in warnings(**SESSIONS))      # on by default
+    assert not any(w.startswith(said) for w in warnings(router="round-robin"))
+    assert not any(w.startswith(said) for w in warnings(
+        replicas=1, groups=[{"count": 1}, {"count": 1, "prefix_caching": False}],
+        prefix_caching=True))
+
+
+def test_config_json_records_whether_the_cache_was_on(tmp_path):
+    """Unset, ``prefix_caching`` follows the workload; the run's config says what it was."""
+    from simulator.runner import write_outputs
+    for fields, on in (({}, False), (SESSIONS, True), ({**SESSIONS, "prefix_caching": False},
+                                                       False)):
+        result = simulate(build_config({"num_requests": 8, **fields}))
+        assert result.config.prefix_caching is on
+        write_outputs(result, tmp_path / str(on), replace=True)
+        assert json.loads((tmp_path / str(on) / "config.json").read_text())[
+            "prefix_caching"] is on
 
 
 # ---------------------------------------------------------------------------------------------
