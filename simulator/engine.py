@@ -361,12 +361,17 @@ class Engine(ReplicaLoop):
         # Lazy hits: the waiting requests by each segment of their chains (as far as they are
         # generated when they begin to wait: at least as far as their hits can reach).
         self._waiting_in: dict[int, set[int]] = {}
+        self._unindexed: set[int] = set()       # waiting, not in _waiting_in yet
         self._deferred = 0      # blocks full and cached, not yet registered (deferred)
         # The resident requests whose filling blocks are registered as they fill (not
         # deferring): a stretch with none of them plans no registration.
         self._undeferred: set[int] = set()
         self.cached_prompt_tokens: dict[int, int] = {}
         self.cached_blocks: list[int] = []
+        # By a decoding request's computed tokens mod the block size: whether its new token
+        # starts a block or fills one (``_start_iteration``).
+        self._block_edges = tuple(r == 0 or r == spec.block_size - 1
+                                  for r in range(spec.block_size))
 
     def _start(self) -> None:
         self.policy.bind(self.spec)
@@ -415,18 +420,31 @@ class Engine(ReplicaLoop):
         self._waiting[rid] = st
         self._unlooked.add(rid)
         if self._lazy_hits:
-            b = self.request_blocks[rid]
-            b.upto((st.prompt_tokens + st.generated - 1) // self.spec.block_size)
-            # (No more are generated while it waits.) A private segment is no victim's.
-            _index(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
+            # (No more segments are generated while it waits.) Indexed in _waiting_in only when
+            # that is next read (_index_waiting): most requests are admitted before.
+            self.request_blocks[rid].upto(
+                (st.prompt_tokens + st.generated - 1) // self.spec.block_size)
+            self._unindexed.add(rid)
 
     def _unindex_waiting(self, st: RequestState) -> None:
         rid = st.request_id
         del self._waiting[rid]
         self._unlooked.discard(rid)
         if self._lazy_hits:
-            b = self.request_blocks[rid]
-            _unindex(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
+            if rid in self._unindexed:
+                self._unindexed.discard(rid)
+            else:
+                b = self.request_blocks[rid]
+                _unindex(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
+
+    def _index_waiting(self) -> None:
+        """The waiting requests not in ``_waiting_in`` yet go in, under each segment of their
+        chains (a private segment is no victim's)."""
+        blocks, index = self.request_blocks, self._waiting_in
+        for rid in self._unindexed:
+            b = blocks[rid]
+            _index(index, rid, b.sids[:-1] if b.private else b.sids)
+        self._unindexed.clear()
 
     def _leave_waiting(self, st: RequestState) -> None:
         """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
@@ -489,11 +507,10 @@ class Engine(ReplicaLoop):
         """Look waiting request ``st`` up (``_look_up_prefixes``): its hit, the part of it that
         live requests hold, and the segments to watch; whether what policies read changed."""
         pool, bs = self.pool, self.spec.block_size
-        hit, h0, h1 = pool.hit_blocks(b, (st.prompt_tokens + st.generated - 1) // bs)
-        if hit != b.hit:
+        hit, h0, h1, held, g0, g1 = pool.look_up(b, (st.prompt_tokens + st.generated - 1) // bs)
+        if hit != b.hit:            # (what the waiting want moves no cached or held block)
             pool.want(b, b.hit, hit)
             b.hit = hit
-        held, g0, g1 = pool.held_blocks(b, hit)
         b.watch = _watch(self._watchers, st.request_id, b.watch, (h0, h1, g0, g1))
         if st.cached != hit * bs or st.cached_shared_blocks != held:
             st.cached = hit * bs
@@ -525,6 +542,8 @@ class Engine(ReplicaLoop):
         if not registered:
             st.shared_blocks = 0
             return
+        if self._unindexed:
+            self._index_waiting()
         segs, index = self.pool.segments, self._waiting_in
         sids, starts, ends = b.sids, b.starts, b.ends
         due: set[int] = set()
@@ -572,7 +591,8 @@ class Engine(ReplicaLoop):
         rid = st.request_id
         self._unindex_waiting(st)
         if b.watch is not None:
-            b.watch = _watch(self._watchers, rid, b.watch, None)
+            _unindex(self._watchers, rid, b.watch)
+            b.watch = None
         pool.take_hit(b, hit)
         b.hit = 0
         b.registered = hit
@@ -666,7 +686,9 @@ class Engine(ReplicaLoop):
         while True:
             view.now = env.now
             if self._lazy_hits:
-                self._mark_due()
+                # (Every change to the pool's free blocks updates free_blocks as it is made.)
+                if self.pool.dirty:
+                    self._mark_due()
             elif self.pool is not None:
                 self._look_up_prefixes()
             view.free_blocks = self.free_blocks
@@ -812,7 +834,7 @@ class Engine(ReplicaLoop):
             # The same with the cache (which receives no request to decode: disaggregation runs
             # without it), also finding the blocks that fill: a loop of its own, so that the
             # uncached one, every run's hot path, makes no test for them.
-            last = bs - 1
+            edge = self._block_edges
             filled = []
             for st in d.decode:
                 if st._iteration == it:
@@ -822,12 +844,12 @@ class Engine(ReplicaLoop):
                 g = st.generated
                 if not g or st.prompt_tokens + g - ctx != 1 or st.status is not RESIDENT:
                     raise self._violation(st, "was scheduled to decode but is not decoding")
-                r = ctx % bs
-                if not r:              # the new token starts a new block
-                    new_blocks += 1
-                    st.kv_blocks += 1
-                if r == last:          # its block is full after it (with a block size of 1: both)
-                    filled.append(st)
+                if edge[ctx % bs]:     # (one test for the two rare cases: hot)
+                    if not ctx % bs:   # the new token starts a new block
+                        new_blocks += 1
+                        st.kv_blocks += 1
+                    if ctx % bs == bs - 1:   # its block is full after it (block size 1: both)
+                        filled.append(st)
                 dec_kv += ctx
         dec_kv += len(d.decode)
         free = pool.free_blocks if pool is not None else self.free_blocks
