@@ -305,3 +305,27 @@ def test_workload_settings_that_shape_nothing_are_warned_of(fields, warning):
         assert build_workload(replay).meta["warnings"][-1].startswith(warning)
     assert "warnings" not in simulate_run(RunConfig(num_requests=12).validate()).summary[
         "workload"]
+
+
+@pytest.mark.parametrize("fields", [
+    dict(trace="mooncake", num_requests=400, target_rate=3.0, model="llama-3.1-8b",
+         gpu="h100-80gb", kv_capacity=400_000),
+    dict(session_turns=12, num_requests=240, rate=2.0, think_time=1.0, system_prompt_len=300,
+         system_prompt_share=0.5, prompt_len="16:300", output_len="8:200", kv_capacity=60_000),
+])
+@pytest.mark.parametrize("policy", ["vllm-v1", "sarathi"])
+def test_look_ups_walked_or_bisected_give_one_run(monkeypatch, fields, policy):
+    """``BlockPool.look_up`` walks a chain of at most ``_WALKED_SEGMENTS`` segments and
+    bisects a longer one: walking every chain, or bisecting every one, gives the same tables
+    (long sessions make chains of more than 8 segments; the Mooncake trace's are short)."""
+    import simulator.prefix_cache as prefix_cache
+    if fields.get("trace") == "mooncake":
+        fields = {**fields, "trace": str(require_shared(*MOONCAKE))}
+    cfg = RunConfig(policy=policy, **fields).validate()
+    tables = []
+    for walked in (0, 1 << 30):
+        monkeypatch.setattr(prefix_cache, "_WALKED_SEGMENTS", walked)
+        result = simulate_run(cfg)
+        assert result.summary["prefix_cache_hits"] > 0
+        tables.append((result.requests.to_csv(), result.timeline.to_csv()))
+    assert tables[0] == tables[1]
