@@ -649,8 +649,8 @@ class Engine(ReplicaLoop):
         if b.deferring:
             self._undeferred.discard(rid)
 
-    def _free_kv(self, st: RequestState) -> None:
-        """``st`` gives its KV blocks back (finished or preempted)."""
+    def _free_kv(self, st: RequestState, finished: bool = False) -> None:
+        """``st`` gives its KV blocks back (``finished``, or preempted)."""
         if self.pool is None:
             self.free_blocks += st.kv_blocks
         else:
@@ -667,7 +667,8 @@ class Engine(ReplicaLoop):
                     else:
                         self.pool.register(b, b.registered, full)
                         b.registered = full
-            self.pool.release(b, b.registered, st.kv_blocks - b.registered - late, late)
+            self.pool.release(b, b.registered, st.kv_blocks - b.registered - late, late,
+                              finished and b.private)
             b.registered = 0
             st.shared_blocks = 0
             if b.shared_watch is not None:
@@ -1269,7 +1270,7 @@ class Engine(ReplicaLoop):
     def _complete(self, st: RequestState, now: float) -> None:
         st.status = Status.FINISHED
         st.finished_s = now
-        self._free_kv(st)
+        self._free_kv(st, finished=True)
         if self.pool is not None:
             del self.request_blocks[st.request_id]
         del self.resident[st.request_id]

@@ -736,7 +736,14 @@ class BlockPool:
             if lo == hi:
                 queue.popleft()
                 continue
-            seg = segs[sid]
+            seg = segs.get(sid)
+            if seg is None:       # a finished request's private blocks (release): no one's
+                if need < hi - lo:
+                    chunk[2] = hi - need
+                    return
+                need -= hi - lo
+                queue.popleft()
+                continue
             dirty.add(sid)
             if need < hi - lo:
                 chunk[2] = seg.cached = hi - need
@@ -814,23 +821,27 @@ class BlockPool:
         return adopted
 
     def release(self, chain: RequestBlocks, registered: int, plain: int,
-                unregistered: int = 0) -> None:
+                unregistered: int = 0, finished: bool = False) -> None:
         """A request frees its blocks: ``plain`` uncached ones (to the head of the free queue)
         and its ``registered`` cached ones, last first, to the tail of those evictable.
         ``unregistered`` more, after those, full but not registered: its private last segment's
-        (nothing of which is cached: none adopt), cached as they are freed, first in line."""
+        (nothing of which is cached: none adopt), cached as they are freed, first in line.
+        ``finished``: the request will not come back, so nothing can ever hit, hold or watch its
+        private segment again: its blocks go to the free queue as a chunk of no ``Segment``
+        (``allocate`` evicts them in their turn; they are counted cached till then)."""
         self.plain_free += plain
         segs, dirty, queue = self.segments, self.dirty, self.queue
         if unregistered:
             sid = chain.sids[-1]
-            seg = segs[sid] = Segment()
-            seg.cached = unregistered
             chunk = [sid, 0, unregistered]
             queue.append(chunk)
-            seg.chunks.append(chunk)
+            if not finished:
+                seg = segs[sid] = Segment()
+                seg.cached = unregistered
+                seg.chunks.append(chunk)
+                dirty.add(sid)
             self.evictable += unregistered
             self.cached_blocks += unregistered
-            dirty.add(sid)
         if not registered:
             return
         sids, starts, ends = chain.sids, chain.starts, chain.ends
@@ -890,5 +901,8 @@ class BlockPool:
         return [(sid, j) for sid, lo, hi in self.queue for j in range(hi - 1, lo - 1, -1)]
 
     def is_cached(self, block: tuple[int, int]) -> bool:
-        seg = self.segments.get(block[0])
-        return seg is not None and block[1] < seg.cached
+        sid, j = block
+        seg = self.segments.get(sid)
+        if seg is None:      # (a finished request's private blocks, evictable: release)
+            return any(s == sid and lo <= j < hi for s, lo, hi in self.queue)
+        return j < seg.cached
