@@ -70,6 +70,16 @@ class Policy(abc.ABC):
     reads_cache_of_head: ClassVar[bool] = False
     spec: ReplicaSpec           # the replica, set by bind() before any other call
 
+    def refusal_outlasts_hit_loss(self) -> bool:
+        """With ``reads_cache_of_head``, one more promise for a decode-only decision: the head
+        it refused would be refused too with a shorter hit (``cached``), the same
+        ``cached_shared_blocks`` and no more free blocks, which is all that evictions change in
+        a stretch (they take unheld blocks only, at the end of a cached prefix). The engine's
+        stretch then runs on through evictions that shorten the head's hit, instead of ending
+        for a decision that would be the same. Only the class's own definition counts
+        (``outlasts_hit_loss``), as ``steady_decode``. Default: no."""
+        return False
+
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
 
@@ -128,6 +138,13 @@ def is_steady_decode(policy: Policy) -> bool:
     """Whether ``policy``'s own class declares ``steady_decode`` (inherited promises do not
     count: see ``Policy.steady_decode``)."""
     return vars(type(policy)).get("steady_decode", False) is True
+
+
+def outlasts_hit_loss(policy: Policy) -> bool:
+    """Whether ``policy``'s own class promises ``refusal_outlasts_hit_loss`` (and does, with
+    its parameters)."""
+    return "refusal_outlasts_hit_loss" in vars(type(policy)) and \
+        policy.refusal_outlasts_hit_loss()
 
 
 def cache_read_by(policy: Policy) -> set[int] | None:

@@ -33,7 +33,7 @@ import numpy as np
 import simpy
 
 from scheduler.base import (Policy, cache_read_by, check_victims, decide, is_steady_decode,
-                            violation)
+                            outlasts_hit_loss, violation)
 from scheduler.state import ReplicaSpec, ReplicaView, RequestState, Status
 from simulator.closed_loop import ClosedLoopTurns
 from simulator.config import PREEMPTIONS, RunConfig
@@ -335,6 +335,7 @@ class Engine(ReplicaLoop):
         self._decode_admitted = 0       # the last iteration that admitted a request to decode
         self._adopted = False           # the last iteration's filled blocks gave blocks back
         self._lazy_hits = False         # waiting requests looked up as the policy reads them
+        self._hit_loss_kept = False     # a shorter hit of the head ends no stretch (_start)
         self._preempted_since_finish = 0
         # Tokens the iterations of a stepped stretch have computed so far, not yet added to its
         # requests' states (a router reads pending tokens mid-stretch: simulator/cluster.py).
@@ -391,6 +392,10 @@ class Engine(ReplicaLoop):
                            and self.policy.look_up_on_peek(self._look_up_one))
         if self._lazy_hits:
             self.view.settle_cache = self._settle_shared
+        # Its stretches run on through evictions that only shorten the head's hit
+        # (Policy.refusal_outlasts_hit_loss): inside one, evictions change nothing else a
+        # decode-only decision reads (no held block, no free block more).
+        self._hit_loss_kept = self._lazy_hits and outlasts_hit_loss(self.policy)
 
     def _wake(self) -> None:
         self._cut = True      # a stepped stretch ends with the iteration running now
@@ -513,9 +518,13 @@ class Engine(ReplicaLoop):
             b.hit = hit
         b.watch = _watch(self._watchers, st.request_id, b.watch, (h0, h1, g0, g1))
         if st.cached != hit * bs or st.cached_shared_blocks != held:
+            # (A shorter hit with the same held blocks changes no decision of a policy whose
+            # refusal outlasts a hit's loss: _hit_loss_kept.)
+            seen = not self._hit_loss_kept or held != st.cached_shared_blocks or \
+                hit * bs > st.cached
             st.cached = hit * bs
             st.cached_shared_blocks = held
-            return True
+            return seen
         return False
 
     def _mark_due(self) -> None:
@@ -993,7 +1002,8 @@ class Engine(ReplicaLoop):
         fills, deferred_fills, read = s.fills, s.deferred_fills, s.read
         assert deferred_fills is not None
         if len(ends) == 1 and read is not None and not any(fills):
-            watched = self._watched_by(read)
+            # (Only evictions change the pool then: with _hit_loss_kept none ends it.)
+            watched = set() if self._hit_loss_kept else self._watched_by(read)
             if watched is not None:
                 self._extend_deferred_stretch(s, watched)
                 return

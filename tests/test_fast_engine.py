@@ -389,3 +389,48 @@ def test_a_cached_workloads_hint_pickles_and_computes_its_hit_rate_once():
     expected = repeated_prefix_fraction(workload.requests(), 16)
     assert 0 < expected < 1
     assert hint.hit_rate == copy.hit_rate == expected and hint.expected_hit_rate == expected
+
+
+def _shared_head_workload(n: int = 60) -> list[Request]:
+    """Requests every 0.4 s sharing a long system prompt and each with long output, in a cache
+    that fits three or four of them: the queue's head waits for blocks while the decodes
+    evict the cached blocks of its hit, stretch after stretch."""
+    from traces.request import SYSTEM_PROMPT, TokenRuns
+    shared = TokenRuns(((SYSTEM_PROMPT, 0, 600),))
+    return [Request(i, 0.4 * i, 600 + 40 + 7 * (i % 5), 150 + 11 * (i % 7), prefix=shared)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("params", [{}, {"enable_chunked_prefill": False,
+                                         "max_num_batched_tokens": 4096}])
+def test_stretches_run_on_through_evictions_that_only_shorten_the_heads_hit(params):
+    """vLLM V1 with its full-prompt gate admits the head exactly when its whole prompt's
+    blocks less the held ones fit, whatever its hit: stretches no longer end where an
+    eviction shortens that hit (Policy.refusal_outlasts_hit_loss). The run is the step
+    engine's, with fewer decisions than when the promise is withdrawn (then every such
+    eviction ends the stretch)."""
+    reqs = _shared_head_workload()
+    step, _ = _run(reqs, "vllm-v1", params, 3000, 16, CHECK_COST, stepwise=True,
+                   prefix_caching=True, max_model_len=4096)
+    fast, calls = _run(reqs, "vllm-v1", params, 3000, 16, CHECK_COST, stepwise=False,
+                       prefix_caching=True, max_model_len=4096)
+    assert_same_result(fast, step)
+    assert fast.prefix_cache.stats["prefix_cache_evictions"] > 0
+    with mock.patch.object(VllmV1, "refusal_outlasts_hit_loss", lambda self: False):
+        without, calls_without = _run(reqs, "vllm-v1", params, 3000, 16, CHECK_COST,
+                                      stepwise=False, prefix_caching=True, max_model_len=4096)
+    assert_same_result(without, step)
+    assert calls < calls_without, (calls, calls_without)
+
+
+def test_the_hit_loss_promise_is_own_and_follows_the_gate():
+    from scheduler.base import outlasts_hit_loss
+
+    class Tweaked(VllmV1):
+        name = "tweaked"
+
+    assert outlasts_hit_loss(VllmV1()) and not outlasts_hit_loss(Tweaked())
+    assert not outlasts_hit_loss(make_policy("vllm-v1", {"reserve_full_prompt": False}))
+    assert outlasts_hit_loss(make_policy("vllm-v1", {"reserve_full_prompt": False,
+                                                     "enable_chunked_prefill": False}))
+    assert not outlasts_hit_loss(make_policy("sarathi"))

@@ -72,6 +72,15 @@ class VllmV1(QueuedPolicy):
         self.pick_victim = VICTIMS[VLLM_VICTIM[p.scheduling_policy] if p.victim == "auto"
                                    else p.victim]
 
+    def refusal_outlasts_hit_loss(self) -> bool:
+        # With the full-prompt gate the head is admitted exactly when the blocks of its whole
+        # prompt fit: ceil(tokens / block_size) - cached_shared_blocks <= free, whatever its
+        # hit (the chunk's own blocks are fewer). Without chunked prefill a shorter hit only
+        # makes the prompt longer than the budget sooner. Chunked without the gate, a shorter
+        # hit makes the first chunk's blocks fewer: it could fit then.
+        p = self.params
+        return p.reserve_full_prompt or not p.enable_chunked_prefill
+
     def make_queue(self):
         if self.params.scheduling_policy == "priority":
             return PriorityQueue(key=lambda r: (r.priority, r.arrival_s, r.request_id))
