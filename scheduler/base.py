@@ -74,9 +74,14 @@ class Policy(abc.ABC):
         """With ``reads_cache_of_head``, one more promise for a decode-only decision: the head
         it refused would be refused too with a shorter hit (``cached``), the same
         ``cached_shared_blocks`` and no more free blocks, which is all that evictions change in
-        a stretch (they take unheld blocks only, at the end of a cached prefix). The engine's
-        stretch then runs on through evictions that shorten the head's hit, instead of ending
-        for a decision that would be the same. Only the class's own definition counts
+        a stretch (they take unheld blocks only, at the end of a cached prefix). Mind that the
+        free count a decision sees (``view.free_blocks``, less what the step's decodes take)
+        can stay the same while the hit shrinks: the evicting block may be one the previous
+        decision already counted as taken. So a rule whose need falls with the hit (a first
+        chunk's blocks, ``ceil((cached + chunk) / block_size)``) does not keep the promise;
+        one that needs the whole prompt's blocks less the held ones does. The engine's stretch
+        then runs on through evictions that shorten the head's hit, instead of ending for a
+        decision that would be the same. Only the class's own definition counts
         (``outlasts_hit_loss``), as ``steady_decode``. Default: no."""
         return False
 

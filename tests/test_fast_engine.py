@@ -431,6 +431,31 @@ def test_the_hit_loss_promise_is_own_and_follows_the_gate():
 
     assert outlasts_hit_loss(VllmV1()) and not outlasts_hit_loss(Tweaked())
     assert not outlasts_hit_loss(make_policy("vllm-v1", {"reserve_full_prompt": False}))
-    assert outlasts_hit_loss(make_policy("vllm-v1", {"reserve_full_prompt": False,
-                                                     "enable_chunked_prefill": False}))
+    whole = {"reserve_full_prompt": False, "enable_chunked_prefill": False}
+    assert outlasts_hit_loss(make_policy("vllm-v1", whole))
+    assert not outlasts_hit_loss(make_policy("vllm-v1", {**whole,
+                                                         "long_prefill_token_threshold": 16}))
+    assert outlasts_hit_loss(make_policy("vllm-v1", {"long_prefill_token_threshold": 16}))
     assert not outlasts_hit_loss(make_policy("sarathi"))
+
+
+def test_a_chunk_cap_without_the_gate_keeps_no_hit_loss_promise():
+    """Found by a review's fuzz with the promise forced on: without the full-prompt gate, a
+    capped chunk (long_prefill_token_threshold, here without chunked prefill) needs
+    ceil((cached + 16) / 4) blocks, and an eviction that shortened the head's hit by the block
+    a decode had already reserved left the free count a decision sees at 6: the head fit at
+    the next decision. With the promise such a stretch ran on past it (first_token_s
+    differed); without it the run is the step engine's."""
+    from traces.request import TokenRuns
+    reqs = [Request(0, 0.0, 60, 21, prefix=TokenRuns(((7, 1, 8), (7, 4, 8), (7, 14, 8),
+                                                       (7, 43, 8), (2, 0, 5), (3, 0, 18)))),
+            Request(1, 0.0, 38, 21, prefix=TokenRuns(((1, 2, 37),))),
+            Request(2, 0.2, 48, 13, prefix=TokenRuns(((1, 1, 20),))),
+            Request(3, 0.2, 52, 10, prefix=TokenRuns(((7, 1, 8), (7, 3, 8), (7, 9, 8),
+                                                       (7, 28, 8))))]
+    params = dict(enable_chunked_prefill=False, reserve_full_prompt=False,
+                  long_prefill_token_threshold=16, max_num_batched_tokens=89,
+                  scheduling_policy="priority")
+    runs = [_run(reqs, "vllm-v1", params, 88, 4, CHECK_COST, stepwise=stepwise,
+                 prefix_caching=True, max_model_len=89)[0] for stepwise in (True, False)]
+    assert_same_result(runs[1], runs[0])

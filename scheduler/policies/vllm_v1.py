@@ -75,11 +75,16 @@ class VllmV1(QueuedPolicy):
     def refusal_outlasts_hit_loss(self) -> bool:
         # With the full-prompt gate the head is admitted exactly when the blocks of its whole
         # prompt fit: ceil(tokens / block_size) - cached_shared_blocks <= free, whatever its
-        # hit (the chunk's own blocks are fewer). Without chunked prefill a shorter hit only
-        # makes the prompt longer than the budget sooner. Chunked without the gate, a shorter
-        # hit makes the first chunk's blocks fewer: it could fit then.
+        # hit (the chunk's own blocks are fewer). Without chunked prefill and without a chunk
+        # cap it is admitted whole, the same blocks, and a shorter hit only makes its prompt
+        # exceed the budget sooner. Otherwise (chunked, or capped by
+        # long_prefill_token_threshold, without the gate) its first chunk needs
+        # ceil((cached + chunk) / block_size) - cached_shared_blocks blocks, fewer with a
+        # shorter hit, while the free count a decision sees can stay the same (the eviction
+        # took a block the previous decision had already counted as taken): it could fit then.
         p = self.params
-        return p.reserve_full_prompt or not p.enable_chunked_prefill
+        return p.reserve_full_prompt or (not p.enable_chunked_prefill
+                                         and not p.long_prefill_token_threshold)
 
     def make_queue(self):
         if self.params.scheduling_policy == "priority":
