@@ -288,6 +288,31 @@ def test_equal_with_prefix_caching(policy, seed, block_size, scale, n):
     _assert_same_cached(reqs, policy, kv_room(reqs, scale, block_size), block_size)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 100_000), block_size=st.sampled_from([1, 4, 16]),
+       scale=st.sampled_from([1.2, 2.0, 6.0]), n=st.integers(2, 40), gate=st.booleans(),
+       chunked=st.booleans(), cap=st.sampled_from([0, 16, 200]), priority=st.booleans(),
+       budget=st.sampled_from([4096, 8192]))
+def test_equal_with_prefix_caching_whatever_vllm_v1_admits_by(seed, block_size, scale, n, gate,
+                                                               chunked, cap, priority, budget):
+    """vLLM V1's admission settings (the full-prompt gate, chunked prefill, a chunk cap, the
+    scheduling policy) decide whether its refusals outlast a shorter hit (the hit-loss
+    promise): every combination, with evictions, equals the step engine."""
+    import random
+
+    from tests.test_prefix_reference import random_workload
+    reqs = random_workload(random.Random(seed), n)
+    params = dict(reserve_full_prompt=gate, enable_chunked_prefill=chunked,
+                  long_prefill_token_threshold=cap, max_num_batched_tokens=budget,
+                  scheduling_policy="priority" if priority else "fcfs")
+    kv = kv_room(reqs, scale, block_size)
+    step, _ = _run(reqs, "vllm-v1", params, kv, block_size, CHECK_COST, stepwise=True,
+                   prefix_caching=True, max_model_len=4096)
+    fast, _ = _run(reqs, "vllm-v1", params, kv, block_size, CHECK_COST, stepwise=False,
+                   prefix_caching=True, max_model_len=4096)
+    assert_same_result(fast, step)
+
+
 def test_pooled_stretches_replace_schedule_calls_and_evict_as_step_by_step():
     """Sessions of long answers in a cache that must evict: stretches run with the pool, and
     its evictions and cached blocks are the step engine's."""
