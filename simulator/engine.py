@@ -362,7 +362,6 @@ class Engine(ReplicaLoop):
         # Lazy hits: the waiting requests by each segment of their chains (as far as they are
         # generated when they begin to wait: at least as far as their hits can reach).
         self._waiting_in: dict[int, set[int]] = {}
-        self._unindexed: set[int] = set()       # waiting, not in _waiting_in yet
         self._deferred = 0      # blocks full and cached, not yet registered (deferred)
         # The resident requests whose filling blocks are registered as they fill (not
         # deferring): a stretch with none of them plans no registration.
@@ -425,31 +424,18 @@ class Engine(ReplicaLoop):
         self._waiting[rid] = st
         self._unlooked.add(rid)
         if self._lazy_hits:
-            # (No more segments are generated while it waits.) Indexed in _waiting_in only when
-            # that is next read (_index_waiting): most requests are admitted before.
-            self.request_blocks[rid].upto(
-                (st.prompt_tokens + st.generated - 1) // self.spec.block_size)
-            self._unindexed.add(rid)
+            b = self.request_blocks[rid]
+            b.upto((st.prompt_tokens + st.generated - 1) // self.spec.block_size)
+            # (No more are generated while it waits.) A private segment is no victim's.
+            _index(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
 
     def _unindex_waiting(self, st: RequestState) -> None:
         rid = st.request_id
         del self._waiting[rid]
         self._unlooked.discard(rid)
         if self._lazy_hits:
-            if rid in self._unindexed:
-                self._unindexed.discard(rid)
-            else:
-                b = self.request_blocks[rid]
-                _unindex(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
-
-    def _index_waiting(self) -> None:
-        """The waiting requests not in ``_waiting_in`` yet go in, under each segment of their
-        chains (a private segment is no victim's)."""
-        blocks, index = self.request_blocks, self._waiting_in
-        for rid in self._unindexed:
-            b = blocks[rid]
-            _index(index, rid, b.sids[:-1] if b.private else b.sids)
-        self._unindexed.clear()
+            b = self.request_blocks[rid]
+            _unindex(self._waiting_in, rid, b.sids[:-1] if b.private else b.sids)
 
     def _leave_waiting(self, st: RequestState) -> None:
         """A waiting request is rejected or admitted: it no longer wants its hit's blocks."""
@@ -512,10 +498,11 @@ class Engine(ReplicaLoop):
         """Look waiting request ``st`` up (``_look_up_prefixes``): its hit, the part of it that
         live requests hold, and the segments to watch; whether what policies read changed."""
         pool, bs = self.pool, self.spec.block_size
-        hit, h0, h1, held, g0, g1 = pool.look_up(b, (st.prompt_tokens + st.generated - 1) // bs)
-        if hit != b.hit:            # (what the waiting want moves no cached or held block)
+        hit, h0, h1 = pool.hit_blocks(b, (st.prompt_tokens + st.generated - 1) // bs)
+        if hit != b.hit:
             pool.want(b, b.hit, hit)
             b.hit = hit
+        held, g0, g1 = pool.held_blocks(b, hit)
         b.watch = _watch(self._watchers, st.request_id, b.watch, (h0, h1, g0, g1))
         if st.cached != hit * bs or st.cached_shared_blocks != held:
             # (A shorter hit with the same held blocks changes no decision of a policy whose
@@ -551,8 +538,6 @@ class Engine(ReplicaLoop):
         if not registered:
             st.shared_blocks = 0
             return
-        if self._unindexed:
-            self._index_waiting()
         segs, index = self.pool.segments, self._waiting_in
         sids, starts, ends = b.sids, b.starts, b.ends
         due: set[int] = set()

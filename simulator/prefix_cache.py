@@ -61,8 +61,8 @@ import pandas as pd
 from traces.request import ANSWER_OF, PROMPT_OF, Request, TokenRuns
 
 ROOT_HASH = 0     # the parent hash of a request's first block (vLLM's NONE_HASH)
-# A look-up walks a chain of at most this many segments (to its limit) from the head, and
-# bisects a longer one (BlockPool.look_up).
+# A prefix search walks a chain of at most this many segments (to its limit) from the head,
+# and bisects a longer one (BlockPool._prefix).
 _WALKED_SEGMENTS = 8
 ENDLESS = 1 << 62  # the answer run's length: output tokens follow the prompt without end
 
@@ -549,12 +549,25 @@ class BlockPool:
         ``covered(sid)`` says on how many of a segment's blocks. The segments that have it
         on all their blocks (up to ``limit``) are a prefix too: found by bisection, first
         trying segment ``hint`` (where the last answer ended: an eviction or a new holder
-        usually moves it inside one segment). Returns its length in blocks, the segments at
-        its end (see ``RequestBlocks.watch``): of its last block and of the first block after
-        it (None where there is none), and the index of the segment it ends in."""
+        usually moves it inside one segment). A chain of at most ``_WALKED_SEGMENTS`` of them
+        (a ``ChainLayout`` cuts the Mooncake trace's into 3) is walked from its head instead.
+        Returns its length in blocks, the segments at its end (see ``RequestBlocks.watch``):
+        of its last block and of the first block after it (None where there is none), and the
+        index of the segment it ends in."""
         sids, starts, ends = chain.sids, chain.starts, chain.ends
         n = bisect_left(starts, limit)           # segments overlapping the first limit blocks
         lo, hi = 0, n
+        if n <= _WALKED_SEGMENTS:
+            while lo < n:
+                c = covered(sids[lo])
+                e = ends[lo]
+                if c < (e if e < limit else limit) - starts[lo]:
+                    k = starts[lo] + c
+                    if c:
+                        return k, sids[lo], sids[lo], lo
+                    return k, (sids[lo - 1] if lo else None), sids[lo], lo
+                lo += 1
+            return limit, (sids[n - 1] if n else None), None, n
         if hint < n:
             s, e = starts[hint], ends[hint]
             c = covered(sids[hint])
@@ -588,51 +601,6 @@ class BlockPool:
         k, before, after, chain.hit_at = self._prefix(
             chain, limit, lambda sid: seg.cached if (seg := get(sid)) else 0, chain.hit_at)
         return k, before, after
-
-    def look_up(self, chain: RequestBlocks, limit: int) -> tuple:
-        """``hit_blocks(chain, limit)`` and then ``held_blocks(chain, hit)``, as
-        ``(hit, h0, h1, held, g0, g1)``: every waiting request's look-up. A chain a
-        ``ChainLayout`` cut has a few segments (the Mooncake trace's: 3), walked from its head
-        (the answers are prefixes: the first segment not covered ends each); a longer one is
-        bisected."""
-        ends = chain.ends
-        if not ends or ends[-1] < limit:
-            chain.upto(limit)
-        sids, starts = chain.sids, chain.starts
-        n = bisect_left(starts, limit)            # segments overlapping the first limit blocks
-        if n > _WALKED_SEGMENTS:
-            hit, h0, h1 = self.hit_blocks(chain, limit)
-            return (hit, h0, h1, *self.held_blocks(chain, hit))
-        get = self.segments.get
-        i = c = 0
-        while i < n:
-            seg = get(sids[i])
-            c = seg.cached if seg is not None else 0
-            e = ends[i]
-            if c < (e if e < limit else limit) - starts[i]:
-                break
-            i += 1
-        chain.hit_at = i
-        if i == n:
-            hit, h0, h1 = limit, (sids[n - 1] if n else None), None
-            m = n                                 # the segments overlapping the hit
-        else:
-            hit, h1 = starts[i] + c, sids[i]
-            h0 = h1 if c else (sids[i - 1] if i else None)
-            m = i + 1 if c else i
-        segs = self.segments
-        j = h = 0
-        while j < m:
-            h = segs[sids[j]].held
-            e = ends[j]
-            if h < (e if e < hit else hit) - starts[j]:
-                break
-            j += 1
-        chain.held_at = j
-        if j == m:
-            return hit, h0, h1, hit, (sids[m - 1] if m else None), None
-        g1 = sids[j]
-        return hit, h0, h1, starts[j] + h, (g1 if h else (sids[j - 1] if j else None)), g1
 
     def held_blocks(self, chain: RequestBlocks, limit: int) -> tuple:
         """How many of the first ``limit`` (cached) blocks of a chain live requests hold (and

@@ -315,7 +315,7 @@ def test_workload_settings_that_shape_nothing_are_warned_of(fields, warning):
 ])
 @pytest.mark.parametrize("policy", ["vllm-v1", "sarathi"])
 def test_look_ups_walked_or_bisected_give_one_run(monkeypatch, fields, policy):
-    """``BlockPool.look_up`` walks a chain of at most ``_WALKED_SEGMENTS`` segments and
+    """``BlockPool._prefix`` walks a chain of at most ``_WALKED_SEGMENTS`` segments and
     bisects a longer one: walking every chain, or bisecting every one, gives the same tables
     (long sessions make chains of more than 8 segments; the Mooncake trace's are short)."""
     import simulator.prefix_cache as prefix_cache
