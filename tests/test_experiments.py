@@ -4,6 +4,9 @@ derives from the measured profiles (so README and code cannot drift apart)."""
 from __future__ import annotations
 
 import gc
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -79,3 +82,35 @@ def test_bench_bytecodes_counts_the_cache_model(capsys):
     assert len(lines) == 2 + 4
     assert bench.main(["--requests", "5", "--policy", "fastest"]) == 2
     assert "unknown policy 'fastest'" in capsys.readouterr().err
+
+
+def test_bench_instructions_reads_cachegrind_and_refuses_bad_input(tmp_path, monkeypatch, capsys):
+    bench = load_experiment("bench_instructions")
+    with pytest.raises(ValueError, match="no instruction count"):
+        bench.parse_cachegrind_log("==1== Cachegrind, a cache and branch-prediction profiler\n")
+    if shutil.which("valgrind"):
+        # A real log: Cachegrind's own summary of a trivial process, with the cache model on.
+        log = tmp_path / "cg.log"
+        subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--log-file={log}",
+                        f"--cachegrind-out-file={tmp_path / 'cg.out'}", sys.executable, "-c",
+                        "pass"], check=True, capture_output=True)
+        counts = bench.parse_cachegrind_log(log.read_text())
+        assert set(counts) == {"instructions", "i1_misses", "d1_misses"}
+        assert counts["instructions"] > 10 * counts["d1_misses"] > 0
+    with pytest.raises(SystemExit) as bad:
+        bench.main(["--requests", "0"])
+    assert bad.value.code == 2
+    monkeypatch.setenv("PATH", str(tmp_path))              # no valgrind there
+    assert bench.main(["--requests", "10"]) == 2
+    assert "valgrind is not on the PATH" in capsys.readouterr().err
+
+
+def test_bench_instructions_child_runs_the_benchmark(capsys):
+    # What each measured process runs (here without valgrind): the warm-ups, then the run.
+    require_shared("traces", "conversation_trace.jsonl")
+    bench = load_experiment("bench_instructions")
+    assert bench.main(["--child", "on", "--requests", "20"]) == 0
+    assert bench.main(["--child", "baseline"]) == 0
+    if shutil.which("valgrind"):
+        assert bench.main(["--policy", "fastest"]) == 2
+        assert "unknown policy 'fastest'" in capsys.readouterr().err
