@@ -4,6 +4,7 @@ derives from the measured profiles (so README and code cannot drift apart)."""
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import subprocess
 import sys
@@ -84,12 +85,41 @@ def test_bench_bytecodes_counts_the_cache_model(capsys):
     assert "unknown policy 'fastest'" in capsys.readouterr().err
 
 
-def test_bench_instructions_reads_cachegrind_and_refuses_bad_input(tmp_path, monkeypatch, capsys):
+# Cachegrind's summaries as Valgrind 3.19 (three spaces in "I   refs") and 3.22 on print them.
+_CACHEGRIND_3_19 = """==7== Cachegrind, a cache and branch-prediction profiler
+==7== I   refs:      19,965,579,148
+==7== I1  misses:       141,797,726
+==7== LLi misses:       125,898,455
+==7== D   refs:       9,172,619,080  (6,466,437,472 rd   + 2,706,181,608 wr)
+==7== D1  misses:       188,799,164  (  171,435,081 rd   +    17,364,083 wr)
+"""
+_CACHEGRIND_3_22 = """==8== Cachegrind, a high-precision tracing profiler
+==8== I refs:        1,234,567
+"""
+
+# A stand-in for valgrind: writes a log whose instruction count is the measured process's
+# --child role (baseline, off, on) looked up in the environment, or fails as told.
+_FAKE_VALGRIND = """#!/bin/sh
+for arg; do
+  case $arg in --log-file=*) log=${arg#--log-file=};; esac
+  [ "$prev" = --child ] && role=$arg
+  prev=$arg
+done
+[ -n "$FAIL" ] && { echo "valgrind: $FAIL" >&2; exit 1; }
+eval n=\\$COUNT_$role
+echo "==1== I   refs:      $n" > "$log"
+"""
+
+
+def test_bench_instructions_reads_both_cachegrind_formats(tmp_path):
     bench = load_experiment("bench_instructions")
-    with pytest.raises(ValueError, match="no instruction count"):
+    assert bench.parse_cachegrind_log(_CACHEGRIND_3_19) == {
+        "instructions": 19_965_579_148, "i1_misses": 141_797_726, "d1_misses": 188_799_164}
+    assert bench.parse_cachegrind_log(_CACHEGRIND_3_22) == {"instructions": 1_234_567}
+    with pytest.raises(bench.MeasureError, match="no instruction count"):
         bench.parse_cachegrind_log("==1== Cachegrind, a cache and branch-prediction profiler\n")
     if shutil.which("valgrind"):
-        # A real log: Cachegrind's own summary of a trivial process, with the cache model on.
+        # And the log of the valgrind here, with the cache model on, of a trivial process.
         log = tmp_path / "cg.log"
         subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--log-file={log}",
                         f"--cachegrind-out-file={tmp_path / 'cg.out'}", sys.executable, "-c",
@@ -97,20 +127,50 @@ def test_bench_instructions_reads_cachegrind_and_refuses_bad_input(tmp_path, mon
         counts = bench.parse_cachegrind_log(log.read_text())
         assert set(counts) == {"instructions", "i1_misses", "d1_misses"}
         assert counts["instructions"] > 10 * counts["d1_misses"] > 0
+
+
+def test_bench_instructions_measures_and_refuses(tmp_path, monkeypatch, capsys):
+    require_shared("traces", "conversation_trace.jsonl")
+    bench = load_experiment("bench_instructions")
+    fake = tmp_path / "bin" / "valgrind"
+    fake.parent.mkdir()
+    fake.write_text(_FAKE_VALGRIND)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("COUNT_baseline", "1,000")
+    monkeypatch.setenv("COUNT_off", "5,000")
+    monkeypatch.setenv("COUNT_on", "6,000")
+    assert bench.main(["--requests", "10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("Cachegrind, vllm-v1, 10 requests (each run's process less the "
+                      "baseline's, 1,000 instructions)")
+    assert out[2].split() == ["instructions", "4,000", "5,000", "1.250"]
+    assert out[3] == "requests per instruction, on against off: -20.0%"
+    monkeypatch.setenv("COUNT_on", "900")              # below the baseline: nothing measured
+    assert bench.main(["--requests", "10"]) == 2
+    assert "give more --requests" in capsys.readouterr().err
+    monkeypatch.setenv("FAIL", "no such tool")         # a failed run: one line, status 1
+    assert bench.main(["--requests", "10"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "failed under valgrind (status 1): valgrind: no such tool" in err[0]
+    assert bench.main(["--policy", "fastest"]) == 2    # refused before any process starts
+    assert "unknown policy 'fastest'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as bad:
         bench.main(["--requests", "0"])
     assert bad.value.code == 2
-    monkeypatch.setenv("PATH", str(tmp_path))              # no valgrind there
+    monkeypatch.setenv("PATH", str(tmp_path))          # no valgrind there
     assert bench.main(["--requests", "10"]) == 2
     assert "valgrind is not on the PATH" in capsys.readouterr().err
 
 
-def test_bench_instructions_child_runs_the_benchmark(capsys):
-    # What each measured process runs (here without valgrind): the warm-ups, then the run.
+def test_bench_instructions_child_runs_warm_ups_then_the_run(monkeypatch):
+    # What each measured process runs: two 50-request warm-ups (cache off, on), then the run.
     require_shared("traces", "conversation_trace.jsonl")
     bench = load_experiment("bench_instructions")
+    import simulator.runner
+    runs = []
+    monkeypatch.setattr(simulator.runner, "simulate",
+                        lambda cfg: runs.append((cfg.num_requests, cfg.prefix_caching)))
     assert bench.main(["--child", "on", "--requests", "20"]) == 0
     assert bench.main(["--child", "baseline"]) == 0
-    if shutil.which("valgrind"):
-        assert bench.main(["--policy", "fastest"]) == 2
-        assert "unknown policy 'fastest'" in capsys.readouterr().err
+    assert runs == [(50, False), (50, True), (20, True), (50, False), (50, True)]
