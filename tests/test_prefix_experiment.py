@@ -29,6 +29,18 @@ def test_quick_session_sweep_hit_rate_grows_with_turns(tmp_path, monkeypatch):
     assert (on["prefix_cache_hit_rate"] - on["expected_hit_rate"]).abs().max() < 1e-12
     assert off["prefix_cache_hit_rate"].isna().all() and off["expected_hit_rate"].isna().all()
     assert (frame["completed"] == 160).all()
+    # Against load: every (turns, load) with the cache on and off, all served; a hit never
+    # beyond the closed form (a closed loop; at the lightest load nothing is evicted); the
+    # cache's saved prefill gives every later turn its first token sooner.
+    assert "against offered load" in text and _png(tmp_path / "sessions_load.png")
+    load = pd.read_csv(tmp_path / "sessions_load.csv")
+    assert len(load) == 2 * 3 * len(run.LOADS) and (load["completed"] == 160).all()
+    on = load[load["prefix_caching"]].set_index(["turns", "request_rate"])
+    off = load[~load["prefix_caching"]].set_index(["turns", "request_rate"])
+    assert (on["prefix_cache_hit_rate"] <= on["expected_hit_rate"] + 1e-12).all()
+    lightest = on.xs(min(run.LOADS), level="request_rate")
+    assert (lightest["prefix_cache_hit_rate"] - lightest["expected_hit_rate"]).abs().max() < 1e-12
+    assert (on["mean_ttft_ms"] < off.loc[on.index, "mean_ttft_ms"]).all()
 
 
 def test_quick_mooncake_part_writes_its_figure(tmp_path, monkeypatch):

@@ -80,3 +80,39 @@ def sessions_figure(frame: pd.DataFrame, title: str) -> Figure:
             ax.set_ylim(bottom=0)
         fig.suptitle(title)
     return fig
+
+
+def sessions_load_figure(frame: pd.DataFrame, title: str) -> Figure:
+    """Hit rate, mean TTFT and mean E2E latency against the offered load, one colour per session
+    length, the cache on (solid) and off (dotted); the hit rate's closed forms dashed."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(13, 3.8), layout="constrained")
+        hit, ttft, e2e = fig.subplots(1, 3, sharex=True)
+        for i, turns in enumerate(sorted(frame["turns"].unique())):
+            mine = frame[frame["turns"] == turns]
+            on, off = mine[mine["prefix_caching"]], mine[~mine["prefix_caching"]]
+            color = f"C{i}"
+            hit.plot(on["request_rate"], 100 * on["prefix_cache_hit_rate"], marker="o",
+                     color=color, label=f"{turns} turns")
+            hit.plot(on["request_rate"], 100 * on["expected_hit_rate"], color=color,
+                     linestyle="--", linewidth=1.0)
+            for part, style, name in ((on, "-", "on"), (off, ":", "off")):
+                ttft.plot(part["request_rate"], part["mean_ttft_ms"], marker="o",
+                          linestyle=style, color=color, label=f"{turns} turns, cache {name}")
+                e2e.plot(part["request_rate"], part["mean_e2el_ms"] / 1000, marker="o",
+                         linestyle=style, color=color)
+        hit.set_ylabel("prefix-cache hit rate (% of prompt tokens)")
+        hit.legend(title=f"dashed: {CLOSED_FORM}", fontsize=8, title_fontsize=8)
+        ttft.set_ylabel("mean TTFT (ms, log scale)")
+        ttft.set_yscale("log")          # (from tens of ms to seconds once a queue builds up)
+        ttft.legend(fontsize=7)
+        e2e.set_ylabel("mean E2E latency (s)")
+        rates = sorted(frame["request_rate"].unique())
+        for ax in (hit, ttft, e2e):
+            ax.set_xlabel("offered load (requests/s: sessions/s x turns)")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        hit.set_ylim(bottom=0)
+        e2e.set_ylim(bottom=0)
+        fig.suptitle(title)
+    return fig

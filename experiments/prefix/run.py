@@ -14,7 +14,12 @@ fluid policies' ``WorkloadHint.hit_rate``.
 - sessions: 480 requests (--quick: 160) in sessions of 1, 2, 4 and 8 turns (prompts and
   answers 64:512 tokens per message), sessions arriving at 2 turns' worth of requests per
   second divided by the turns, mean think time 2 s, cache on and off (1 turn: nothing is
-  shared).
+  shared);
+- sessions under load: sessions of 2, 4 and 8 turns, as above, arriving at LOADS requests per
+  second offered (sessions per second times turns), 1,920 requests (--quick: 160), cache on
+  and off. Closed loop, a session's next turn waits for its previous answer, so the requests
+  served per second stay below the offered rate once the sessions' own pace limits them.
+Writes sessions_load.csv and sessions_load.png too.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from experiments.prefix.figures import mooncake_figure, sessions_figure  # noqa: E402
+from experiments.prefix.figures import (mooncake_figure, sessions_figure,  # noqa: E402
+                                        sessions_load_figure)
 from simulator.config import RunConfig  # noqa: E402
 from simulator.report.figures import save  # noqa: E402
 from simulator.runner import build_workload, simulate  # noqa: E402
@@ -38,6 +44,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MOONCAKE = ROOT.parent / "shared" / "traces" / "conversation_trace.jsonl"
 REPLICA = dict(model="llama-3.1-8b", gpu="h100-80gb", policy="vllm-v1", timeline=False)
 MOONCAKE_RATE = 0.8      # the trace's own 3.4 req/s overloads one replica
+# Offered loads of the sessions-under-load sweep (requests per second): from a replica mostly
+# idle to one whose prefill queue builds up without the cache (1-turn requests of this size
+# saturate it at about 30 requests per second).
+LOADS = (2.0, 8.0, 16.0, 32.0)
 KEYS = ("prefix_cache_hit_rate", "expected_hit_rate", "mean_ttft_ms", "p90_ttft_ms", "mean_e2el_ms",
         "request_throughput", "output_throughput", "preemptions", "completed")
 
@@ -76,6 +86,20 @@ def sessions(quick: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sessions_under_load(quick: bool) -> pd.DataFrame:
+    n = 160 if quick else 1_920
+    rows = []
+    for caching in (True, False):
+        for turns in (2, 4, 8):
+            for load in LOADS:
+                cfg = RunConfig(num_requests=n, session_turns=turns, think_time=2.0,
+                                rate=load / turns, prompt_len="64:512", output_len="64:512",
+                                prefix_caching=caching, **REPLICA).validate()
+                rows.append(row({"prefix_caching": caching, "turns": turns,
+                                 "request_rate": load}, cfg))
+    return pd.DataFrame(rows)
+
+
 def markdown(frame: pd.DataFrame) -> str:
     def cell(v) -> str:
         return "-" if v is None or (isinstance(v, float) and v != v) else \
@@ -111,6 +135,11 @@ def main(argv=None) -> int:
     title = "Multi-turn sessions, closed loop, think time 2 s"
     save(sessions_figure(s, title), out / "sessions.png")
     parts.append((title, s, "sessions.png"))
+    s = sessions_under_load(args.quick)
+    s.to_csv(out / "sessions_load.csv", index=False)
+    title = "Multi-turn sessions against offered load, closed loop, think time 2 s"
+    save(sessions_load_figure(s, title), out / "sessions_load.png")
+    parts.append((title, s, "sessions_load.png"))
     text = "# Prefix caching results\n\nWritten by `python -m experiments.prefix.run" + \
         (" --quick" if args.quick else "") + "`.\n"
     for title, frame, figure in parts:
