@@ -74,15 +74,22 @@ def mooncake(trace: Path, quick: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def session_config(requests: int, turns: int, load: float, caching: bool) -> RunConfig:
+    """The session workload of both sweeps: ``turns``-turn closed-loop sessions (prompts and
+    answers 64:512 tokens per message, mean think time 2 s) offered at ``load`` requests per
+    second (sessions per second times turns)."""
+    return RunConfig(num_requests=requests, session_turns=turns, think_time=2.0,
+                     rate=load / turns, prompt_len="64:512", output_len="64:512",
+                     prefix_caching=caching, **REPLICA).validate()
+
+
 def sessions(quick: bool) -> pd.DataFrame:
     n = 160 if quick else 480
     rows = []
     for caching in (True, False):
         for turns in (1, 2, 4, 8):
-            cfg = RunConfig(num_requests=n, session_turns=turns, think_time=2.0,
-                            rate=2.0 / turns, prompt_len="64:512", output_len="64:512",
-                            prefix_caching=caching, **REPLICA).validate()
-            rows.append(row({"prefix_caching": caching, "turns": turns}, cfg))
+            rows.append(row({"prefix_caching": caching, "turns": turns},
+                            session_config(n, turns, 2.0, caching)))
     return pd.DataFrame(rows)
 
 
@@ -92,11 +99,8 @@ def sessions_under_load(quick: bool) -> pd.DataFrame:
     for caching in (True, False):
         for turns in (2, 4, 8):
             for load in LOADS:
-                cfg = RunConfig(num_requests=n, session_turns=turns, think_time=2.0,
-                                rate=load / turns, prompt_len="64:512", output_len="64:512",
-                                prefix_caching=caching, **REPLICA).validate()
                 rows.append(row({"prefix_caching": caching, "turns": turns,
-                                 "request_rate": load}, cfg))
+                                 "request_rate": load}, session_config(n, turns, load, caching)))
     return pd.DataFrame(rows)
 
 
