@@ -25,7 +25,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.bench_speed import MOONCAKE_CONV, mooncake_config  # noqa: E402
+from experiments.bench_speed import (MOONCAKE_CONV, mooncake_config,  # noqa: E402
+                                     mooncake_warm_up)
 from simulator.runner import simulate  # noqa: E402
 from traces.errors import UserError  # noqa: E402
 
@@ -74,8 +75,7 @@ def mooncake_counts(requests: int | None, policy: str) -> dict[str, collections.
     """Per-function bytecode counts of the Mooncake benchmark, prefix caching off and on."""
     if not MOONCAKE_CONV.is_file():
         raise SystemExit(f"error: the Mooncake trace {MOONCAKE_CONV} is not there")
-    for caching in (False, True):     # first calls fill caches (lazy imports, compiled regexes)
-        simulate(mooncake_config(policy, caching, 50))
+    mooncake_warm_up(policy)
     return {"on" if caching else "off":
             count_bytecodes(lambda: simulate(mooncake_config(policy, caching, requests)))
             for caching in (False, True)}

@@ -38,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.bench_speed import MOONCAKE_CONV, mooncake_config  # noqa: E402
+from experiments.bench_speed import (MOONCAKE_CONV, mooncake_config,  # noqa: E402
+                                     mooncake_warm_up)
 from traces.errors import UserError  # noqa: E402
 
 # Cachegrind's summary lines: "==123== I   refs:      19,965,579,148" (Valgrind 3.21 and
@@ -68,8 +69,7 @@ def child(policy: str, caching: str, requests: int | None) -> None:
     """The measured process: imports, warm-up runs, then (unless ``caching`` is "baseline")
     the benchmark's run."""
     from simulator.runner import simulate
-    for warm in (False, True):
-        simulate(mooncake_config(policy, warm, 50))
+    mooncake_warm_up(policy)
     if caching != "baseline":
         simulate(mooncake_config(policy, caching == "on", requests))
 

@@ -167,10 +167,14 @@ def test_bench_instructions_child_runs_warm_ups_then_the_run(monkeypatch):
     # What each measured process runs: two 50-request warm-ups (cache off, on), then the run.
     require_shared("traces", "conversation_trace.jsonl")
     bench = load_experiment("bench_instructions")
+    import experiments.bench_speed
     import simulator.runner
     runs = []
-    monkeypatch.setattr(simulator.runner, "simulate",
-                        lambda cfg: runs.append((cfg.num_requests, cfg.prefix_caching)))
+
+    def record(cfg):
+        runs.append((cfg.num_requests, cfg.prefix_caching))
+    monkeypatch.setattr(simulator.runner, "simulate", record)         # the run
+    monkeypatch.setattr(experiments.bench_speed, "simulate", record)  # the warm-ups
     assert bench.main(["--child", "on", "--requests", "20"]) == 0
     assert bench.main(["--child", "baseline"]) == 0
     assert runs == [(50, False), (50, True), (20, True), (50, False), (50, True)]
